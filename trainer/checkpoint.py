@@ -1,0 +1,202 @@
+"""Checkpoint files: atomic writes, safe reads, and backbone loading from every common format.
+
+Formats understood by :func:`load_backbone`:
+
+(a) official backbone-only weights (``dino_deitsmall16_pretrain.pth``): a flat state dict;
+(b) full training checkpoints (the authors' or this trainer's ``checkpoint.pth``): the
+    ``teacher`` (default) or ``student`` entry, ``module.`` / ``backbone.`` prefixes removed,
+    head keys ignored;
+(c) timm ViT state dicts, possibly nested under ``state_dict`` or ``model``;
+(d) ``teacher_backbone.safetensors`` written by :func:`export_backbone_safetensors`, whose
+    metadata names the architecture.
+
+Everything is read with ``torch.load(weights_only=True)`` or safetensors: no unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+
+from trainer.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+_DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+_NON_BACKBONE = ("head.", "fc_norm.", "last_layer.")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable DINO / ViT checkpoint; the message says why."""
+
+
+@dataclass
+class BackboneInfo:
+    """What a checkpoint file holds, as far as the service and tools need to know."""
+
+    arch: str
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    source: str
+    epoch: int | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    trained: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- writing ---------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def export_backbone_safetensors(backbone: DinoViT, path: str | Path, arch: str, epoch: int | None,
+                                trained: bool = True, extra: dict[str, Any] | None = None) -> None:
+    """Write the backbone weights with metadata (arch, patch, dims, epoch, mean/std), atomically."""
+    blk = backbone.blocks[0].attn
+    meta = {
+        "format": "dino-backbone", "arch": arch, "patch_size": str(backbone.patch_size),
+        "embed_dim": str(backbone.embed_dim), "depth": str(len(backbone.blocks)),
+        "num_heads": str(blk.num_heads), "epoch": "" if epoch is None else str(epoch),
+        "mean": json.dumps(list(IMAGENET_MEAN)), "std": json.dumps(list(IMAGENET_STD)),
+        "trained": "true" if trained else "false", "extra": json.dumps(extra or {}),
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
+    _atomic_write(Path(path), lambda tmp: save_safetensors(state, tmp, metadata=meta))
+
+
+# -- reading ---------------------------------------------------------------------------
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a ``.pth``/``.pt`` with ``weights_only=True``; a clear error if that is impossible."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every reason becomes one readable message
+        raise CheckpointError(f"cannot read {Path(path).name} as a weights-only torch file: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{Path(path).name} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _DROP_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def extract_backbone_state(obj: dict[str, Any], which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
+    """Backbone tensors from any supported layout, and a word naming the layout found."""
+    if which not in ("teacher", "student"):
+        raise ValueError(f"unknown checkpoint part {which!r}; choose one of teacher, student")
+    source = "backbone"
+    if "teacher" in obj or "student" in obj:
+        if which not in obj:
+            raise CheckpointError(f"training checkpoint has no {which!r} entry (has {sorted(obj)[:8]})")
+        obj, source = obj[which], f"training-{which}"
+    else:
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj, source = obj[key], "timm"
+                break
+    state = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        k = _strip(k)
+        if not k.startswith(_NON_BACKBONE):
+            state[k] = v
+    if "pos_embed" not in state or "patch_embed.proj.weight" not in state:
+        raise CheckpointError("no ViT backbone found: missing pos_embed / patch_embed.proj.weight")
+    return state, source
+
+
+def infer_arch(state: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
+    """(patch_size, embed_dim, depth, num_heads) from tensor shapes; heads = dim / 64."""
+    proj = state["patch_embed.proj.weight"]
+    embed_dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    heads = max(embed_dim // 64, 1)
+    if embed_dim % heads:
+        raise CheckpointError(f"embed dim {embed_dim} is not divisible into heads of 64")
+    return patch, embed_dim, depth, heads
+
+
+def _from_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return load_safetensors(str(path)), meta
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot read {path.name} as safetensors: {exc}") from exc
+
+
+def read_backbone(path: str | Path, which: str = "teacher") -> tuple[dict[str, torch.Tensor], BackboneInfo]:
+    """Backbone state and its :class:`BackboneInfo` from a file, without building a model."""
+    path = Path(path)
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(f"unsupported file type {path.suffix!r}; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    meta: dict[str, str] = {}
+    epoch = None
+    if path.suffix == ".safetensors":
+        raw, meta = _from_safetensors(path)
+        state, source = extract_backbone_state(raw, which)
+        source = "safetensors" if meta.get("format") == "dino-backbone" else source
+        epoch = int(meta["epoch"]) if meta.get("epoch") else None
+    else:
+        obj = load_checkpoint(path)
+        state, source = extract_backbone_state(obj, which)
+        epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
+    patch, dim, depth, heads = infer_arch(state)
+    if meta.get("num_heads"):
+        heads = int(meta["num_heads"])
+    arch = meta.get("arch") or arch_from_dims(dim) or f"vit_d{dim}"
+    info = BackboneInfo(arch=arch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                        source=source, epoch=epoch, trained=meta.get("trained", "true") != "false")
+    if meta.get("mean"):
+        info.mean, info.std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
+    return state, info
+
+
+def load_backbone(path: str | Path, which: str = "teacher") -> tuple[DinoViT, BackboneInfo]:
+    """Build a :class:`DinoViT` and load a checkpoint into it with ``strict=True``."""
+    state, info = read_backbone(path, which)
+    model = build_vit(info.arch, info.patch_size, embed_dim=info.embed_dim, depth=info.depth,
+                      num_heads=info.num_heads)
+    if state["pos_embed"].shape != model.pos_embed.shape:
+        raise CheckpointError(f"pos_embed has shape {tuple(state['pos_embed'].shape)}, "
+                              f"expected {tuple(model.pos_embed.shape)} (224 px grid)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit a {info.arch}/{info.patch_size}: {exc}") from exc
+    return model.eval(), info
