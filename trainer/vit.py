@@ -114,8 +114,9 @@ class DinoViT(VisionTransformer):
         return height // self.patch_size, width // self.patch_size
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patchify, prepend CLS, add (interpolated) positional embeddings."""
-        x = self.patch_embed(x)  # B, gh, gw, D with dynamic_img_size=True
+        """Patchify (partial edge patches dropped), prepend CLS, add interpolated pos embeddings."""
+        gh, gw = self.grid_size(x.shape[-2], x.shape[-1])
+        x = self.patch_embed(x[..., : gh * self.patch_size, : gw * self.patch_size])  # B, gh, gw, D
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
