@@ -1,0 +1,146 @@
+"""Turn an /attention reply into what the page shows: images, labelled galleries, tables, text.
+
+The service draws the overlays (PNG, at the processed resolution); this module decodes them,
+labels them per head, lays two models out side by side, and formats numbers. No torch here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+GalleryItems = list[tuple[Image.Image, str]]
+_GAP = 6
+_TITLE_H = 22
+
+
+class RenderError(ValueError):
+    """The service's reply cannot be displayed (missing or broken overlay)."""
+
+
+def decode_png(data_b64: str) -> Image.Image:
+    """A base64 PNG from the service as an RGB image."""
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data_b64, validate=True)))
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - any decoding problem is one readable message
+        raise RenderError(f"an overlay sent by the service is not a readable PNG ({exc})") from exc
+    return image.convert("RGB")
+
+
+def _overlays(result: dict[str, Any]) -> dict[str, Any]:
+    overlays = result.get("overlays")
+    if not isinstance(overlays, dict) or not overlays.get("heads"):
+        raise RenderError("the service's reply has no overlays; it must be called with overlays=true")
+    return overlays
+
+
+def head_label(index: int) -> str:
+    """The caption of head ``index`` everywhere on the page."""
+    return f"head {index}"
+
+
+def processed_image(result: dict[str, Any]) -> Image.Image:
+    """The input image as the model saw it (resized and cropped), so every overlay aligns with it."""
+    return decode_png(_overlays(result)["image"])
+
+
+def mean_overlay(result: dict[str, Any]) -> Image.Image:
+    return decode_png(_overlays(result)["mean"])
+
+
+def head_gallery(result: dict[str, Any]) -> GalleryItems:
+    """One heat overlay per head, captioned ``head 0`` .. ``head n-1``."""
+    return [(decode_png(png), head_label(i)) for i, png in enumerate(_overlays(result)["heads"])]
+
+
+def mask_gallery(result: dict[str, Any]) -> GalleryItems:
+    """Each head's kept region (with outline), captioned with the head and its coverage."""
+    coverage = result.get("coverage", [])
+    items = []
+    for i, png in enumerate(_overlays(result).get("masks", [])):
+        kept = f" · {coverage[i]:.0%} kept" if i < len(coverage) else ""
+        items.append((decode_png(png), head_label(i) + kept))
+    return items
+
+
+def coverage_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Per head: fraction of patches kept, number kept, and IoU against the ground truth when given."""
+    masks = np.asarray(result["masks"])
+    table = pd.DataFrame({
+        "head": [head_label(i) for i in range(len(result["coverage"]))],
+        "coverage": [round(float(c), 4) for c in result["coverage"]],
+        "kept patches": [int(m.sum()) for m in masks],
+    })
+    if result.get("iou") is not None:
+        table["IoU"] = [round(float(v), 4) for v in result["iou"]]
+    return table
+
+
+def best_head_text(result: dict[str, Any]) -> str:
+    """The best head against the ground-truth mask, or how to get one."""
+    if result.get("iou") is None:
+        return "Upload a ground-truth mask to see the IoU of each head and the best head."
+    best = int(result["best_head"])
+    return f"**Best head: {head_label(best)}** (IoU {float(result['best_iou']):.3f} against the ground-truth mask)"
+
+
+def weights_word(trained: bool | None) -> str:
+    if trained is None:
+        return "weights of unknown origin"
+    if trained:
+        return "trained weights"
+    return "a **random-init placeholder** (untrained: the maps show no learned structure)"
+
+
+def status_text(result: dict[str, Any]) -> str:
+    """One plain line: which model is shown, trained or placeholder, and what was computed."""
+    gh, gw = result.get("grid", ["?", "?"])
+    h, w = result.get("image_size", ["?", "?"])
+    params = result.get("params", {})
+    total = result.get("timings_ms", {}).get("total")
+    took = f" in {total:.0f} ms" if isinstance(total, int | float) else ""
+    return (f"Showing **{result['model']}** ({result.get('arch', '?')}, patch {result.get('patch_size', '?')}, "
+            f"{result['num_heads']} heads): {weights_word(result.get('trained'))}. "
+            f"Image {w}×{h} px, grid {gw}×{gh} patches, threshold {params.get('threshold', '?')}{took}.")
+
+
+def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def _titled(image: Image.Image | None, title: str, height: int, width: int) -> Image.Image:
+    """``image`` scaled to ``height`` with a title strip above; a grey panel when ``image`` is None."""
+    if image is None:
+        body = Image.new("RGB", (width, height), (60, 60, 60))
+    else:
+        scale = height / image.height
+        body = image.resize((max(1, round(image.width * scale)), height), Image.NEAREST)
+    panel = Image.new("RGB", (body.width, height + _TITLE_H), (255, 255, 255))
+    panel.paste(body, (0, _TITLE_H))
+    ImageDraw.Draw(panel).text((4, 3), title, fill=(20, 20, 20), font=_font())
+    return panel
+
+
+def side_by_side(left: Image.Image | None, right: Image.Image | None, left_title: str,
+                 right_title: str) -> Image.Image:
+    """Two panels at the same height, titled, with a white gap; a missing one is a grey placeholder."""
+    present = [im for im in (left, right) if im is not None]
+    if not present:
+        raise RenderError("nothing to compare: both panels are empty")
+    height = max(im.height for im in present)
+    width = max(im.width for im in present)
+    a = _titled(left, left_title, height, width)
+    b = _titled(right, right_title, height, width)
+    canvas = Image.new("RGB", (a.width + _GAP + b.width, a.height), (255, 255, 255))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width + _GAP, 0))
+    return canvas
