@@ -1,0 +1,220 @@
+"""Which models exist (checkpoint files, the official zoo, the placeholder) and which are loaded.
+
+Ids: a file's name without its extension (the full name when two files share a stem).
+Training checkpoints serve their ``teacher`` under the plain id and their ``student``
+under ``<id>:student``. Loading is lazy, cached LRU-style (``DINO_MAX_LOADED_MODELS``)
+and thread-safe; a file that cannot be parsed is listed as unavailable with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend import zoo
+from backend.errors import ModelUnavailable, UnknownModel
+from backend.placeholder import PLACEHOLDER_ID, placeholder_path
+from backend.settings import Settings
+from trainer.checkpoint import CHECKPOINT_SUFFIXES, BackboneInfo, load_backbone, read_backbone
+from trainer.vit import DinoViT
+
+log = logging.getLogger(__name__)
+STUDENT_SUFFIX = ":student"
+
+
+@dataclass
+class ModelEntry:
+    """One listed model; ``error`` set means unavailable."""
+
+    id: str
+    source: str  # file | zoo | placeholder
+    arch: str | None = None
+    patch_size: int | None = None
+    num_heads: int | None = None
+    path: Path | None = None
+    which: str = "teacher"
+    layout: str | None = None
+    trained: bool = True
+    error: str | None = None
+
+    def public(self, loaded: bool) -> dict[str, Any]:
+        return {"id": self.id, "arch": self.arch, "patch_size": self.patch_size, "num_heads": self.num_heads,
+                "source": self.source, "layout": self.layout, "which": self.which, "loaded": loaded,
+                "available": self.error is None, "trained": self.trained, "error": self.error}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference."""
+
+    entry: ModelEntry
+    model: DinoViT
+    info: BackboneInfo
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when present, else cpu; ``cuda`` without a GPU is a configuration error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("DINO_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def inspect_file(path: Path, model_id: str) -> list[ModelEntry]:
+    """Entries for one checkpoint file (teacher, and student for training checkpoints)."""
+    try:
+        state, info = read_backbone(path)
+        del state
+    except Exception as exc:  # noqa: BLE001 - any failure lists the file as unavailable
+        return [ModelEntry(model_id, "file", path=path, error=f"cannot load {path.name}: {exc}")]
+    entry = ModelEntry(model_id, "file", info.arch, info.patch_size, info.num_heads, path, "teacher",
+                       info.source, info.trained)
+    entries = [entry]
+    if info.source.startswith("training-"):
+        entries.append(ModelEntry(model_id + STUDENT_SUFFIX, "file", info.arch, info.patch_size, info.num_heads,
+                                  path, "student", "training-student", info.trained))
+    return entries
+
+
+class ModelRegistry:
+    """Thread-safe catalogue and LRU cache of loaded models."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self._lock = threading.RLock()
+        self._files: dict[Path, tuple[tuple[int, int], list[ModelEntry]]] = {}
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._zoo_errors: dict[str, str] = {}
+
+    # -- catalogue -----------------------------------------------------------------------
+    def _checkpoint_files(self) -> list[Path]:
+        folder = Path(self.settings.checkpoint_dir)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES
+                      and not p.name.startswith("."))
+
+    def _file_entries(self) -> list[ModelEntry]:
+        files = self._checkpoint_files()
+        stems = [p.stem for p in files]
+        out: list[ModelEntry] = []
+        seen: dict[Path, tuple[tuple[int, int], list[ModelEntry]]] = {}
+        for path in files:
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            cached = self._files.get(path)
+            if cached is None or cached[0] != key:
+                model_id = path.stem if stems.count(path.stem) == 1 or path.suffix == ".pth" else path.name
+                cached = (key, inspect_file(path, model_id))
+            seen[path] = cached
+            out.extend(cached[1])
+        self._files = seen
+        return out
+
+    def _zoo_entries(self) -> list[ModelEntry]:
+        out = []
+        for model_id, spec in zoo.ZOO.items():
+            cached = spec.cache_path(self.settings.cache_dir).exists()
+            error = self._zoo_errors.get(model_id) if not cached else None
+            if not cached and not self.settings.allow_downloads:
+                error = "not in the cache and downloads are off (DINO_ALLOW_DOWNLOADS=false)"
+            out.append(ModelEntry(model_id, "zoo", spec.arch, spec.patch_size, spec.num_heads,
+                                  spec.cache_path(self.settings.cache_dir), layout="backbone", error=error))
+        return out
+
+    def _placeholder_entries(self) -> list[ModelEntry]:
+        path = placeholder_path(self.settings.cache_dir)
+        if not path.exists():
+            return []
+        return [ModelEntry(PLACEHOLDER_ID, "placeholder", "vit_small", 16, 6, path, layout="safetensors",
+                           trained=False)]
+
+    def entries(self) -> list[ModelEntry]:
+        """Every model, rescanning the checkpoint folder (files unchanged since last scan are not re-read)."""
+        with self._lock:
+            return self._file_entries() + self._zoo_entries() + self._placeholder_entries()
+
+    def resolve(self, model_id: str) -> ModelEntry:
+        """The entry for ``model_id``, or :class:`UnknownModel` (404) listing the valid ids."""
+        entries = self.entries()
+        for entry in entries:
+            if entry.id == model_id:
+                return entry
+        ids = ", ".join(e.id for e in entries)
+        raise UnknownModel(f"unknown model {model_id!r}; choose one of {ids}")
+
+    def is_loaded(self, model_id: str) -> bool:
+        with self._lock:
+            return model_id in self._loaded
+
+    def newest_file_model(self) -> str | None:
+        """The available checkpoint-folder model with the newest file (teacher ids only)."""
+        candidates = [e for e in self.entries() if e.source == "file" and e.error is None and e.which == "teacher"]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda e: (e.path.stat().st_mtime_ns, e.id)).id  # type: ignore[union-attr]
+
+    # -- loading -------------------------------------------------------------------------
+    def get(self, model_id: str) -> LoadedModel:
+        """The loaded model (loading it, and evicting the least recently used, if needed)."""
+        entry = self.resolve(model_id)
+        if entry.error is not None and entry.source != "zoo":  # zoo: fetch retries and says why
+            raise ModelUnavailable(f"model {model_id!r} is unavailable: {entry.error}")
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            load_lock = self._load_locks.setdefault(model_id, threading.Lock())
+        with load_lock:
+            with self._lock:
+                if model_id in self._loaded:
+                    return self._loaded[model_id]
+            loaded = self._load(entry)
+            with self._lock:
+                self._loaded[model_id] = loaded
+                while len(self._loaded) > self.settings.max_loaded_models:
+                    evicted, _ = self._loaded.popitem(last=False)
+                    log.info("evicted model %s (DINO_MAX_LOADED_MODELS=%d)", evicted,
+                             self.settings.max_loaded_models)
+            return loaded
+
+    def _load(self, entry: ModelEntry) -> LoadedModel:
+        s = self.settings
+        if entry.source == "zoo":
+            try:
+                path = zoo.fetch(entry.id, s.cache_dir, s.download_base_url, s.allow_downloads,
+                                 s.download_timeout_s, s.download_max_s)
+            except ModelUnavailable as exc:
+                self._zoo_errors[entry.id] = exc.detail
+                raise
+            self._zoo_errors.pop(entry.id, None)
+        else:
+            assert entry.path is not None
+            path = entry.path
+        try:
+            model, info = load_backbone(path, entry.which)
+        except Exception as exc:  # noqa: BLE001 - a broken file makes this model unavailable, not the service
+            entry.error = f"cannot load {path.name}: {exc}"
+            raise ModelUnavailable(f"model {entry.id!r} is unavailable: {entry.error}") from exc
+        model.set_fused_attention(True)
+        model = model.to(self.device).eval().requires_grad_(False)
+        log.info("loaded model %s (%s/%d, %s) on %s", entry.id, info.arch, info.patch_size, info.source, self.device)
+        return LoadedModel(entry, model, info, self.device)
+
+    def note_zoo_error(self, model_id: str, detail: str) -> None:
+        """Show a failed zoo download in GET /models (a later request still retries it)."""
+        self._zoo_errors[model_id] = detail
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)

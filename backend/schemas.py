@@ -1,0 +1,78 @@
+"""Request parameters and their OpenAPI description (multipart and JSON bodies)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from backend.errors import InvalidParameter
+
+MAX_IMAGE_SIZE_SCHEMA = 2048
+_ALLOWED = {
+    "image_size": "an integer between the model's patch size and DINO_MAX_IMAGE_SIZE",
+    "threshold": "a number with 0 < threshold <= 1",
+    "resize": "keep_aspect or square",
+    "format": "json or npz",
+    "overlays": "true or false",
+    "model": "an id from GET /models",
+}
+
+
+class AttentionParams(BaseModel):
+    """Everything except the image(s): see docs/API.md."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
+
+    model: str | None = Field(None, min_length=1, max_length=256, description="an id from GET /models")
+    image_size: int = Field(480, ge=1, le=MAX_IMAGE_SIZE_SCHEMA, description="short side (keep_aspect) or side")
+    resize: Literal["keep_aspect", "square"] = "keep_aspect"
+    threshold: float = Field(0.6, gt=0, le=1, description="fraction of attention mass each mask keeps")
+    overlays: bool = True
+    format: Literal["json", "npz"] = "json"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in err.get("loc", ())) or "request"
+    hint = _ALLOWED.get(field)
+    if err.get("type") == "extra_forbidden":
+        return f"unknown field {field!r}; the fields are image, gt_mask, {', '.join(_ALLOWED)}"
+    return f"{field}: {err.get('msg', 'invalid')}" + (f" (allowed: {hint})" if hint else "")
+
+
+def validate_params(raw: dict[str, Any]) -> AttentionParams:
+    """Parameters from form fields or JSON, or 422 with a message per bad field."""
+    if raw.get("model") in ("", None):  # an empty form field means "the default model"
+        raw = {k: v for k, v in raw.items() if k != "model"}
+    try:
+        return AttentionParams.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidParameter("; ".join(_describe(e) for e in exc.errors())) from exc
+
+
+def _params_properties() -> dict[str, Any]:
+    schema = AttentionParams.model_json_schema()
+    return schema["properties"]
+
+
+def request_body_schema(batch: bool, max_batch: int) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for /attention (single) or /attention/batch."""
+    params = _params_properties()
+    if batch:
+        files = {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                            "minItems": 1, "maxItems": max_batch}}
+        b64 = {"images": {"type": "array", "items": {"type": "string", "description": "base64 image"},
+                          "minItems": 1, "maxItems": max_batch}}
+        required = ["images"]
+    else:
+        files = {"image": {"type": "string", "format": "binary"},
+                 "gt_mask": {"type": "string", "format": "binary"}}
+        b64 = {"image": {"type": "string", "description": "base64 image"},
+               "gt_mask": {"type": "string", "description": "base64 mask image"}}
+        required = ["image"]
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {**files, **params},
+                                           "required": required, "additionalProperties": False}},
+        "application/json": {"schema": {"type": "object", "properties": {**b64, **params},
+                                         "required": required, "additionalProperties": False}},
+    }}}

@@ -1,0 +1,50 @@
+"""Service configuration, read from ``DINO_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
+
+
+class Settings(BaseSettings):
+    """Every knob of the attention service; each field is the env var ``DINO_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DINO_", extra="ignore")
+
+    checkpoint_dir: Path = Path("checkpoints")
+    default_model: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    cache_dir: Path = Path(".cache/dino")
+
+    allow_downloads: bool = True
+    download_base_url: str = ZOO_BASE_URL
+    download_timeout_s: float = Field(5.0, gt=0, description="socket timeout of one zoo download step")
+    download_max_s: float = Field(600.0, gt=0, description="whole-download deadline")
+
+    max_upload_mb: float = Field(20.0, gt=0, description="largest accepted image file")
+    max_request_mb: float = Field(100.0, gt=0, description="largest accepted request body")
+    max_pixels: int = Field(40_000_000, gt=0, description="largest decoded image (width x height)")
+    max_image_size: int = Field(2048, ge=1, description="largest image_size parameter")
+    max_batch: int = Field(16, ge=1)
+
+    max_concurrency: int = Field(2, ge=1, description="inferences running at the same time")
+    queue_timeout_s: float = Field(10.0, ge=0, description="wait for a free slot before answering 503")
+    max_loaded_models: int = Field(2, ge=1)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 1024 * 1024)
