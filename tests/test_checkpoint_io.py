@@ -44,9 +44,36 @@ def test_safetensors_export_round_trip(tmp_path: Path) -> None:
 
 
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
-    import argparse
+    from fractions import Fraction
 
     path = tmp_path / "evil.pth"
-    torch.save({"args": argparse.Namespace(arch="vit_small")}, path)  # an arbitrary pickled class
+    torch.save({"obj": Fraction(1, 3)}, path)  # an arbitrary pickled class
     with pytest.raises(CheckpointError, match="weights-only"):
         load_checkpoint(path)
+
+
+def test_authors_namespace_args_are_accepted(tmp_path: Path) -> None:
+    import argparse
+
+    path = tmp_path / "authors.pth"
+    torch.save({"args": argparse.Namespace(arch="vit_small"), "epoch": 3}, path)
+    obj = load_checkpoint(path)
+    assert obj["args"].arch == "vit_small" and obj["epoch"] == 3
+
+
+def test_authors_full_checkpoint_loads_as_backbone(tmp_path: Path) -> None:
+    """The authors' layout: DDP ``module.`` prefixes, head keys, Namespace args."""
+    import argparse
+
+    from trainer.head import DINOHead, MultiCropWrapper
+
+    backbone = build_vit(embed_dim=64, depth=2, num_heads=1, patch_size=8)
+    wrapped = MultiCropWrapper(backbone, DINOHead(64, 10, hidden_dim=16, bottleneck_dim=8))
+    student = {f"module.{k}": v for k, v in wrapped.state_dict().items()}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"student": student, "teacher": wrapped.state_dict(), "epoch": 5,
+                "args": argparse.Namespace(arch="vit_small")}, path)
+    for which in ("teacher", "student"):
+        model, info = load_backbone(path, which)
+        assert (info.patch_size, info.embed_dim, info.depth, info.num_heads, info.epoch) == (8, 64, 2, 1, 5)
+        assert torch.equal(model.pos_embed, backbone.pos_embed)

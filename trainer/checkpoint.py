@@ -15,6 +15,7 @@ Everything is read with ``torch.load(weights_only=True)`` or safetensors: no unp
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -92,9 +93,14 @@ def export_backbone_safetensors(backbone: DinoViT, path: str | Path, arch: str, 
 
 # -- reading ---------------------------------------------------------------------------
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a ``.pth``/``.pt`` with ``weights_only=True``; a clear error if that is impossible."""
+    """Read a ``.pth``/``.pt`` with ``weights_only=True``; a clear error if that is impossible.
+
+    ``argparse.Namespace`` is the one class allowed beyond tensors and containers: the authors'
+    full checkpoints store their ``args`` as one. It holds plain attributes and runs no code.
+    """
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reason becomes one readable message
         raise CheckpointError(f"cannot read {Path(path).name} as a weights-only torch file: {exc}") from exc
     if not isinstance(obj, dict):
