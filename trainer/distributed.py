@@ -1,0 +1,140 @@
+"""Process-group set-up: one plain process, torchrun (one or many nodes), or SLURM's srun.
+
+* no launcher: a single process on CPU or one GPU, no process group;
+* torchrun: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``);
+* SLURM: ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; ``MASTER_ADDR``/``MASTER_PORT``
+  are used when set, else the first host of the job's node list and port 29500.
+
+DDP uses NCCL on CUDA and gloo on CPU. Only rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_MASTER_PORT = "29500"
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job, as read from the launcher's environment."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launcher: str = "none"  # none | torchrun | slurm
+    master_addr: str | None = None
+    master_port: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list such as ``gpu[03-05,9],cpu1`` -> ``gpu03``."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+    prefix, ranges = match.group(1), match.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def read_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
+    """Parse torchrun or SLURM variables (torchrun wins when both are present)."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun",
+                       env.get("MASTER_ADDR"), env.get("MASTER_PORT"))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        addr = env.get("MASTER_ADDR")
+        if not addr:
+            nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            if not nodes:
+                raise RuntimeError("SLURM job with several tasks but neither MASTER_ADDR nor SLURM_JOB_NODELIST set")
+            addr = first_slurm_host(nodes)
+        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                       "slurm", addr, env.get("MASTER_PORT", DEFAULT_MASTER_PORT))
+    return DistEnv()
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> cuda:LOCAL_RANK when available else cpu; ``cuda`` without a GPU is an error."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {preference!r}; choose one of auto, cpu, cuda")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_distributed(device_preference: str = "auto", dist_url: str = "env://",
+                     env: Mapping[str, str] | None = None) -> tuple[DistEnv, torch.device]:
+    """Read the launcher, choose the device and, with several processes, join the process group."""
+    info = read_dist_env(env)
+    device = pick_device(device_preference, info.local_rank)
+    if info.distributed and not (dist.is_available() and dist.is_initialized()):
+        if info.master_addr:
+            os.environ.setdefault("MASTER_ADDR", info.master_addr)
+            os.environ.setdefault("MASTER_PORT", info.master_port or DEFAULT_MASTER_PORT)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method=dist_url, rank=info.rank,
+                                world_size=info.world_size)
+        logger.info("joined process group: rank %d of %d (%s, %s)", info.rank, info.world_size,
+                    info.launcher, backend)
+    return info, device
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a single process): the only process that logs and writes files."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (a no-op in a single process); returns it."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log at ``level`` on rank 0; other ranks only report errors. Keeps handlers already installed."""
+    level = level if is_main_process() else logging.ERROR
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
