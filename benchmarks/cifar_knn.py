@@ -71,7 +71,8 @@ def train_flags(data: Path, out: Path, epochs: int, args: argparse.Namespace) ->
                 global_crops_size=32, local_crops_size=16, local_crops_number=args.local_crops,
                 out_dim=args.out_dim, batch_size_per_gpu=args.batch_size, epochs=epochs,
                 warmup_epochs=1 if epochs >= 3 else 0, lr=args.lr, num_workers=args.workers, saveckp_freq=0,
-                seed=0, log_every=5, momentum_teacher=0.99)
+                seed=0, log_every=5, momentum_teacher=args.momentum_teacher, precision=args.precision,
+                norm_last_layer=args.norm_last_layer)
 
 
 def calibrate(data: Path, work: Path, args: argparse.Namespace) -> float:
@@ -110,6 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out_dim", type=int, default=4096, help="DINO head output dimension")
     p.add_argument("--batch_size", type=int, default=64, help="images per step")
     p.add_argument("--lr", type=float, default=0.0005, help="base lr (for a batch of 256)")
+    p.add_argument("--momentum_teacher", type=float, default=0.99, help="teacher EMA start (short runs: 0.99)")
+    p.add_argument("--norm_last_layer", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+                   help="fix the head's last-layer norm (the authors use false for ViT-S, true for ViT-B)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="autocast on the CPU (bf16 helps on CPUs with bf16 units)")
     p.add_argument("--workers", type=int, default=1, help="data-loading workers")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return p.parse_args(argv)
