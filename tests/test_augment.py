@@ -34,13 +34,7 @@ EXPECTED_RATES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: avoid thread oversubscription on shared CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_image(height: int = 32, width: int = 32, seed: int = 0) -> Image.Image:

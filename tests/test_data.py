@@ -39,12 +39,7 @@ def make_image_folder(root: Path, classes: dict[str, int], size: tuple[int, int]
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_image_folder_tree_gets_labels_from_sorted_class_names(tmp_path):

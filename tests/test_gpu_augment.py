@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
+from tests.test_augment import EXPECTED_RATES
 from trainer.augment import CROP_RATIO, DataAugmentationDINO
 from trainer.gpu_augment import (
     GPUMultiCrop,
@@ -31,23 +32,11 @@ from trainer.gpu_augment import (
 from trainer.jpeg_batch import EncodedImageFolder, collate_bytes, decode_jpegs, decode_with_pil, drop_undecoded
 from trainer.vit import IMAGENET_MEAN, IMAGENET_STD
 
-EXPECTED_RATES = {
-    "flip": (0.5, 0.5, 0.5),
-    "jitter": (0.8, 0.8, 0.8),
-    "grayscale": (0.2, 0.2, 0.2),
-    "blur": (1.0, 0.1, 0.5),
-    "solarize": (0.0, 0.2, 0.0),
-}
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_images(count: int, height: int, width: int, seed: int) -> torch.Tensor:

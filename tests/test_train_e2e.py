@@ -20,12 +20,7 @@ from trainer.loss import DINOLoss
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(data: Path, out: Path, probes: Path, log_every: int) -> list[str]:
