@@ -77,3 +77,24 @@ def test_authors_full_checkpoint_loads_as_backbone(tmp_path: Path) -> None:
         model, info = load_backbone(path, which)
         assert (info.patch_size, info.embed_dim, info.depth, info.num_heads, info.epoch) == (8, 64, 2, 1, 5)
         assert torch.equal(model.pos_embed, backbone.pos_embed)
+
+
+def test_fp16_export_round_trips_to_float32_with_extra(tmp_path):
+    import torch
+
+    from trainer.checkpoint import export_backbone_safetensors, load_backbone
+    from trainer.vit import build_vit
+
+    torch.manual_seed(0)
+    model = build_vit("vit_tiny", 16)
+    path = tmp_path / "m.safetensors"
+    export_backbone_safetensors(model, path, "vit_tiny", 3, extra={"summary": "tiny test model"},
+                                dtype=torch.float16)
+    fp32_bytes = sum(v.numel() * 4 for v in model.state_dict().values())
+    assert path.stat().st_size < 0.6 * fp32_bytes  # half-size tensors on disk
+    loaded, info = load_backbone(path)
+    assert info.extra == {"summary": "tiny test model"} and info.epoch == 3
+    for key, value in model.state_dict().items():
+        got = loaded.state_dict()[key]
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, value.half().float(), rtol=0, atol=0)

@@ -77,8 +77,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def export_backbone_safetensors(backbone: DinoViT, path: str | Path, arch: str, epoch: int | None,
-                                trained: bool = True, extra: dict[str, Any] | None = None) -> None:
-    """Write the backbone weights with metadata (arch, patch, dims, epoch, mean/std), atomically."""
+                                trained: bool = True, extra: dict[str, Any] | None = None,
+                                dtype: torch.dtype = torch.float32) -> None:
+    """Write the backbone weights with metadata (arch, patch, dims, epoch, mean/std), atomically.
+
+    ``dtype`` (float32, float16 or bfloat16) is the dtype of the stored floating-point tensors;
+    :func:`load_backbone` always returns a float32 model. ``extra`` (JSON-serialisable) comes back
+    as :attr:`BackboneInfo.extra`, e.g. a model card ``summary``.
+    """
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"unsupported export dtype {dtype}; choose one of float32, float16, bfloat16")
     blk = backbone.blocks[0].attn
     meta = {
         "format": "dino-backbone", "arch": arch, "patch_size": str(backbone.patch_size),
@@ -87,7 +95,8 @@ def export_backbone_safetensors(backbone: DinoViT, path: str | Path, arch: str, 
         "mean": json.dumps(list(IMAGENET_MEAN)), "std": json.dumps(list(IMAGENET_STD)),
         "trained": "true" if trained else "false", "extra": json.dumps(extra or {}),
     }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in backbone.state_dict().items()}
     _atomic_write(Path(path), lambda tmp: save_safetensors(state, tmp, metadata=meta))
 
 
@@ -190,7 +199,17 @@ def read_backbone(path: str | Path, which: str = "teacher") -> tuple[dict[str, t
                         source=source, epoch=epoch, trained=meta.get("trained", "true") != "false")
     if meta.get("mean"):
         info.mean, info.std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
-    return state, info
+    info.extra = _json_object(meta.get("extra"))
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    """The ``extra`` metadata as a dict ({} when absent or not a JSON object)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def load_backbone(path: str | Path, which: str = "teacher") -> tuple[DinoViT, BackboneInfo]:
