@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 NO_IMAGE = "Upload an image or pick one of the examples first."
 NO_ANALYSIS = "Nothing to download yet: analyse an image first; the ZIP holds the analysis on screen."
+LABEL_SUMMARY_CHARS = 80  # the model card summary is cut to this length in the dropdown
 
 
 class AttentionClient(Protocol):
@@ -159,9 +160,13 @@ def compare(client: AttentionClient, image: str | None, model_a: str | None, mod
 
 
 def model_label(entry: dict[str, Any]) -> str:
-    """Dropdown text of one /models entry: id, architecture, and trained or placeholder."""
-    kind = "trained" if entry.get("trained", True) else "random-init placeholder"
+    """Dropdown text of one /models entry: id, architecture, trained or placeholder, short model card."""
+    trained = entry.get("trained", True)
+    kind = "trained" if trained else "random-init placeholder"
     label = f"{entry['id']} ({entry.get('arch', '?')}/{entry.get('patch_size', '?')}, {kind})"
+    card = rendering.card_text(entry.get("summary"), LABEL_SUMMARY_CHARS) if trained else ""
+    if card:
+        label += f": {card}"
     if entry.get("available") is False:
         label += f" - unavailable: {entry.get('error') or 'not loadable'}"
     return label
@@ -172,7 +177,8 @@ def catalog_text(catalog: dict[str, Any], base_url: str) -> str:
     if default is None:
         return f"Connected to {base_url}: {len(catalog['models'])} models, no default model."
     return (f"Connected to {base_url}: {len(catalog['models'])} model(s). Default **{default['id']}**: "
-            f"{rendering.weights_word(default.get('trained'))}. Upload an image or pick an example.")
+            f"{rendering.weights_text(default.get('trained'), default.get('summary'))}. "
+            "Upload an image or pick an example.")
 
 
 def list_models(client: AttentionClient) -> tuple[Any, Any, Any, str]:

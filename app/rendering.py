@@ -98,6 +98,22 @@ def weights_word(trained: bool | None) -> str:
     return "a **random-init placeholder** (untrained: the maps show no learned structure)"
 
 
+def card_text(summary: object, limit: int | None = None) -> str:
+    """A model card summary on one line ("" when absent), cut to ``limit`` characters ending in "…"."""
+    if not isinstance(summary, str):
+        return ""
+    text = " ".join(summary.split())
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 1, 0)].rstrip() + "…"
+    return text
+
+
+def weights_text(trained: bool | None, summary: object = None) -> str:
+    """:func:`weights_word`, followed by the model card summary unless the weights are untrained."""
+    card = card_text(summary) if trained is not False else ""
+    return f"{weights_word(trained)} ({card})" if card else weights_word(trained)
+
+
 def status_text(result: dict[str, Any]) -> str:
     """One plain line: which model is shown, trained or placeholder, and what was computed."""
     gh, gw = result.get("grid", ["?", "?"])
@@ -106,7 +122,7 @@ def status_text(result: dict[str, Any]) -> str:
     total = result.get("timings_ms", {}).get("total")
     took = f" in {total:.0f} ms" if isinstance(total, int | float) else ""
     return (f"Showing **{result['model']}** ({result.get('arch', '?')}, patch {result.get('patch_size', '?')}, "
-            f"{result['num_heads']} heads): {weights_word(result.get('trained'))}. "
+            f"{result['num_heads']} heads): {weights_text(result.get('trained'), result.get('summary'))}. "
             f"Image {w}×{h} px, grid {gw}×{gh} patches, threshold {params.get('threshold', '?')}{took}.")
 
 

@@ -2,7 +2,8 @@
 
 Ids: a file's name without its extension (the full name when two files share a stem).
 Training checkpoints serve their ``teacher`` under the plain id and their ``student``
-under ``<id>:student``. Loading is lazy, cached LRU-style (``DINO_MAX_LOADED_MODELS``)
+under ``<id>:student``. Every entry carries a one-line model card ``summary`` (a file's
+safetensors ``extra["summary"]``, a fixed line for the zoo and the placeholder, else None). Loading is lazy, cached LRU-style (``DINO_MAX_LOADED_MODELS``)
 and thread-safe; a file that cannot be parsed is listed as unavailable with its reason.
 """
 
@@ -19,13 +20,14 @@ import torch
 
 from backend import zoo
 from backend.errors import ModelUnavailable, UnknownModel
-from backend.placeholder import PLACEHOLDER_ID, placeholder_path
+from backend.placeholder import PLACEHOLDER_ID, PLACEHOLDER_SUMMARY, placeholder_path
 from backend.settings import Settings
 from trainer.checkpoint import CHECKPOINT_SUFFIXES, BackboneInfo, load_backbone, read_backbone
 from trainer.vit import DinoViT
 
 log = logging.getLogger(__name__)
 STUDENT_SUFFIX = ":student"
+STUDENT_NOTE = " (student)"
 
 
 @dataclass
@@ -42,11 +44,13 @@ class ModelEntry:
     layout: str | None = None
     trained: bool = True
     error: str | None = None
+    summary: str | None = None
 
     def public(self, loaded: bool) -> dict[str, Any]:
         return {"id": self.id, "arch": self.arch, "patch_size": self.patch_size, "num_heads": self.num_heads,
                 "source": self.source, "layout": self.layout, "which": self.which, "loaded": loaded,
-                "available": self.error is None, "trained": self.trained, "error": self.error}
+                "available": self.error is None, "trained": self.trained, "error": self.error,
+                "summary": self.summary}
 
 
 @dataclass
@@ -68,6 +72,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def card_summary(extra: dict[str, Any]) -> str | None:
+    """The model card line of a file's ``extra`` metadata: a non-empty ``summary`` string, else None."""
+    summary = extra.get("summary")
+    if not isinstance(summary, str) or not summary.strip():
+        return None
+    return summary.strip()
+
+
 def inspect_file(path: Path, model_id: str) -> list[ModelEntry]:
     """Entries for one checkpoint file (teacher, and student for training checkpoints)."""
     try:
@@ -75,12 +87,14 @@ def inspect_file(path: Path, model_id: str) -> list[ModelEntry]:
         del state
     except Exception as exc:  # noqa: BLE001 - any failure lists the file as unavailable
         return [ModelEntry(model_id, "file", path=path, error=f"cannot load {path.name}: {exc}")]
+    summary = card_summary(info.extra)
     entry = ModelEntry(model_id, "file", info.arch, info.patch_size, info.num_heads, path, "teacher",
-                       info.source, info.trained)
+                       info.source, info.trained, summary=summary)
     entries = [entry]
     if info.source.startswith("training-"):
         entries.append(ModelEntry(model_id + STUDENT_SUFFIX, "file", info.arch, info.patch_size, info.num_heads,
-                                  path, "student", "training-student", info.trained))
+                                  path, "student", "training-student", info.trained,
+                                  summary=None if summary is None else summary + STUDENT_NOTE))
     return entries
 
 
@@ -129,7 +143,8 @@ class ModelRegistry:
             if not cached and not self.settings.allow_downloads:
                 error = "not in the cache and downloads are off (DINO_ALLOW_DOWNLOADS=false)"
             out.append(ModelEntry(model_id, "zoo", spec.arch, spec.patch_size, spec.num_heads,
-                                  spec.cache_path(self.settings.cache_dir), layout="backbone", error=error))
+                                  spec.cache_path(self.settings.cache_dir), layout="backbone", error=error,
+                                  summary=spec.summary))
         return out
 
     def _placeholder_entries(self) -> list[ModelEntry]:
@@ -137,7 +152,7 @@ class ModelRegistry:
         if not path.exists():
             return []
         return [ModelEntry(PLACEHOLDER_ID, "placeholder", "vit_small", 16, 6, path, layout="safetensors",
-                           trained=False)]
+                           trained=False, summary=PLACEHOLDER_SUMMARY)]
 
     def entries(self) -> list[ModelEntry]:
         """Every model, rescanning the checkpoint folder (files unchanged since last scan are not re-read)."""
@@ -157,12 +172,19 @@ class ModelRegistry:
         with self._lock:
             return model_id in self._loaded
 
+    def _available_files(self) -> list[ModelEntry]:
+        return [e for e in self.entries() if e.source == "file" and e.error is None and e.which == "teacher"]
+
     def newest_file_model(self) -> str | None:
         """The available checkpoint-folder model with the newest file (teacher ids only)."""
-        candidates = [e for e in self.entries() if e.source == "file" and e.error is None and e.which == "teacher"]
+        candidates = self._available_files()
         if not candidates:
             return None
         return max(candidates, key=lambda e: (e.path.stat().st_mtime_ns, e.id)).id  # type: ignore[union-attr]
+
+    def has_file_model(self, model_id: str) -> bool:
+        """Whether ``model_id`` is an available checkpoint-folder model (a file that could be read)."""
+        return any(e.id == model_id for e in self._available_files())
 
     # -- loading -------------------------------------------------------------------------
     def get(self, model_id: str) -> LoadedModel:

@@ -18,7 +18,7 @@ def _meta(a: Analysis) -> dict[str, Any]:
     w, h = a.prepared.image.size
     return {
         "model": entry.id, "arch": info.arch, "patch_size": info.patch_size, "num_heads": info.num_heads,
-        "trained": info.trained, "source": entry.source, "layout": info.source,
+        "trained": info.trained, "summary": entry.summary, "source": entry.source, "layout": info.source,
         "grid": [h // info.patch_size, w // info.patch_size], "image_size": [h, w],
         "params": a.params.model_dump(exclude={"model"}),
         "timings_ms": {k: round(v, 3) for k, v in a.timings_ms.items()},

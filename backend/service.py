@@ -16,7 +16,7 @@ from backend.metrics import ServiceMetrics
 from backend.placeholder import PLACEHOLDER_ID, ensure_placeholder
 from backend.registry import LoadedModel, ModelRegistry
 from backend.schemas import AttentionParams
-from backend.settings import Settings
+from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID, Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +47,37 @@ class AttentionService:
         self.ready = False
 
     def choose_default(self) -> str:
-        """DINO_DEFAULT_MODEL; else dino_vits16 if cached or downloadable; else newest file; else placeholder."""
+        """The default model id: the first of
+
+        1. ``DINO_DEFAULT_MODEL`` when set (not checked here: ``start()`` reports a bad one);
+        2. with downloads allowed, ``dino_vits16`` from the zoo when cached or downloadable;
+        3. the shipped model ``SHIPPED_DEFAULT_ID`` when its file is in the checkpoint folder and readable;
+        4. the newest available file in the checkpoint folder;
+        5. the random-init placeholder (created on first use).
+        """
         s = self.settings
         if s.default_model:
             return s.default_model
-        if s.allow_downloads:
-            try:
-                zoo.fetch("dino_vits16", s.cache_dir, s.download_base_url, True, s.download_timeout_s,
-                          s.download_max_s)
-                return "dino_vits16"
-            except ModelUnavailable as exc:
-                log.warning("falling back from dino_vits16: %s", exc.detail)
-                self.registry.note_zoo_error("dino_vits16", exc.detail)
+        if s.allow_downloads and self._zoo_default_ready():
+            return ZOO_DEFAULT_ID
+        if self.registry.has_file_model(SHIPPED_DEFAULT_ID):
+            return SHIPPED_DEFAULT_ID
         newest = self.registry.newest_file_model()
         if newest:
             return newest
         ensure_placeholder(s.cache_dir)
         return PLACEHOLDER_ID
+
+    def _zoo_default_ready(self) -> bool:
+        """Fetch (or find cached) the zoo default; a failure is logged and shown in GET /models."""
+        s = self.settings
+        try:
+            zoo.fetch(ZOO_DEFAULT_ID, s.cache_dir, s.download_base_url, True, s.download_timeout_s, s.download_max_s)
+            return True
+        except ModelUnavailable as exc:
+            log.warning("falling back from %s: %s", ZOO_DEFAULT_ID, exc.detail)
+            self.registry.note_zoo_error(ZOO_DEFAULT_ID, exc.detail)
+            return False
 
     def start(self) -> None:
         """Pick and load the default model; failures are reported by /readyz, not raised."""

@@ -9,6 +9,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
+ZOO_DEFAULT_ID = "dino_vits16"  # the official model preferred as default (when cached or downloadable)
+SHIPPED_DEFAULT_ID = "dino_vits16_duts"  # the project's model, checkpoints/dino_vits16_duts.safetensors
 
 
 class Settings(BaseSettings):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.settings import Settings
+from backend.settings import SHIPPED_DEFAULT_ID, Settings
 from trainer.checkpoint import export_backbone_safetensors
 from trainer.vit import DinoViT, build_vit
 
@@ -37,6 +37,19 @@ def write_tiny_checkpoint(folder: Path, name: str = "tiny", seed: int = 0, patch
     path = Path(folder) / f"{name}.safetensors"
     export_backbone_safetensors(model, path, arch=f"vit_d{embed_dim}", epoch=3)
     return path, model
+
+
+SHIPPED_SUMMARY = "ViT-Ti/16 stand-in for the shipped model, pretrained with DINO on nothing (tests only)"
+
+
+def write_shipped_checkpoint(folder: Path, summary: str | None = SHIPPED_SUMMARY) -> Path:
+    """A stand-in for the shipped model: a small ``vit_tiny`` fp16 export named ``dino_vits16_duts``."""
+    torch.manual_seed(7)
+    model = build_vit("vit_tiny", 16).eval()
+    path = Path(folder) / f"{SHIPPED_DEFAULT_ID}.safetensors"
+    extra = {} if summary is None else {"summary": summary, "dataset": "none"}
+    export_backbone_safetensors(model, path, arch="vit_tiny", epoch=1, extra=extra, dtype=torch.float16)
+    return path
 
 
 def isolated_settings(tmp: Path, **overrides: object) -> Settings:

@@ -17,6 +17,7 @@ from trainer.checkpoint import CheckpointError, load_backbone
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _MAX_DOWNLOAD_BYTES = 2 << 30
+_ARCH_NAMES = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ class ZooModel:
 
     def cache_path(self, cache_dir: Path) -> Path:
         return Path(cache_dir) / f"{self.name}.pth"
+
+    @property
+    def summary(self) -> str:
+        """The model card line shown by GET /models and the app."""
+        arch = _ARCH_NAMES.get(self.arch, self.arch)
+        return f"Official DINO weights (Caron et al. 2021), {arch}/{self.patch_size}, ImageNet-1k"
 
 
 ZOO: dict[str, ZooModel] = {

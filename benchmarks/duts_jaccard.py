@@ -3,8 +3,10 @@
 Each image is resized to 480x480 (bicubic), the last block's CLS attention is taken per head,
 each head is thresholded to keep 60% of its mass, the masks are upsampled to pixels
 (nearest), and the best head's IoU with the ground truth (threshold 128) is kept. The mean
-over images is reported. ``../shared/data/README.md`` gives 20.7 for a randomly initialised
-ViT-S/16 on 200 images, measured with the authors' code.
+over images is reported; per-head means and best-head counts are printed too. The protocol
+lives in ``trainer/eval_seg.py``; this script extracts the data and picks the model.
+``../shared/data/README.md`` gives 20.7 for a randomly initialised ViT-S/16 on 200 images,
+measured with the authors' code.
 
     python benchmarks/duts_jaccard.py --arch vit_small --patch_size 16 --images 200
     python benchmarks/duts_jaccard.py --checkpoint checkpoints/x.safetensors
@@ -15,17 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tarfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.attention_maps import jaccard, threshold_masks  # noqa: E402
 from trainer.checkpoint import load_backbone  # noqa: E402
+from trainer.eval_seg import evaluate_folder, summary_lines  # noqa: E402
 from trainer.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,26 +43,6 @@ def dataset_dir(data_root: Path) -> Path:
     return folder
 
 
-def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    arr = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return ((t - mean) / std).unsqueeze(0)
-
-
-def image_iou(model, image: Image.Image, gt: Image.Image, size: int, threshold: float) -> float:
-    """Best head's Jaccard for one image, at pixel resolution."""
-    x = to_tensor(image, size)
-    p = model.patch_size
-    with torch.inference_mode():
-        attn = model.get_cls_attention(x)[0]  # heads, gh, gw
-    masks = threshold_masks(attn, threshold)
-    masks = masks.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)
-    h, w = masks.shape[-2:]
-    gt_arr = np.asarray(gt.convert("L").resize((size, size), Image.NEAREST))[:h, :w] >= 128
-    return float(jaccard(masks, torch.from_numpy(gt_arr)).max())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="any checkpoint the service reads; default: random init")
@@ -76,22 +55,17 @@ def main() -> None:
     ap.add_argument("--data_root", type=Path, default=ROOT / ".data")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
     if args.checkpoint:
         model, info = load_backbone(args.checkpoint)
-        name = f"{args.checkpoint} ({info.arch}/{info.patch_size})"
+        name, mean, std = f"{args.checkpoint} ({info.arch}/{info.patch_size})", info.mean, info.std
     else:
         model, name = build_vit(args.arch, args.patch_size).eval(), f"random-init {args.arch}/{args.patch_size}"
     folder = dataset_dir(args.data_root)
-    paths = sorted((folder / "images").glob("*.jpg"))[: args.images]
-    start, ious = time.perf_counter(), []
-    for path in paths:
-        with Image.open(path) as img, Image.open(folder / "masks" / f"{path.stem}.png") as gt:
-            ious.append(image_iou(model, img, gt, args.image_size, args.threshold))
-    secs = time.perf_counter() - start
-    print(f"model: {name}")
-    print(f"images: {len(ious)}  image_size: {args.image_size}  threshold: {args.threshold}")
-    print(f"jaccard (best head, mean over images): {100 * np.mean(ious):.1f}")
-    print(f"time: {secs:.1f} s ({1000 * secs / max(len(ious), 1):.0f} ms/image, {torch.get_num_threads()} threads)")
+    results = evaluate_folder(model, folder / "images", folder / "masks", args.image_size, args.threshold,
+                              limit=args.images, mean=mean, std=std)
+    for line in summary_lines(results, name):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,12 @@ class TrainConfig:
     probe_images: str | None = field(default=None, metadata=_flag(
         "Folder of images whose teacher attention overlays are saved to probes/epochNNNN/ after each epoch."))
     probe_size: int = field(default=0, metadata=_flag("Probe image side in pixels (0: the global crop size)."))
+    probe_every: int = field(default=1, metadata=_flag(
+        "Save probe snapshots every N epochs (and always after epoch 0 and the last epoch)."))
+    time_limit_minutes: float = field(default=0.0, metadata=_flag(
+        "Wall-clock budget of this run in minutes (0: none). After each epoch the remaining epochs are "
+        "fitted to the budget: --epochs shrinks and the lr, wd, momentum and teacher-temperature "
+        "schedules are rebuilt for the new length, so the run still ends on its schedules' final values."))
     gpu_augment: bool | None = field(default=None, metadata=_flag(
         "Decode JPEGs and make the crops on the GPU (default: true on CUDA, false on CPU)."))
     compile: bool = field(default=False, metadata=_flag("torch.compile the student and teacher."))
@@ -225,13 +231,13 @@ def validate(cfg: TrainConfig) -> None:
     _check_scale("global_crops_scale", cfg.global_crops_scale)
     _check_scale("local_crops_scale", cfg.local_crops_scale)
     positive = ("patch_size", "out_dim", "batch_size_per_gpu", "epochs", "global_crops_size",
-                "local_crops_size", "log_every", "knn_resize", "knn_crop")
+                "local_crops_size", "log_every", "knn_resize", "knn_crop", "probe_every")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
     non_negative = ("local_crops_number", "warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer",
                     "saveckp_freq", "num_workers", "knn_every", "probe_size", "clip_grad", "weight_decay",
-                    "weight_decay_end", "lr", "min_lr", "drop_path_rate")
+                    "weight_decay_end", "lr", "min_lr", "drop_path_rate", "time_limit_minutes")
     for name in non_negative:
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")

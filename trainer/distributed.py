@@ -126,6 +126,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every rank (the value itself when not distributed)."""
+    if not is_dist():
+        return int(value)
+    tensor = torch.tensor([int(value)], dtype=torch.long, device=device)
+    torch.distributed.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

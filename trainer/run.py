@@ -45,6 +45,7 @@ from trainer.head import DINOHead, MultiCropWrapper  # noqa: E402
 from trainer.loss import DINOLoss  # noqa: E402
 from trainer.optim import build_optimizer, get_params_groups  # noqa: E402
 from trainer.schedules import cosine_scheduler, scaled_lr  # noqa: E402
+from trainer.time_budget import TimeBudget, teacher_temps_for  # noqa: E402
 from trainer.vit import build_vit  # noqa: E402
 
 logger = logging.getLogger("trainer.run")
@@ -205,7 +206,7 @@ def _epoch_extras(ctx: TrainContext, epoch: int) -> dict[str, Any]:
                                resize=cfg.knn_resize, crop=cfg.knn_crop, batch_size=cfg.batch_size_per_gpu,
                                num_workers=min(cfg.num_workers, 4))
         extras.update({f"knn_{k}": v for k, v in results.items()})
-    if cfg.probe_images:
+    if cfg.probe_images and (epoch % cfg.probe_every == 0 or epoch + 1 == cfg.epochs):
         from trainer.probes import save_attention_probes
 
         out = Path(cfg.output_dir) / "probes" / f"epoch{epoch:04d}"
@@ -227,6 +228,23 @@ def save_epoch_outputs(ctx: TrainContext, epoch: int, stats: dict[str, Any]) -> 
     return log_stats
 
 
+def fit_to_budget(parts: RunParts, budget: TimeBudget, done: int, epoch_s: float) -> None:
+    """Rebuild the schedules when the budget changes the run's length (rank 0 decides for all)."""
+    ctx, cfg = parts.ctx, parts.ctx.config
+    total = budget.epochs_after(done, time.time(), epoch_s)
+    total = dist_utils.broadcast_int(total, ctx.device)
+    if total == cfg.epochs:
+        return
+    logger.info("time budget (%.1f min): %d epochs in all instead of %d (last epoch took %.1f s)",
+                budget.limit_s / 60, total, cfg.epochs, epoch_s)
+    if total <= done:
+        cfg.epochs = done  # stop after this epoch; its schedules are the ones it ran with
+        return
+    budget.apply(cfg, total)
+    ctx.schedules = build_schedules(cfg, len(parts.loader), parts.env.world_size)
+    ctx.dino_loss.teacher_temps = teacher_temps_for(cfg)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training described by ``cfg``; returns the last epoch's log line."""
     env, device = dist_utils.init_distributed(cfg.device, cfg.dist_url)
@@ -236,20 +254,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
     parts = build_run(cfg, env, device)
     ctx = parts.ctx
-    start_epoch = resume_if_possible(ctx, output_dir)
+    epoch = resume_if_possible(ctx, output_dir)
     last: dict[str, Any] = {}
     started = time.time()
+    budget = TimeBudget.for_config(cfg, started) if cfg.time_limit_minutes > 0 else None
+    save_s = 0.0
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        while epoch < cfg.epochs:
             seed_everything(cfg.seed + epoch * 1009 + env.rank)
             parts.sampler.set_epoch(epoch)
+            t0 = time.time()
             stats = train_one_epoch(ctx, parts.loader, epoch)
+            if budget is not None:  # decided before saving, so the last epoch is known to the probes
+                fit_to_budget(parts, budget, epoch + 1, time.time() - t0 + save_s)
             if stats["corrupt_files"]:
                 logger.warning("epoch %d: skipped %d unreadable image file(s)", epoch, stats["corrupt_files"])
+            t1 = time.time()
             if dist_utils.is_main_process():
                 last = save_epoch_outputs(ctx, epoch, stats)
                 logger.info("epoch %d: %s", epoch, json.dumps(last))
             dist_utils.barrier()
+            save_s, epoch = time.time() - t1, epoch + 1
     finally:
         if ctx.metrics is not None:
             ctx.metrics.close()

@@ -1,0 +1,83 @@
+"""--time_limit_minutes: the run's length is fitted to the budget and its schedules still finish."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.test_data import make_image_folder
+from trainer import run
+from trainer.config import make_config
+from trainer.schedules import cosine_scheduler
+from trainer.time_budget import TimeBudget, affordable_epochs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.mark.parametrize("done,planned,elapsed,epoch_s,limit,expected", [
+    (1, 10, 10.0, 10.0, 100.0, 10),  # 9 more fit exactly: capped at the plan
+    (1, 10, 10.0, 20.0, 100.0, 5),   # 90 s left / 20 s = 4 more
+    (3, 10, 95.0, 10.0, 100.0, 3),   # 5 s left: none more, stop
+    (3, 10, 120.0, 10.0, 100.0, 3),  # already over: stop, never below done
+    (1, 10, 1e9, 1.0, 0.0, 10),      # no limit
+])
+def test_affordable_epochs(done, planned, elapsed, epoch_s, limit, expected):
+    assert affordable_epochs(done, planned, elapsed, epoch_s, limit) == expected
+
+
+def test_affordable_epochs_rejects_a_zero_epoch_time():
+    with pytest.raises(ValueError, match="epoch_s must be > 0"):
+        affordable_epochs(1, 5, 0.0, 0.0, 10.0)
+
+
+def test_first_epoch_only_decides_whether_to_go_on_then_fitting_starts():
+    cfg = make_config(epochs=20, warmup_epochs=5, warmup_teacher_temp_epochs=8, time_limit_minutes=1.0)
+    budget = TimeBudget.for_config(cfg, started_s=0.0)
+    # a slow first epoch (compilation): 20 s of 60 -> would allow 3, but only says "go on"
+    assert budget.epochs_after(1, now_s=20.0, epoch_s=20.0) == 20
+    # the second epoch took 4 s: 36 s left -> 9 more
+    total = budget.epochs_after(2, now_s=24.0, epoch_s=4.0)
+    assert total == 11
+    budget.apply(cfg, total)
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (11, 5, 8)
+    budget.apply(cfg, 3)  # warm-ups longer than the run are clipped ...
+    assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (3, 3)
+    budget.apply(cfg, 12)  # ... and come back from the plan, not from the clipped values
+    assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (5, 8)
+    with pytest.raises(ValueError, match=r"epochs must be in \[1, 20\]"):
+        budget.apply(cfg, 21)
+
+
+def test_first_epoch_over_budget_stops_the_run():
+    cfg = make_config(epochs=20, time_limit_minutes=1.0)
+    budget = TimeBudget.for_config(cfg, started_s=0.0)
+    assert budget.epochs_after(1, now_s=40.0, epoch_s=40.0) == 1
+
+
+def _cli(data, out, minutes, epochs):
+    return ["--data_path", str(data), "--output_dir", str(out), "--device", "cpu", "--arch", "vit_tiny",
+            "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8", "--local_crops_number", "1",
+            "--out_dim", "16", "--epochs", str(epochs), "--warmup_epochs", "2", "--batch_size_per_gpu", "4",
+            "--num_workers", "0", "--saveckp_freq", "0", "--log_every", "100", "--min_lr", "1e-5", "--lr", "0.064",
+            "--time_limit_minutes", str(minutes), "--probe_images", str(data), "--probe_every", "100"]
+
+
+def test_cli_run_is_cut_to_the_budget_and_ends_on_its_schedule(tmp_path, monkeypatch):
+    data = make_image_folder(tmp_path / "data", {"": 4})
+    clock = iter(range(0, 10_000, 10))  # every time.time() call in the run loop: 10 s more of fake time
+    monkeypatch.setattr(run, "time", SimpleNamespace(time=lambda: float(next(clock))))
+    out = tmp_path / "run"
+    run.main(_cli(data, out, minutes=5.0, epochs=50))
+    lines = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+    epochs = len(lines)
+    assert 2 < epochs < 50
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["args"]["epochs"] == epochs
+    # one step per epoch: the last step used the last value of the schedule rebuilt for the fitted length
+    base = 0.064 * 4 / 256
+    assert lines[-1]["train_lr"] == pytest.approx(cosine_scheduler(base, 1e-5, epochs, 1, 2)[-1], rel=1e-9)
+    assert lines[-1]["train_momentum"] == pytest.approx(cosine_scheduler(0.996, 1.0, epochs, 1)[-1], rel=1e-12)
+    probed = sorted(p.name for p in (out / "probes").iterdir())
+    assert probed == ["epoch0000", f"epoch{len(lines) - 1:04d}"]  # the first and the (fitted) last epoch

@@ -1,0 +1,78 @@
+"""Fit a run to a wall-clock budget (``--time_limit_minutes``).
+
+After every epoch the trainer asks how many epochs in all the budget allows, given the time
+spent so far and the duration of the last epoch. The answer never exceeds the planned
+``--epochs`` and never drops below the epochs already done (then the run stops). When it
+differs from the current length, the per-iteration schedules (lr, weight decay, teacher
+momentum) and the per-epoch teacher temperature are rebuilt for the new length, so the run
+still ends on the schedules' final values (lr at ``min_lr``, momentum at 1) instead of being
+cut off half-way down its cosine.
+
+The first epoch of a process is slower (compilation, cold caches, worker start-up), so its
+duration only decides whether a second epoch fits at all; fitting starts after the second.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.schedules import teacher_temp_schedule
+
+logger = logging.getLogger(__name__)
+
+
+def affordable_epochs(done: int, planned: int, elapsed_s: float, epoch_s: float, limit_s: float) -> int:
+    """Total epochs that fit: ``done`` plus as many ``epoch_s``-long epochs as the time left allows.
+
+    Clamped to ``[done, planned]``; no limit (``limit_s <= 0``) gives ``planned``.
+    """
+    if limit_s <= 0:
+        return planned
+    if epoch_s <= 0:
+        raise ValueError(f"epoch_s must be > 0, got {epoch_s}")
+    more = int(max(limit_s - elapsed_s, 0.0) // epoch_s)
+    return max(done, min(planned, done + more))
+
+
+@dataclass
+class TimeBudget:
+    """Tracks a run against its budget and decides its length after each epoch."""
+
+    limit_s: float
+    started_s: float
+    planned_epochs: int
+    warmup_epochs: int
+    warmup_teacher_temp_epochs: int
+    epochs_this_process: int = 0
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, started_s: float) -> TimeBudget:
+        return cls(cfg.time_limit_minutes * 60.0, started_s, cfg.epochs, cfg.warmup_epochs,
+                   cfg.warmup_teacher_temp_epochs)
+
+    def epochs_after(self, done: int, now_s: float, epoch_s: float) -> int:
+        """Total epochs to run, given ``done`` finished epochs and the last one's duration."""
+        self.epochs_this_process += 1
+        total = affordable_epochs(done, self.planned_epochs, now_s - self.started_s, epoch_s, self.limit_s)
+        if self.epochs_this_process == 1:  # warm-up epoch: only decide whether to go on
+            return self.planned_epochs if total > done else done
+        return total
+
+    def apply(self, cfg: TrainConfig, epochs: int) -> TrainConfig:
+        """Set the run's length to ``epochs``; the planned warm-ups, clipped to the new length."""
+        if not 1 <= epochs <= self.planned_epochs:
+            raise ValueError(f"epochs must be in [1, {self.planned_epochs}], got {epochs}")
+        cfg.epochs = epochs
+        cfg.warmup_epochs = min(self.warmup_epochs, epochs)
+        cfg.warmup_teacher_temp_epochs = min(self.warmup_teacher_temp_epochs, epochs)
+        return cfg
+
+
+def teacher_temps_for(cfg: TrainConfig) -> np.ndarray:
+    """The per-epoch teacher temperatures of ``cfg`` (after a refit)."""
+    return teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs,
+                                 cfg.epochs)
