@@ -3,8 +3,9 @@
 Ids: a file's name without its extension (the full name when two files share a stem).
 Training checkpoints serve their ``teacher`` under the plain id and their ``student``
 under ``<id>:student``. Every entry carries a one-line model card ``summary`` (a file's
-safetensors ``extra["summary"]``, a fixed line for the zoo and the placeholder, else None). Loading is lazy, cached LRU-style (``DINO_MAX_LOADED_MODELS``)
-and thread-safe; a file that cannot be parsed is listed as unavailable with its reason.
+safetensors ``extra["summary"]``, a fixed line for the zoo and the placeholder, else None).
+Loading is lazy, cached LRU-style (``DINO_MAX_LOADED_MODELS``) and thread-safe; a file that
+cannot be parsed is listed as unavailable with its reason.
 """
 
 from __future__ import annotations

@@ -190,6 +190,22 @@ def test_backend_ports_healthcheck_and_env_agree_with_its_settings(monkeypatch):
     assert cache_volume in COMPOSE["volumes"], "downloaded weights need a named volume"
 
 
+def test_checkpoints_folder_with_the_shipped_model_is_mounted_readable():
+    """checkpoints/, where the shipped dino_vits16_duts.safetensors lies, is the backend's checkpoint dir,
+    mounted read-only for uid 10001: every model file there must be world-readable (exports are 0600)."""
+    from backend.settings import Settings
+
+    backend = SERVICES["backend"]
+    folder = backend["environment"]["DINO_CHECKPOINT_DIR"]
+    assert f"./checkpoints:{folder}:ro" in backend["volumes"]
+    assert Settings.model_fields["checkpoint_dir"].default == Path("checkpoints")  # the same folder locally
+    files = {p for p in (ROOT / "checkpoints").glob("*") if p.is_file() and not p.name.startswith(".")
+             and p.suffix in (".pth", ".pt", ".safetensors")}
+    unreadable = sorted(p.name for p in files if not p.stat().st_mode & 0o004)
+    assert not unreadable, (f"the backend container (uid 10001) cannot read {unreadable}; "
+                            f"run: chmod a+r {' '.join('checkpoints/' + n for n in unreadable)}")
+
+
 def test_app_reaches_the_backend_and_publishes_its_port():
     app, backend = SERVICES["app"], SERVICES["backend"]
     url = urlparse(app["environment"]["BACKEND_URL"])

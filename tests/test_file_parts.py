@@ -35,3 +35,18 @@ def test_a_missing_or_damaged_part_is_refused_and_nothing_is_written(tmp_path):
         find_parts(tmp_path / "out", "m.bin")
     with pytest.raises(FileNotFoundError, match="no other.bin.partNN"):
         find_parts(tmp_path / "out", "other.bin")
+
+
+def test_joined_and_exported_files_get_the_normal_file_mode(tmp_path):
+    import stat
+
+    import torch
+
+    from trainer.checkpoint import atomic_torch_save, default_file_mode
+
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"x" * 100)
+    joined = join_parts(split_file(src, tmp_path / "p", 30), tmp_path / "j" / "m.bin", sha256_file(src))
+    atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "c.pth")
+    for path in (joined, tmp_path / "c.pth"):
+        assert stat.S_IMODE(path.stat().st_mode) == default_file_mode()  # not mkstemp's 0600

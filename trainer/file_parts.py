@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from trainer.checkpoint import default_file_mode
+
 DEFAULT_PART_BYTES = 15 * 1024 * 1024
 _CHUNK = 1024 * 1024
 
@@ -66,6 +68,7 @@ def join_parts(parts: list[Path], out_path: str | Path, expected_sha256: str) ->
         if digest.hexdigest() != expected_sha256:
             raise ValueError(f"joined {len(parts)} part(s) hash to {digest.hexdigest()}, expected "
                              f"{expected_sha256}: a part is missing, truncated or from another file")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, out_path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""The shipped-model job end to end on tiny generated data: stage, unpack, run, ship."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_data import make_image_folder
+from trainer import duts_job
+from trainer.checkpoint import load_backbone, read_backbone
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY_RECIPE = """
+arch: vit_tiny
+patch_size: 16
+epochs: 2
+time_limit_minutes: 30
+batch_size_per_gpu: 4
+global_crops_size: 32
+local_crops_size: 16
+local_crops_number: 1
+out_dim: 32
+warmup_epochs: 1
+precision: fp32
+device: cpu
+num_workers: 0
+log_every: 1
+saveckp_freq: 0
+probe_size: 32
+"""
+
+
+def _tar(archive, folder, arcname):
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=arcname)
+
+
+def _shared_data(root):
+    """Tiny stand-ins for ../shared/data's archives, with the same layouts."""
+    rng = np.random.default_rng(0)
+    src = root / "src"
+    for part in range(3):
+        make_image_folder(src / f"tr{part}", {"": 5}, size=(40, 48), seed=part)
+        for p in (src / f"tr{part}").iterdir():
+            p.rename(p.with_name(f"p{part}_{p.name}"))
+        _tar(root / duts_job.DUTS_PARTS[part], src / f"tr{part}", "duts-tr-192")
+    te = src / "te"
+    make_image_folder(te / "images", {"": 3}, size=(40, 40))
+    (te / "masks").mkdir()
+    for p in (te / "images").iterdir():
+        Image.fromarray((rng.random((40, 40)) > 0.5).astype(np.uint8) * 255).save(te / "masks" / f"{p.stem}.png")
+    _tar(root / "duts-te-1k.tar.gz", te, "duts-te-1k")
+    make_image_folder(src / "cifar" / "train", {"cat": 3, "dog": 3}, size=(32, 32))
+    make_image_folder(src / "cifar" / "test", {"cat": 2, "dog": 2}, size=(32, 32), seed=1)
+    _tar(root / "cifar10-jpg.tar.gz", src / "cifar", "cifar10")
+    return root
+
+
+def test_prepare_unpack_run_ship(tmp_path, monkeypatch):
+    shared = _shared_data(tmp_path / "shared")
+    stage, work = tmp_path / "stage", tmp_path / "work"
+    sizes = duts_job.prepare(shared, stage, knn_per_class=2)
+    assert sorted(sizes) == ["eval", "p1", "p2", "p3"]
+    for name in ("p1", "p2", "p3", "eval"):
+        duts_job.unpack(stage / name, work)
+    assert len(list((work / "duts-tr-192").iterdir())) == 15
+    assert sorted(p.name for p in (work / "cifar-knn").iterdir()) == ["train", "val"]
+    assert len(list((work / "cifar-knn" / "train" / "cat").iterdir())) == 2  # knn_per_class
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    monkeypatch.setitem(duts_job.PROFILES, "test", duts_job.Profile(str(recipe), 12, 2, None, probe_images=2))
+    out = tmp_path / "out"
+    results = duts_job.run_job("test", out, work)
+
+    assert len(list((work / "probes").iterdir())) == 2  # held back from training ...
+    assert len(list((work / "duts-tr-192").iterdir())) == 13
+    assert results["train"]["images"] == 12 and results["train"]["epochs"] == 2  # ... and the subset trained on
+    jac = results["jaccard"]
+    assert jac["trained"]["images"] == 2 and len(jac["trained"]["per_head_jaccard"]) == 3
+    assert 0 <= jac["random_init"]["jaccard"] <= 100
+    assert set(results["knn"]["trained"]) == {"k20_top1", "k20_top5"} and results["knn"]["val_images"] == 4
+    assert (out / "heads_emerging.png").exists() and (out / "train_log.txt").exists()
+    assert json.loads((out / "results.json").read_text())["model"]["sha256"] == results["model"]["sha256"]
+
+    with pytest.raises(ValueError, match="not a GPU"):
+        duts_job.ship(out, tmp_path / "ckpt", tmp_path / "pic.png")
+    shipped = duts_job.ship(out, tmp_path / "ckpt", tmp_path / "pic.png", allow_cpu=True)
+    state, info = read_backbone(shipped)
+    assert info.extra["summary"] == results["summary"] and "DUTS-TE mask Jaccard" in info.extra["summary"]
+    with torch.no_grad():
+        model, _ = load_backbone(shipped)
+        fp32, _ = load_backbone(work / "run_test" / "teacher_backbone.safetensors")
+    for key, value in fp32.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value.half().float(), rtol=0, atol=0)
+    card = (tmp_path / "ckpt" / "README.md").read_text()
+    assert results["model"]["sha256"] in card and f"{jac['trained']['jaccard']:.1f}" in card
+    assert (tmp_path / "pic.png").exists()
+
+
+def test_unpack_without_archives_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no .tar.gz archives"):
+        duts_job.unpack(tmp_path, tmp_path / "work")
+
+
+def test_prepare_lists_missing_archives(tmp_path):
+    with pytest.raises(FileNotFoundError, match="duts-tr-192-part1.tar.gz"):
+        duts_job.prepare(tmp_path, tmp_path / "stage")

@@ -1,0 +1,354 @@
+"""The whole job behind the shipped default model: unpack, train, export, evaluate, package.
+
+A GPU machine returns at most 16 MiB per file and receives at most 64 MiB per call, so the
+job runs in steps (see docs/TRAINING.md, "The shipped model"):
+
+1. here, once:  ``python -m trainer.duts_job prepare``
+   copies the three DUTS-TR parts and the evaluation data (DUTS-TE 1k, a CIFAR-10 k-NN subset)
+   from ``../shared/data`` into ``.data/gpu/{p1,p2,p3,eval}`` (git-ignored, one carry each);
+2. on the GPU machine, four calls back to back (it stays warm for 30 s between calls):
+   ``python3 -m trainer.duts_job unpack .data/gpu/p1`` (carry ``.data/gpu/p1``), then p2, p3,
+   then ``python3 -m trainer.duts_job unpack .data/gpu/eval && python3 -m trainer.duts_job run``
+   (carry ``.data/gpu/eval``, timeout 600): trains with ``trainer/recipes/vits16_duts.yaml``
+   under its time budget, evaluates, and writes the fp16 model in parts plus ``results.json``,
+   the probe grid and the training log to ``$OUT``;
+3. here: ``python -m trainer.duts_job ship FILES_DIR`` joins and checks the model, writes
+   ``checkpoints/dino_vits16_duts.safetensors``, ``checkpoints/README.md`` (the model card) and
+   ``docs/img/heads_emerging.png``.
+
+``run --profile cpu_tiny`` rehearses step 2 on a CPU in minutes (ViT-tiny, a few hundred
+images); ``ship`` refuses a model that was not trained on a GPU unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.file_parts import find_parts, join_parts, sha256_file, split_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+STAGE = ROOT / ".data" / "gpu"
+WORK = ROOT / ".data" / "gpu_work"
+MODEL_FILE = "dino_vits16_duts.safetensors"
+DUTS_PARTS = ("duts-tr-192-part1.tar.gz", "duts-tr-192-part2.tar.gz", "duts-tr-192-part3.tar.gz")
+logger = logging.getLogger("trainer.duts_job")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one kind of run uses: recipe, data limits and evaluation sizes."""
+
+    recipe: str
+    max_train_images: int | None
+    eval_images: int | None
+    knn_per_class: int | None
+    probe_images: int = 4
+
+
+PROFILES = {
+    "h100": Profile("trainer/recipes/vits16_duts.yaml", None, None, None),
+    "cpu_tiny": Profile("trainer/recipes/vit_tiny_duts_cpu.yaml", 400, 40, 20, probe_images=2),
+}
+
+
+# -- step 1: stage the data here -----------------------------------------------------------
+def _cifar_subset(archive: Path, dest: Path, per_class: int) -> int:
+    """A tar.gz of ``cifar-knn/{train,val}/<class>/*.jpg``: ``per_class`` train images, all test."""
+    taken: dict[str, int] = {}
+    count = 0
+    with tarfile.open(archive) as src, tarfile.open(dest, "w:gz") as out:
+        for member in src:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-3] not in ("train", "test"):
+                continue
+            split, label = ("train" if parts[-3] == "train" else "val"), parts[-2]
+            key = f"{split}/{label}"
+            if split == "train" and taken.get(key, 0) >= per_class:
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            member.name = f"cifar-knn/{split}/{label}/{parts[-1]}"
+            out.addfile(member, src.extractfile(member))
+            count += 1
+    return count
+
+
+def prepare(shared: Path = SHARED, stage: Path = STAGE, knn_per_class: int = 1000) -> dict[str, int]:
+    """Copy each GPU call's data into its own ``stage/<name>`` folder; returns bytes per folder."""
+    missing = [n for n in (*DUTS_PARTS, "duts-te-1k.tar.gz", "cifar10-jpg.tar.gz") if not (shared / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"missing in {shared}: {', '.join(missing)}")
+    sizes = {}
+    for i, name in enumerate(DUTS_PARTS, start=1):
+        folder = stage / f"p{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared / name, folder / name)
+    eval_dir = stage / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shared / "duts-te-1k.tar.gz", eval_dir / "duts-te-1k.tar.gz")
+    n = _cifar_subset(shared / "cifar10-jpg.tar.gz", eval_dir / "cifar-knn.tar.gz", knn_per_class)
+    logger.info("CIFAR-10 k-NN subset: %d images (%d per class in the bank, the whole test set)", n, knn_per_class)
+    for folder in sorted(stage.iterdir()):
+        sizes[folder.name] = sum(p.stat().st_size for p in folder.iterdir())
+    return sizes
+
+
+# -- step 2a: unpack on the GPU machine ------------------------------------------------------
+def unpack(folder: Path, work: Path = WORK) -> list[str]:
+    """Extract every ``*.tar.gz`` in ``folder`` into ``work`` (safe member filter)."""
+    archives = sorted(Path(folder).glob("*.tar.gz"))
+    if not archives:
+        raise FileNotFoundError(f"no .tar.gz archives in {folder}; was it carried?")
+    work.mkdir(parents=True, exist_ok=True)
+    for archive in archives:
+        with tarfile.open(archive) as tar:
+            tar.extractall(work, filter="data")
+        logger.info("unpacked %s into %s", archive.name, work)
+    return [a.name for a in archives]
+
+
+def hold_back_probes(train_dir: Path, probe_dir: Path, count: int) -> list[Path]:
+    """Move ``count`` evenly spaced photos out of the training set (once) to probe the heads."""
+    if probe_dir.is_dir() and any(probe_dir.iterdir()):
+        return sorted(probe_dir.iterdir())
+    images = sorted(p for p in train_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(images) < count + 1:
+        raise FileNotFoundError(f"{train_dir} holds {len(images)} images; unpack the DUTS-TR parts first")
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    step = len(images) // count
+    moved = [Path(shutil.move(str(images[i * step + step // 2]), probe_dir)) for i in range(count)]
+    return moved
+
+
+def train_subset(train_dir: Path, limit: int | None, work: Path) -> Path:
+    """``train_dir`` itself, or a folder with copies of its first ``limit`` images."""
+    if limit is None:
+        return train_dir
+    subset = work / f"train_first{limit}"
+    if not subset.is_dir():
+        subset.mkdir(parents=True)
+        for path in sorted(train_dir.iterdir())[:limit]:
+            shutil.copyfile(path, subset / path.name)
+    return subset
+
+
+# -- step 2b: train, evaluate and package ------------------------------------------------------
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _train(cfg_args: list[str], device: torch.device) -> tuple[Any, int, float, float | None]:
+    """Train in this process; (config, planned epochs, minutes, peak GPU memory in GB or None)."""
+    from trainer.config import parse_config
+    from trainer.run import train
+
+    cfg = parse_config(cfg_args)
+    planned = cfg.epochs
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    train(cfg)
+    minutes = (time.perf_counter() - started) / 60
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return cfg, planned, minutes, peak
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_figures(run_dir: Path, cfg: Any, planned: int, images: int, minutes: float,
+                  peak_gb: float | None) -> dict[str, Any]:
+    """The training figures of the model card, from the run's log.txt and metrics.jsonl."""
+    epochs = _read_jsonl(run_dir / "log.txt")
+    steps = _read_jsonl(run_dir / "metrics.jsonl")
+    warm = [s["img_per_s"] for s in steps if s.get("epoch", 0) >= 1 and s.get("img_per_s")]
+    rates = warm or [s["img_per_s"] for s in steps if s.get("img_per_s")]
+    last = epochs[-1]
+    return {
+        "images": images, "epochs": len(epochs), "planned_epochs": planned,
+        "steps_per_epoch": images // cfg.batch_size_per_gpu, "time_limit_minutes": cfg.time_limit_minutes,
+        "minutes": round(minutes, 2), "img_per_s": float(sorted(rates)[len(rates) // 2]) if rates else 0.0,
+        "peak_memory_gb": None if peak_gb is None else round(peak_gb, 2), "precision": cfg.precision,
+        "final_loss": last["train_loss"], "teacher_entropy": last.get("train_teacher_entropy", float("nan")),
+        "log_out_dim": math.log(cfg.out_dim),
+    }
+
+
+def _evaluate(model_path: Path, arch: str, patch: int, work: Path, profile: Profile,
+              device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Jaccard on DUTS-TE and k-NN on CIFAR-10, trained and at random init (seed 0)."""
+    from trainer.checkpoint import load_backbone
+    from trainer.eval_seg import evaluate_folder
+    from trainer.vit import build_vit
+
+    trained, _ = load_backbone(model_path)
+    torch.manual_seed(0)
+    models = {"trained": trained.to(device).eval(), "random_init": build_vit(arch, patch).to(device).eval()}
+    duts = work / "duts-te-1k"
+    jaccard = {k: evaluate_folder(m, duts / "images", duts / "masks", limit=profile.eval_images, device=device)
+               for k, m in models.items()}
+    knn = _knn(models, work / "cifar-knn", profile, device)
+    return jaccard, knn
+
+
+def _knn(models: dict[str, torch.nn.Module], root: Path, profile: Profile,
+         device: torch.device) -> dict[str, Any] | None:
+    from trainer.eval_knn import knn_evaluate
+
+    if not (root / "train").is_dir():
+        logger.warning("no %s: k-NN skipped", root)
+        return None
+    train_dir, val_dir = root / "train", root / "val"
+    if profile.knn_per_class is not None:
+        train_dir = train_subset_per_class(train_dir, profile.knn_per_class, root.parent / "knn_bank")
+        val_dir = train_subset_per_class(val_dir, profile.knn_per_class, root.parent / "knn_val")
+    out: dict[str, Any] = {"resize": 224, "train_images": _count(train_dir), "val_images": _count(val_dir)}
+    for name, model in models.items():
+        out[name] = knn_evaluate(model, train_dir, val_dir, device, ks=[20], resize=224, crop=224,
+                                 batch_size=128, num_workers=min(8, os.cpu_count() or 1))
+    return out
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def train_subset_per_class(folder: Path, per_class: int, dest: Path) -> Path:
+    """Copies of the first ``per_class`` images of each class folder (made once)."""
+    if not dest.is_dir():
+        for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
+            (dest / cls.name).mkdir(parents=True)
+            for path in sorted(cls.iterdir())[:per_class]:
+                shutil.copyfile(path, dest / cls.name / path.name)
+    return dest
+
+
+def _export(run_dir: Path, out: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """The fp16 teacher with its card in the metadata, split into parts under ``out``."""
+    from trainer.checkpoint import export_backbone_safetensors, load_backbone
+    from trainer.model_card import summary
+
+    model, info = load_backbone(run_dir / "teacher_backbone.safetensors")
+    results["summary"] = summary(results)
+    path = run_dir / MODEL_FILE
+    card = {k: v for k, v in results.items() if k != "model"}
+    export_backbone_safetensors(model, path, info.arch, info.epoch, trained=True, dtype=torch.float16,
+                                extra={"summary": results["summary"], "model_card": card})
+    parts = split_file(path, out)
+    return {"file": MODEL_FILE, "dtype": "float16", "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "parts": [p.name for p in parts]}
+
+
+def run_job(profile_name: str, out: Path, work: Path = WORK, minutes: float | None = None) -> dict[str, Any]:
+    """Train with the profile's recipe, evaluate, and write the model parts and results to ``out``."""
+    profile = PROFILES[profile_name]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_dir = work / "duts-tr-192"
+    probes = hold_back_probes(train_dir, work / "probes", profile.probe_images)
+    data = train_subset(train_dir, profile.max_train_images, work)
+    run_dir = work / f"run_{profile_name}"
+    args = ["--config", str(ROOT / profile.recipe), "--data_path", str(data), "--output_dir", str(run_dir),
+            "--probe_images", str(work / "probes")]
+    args += [] if minutes is None else ["--time_limit_minutes", str(minutes)]
+    cfg, planned, train_minutes, peak = _train(args, device)
+    images = sum(1 for _ in data.iterdir())
+    results: dict[str, Any] = {
+        "profile": profile_name, "recipe": profile.recipe, "device": _device_name(device),
+        "device_type": device.type, "torch": f"torch {torch.__version__}", "probe_images": len(probes),
+        "arch_label": f"{cfg.arch.replace('vit_', 'ViT-').replace('small', 'S').replace('tiny', 'Ti')}"
+                      f"/{cfg.patch_size}",
+        "command": f"python3 -m trainer.duts_job run --profile {profile_name}"
+                   + ("" if minutes is None else f" --minutes {minutes}"),
+        "train": train_figures(run_dir, cfg, planned, images, train_minutes, peak),
+    }
+    results["jaccard"], results["knn"] = _evaluate(run_dir / "teacher_backbone.safetensors", cfg.arch,
+                                                   cfg.patch_size, work, profile, device)
+    out.mkdir(parents=True, exist_ok=True)
+    results["model"] = _export(run_dir, out, results)
+    _package_extras(run_dir, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    logger.info("%s", results["summary"])
+    return results
+
+
+def _package_extras(run_dir: Path, out: Path) -> None:
+    from trainer.probe_grid import make_probe_grid
+
+    try:
+        make_probe_grid(run_dir / "probes", out / "heads_emerging.png")
+    except FileNotFoundError as exc:
+        logger.warning("no probe grid: %s", exc)
+    shutil.copyfile(run_dir / "log.txt", out / "train_log.txt")
+
+
+# -- step 3: ship here -------------------------------------------------------------------------
+def ship(files: Path, checkpoint_dir: Path = ROOT / "checkpoints", picture: Path = ROOT / "docs" / "img" /
+         "heads_emerging.png", allow_cpu: bool = False) -> Path:
+    """Join and verify the model, then write it, its model card and the README picture."""
+    from trainer.checkpoint import load_backbone
+    from trainer.model_card import render
+
+    results = json.loads((files / "results.json").read_text())
+    if results["device_type"] != "cuda" and not allow_cpu:
+        raise ValueError(f"this model was trained on {results['device']}, not a GPU; the shipped default must "
+                         "come from the GPU recipe (pass --allow_cpu only to rehearse shipping)")
+    model = results["model"]
+    target = join_parts(find_parts(files, model["file"]), checkpoint_dir / model["file"], model["sha256"])
+    load_backbone(target)  # strict load: a broken file fails here, before the card is written
+    (checkpoint_dir / "README.md").write_text(render(results))
+    if (files / "heads_emerging.png").exists():
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files / "heads_emerging.png", picture)
+    return target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m trainer.duts_job", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="step", required=True)
+    sub.add_parser("prepare", help="stage the data for the GPU calls under .data/gpu (here)")
+    p = sub.add_parser("unpack", help="extract a carried folder's archives into .data/gpu_work (GPU machine)")
+    p.add_argument("folder", type=Path)
+    p = sub.add_parser("run", help="train, evaluate and package into $OUT (GPU machine)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="h100")
+    p.add_argument("--minutes", type=float, default=None, help="override the recipe's time_limit_minutes")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or WORK / "out"))
+    p = sub.add_parser("ship", help="join, verify and install the model and its card (here)")
+    p.add_argument("files", type=Path, help="the folder holding the run's results.json and model parts")
+    p.add_argument("--allow_cpu", action="store_true", help="ship a CPU rehearsal model (testing only)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> Any:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stdout)
+    args = build_parser().parse_args(argv)
+    if args.step == "prepare":
+        for name, size in prepare().items():
+            logger.info("%s/%s: %.1f MiB", STAGE, name, size / 2**20)
+        return None
+    if args.step == "unpack":
+        return unpack(args.folder)
+    if args.step == "run":
+        return run_job(args.profile, args.out, minutes=args.minutes)
+    return ship(args.files, allow_cpu=args.allow_cpu)
+
+
+if __name__ == "__main__":
+    main()
