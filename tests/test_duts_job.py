@@ -112,3 +112,21 @@ def test_unpack_without_archives_says_what_is_missing(tmp_path):
 def test_prepare_lists_missing_archives(tmp_path):
     with pytest.raises(FileNotFoundError, match="duts-tr-192-part1.tar.gz"):
         duts_job.prepare(tmp_path, tmp_path / "stage")
+
+
+def test_the_job_writes_the_file_the_service_prefers_as_its_offline_default():
+    from backend.settings import SHIPPED_DEFAULT_ID
+
+    assert duts_job.MODEL_FILE == f"{SHIPPED_DEFAULT_ID}.safetensors"
+    assert duts_job.PROFILES["h100"].model_file == duts_job.MODEL_FILE
+    assert duts_job.PROFILES["cpu_tiny"].model_file != duts_job.MODEL_FILE  # a rehearsal never takes its place
+
+
+def test_recipes_parse_and_fit_the_documented_budget():
+    from trainer.config import parse_config
+
+    gpu = parse_config(["--config", str(duts_job.ROOT / duts_job.PROFILES["h100"].recipe)])
+    assert (gpu.arch, gpu.patch_size, gpu.precision, gpu.gpu_augment) == ("vit_small", 16, "bf16", True)
+    assert 0 < gpu.time_limit_minutes <= 8  # leaves room for evaluation in one 10-minute device call
+    cpu = parse_config(["--config", str(duts_job.ROOT / duts_job.PROFILES["cpu_tiny"].recipe)])
+    assert (cpu.arch, cpu.device) == ("vit_tiny", "cpu")

@@ -57,11 +57,13 @@ class Profile:
     eval_images: int | None
     knn_per_class: int | None
     probe_images: int = 4
+    model_file: str = MODEL_FILE
 
 
 PROFILES = {
     "h100": Profile("trainer/recipes/vits16_duts.yaml", None, None, None),
-    "cpu_tiny": Profile("trainer/recipes/vit_tiny_duts_cpu.yaml", 400, 40, 20, probe_images=2),
+    "cpu_tiny": Profile("trainer/recipes/vit_tiny_duts_cpu.yaml", 400, 40, 20, probe_images=2,
+                        model_file="dino_vitti16_duts_cpu_rehearsal.safetensors"),
 }
 
 
@@ -239,19 +241,19 @@ def train_subset_per_class(folder: Path, per_class: int, dest: Path) -> Path:
     return dest
 
 
-def _export(run_dir: Path, out: Path, results: dict[str, Any]) -> dict[str, Any]:
+def _export(run_dir: Path, out: Path, results: dict[str, Any], model_file: str) -> dict[str, Any]:
     """The fp16 teacher with its card in the metadata, split into parts under ``out``."""
     from trainer.checkpoint import export_backbone_safetensors, load_backbone
     from trainer.model_card import summary
 
     model, info = load_backbone(run_dir / "teacher_backbone.safetensors")
     results["summary"] = summary(results)
-    path = run_dir / MODEL_FILE
+    path = run_dir / model_file
     card = {k: v for k, v in results.items() if k != "model"}
     export_backbone_safetensors(model, path, info.arch, info.epoch, trained=True, dtype=torch.float16,
                                 extra={"summary": results["summary"], "model_card": card})
     parts = split_file(path, out)
-    return {"file": MODEL_FILE, "dtype": "float16", "bytes": path.stat().st_size, "sha256": sha256_file(path),
+    return {"file": model_file, "dtype": "float16", "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "parts": [p.name for p in parts]}
 
 
@@ -280,7 +282,7 @@ def run_job(profile_name: str, out: Path, work: Path = WORK, minutes: float | No
     results["jaccard"], results["knn"] = _evaluate(run_dir / "teacher_backbone.safetensors", cfg.arch,
                                                    cfg.patch_size, work, profile, device)
     out.mkdir(parents=True, exist_ok=True)
-    results["model"] = _export(run_dir, out, results)
+    results["model"] = _export(run_dir, out, results, profile.model_file)
     _package_extras(run_dir, out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     logger.info("%s", results["summary"])

@@ -14,7 +14,8 @@ def summary(results: dict[str, Any]) -> str:
     """One line: what the model is, how it was trained, and its headline figure."""
     train, jac = results["train"], results["jaccard"]
     return (f"{results['arch_label']} pretrained with DINO by this project on DUTS-TR "
-            f"({train['images']:,} photos, {train['epochs']} epochs, {train['minutes']:.1f} min on "
+            f"({train['images']:,} photos, {train['epochs']} epoch{'s' if train['epochs'] != 1 else ''}, "
+            f"{train['minutes']:.1f} min on "
             f"{results['device']}); DUTS-TE mask Jaccard {_pct(jac['trained']['jaccard'])} "
             f"vs {_pct(jac['random_init']['jaccard'])} at random init")
 
