@@ -18,6 +18,12 @@ Measured in one run, per architecture (random init: timing does not depend on th
 
 Printed: p50 / p95 latency, throughput, and the speed-up over the baseline (p50 latency ratio,
 and the throughput ratio for concurrent clients). ``--json PATH`` writes the rows.
+
+Also printed, per architecture, the **roofline** of the fast path: its FLOPs (linear layers and
+attention, counted as in ``trainer/flops.py``), the rates this CPU reaches in the same run for a
+plain GEMM of the model's shapes and for fused SDPA at its sequence length, the resulting floor
+(the fast path's time if every op ran at those rates) and so the largest speed-up over the
+measured baseline that any implementation of the fast path could reach on this machine.
 """
 
 from __future__ import annotations
@@ -163,6 +169,55 @@ def http_rows(arch: str, url: str, png: bytes, args) -> list[Row]:
     return rows
 
 
+def _rate(fn: Callable[[], object], flops: float, repeats: int = 5) -> float:
+    """FLOP/s of ``fn`` (best of ``repeats`` after a warm-up)."""
+    fn()
+    best = min(time_calls(fn, 1, warmup=0)[1] for _ in range(repeats))
+    return flops / best
+
+
+def kernel_rates(tokens: int, dim: int, heads: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(GEMM FLOP/s on a ``tokens x dim x 4 dim`` product, fused SDPA FLOP/s at ``tokens``)."""
+    a, b = torch.randn(tokens, dim, dtype=dtype), torch.randn(dim, 4 * dim, dtype=dtype)
+    q, k, v = (torch.randn(1, heads, tokens, dim // heads, dtype=dtype) for _ in range(3))
+    with torch.inference_mode():
+        gemm = _rate(lambda: a @ b, 2.0 * tokens * dim * 4 * dim)
+        sdpa = _rate(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 4.0 * tokens**2 * dim)
+    return gemm, sdpa
+
+
+@dataclass
+class Roofline:
+    arch: str
+    linear_gflop: float
+    attention_gflop: float
+    gemm_gflops: float
+    sdpa_gflops: float
+    floor_ms: float
+    baseline_p50_ms: float
+    max_speedup: float
+
+
+def roofline(arch: str, model: DinoViT, size: int, precision: str, baseline_ms: float) -> Roofline:
+    """The fast path's floor at this run's measured kernel rates, and the speed-up ceiling it implies."""
+    d, depth, heads, p = model.embed_dim, len(model.blocks), model.num_heads, model.patch_size
+    n = (size // p) ** 2 + 1
+    block_linear = 2.0 * n * d * (4 * d + 2 * model.blocks[0].mlp.fc1.out_features)
+    linear = 2.0 * (n - 1) * 3 * p * p * d + (depth - 1) * block_linear + 2.0 * n * d * d + 2.0 * d * d
+    attention = (depth - 1) * 4.0 * n * n * d + 4.0 * n * d
+    gemm, sdpa = kernel_rates(n, d, heads, torch.bfloat16 if precision == "bf16" else torch.float32)
+    floor_ms = 1e3 * (linear / gemm + attention / sdpa)
+    return Roofline(arch, linear / 1e9, attention / 1e9, gemm / 1e9, sdpa / 1e9, floor_ms, baseline_ms,
+                    baseline_ms / floor_ms)
+
+
+def print_roofline(r: Roofline) -> None:
+    print(f"{r.arch:8s} roofline: fast path {r.linear_gflop:.1f} GFLOP linear + {r.attention_gflop:.1f} GFLOP "
+          f"attention; measured here GEMM {r.gemm_gflops:.0f} GFLOP/s, fused SDPA {r.sdpa_gflops:.0f} GFLOP/s "
+          f"-> floor {r.floor_ms:.0f} ms, so at most x{r.max_speedup:.2f} over the {r.baseline_p50_ms:.0f} ms "
+          "baseline on this machine", flush=True)
+
+
 def add_speedups(rows: list[Row]) -> None:
     for row in rows:
         base = next(r for r in rows if r.arch == row.arch and r.path.startswith("baseline"))
@@ -210,6 +265,8 @@ def run(args: argparse.Namespace) -> list[Row]:
         service = service_for(folder, args)
         for name, model in models.items():
             rows += in_process_rows(name, model, service, png, args)
+            args.rooflines.append(roofline(name, model, args.size, args.precision, rows[-3].p50_ms))
+            print_roofline(args.rooflines[-1])
         if not args.no_http:
             with uvicorn_process(server_env(folder, args, next(iter(models))), timeout_s=180) as url:
                 for name in models:
@@ -237,6 +294,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown arch {unknown[0]!r}; choose from {', '.join(ARCHS)}")
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.rooflines = []
     if args.quick:
         args.repeats, args.clients = 3, [1, 4]
     if args.tiny:
@@ -250,8 +308,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print("\nsummary (speed-up over the all-explicit baseline):")
     for row in rows:
         print_row(row)
+    for line in args.rooflines:
+        print_roofline(line)
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows],
+                                         "rooflines": [asdict(r) for r in args.rooflines]}, indent=2))
     return rows
 
 
