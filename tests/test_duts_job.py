@@ -89,9 +89,11 @@ def test_prepare_unpack_run_ship(tmp_path, monkeypatch):
     assert (out / "heads_emerging.png").exists() and (out / "train_log.txt").exists()
     assert json.loads((out / "results.json").read_text())["model"]["sha256"] == results["model"]["sha256"]
 
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- shipped-model:start -->\nNot trained yet.\n<!-- shipped-model:end -->\n\nrest\n")
     with pytest.raises(ValueError, match="not a GPU"):
-        duts_job.ship(out, tmp_path / "ckpt", tmp_path / "pic.png")
-    shipped = duts_job.ship(out, tmp_path / "ckpt", tmp_path / "pic.png", allow_cpu=True)
+        duts_job.ship(out, tmp_path / "ckpt", tmp_path / "img" / "pic.png", readme=readme)
+    shipped = duts_job.ship(out, tmp_path / "ckpt", tmp_path / "img" / "pic.png", allow_cpu=True, readme=readme)
     state, info = read_backbone(shipped)
     assert info.extra["summary"] == results["summary"] and "DUTS-TE mask Jaccard" in info.extra["summary"]
     with torch.no_grad():
@@ -101,7 +103,10 @@ def test_prepare_unpack_run_ship(tmp_path, monkeypatch):
         torch.testing.assert_close(model.state_dict()[key], value.half().float(), rtol=0, atol=0)
     card = (tmp_path / "ckpt" / "README.md").read_text()
     assert results["model"]["sha256"] in card and f"{jac['trained']['jaccard']:.1f}" in card
-    assert (tmp_path / "pic.png").exists()
+    assert (tmp_path / "img" / "pic.png").exists()
+    text = readme.read_text()
+    assert "Not trained yet" not in text and results["summary"] in text and "](img/pic.png)" in text
+    assert text.startswith("# x\n") and text.endswith("<!-- shipped-model:end -->\n\nrest\n")
 
 
 def test_unpack_without_archives_says_what_is_missing(tmp_path):
@@ -130,3 +135,10 @@ def test_recipes_parse_and_fit_the_documented_budget():
     assert 0 < gpu.time_limit_minutes <= 8  # leaves room for evaluation in one 10-minute device call
     cpu = parse_config(["--config", str(duts_job.ROOT / duts_job.PROFILES["cpu_tiny"].recipe)])
     assert (cpu.arch, cpu.device) == ("vit_tiny", "cpu")
+
+
+def test_the_repository_readme_has_the_block_that_ship_fills():
+    from trainer.model_card import replace_readme_block
+
+    text = (duts_job.ROOT / "README.md").read_text()
+    assert replace_readme_block(text, "FILLED\n").count("FILLED") == 1

@@ -300,11 +300,12 @@ def _package_extras(run_dir: Path, out: Path) -> None:
 
 
 # -- step 3: ship here -------------------------------------------------------------------------
-def ship(files: Path, checkpoint_dir: Path = ROOT / "checkpoints", picture: Path = ROOT / "docs" / "img" /
-         "heads_emerging.png", allow_cpu: bool = False) -> Path:
-    """Join and verify the model, then write it, its model card and the README picture."""
+def ship(files: Path, checkpoint_dir: Path = ROOT / "checkpoints",
+         picture: Path = ROOT / "docs" / "img" / "heads_emerging.png", allow_cpu: bool = False,
+         readme: Path | None = ROOT / "README.md") -> Path:
+    """Join and verify the model, then write it, its model card, the picture and the README block."""
     from trainer.checkpoint import load_backbone
-    from trainer.model_card import render
+    from trainer.model_card import readme_block, render, replace_readme_block
 
     results = json.loads((files / "results.json").read_text())
     if results["device_type"] != "cuda" and not allow_cpu:
@@ -317,6 +318,9 @@ def ship(files: Path, checkpoint_dir: Path = ROOT / "checkpoints", picture: Path
     if (files / "heads_emerging.png").exists():
         picture.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(files / "heads_emerging.png", picture)
+    if readme is not None:
+        rel = os.path.relpath(picture, readme.parent)
+        readme.write_text(replace_readme_block(readme.read_text(), readme_block(results, rel)))
     return target
 
 

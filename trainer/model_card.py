@@ -67,3 +67,22 @@ def render(results: dict[str, Any]) -> str:
         f"sha256 `{model['sha256']}`. Loads with `trainer.checkpoint.load_backbone` (float32 model).", "",
     ]
     return "\n".join(lines)
+
+
+README_START = "<!-- shipped-model:start -->"
+README_END = "<!-- shipped-model:end -->"
+
+
+def readme_block(results: dict[str, Any], picture: str) -> str:
+    """The README's shipped-model paragraph: the summary, the card's address and the picture."""
+    return (f"{summary(results)}. Model card: [checkpoints/README.md](checkpoints/README.md).\n\n"
+            f"Heads emerging during training (rows: epochs; columns: the photo, then one heat map per head):\n\n"
+            f"![attention heads emerging]({picture})\n")
+
+
+def replace_readme_block(readme: str, block: str) -> str:
+    """``readme`` with the text between the shipped-model markers replaced by ``block``."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {README_START} ... {README_END} block to fill")
+    return readme[: start + len(README_START)] + "\n" + block + readme[end:]
