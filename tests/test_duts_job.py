@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -88,6 +89,8 @@ def test_prepare_unpack_run_ship(tmp_path, monkeypatch):
     assert set(results["knn"]["trained"]) == {"k20_top1", "k20_top5"} and results["knn"]["val_images"] == 4
     assert (out / "heads_emerging.png").exists() and (out / "train_log.txt").exists()
     assert json.loads((out / "results.json").read_text())["model"]["sha256"] == results["model"]["sha256"]
+    _check_device_return_limits(out)
+    assert (work / "preflight" / "joined.safetensors").exists()  # the preflight ran every post-training step
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- shipped-model:start -->\nNot trained yet.\n<!-- shipped-model:end -->\n\nrest\n")
@@ -107,6 +110,67 @@ def test_prepare_unpack_run_ship(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "Not trained yet" not in text and results["summary"] in text and "](img/pic.png)" in text
     assert text.startswith("# x\n") and text.endswith("<!-- shipped-model:end -->\n\nrest\n")
+
+
+def _check_device_return_limits(out):
+    """What the device tool brings back: at most 8 files of at most 16 MiB, plain names, no folders."""
+    files = list(out.iterdir())
+    assert len(files) <= 8 and all(f.is_file() for f in files)
+    assert all(f.stat().st_size <= 16 * 2**20 for f in files)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f.name) for f in files)
+
+
+def _tiny_work(tmp_path, monkeypatch):
+    shared = _shared_data(tmp_path / "shared")
+    work = tmp_path / "work"
+    duts_job.prepare(shared, tmp_path / "stage", knn_per_class=2)
+    for name in ("p1", "p2", "p3", "eval"):
+        duts_job.unpack(tmp_path / "stage" / name, work)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    monkeypatch.setitem(duts_job.PROFILES, "test", duts_job.Profile(str(recipe), 12, 2, None, probe_images=2))
+    return work
+
+
+def test_a_failed_evaluation_keeps_the_model_and_a_retry_does_not_train_again(tmp_path, monkeypatch):
+    import trainer.eval_seg
+
+    work = _tiny_work(tmp_path, monkeypatch)
+    real, calls = trainer.eval_seg.evaluate_folder, []
+
+    def fails_after_the_preflight(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # the preflight's two calls pass; the real evaluation breaks
+            raise RuntimeError("simulated evaluation failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.eval_seg, "evaluate_folder", fails_after_the_preflight)
+    out = tmp_path / "out"
+    results = duts_job.run_job("test", out, work)
+    assert results["jaccard"]["trained"] == {"error": "RuntimeError: simulated evaluation failure"}
+    assert "Jaccard not measured" in results["summary"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["model"]["parts"]  # the model and its figures came back
+    _check_device_return_limits(out)
+    log_lines = (work / "run_test" / "log.txt").read_text()
+
+    monkeypatch.setattr(trainer.eval_seg, "evaluate_folder", real)
+    again = duts_job.run_job("test", out, work)  # the retried call only evaluates
+    assert (work / "run_test" / "log.txt").read_text() == log_lines
+    assert "error" not in again["jaccard"]["trained"] and again["train"] == results["train"]
+
+
+def test_the_gpu_profile_refuses_a_cpu_and_an_incomplete_training_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(duts_job.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU.*--profile cpu_tiny"):
+        duts_job.run_job("h100", tmp_path / "out", tmp_path)
+    (tmp_path / "duts-tr-192").mkdir()
+    make_image_folder(tmp_path / "duts-tr-192", {"": 3})
+    (tmp_path / ".unpacked").mkdir()
+    (tmp_path / ".unpacked" / duts_job.DUTS_PARTS[0]).touch()
+    with pytest.raises(FileNotFoundError, match=r"3 training photos.*at least 10500.*unpacked so far: "
+                                                r"duts-tr-192-part1.tar.gz"):
+        duts_job.check_training_set(tmp_path / "duts-tr-192", tmp_path, duts_job.PROFILES["h100"])
 
 
 def test_unpack_without_archives_says_what_is_missing(tmp_path):
@@ -132,7 +196,9 @@ def test_recipes_parse_and_fit_the_documented_budget():
 
     gpu = parse_config(["--config", str(duts_job.ROOT / duts_job.PROFILES["h100"].recipe)])
     assert (gpu.arch, gpu.patch_size, gpu.precision, gpu.gpu_augment) == ("vit_small", 16, "bf16", True)
-    assert 0 < gpu.time_limit_minutes <= 8  # leaves room for evaluation in one 10-minute device call
+    assert 0 < gpu.time_limit_minutes <= 7  # leaves room for evaluation in one 10-minute device call
+    h100 = duts_job.PROFILES["h100"]
+    assert h100.deadline_minutes + 0.5 <= 10 and h100.eval_reserve_minutes >= 2
     cpu = parse_config(["--config", str(duts_job.ROOT / duts_job.PROFILES["cpu_tiny"].recipe)])
     assert (cpu.arch, cpu.device) == ("vit_tiny", "cpu")
 
@@ -142,3 +208,18 @@ def test_the_repository_readme_has_the_block_that_ship_fills():
 
     text = (duts_job.ROOT / "README.md").read_text()
     assert replace_readme_block(text, "FILLED\n").count("FILLED") == 1
+
+
+def test_the_training_budget_leaves_the_evaluation_its_time_before_the_deadline(monkeypatch):
+    import time
+
+    profile = duts_job.Profile("r.yaml", None, None, None, deadline_minutes=9.0, eval_reserve_minutes=2.5)
+    monkeypatch.setattr(duts_job, "PROCESS_START", time.monotonic() - 60)  # 1 min since the job started
+    assert duts_job._budget_minutes(7.0, profile, None) == pytest.approx(5.5, abs=0.01)  # 9 - 1 - 2.5 < 7
+    assert duts_job._budget_minutes(3.0, profile, None) == pytest.approx(3.0)  # the recipe's own limit is lower
+    monkeypatch.setattr(duts_job, "PROCESS_START", time.monotonic() - 5 * 60)
+    assert duts_job._budget_minutes(7.0, profile, None) == pytest.approx(1.5, abs=0.01)
+    assert duts_job._budget_minutes(7.0, duts_job.Profile("r.yaml", None, None, None), 0.5) == 0.5  # no deadline
+    monkeypatch.setattr(duts_job, "PROCESS_START", time.monotonic() - 6 * 60)
+    with pytest.raises(RuntimeError, match="min left for training"):
+        duts_job._budget_minutes(7.0, profile, None)

@@ -43,12 +43,21 @@ def test_first_epoch_only_decides_whether_to_go_on_then_fitting_starts():
     assert total == 11
     budget.apply(cfg, total)
     assert (cfg.epochs, cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (11, 5, 8)
-    budget.apply(cfg, 3)  # warm-ups longer than the run are clipped ...
-    assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (3, 3)
+    budget.apply(cfg, 3)  # warm-ups longer than the run are clipped (the lr's leaves the last epoch to the cosine) ...
+    assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (2, 3)
     budget.apply(cfg, 12)  # ... and come back from the plan, not from the clipped values
     assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (5, 8)
     with pytest.raises(ValueError, match=r"epochs must be in \[1, 20\]"):
         budget.apply(cfg, 21)
+
+
+def test_fitting_uses_the_mean_epoch_and_counts_pending_work_as_spent():
+    cfg = make_config(epochs=100, time_limit_minutes=1.0)
+    budget = TimeBudget.for_config(cfg, started_s=0.0)
+    budget.epochs_after(1, now_s=10.0, epoch_s=10.0)
+    assert budget.epochs_after(2, now_s=14.0, epoch_s=4.0) == 2 + 46 // 4       # 46 s left / 4 s
+    assert budget.epochs_after(3, now_s=22.0, epoch_s=8.0) == 3 + 38 // 6       # mean of 4 and 8
+    assert budget.epochs_after(4, now_s=28.0, epoch_s=6.0, pending_s=8.0) == 4 + 24 // 6  # 8 s still to save
 
 
 def test_first_epoch_over_budget_stops_the_run():
@@ -67,13 +76,22 @@ def _cli(data, out, minutes, epochs):
 
 def test_cli_run_is_cut_to_the_budget_and_ends_on_its_schedule(tmp_path, monkeypatch):
     data = make_image_folder(tmp_path / "data", {"": 4})
-    clock = iter(range(0, 10_000, 10))  # every time.time() call in the run loop: 10 s more of fake time
-    monkeypatch.setattr(run, "time", SimpleNamespace(time=lambda: float(next(clock))))
+    clock = {"now": 0.0}  # fake time: an epoch's training takes 30 s, its outputs 5 s, the rest nothing
+
+    def timed(fn, seconds):
+        def wrapper(*args, **kwargs):
+            clock["now"] += seconds
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(run, "time", SimpleNamespace(time=lambda: clock["now"]))
+    monkeypatch.setattr(run, "train_one_epoch", timed(run.train_one_epoch, 30.0))
+    monkeypatch.setattr(run, "save_epoch_outputs", timed(run.save_epoch_outputs, 5.0))
     out = tmp_path / "run"
     run.main(_cli(data, out, minutes=5.0, epochs=50))
     lines = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
     epochs = len(lines)
-    assert 2 < epochs < 50
+    assert epochs == 8  # 300 s: 8 epochs of 35 s fit, a 9th would end at 315 s
     assert torch.load(out / "checkpoint.pth", weights_only=True)["args"]["epochs"] == epochs
     # one step per epoch: the last step used the last value of the schedule rebuilt for the fitted length
     base = 0.064 * 4 / 256

@@ -80,6 +80,9 @@ class TrainConfig:
     output_dir: str = field(default=".", metadata=_flag(
         "Where checkpoints and logs go; a run restarted with the same folder resumes."))
     saveckp_freq: int = field(default=20, metadata=_flag("Also keep checkpointNNNN.pth every this many epochs."))
+    checkpoint_every: int = field(default=1, metadata=_flag(
+        "Write checkpoint.pth and teacher_backbone.safetensors every N epochs (and after the last); "
+        "a restart resumes from the last one written."))
     seed: int = field(default=0, metadata=_flag("Random seed."))
     num_workers: int = field(default=10, metadata=_flag("Data-loading worker processes per GPU."))
     dist_url: str = field(default="env://", metadata=_flag("URL of the process-group rendezvous (official flag)."))
@@ -231,7 +234,7 @@ def validate(cfg: TrainConfig) -> None:
     _check_scale("global_crops_scale", cfg.global_crops_scale)
     _check_scale("local_crops_scale", cfg.local_crops_scale)
     positive = ("patch_size", "out_dim", "batch_size_per_gpu", "epochs", "global_crops_size",
-                "local_crops_size", "log_every", "knn_resize", "knn_crop", "probe_every")
+                "local_crops_size", "log_every", "knn_resize", "knn_crop", "probe_every", "checkpoint_every")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)}")

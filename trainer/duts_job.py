@@ -46,6 +46,7 @@ WORK = ROOT / ".data" / "gpu_work"
 MODEL_FILE = "dino_vits16_duts.safetensors"
 DUTS_PARTS = ("duts-tr-192-part1.tar.gz", "duts-tr-192-part2.tar.gz", "duts-tr-192-part3.tar.gz")
 logger = logging.getLogger("trainer.duts_job")
+PROCESS_START = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,15 @@ class Profile:
     knn_per_class: int | None
     probe_images: int = 4
     model_file: str = MODEL_FILE
+    requires_cuda: bool = False
+    min_train_images: int | None = None
+    deadline_minutes: float | None = None  # the whole run step must end by then (the device call's limit)
+    eval_reserve_minutes: float = 0.0  # kept free after training for evaluation and packaging
 
 
 PROFILES = {
-    "h100": Profile("trainer/recipes/vits16_duts.yaml", None, None, None),
+    "h100": Profile("trainer/recipes/vits16_duts.yaml", None, None, None, requires_cuda=True,
+                    min_train_images=10_500, deadline_minutes=9.0, eval_reserve_minutes=2.5),
     "cpu_tiny": Profile("trainer/recipes/vit_tiny_duts_cpu.yaml", 400, 40, 20, probe_images=2,
                         model_file="dino_vitti16_duts_cpu_rehearsal.safetensors"),
 }
@@ -118,7 +124,12 @@ def unpack(folder: Path, work: Path = WORK) -> list[str]:
     for archive in archives:
         with tarfile.open(archive) as tar:
             tar.extractall(work, filter="data")
+        (work / ".unpacked").mkdir(exist_ok=True)
+        (work / ".unpacked" / archive.name).touch()
         logger.info("unpacked %s into %s", archive.name, work)
+    train = work / "duts-tr-192"
+    if train.is_dir():
+        logger.info("%d training photos so far in %s", sum(1 for _ in train.iterdir()), train)
     return [a.name for a in archives]
 
 
@@ -192,9 +203,12 @@ def train_figures(run_dir: Path, cfg: Any, planned: int, images: int, minutes: f
     }
 
 
-def _evaluate(model_path: Path, arch: str, patch: int, work: Path, profile: Profile,
-              device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Jaccard on DUTS-TE and k-NN on CIFAR-10, trained and at random init (seed 0)."""
+def _evaluate(model_path: Path, arch: str, patch: int, work: Path, profile: Profile, device: torch.device,
+              strict: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Jaccard on DUTS-TE and k-NN on CIFAR-10, trained and at random init (seed 0).
+
+    A failing evaluation becomes ``{"error": ...}`` in the results (``strict`` raises instead).
+    """
     from trainer.checkpoint import load_backbone
     from trainer.eval_seg import evaluate_folder
     from trainer.vit import build_vit
@@ -203,9 +217,10 @@ def _evaluate(model_path: Path, arch: str, patch: int, work: Path, profile: Prof
     torch.manual_seed(0)
     models = {"trained": trained.to(device).eval(), "random_init": build_vit(arch, patch).to(device).eval()}
     duts = work / "duts-te-1k"
-    jaccard = {k: evaluate_folder(m, duts / "images", duts / "masks", limit=profile.eval_images, device=device)
-               for k, m in models.items()}
-    knn = _knn(models, work / "cifar-knn", profile, device)
+    guard = (lambda what, fn: fn()) if strict else _safely
+    jaccard = {k: guard(f"Jaccard ({k})", lambda m=m: evaluate_folder(
+        m, duts / "images", duts / "masks", limit=profile.eval_images, device=device)) for k, m in models.items()}
+    knn = guard("k-NN", lambda: _knn(models, work / "cifar-knn", profile, device))
     return jaccard, knn
 
 
@@ -218,8 +233,9 @@ def _knn(models: dict[str, torch.nn.Module], root: Path, profile: Profile,
         return None
     train_dir, val_dir = root / "train", root / "val"
     if profile.knn_per_class is not None:
-        train_dir = train_subset_per_class(train_dir, profile.knn_per_class, root.parent / "knn_bank")
-        val_dir = train_subset_per_class(val_dir, profile.knn_per_class, root.parent / "knn_val")
+        n = profile.knn_per_class
+        train_dir = train_subset_per_class(train_dir, n, root.parent / f"knn_bank{n}")
+        val_dir = train_subset_per_class(val_dir, n, root.parent / f"knn_val{n}")
     out: dict[str, Any] = {"resize": 224, "train_images": _count(train_dir), "val_images": _count(val_dir)}
     for name, model in models.items():
         out[name] = knn_evaluate(model, train_dir, val_dir, device, ks=[20], resize=224, crop=224,
@@ -242,7 +258,7 @@ def train_subset_per_class(folder: Path, per_class: int, dest: Path) -> Path:
 
 
 def _export(run_dir: Path, out: Path, results: dict[str, Any], model_file: str) -> dict[str, Any]:
-    """The fp16 teacher with its card in the metadata, split into parts under ``out``."""
+    """The fp16 teacher with its card in the metadata, split into parts under ``out`` (old parts removed)."""
     from trainer.checkpoint import export_backbone_safetensors, load_backbone
     from trainer.model_card import summary
 
@@ -252,51 +268,154 @@ def _export(run_dir: Path, out: Path, results: dict[str, Any], model_file: str) 
     card = {k: v for k, v in results.items() if k != "model"}
     export_backbone_safetensors(model, path, info.arch, info.epoch, trained=True, dtype=torch.float16,
                                 extra={"summary": results["summary"], "model_card": card})
+    for old in out.glob(f"{model_file}.part*"):
+        old.unlink()
     parts = split_file(path, out)
     return {"file": model_file, "dtype": "float16", "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "parts": [p.name for p in parts]}
 
 
+def _job_device(profile: Profile) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if profile.requires_cuda:
+        raise RuntimeError("this profile trains the shipped model and needs a CUDA GPU; rehearse on a CPU with "
+                           "--profile cpu_tiny")
+    return torch.device("cpu")
+
+
+def check_training_set(train_dir: Path, work: Path, profile: Profile) -> int:
+    """The number of training photos; an error naming what was unpacked when some are missing."""
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"{train_dir} does not exist; unpack the DUTS-TR parts first (see --help)")
+    held = len(list((work / "probes").glob("*"))) if (work / "probes").is_dir() else 0
+    count = sum(1 for p in train_dir.iterdir() if p.is_file()) + held
+    if profile.min_train_images and count < profile.min_train_images:
+        done = sorted(p.name for p in (work / ".unpacked").glob("*")) if (work / ".unpacked").is_dir() else []
+        raise FileNotFoundError(f"{count} training photos in {train_dir}, expected at least "
+                                f"{profile.min_train_images}: archives unpacked so far: {', '.join(done) or 'none'}; "
+                                f"unpack all of {', '.join(DUTS_PARTS)} (a fresh machine loses earlier calls' files)")
+    return count
+
+
+def _budget_minutes(cfg_minutes: float, profile: Profile, override: float | None) -> float:
+    """The training budget: the recipe's (or ``--minutes``), cut to leave the evaluation its time."""
+    minutes = cfg_minutes if override is None else override
+    if profile.deadline_minutes is not None:
+        left = profile.deadline_minutes - (time.monotonic() - PROCESS_START) / 60 - profile.eval_reserve_minutes
+        if left < 1.0:
+            raise RuntimeError(f"only {left:.1f} min left for training before the job's "
+                               f"{profile.deadline_minutes:.1f}-minute deadline")
+        minutes = min(minutes, left) if minutes > 0 else left
+    return minutes
+
+
+def _train_or_reuse(run_dir: Path, data: Path, work: Path, profile: Profile, device: torch.device,
+                    minutes: float | None) -> tuple[dict[str, Any], Any]:
+    """Train (or, when a finished run is there, reuse its figures): (train figures, config)."""
+    from trainer.config import parse_config
+
+    args = ["--config", str(ROOT / profile.recipe), "--data_path", str(data), "--output_dir", str(run_dir),
+            "--probe_images", str(work / "probes")]
+    done = run_dir / "train_figures.json"
+    if done.exists():  # a retried call: never resume a finished, annealed run with a fresh plan
+        logger.info("training already finished in %s; evaluating it again", run_dir)
+        return json.loads(done.read_text()), parse_config(args)
+    budget = _budget_minutes(parse_config(args).time_limit_minutes, profile, minutes)
+    cfg, planned, train_minutes, peak = _train(args + ["--time_limit_minutes", f"{budget:.2f}"], device)
+    images = sum(1 for _ in data.iterdir())
+    figures = train_figures(run_dir, cfg, planned, images, train_minutes, peak)
+    done.write_text(json.dumps(figures))
+    return figures, cfg
+
+
+def _safely(what: str, fn: Any) -> Any:
+    """``fn()``, or ``{"error": ...}`` logged: one failed evaluation must not lose the trained model."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        logger.exception("%s failed", what)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _write_results(out: Path, results: dict[str, Any]) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def _arch_label(arch: str, patch: int) -> str:
+    return f"{arch.replace('vit_', 'ViT-').replace('small', 'S').replace('tiny', 'Ti').replace('base', 'B')}/{patch}"
+
+
 def run_job(profile_name: str, out: Path, work: Path = WORK, minutes: float | None = None) -> dict[str, Any]:
-    """Train with the profile's recipe, evaluate, and write the model parts and results to ``out``."""
+    """Preflight, train, export (first without, then with the figures), evaluate and package to ``out``."""
     profile = PROFILES[profile_name]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _job_device(profile)
     train_dir = work / "duts-tr-192"
+    check_training_set(train_dir, work, profile)
     probes = hold_back_probes(train_dir, work / "probes", profile.probe_images)
     data = train_subset(train_dir, profile.max_train_images, work)
     run_dir = work / f"run_{profile_name}"
-    args = ["--config", str(ROOT / profile.recipe), "--data_path", str(data), "--output_dir", str(run_dir),
-            "--probe_images", str(work / "probes")]
-    args += [] if minutes is None else ["--time_limit_minutes", str(minutes)]
-    cfg, planned, train_minutes, peak = _train(args, device)
-    images = sum(1 for _ in data.iterdir())
+    out.mkdir(parents=True, exist_ok=True)
+    preflight(work, profile, device)
     results: dict[str, Any] = {
         "profile": profile_name, "recipe": profile.recipe, "device": _device_name(device),
         "device_type": device.type, "torch": f"torch {torch.__version__}", "probe_images": len(probes),
-        "arch_label": f"{cfg.arch.replace('vit_', 'ViT-').replace('small', 'S').replace('tiny', 'Ti')}"
-                      f"/{cfg.patch_size}",
         "command": f"python3 -m trainer.duts_job run --profile {profile_name}"
                    + ("" if minutes is None else f" --minutes {minutes}"),
-        "train": train_figures(run_dir, cfg, planned, images, train_minutes, peak),
     }
+    results["train"], cfg = _train_or_reuse(run_dir, data, work, profile, device, minutes)
+    results["arch_label"] = _arch_label(cfg.arch, cfg.patch_size)
+    results["jaccard"], results["knn"] = None, None
+    results["model"] = _export(run_dir, out, results, profile.model_file)  # the model reaches $OUT first
+    _write_results(out, results)
+    shutil.copyfile(run_dir / "log.txt", out / "train_log.txt")
     results["jaccard"], results["knn"] = _evaluate(run_dir / "teacher_backbone.safetensors", cfg.arch,
                                                    cfg.patch_size, work, profile, device)
-    out.mkdir(parents=True, exist_ok=True)
     results["model"] = _export(run_dir, out, results, profile.model_file)
-    _package_extras(run_dir, out)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    _write_results(out, results)
+    _safely("probe grid", lambda: _probe_grid(run_dir, out))
     logger.info("%s", results["summary"])
     return results
 
 
-def _package_extras(run_dir: Path, out: Path) -> None:
+def _probe_grid(run_dir: Path, out: Path) -> Path:
     from trainer.probe_grid import make_probe_grid
 
-    try:
-        make_probe_grid(run_dir / "probes", out / "heads_emerging.png")
-    except FileNotFoundError as exc:
-        logger.warning("no probe grid: %s", exc)
-    shutil.copyfile(run_dir / "log.txt", out / "train_log.txt")
+    return make_probe_grid(run_dir / "probes", out / "heads_emerging.png")
+
+
+def preflight(work: Path, profile: Profile, device: torch.device) -> None:
+    """Seconds-long rehearsal of every step after training on a random-init model, before training,
+    so that a broken evaluation, export or card fails before the GPU minutes are spent."""
+    from trainer.checkpoint import export_backbone_safetensors
+    from trainer.config import parse_config
+    from trainer.model_card import render
+    from trainer.probes import save_attention_probes
+    from trainer.vit import build_vit
+
+    cfg = parse_config(["--config", str(ROOT / profile.recipe)])
+    tmp = work / "preflight"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = build_vit(cfg.arch, cfg.patch_size).to(device).eval()
+    export_backbone_safetensors(model, tmp / "teacher_backbone.safetensors", cfg.arch, 0)
+    save_attention_probes(model, work / "probes", tmp / "probes" / "epoch0000", 64, device, limit=1)
+    small = Profile(profile.recipe, None, 2, 2, model_file="preflight.safetensors")
+    fake: dict[str, Any] = {"device": _device_name(device), "arch_label": _arch_label(cfg.arch, cfg.patch_size),
+                            "recipe": profile.recipe, "command": "preflight", "torch": torch.__version__,
+                            "probe_images": 1, "train": _fake_train_figures(cfg)}
+    fake["jaccard"], fake["knn"] = _evaluate(tmp / "teacher_backbone.safetensors", cfg.arch, cfg.patch_size, work,
+                                             small, device, strict=True)
+    fake["model"] = _export(tmp, tmp / "out", fake, small.model_file)
+    join_parts(find_parts(tmp / "out", small.model_file), tmp / "joined.safetensors", fake["model"]["sha256"])
+    render(fake)
+    _probe_grid(tmp, tmp / "out")
+    logger.info("preflight passed: evaluation, export, split/join, model card and probe grid work on %s", device)
+
+
+def _fake_train_figures(cfg: Any) -> dict[str, Any]:
+    return {"images": 0, "epochs": 0, "planned_epochs": cfg.epochs, "steps_per_epoch": 0,
+            "time_limit_minutes": cfg.time_limit_minutes, "minutes": 0.0, "img_per_s": 0.0, "peak_memory_gb": None,
+            "precision": cfg.precision, "final_loss": 0.0, "teacher_entropy": 0.0, "log_out_dim": 1.0}
 
 
 # -- step 3: ship here -------------------------------------------------------------------------

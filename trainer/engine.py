@@ -71,10 +71,12 @@ class MetricsWriter:
         self.tensorboard = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(ImportError):
+            try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            except Exception as exc:  # noqa: BLE001 - absent or broken TensorBoard must not stop training
+                logger.info("TensorBoard logging off: %s", exc)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

@@ -10,28 +10,50 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _ok(entry: Any) -> bool:
+    """An evaluation that ran (not missing, not ``{"error": ...}``)."""
+    return isinstance(entry, dict) and "error" not in entry
+
+
+def _jaccard_pair(results: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    jac = results.get("jaccard") or {}
+    trained, random = jac.get("trained"), jac.get("random_init")
+    return (trained if _ok(trained) else None), (random if _ok(random) else None)
+
+
 def summary(results: dict[str, Any]) -> str:
     """One line: what the model is, how it was trained, and its headline figure."""
-    train, jac = results["train"], results["jaccard"]
+    train = results["train"]
+    trained, random = _jaccard_pair(results)
+    figure = "DUTS-TE mask Jaccard not measured"
+    if trained is not None:
+        figure = f"DUTS-TE mask Jaccard {_pct(trained['jaccard'])}"
+        figure += f" vs {_pct(random['jaccard'])} at random init" if random is not None else ""
     return (f"{results['arch_label']} pretrained with DINO by this project on DUTS-TR "
             f"({train['images']:,} photos, {train['epochs']} epoch{'s' if train['epochs'] != 1 else ''}, "
-            f"{train['minutes']:.1f} min on "
-            f"{results['device']}); DUTS-TE mask Jaccard {_pct(jac['trained']['jaccard'])} "
-            f"vs {_pct(jac['random_init']['jaccard'])} at random init")
+            f"{train['minutes']:.1f} min on {results['device']}); {figure}")
 
 
-def _per_head_table(jac: dict[str, Any]) -> list[str]:
-    trained, random = jac["trained"], jac["random_init"]
-    lines = ["| head | trained: mean IoU | trained: best head on | random init: mean IoU |", "|---|---|---|---|"]
+def _jaccard_lines(results: dict[str, Any]) -> list[str]:
+    trained, random = _jaccard_pair(results)
+    if trained is None:
+        reason = ((results.get("jaccard") or {}).get("trained") or {}).get("error", "not run")
+        return [f"Not measured: {reason}."]
+    lines = [f"DUTS-TE, {trained['images']} images at {trained['image_size']}x{trained['image_size']}, last-block "
+             f"CLS attention, each head kept to {trained['threshold']:.0%} of its mass, best head per image: "
+             f"**{trained['jaccard']:.1f}** trained vs {_pct(random and random['jaccard'])} for the same "
+             "architecture at random init (the authors' code gives 20.7 for random init on 200 of these images).",
+             "", "| head | trained: mean IoU | trained: best head on | random init: mean IoU |", "|---|---|---|---|"]
     for h, value in enumerate(trained["per_head_jaccard"]):
-        rnd = random["per_head_jaccard"][h] if h < len(random["per_head_jaccard"]) else None
+        rnd = random["per_head_jaccard"][h] if random is not None and h < len(random["per_head_jaccard"]) else None
         lines.append(f"| {h} | {value:.1f} | {trained['best_head_counts'][h]} images | {_pct(rnd)} |")
     return lines
 
 
 def _knn_lines(knn: dict[str, Any] | None) -> list[str]:
-    if not knn:
-        return ["k-NN on CIFAR-10: not measured in this run."]
+    if not _ok(knn) or not _ok(knn.get("trained")) or not _ok(knn.get("random_init")):
+        reason = (knn or {}).get("error", "no CIFAR-10 data in this run")
+        return [f"k-NN on CIFAR-10: not measured ({reason})."]
     key = next(k for k in knn["trained"] if k.endswith("_top1"))
     return [f"k-NN ({key.split('_')[0][1:]} neighbours, T=0.07) top-1 on CIFAR-10 resized to {knn['resize']} px "
             f"({knn['train_images']:,} bank images, {knn['val_images']:,} test images): "
@@ -40,7 +62,7 @@ def _knn_lines(knn: dict[str, Any] | None) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     """``checkpoints/README.md`` for the shipped model."""
-    train, jac, model = results["train"], results["jaccard"], results["model"]
+    train, model = results["train"], results["model"]
     lines = [
         f"# {model['file']}", "", summary(results) + ".", "",
         "## Data", "",
@@ -55,12 +77,7 @@ def render(results: dict[str, Any]) -> str:
         f"- Last epoch: loss {train['final_loss']:.3f}, teacher entropy {train['teacher_entropy']:.2f} "
         f"(uniform: {train['log_out_dim']:.2f}).", "",
         "## Emergent segmentation (the paper's protocol)", "",
-        f"DUTS-TE, {jac['trained']['images']} images at {jac['trained']['image_size']}x"
-        f"{jac['trained']['image_size']}, last-block CLS attention, each head kept to "
-        f"{jac['trained']['threshold']:.0%} of its mass, best head per image: "
-        f"**{jac['trained']['jaccard']:.1f}** trained vs {jac['random_init']['jaccard']:.1f} for the same "
-        "architecture at random init (the authors' code gives 20.7 for random init on 200 of these images).", "",
-        *_per_head_table(jac), "",
+        *_jaccard_lines(results), "",
         "## k-NN", "", *_knn_lines(results.get("knn")), "",
         "## File", "",
         f"`{model['file']}`: teacher backbone, {model['dtype']}, {model['bytes']:,} bytes, "

@@ -217,21 +217,22 @@ def _epoch_extras(ctx: TrainContext, epoch: int) -> dict[str, Any]:
 def save_epoch_outputs(ctx: TrainContext, epoch: int, stats: dict[str, Any]) -> dict[str, Any]:
     """checkpoint.pth, checkpointNNNN.pth, teacher_backbone.safetensors, extras and a log.txt line."""
     cfg, out = ctx.config, Path(ctx.config.output_dir)
-    state = checkpoint_state(ctx, epoch + 1)
-    atomic_torch_save(state, out / CHECKPOINT_NAME)
-    if cfg.saveckp_freq and epoch % cfg.saveckp_freq == 0:
-        atomic_torch_save(state, out / f"checkpoint{epoch:04d}.pth")
-    export_backbone_safetensors(ctx.teacher_module.backbone, out / BACKBONE_EXPORT_NAME, cfg.arch, epoch + 1)
+    if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 >= cfg.epochs:
+        state = checkpoint_state(ctx, epoch + 1)
+        atomic_torch_save(state, out / CHECKPOINT_NAME)
+        if cfg.saveckp_freq and epoch % cfg.saveckp_freq == 0:
+            atomic_torch_save(state, out / f"checkpoint{epoch:04d}.pth")
+        export_backbone_safetensors(ctx.teacher_module.backbone, out / BACKBONE_EXPORT_NAME, cfg.arch, epoch + 1)
     log_stats = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch, **_epoch_extras(ctx, epoch)}
     with open(out / "log.txt", "a") as fh:
         fh.write(json.dumps(log_stats) + "\n")
     return log_stats
 
 
-def fit_to_budget(parts: RunParts, budget: TimeBudget, done: int, epoch_s: float) -> None:
+def fit_to_budget(parts: RunParts, budget: TimeBudget, done: int, epoch_s: float, pending_s: float) -> None:
     """Rebuild the schedules when the budget changes the run's length (rank 0 decides for all)."""
     ctx, cfg = parts.ctx, parts.ctx.config
-    total = budget.epochs_after(done, time.time(), epoch_s)
+    total = budget.epochs_after(done, time.time(), epoch_s, pending_s)
     total = dist_utils.broadcast_int(total, ctx.device)
     if total == cfg.epochs:
         return
@@ -239,6 +240,8 @@ def fit_to_budget(parts: RunParts, budget: TimeBudget, done: int, epoch_s: float
                 budget.limit_s / 60, total, cfg.epochs, epoch_s)
     if total <= done:
         cfg.epochs = done  # stop after this epoch; its schedules are the ones it ran with
+        if budget.warmup_epochs >= done:
+            logger.warning("the time budget ends the run within its lr warm-up: the weights are not annealed")
         return
     budget.apply(cfg, total)
     ctx.schedules = build_schedules(cfg, len(parts.loader), parts.env.world_size)
@@ -266,7 +269,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t0 = time.time()
             stats = train_one_epoch(ctx, parts.loader, epoch)
             if budget is not None:  # decided before saving, so the last epoch is known to the probes
-                fit_to_budget(parts, budget, epoch + 1, time.time() - t0 + save_s)
+                fit_to_budget(parts, budget, epoch + 1, time.time() - t0 + save_s, save_s)
             if stats["corrupt_files"]:
                 logger.warning("epoch %d: skipped %d unreadable image file(s)", epoch, stats["corrupt_files"])
             t1 = time.time()

@@ -10,12 +10,14 @@ cut off half-way down its cosine.
 
 The first epoch of a process is slower (compilation, cold caches, worker start-up), so its
 duration only decides whether a second epoch fits at all; fitting starts after the second.
+The budget belongs to one process: a resumed run gets a new budget from its restart, and its
+plan is ``--epochs`` again.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,26 +50,37 @@ class TimeBudget:
     warmup_epochs: int
     warmup_teacher_temp_epochs: int
     epochs_this_process: int = 0
+    durations_s: list[float] = field(default_factory=list)
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, started_s: float) -> TimeBudget:
         return cls(cfg.time_limit_minutes * 60.0, started_s, cfg.epochs, cfg.warmup_epochs,
                    cfg.warmup_teacher_temp_epochs)
 
-    def epochs_after(self, done: int, now_s: float, epoch_s: float) -> int:
-        """Total epochs to run, given ``done`` finished epochs and the last one's duration."""
+    def epochs_after(self, done: int, now_s: float, epoch_s: float, pending_s: float = 0.0) -> int:
+        """Total epochs to run, given ``done`` finished epochs and the last one's duration.
+
+        ``pending_s`` is work still due for the finished epoch (its checkpoint and probes),
+        counted as spent. Past the first epoch, the mean duration of the epochs since the
+        second one is used, so one slow epoch (a probe or checkpoint epoch) does not flip the
+        plan back and forth.
+        """
         self.epochs_this_process += 1
-        total = affordable_epochs(done, self.planned_epochs, now_s - self.started_s, epoch_s, self.limit_s)
+        elapsed = now_s - self.started_s + pending_s
         if self.epochs_this_process == 1:  # warm-up epoch: only decide whether to go on
+            total = affordable_epochs(done, self.planned_epochs, elapsed, epoch_s, self.limit_s)
             return self.planned_epochs if total > done else done
-        return total
+        self.durations_s.append(epoch_s)
+        mean_s = sum(self.durations_s) / len(self.durations_s)
+        return affordable_epochs(done, self.planned_epochs, elapsed, mean_s, self.limit_s)
 
     def apply(self, cfg: TrainConfig, epochs: int) -> TrainConfig:
-        """Set the run's length to ``epochs``; the planned warm-ups, clipped to the new length."""
+        """Set the run's length to ``epochs`` with the planned warm-ups, clipped so that at least the
+        last epoch follows the cosine (the lr warm-up never takes the whole run)."""
         if not 1 <= epochs <= self.planned_epochs:
             raise ValueError(f"epochs must be in [1, {self.planned_epochs}], got {epochs}")
         cfg.epochs = epochs
-        cfg.warmup_epochs = min(self.warmup_epochs, epochs)
+        cfg.warmup_epochs = min(self.warmup_epochs, epochs - 1)
         cfg.warmup_teacher_temp_epochs = min(self.warmup_teacher_temp_epochs, epochs)
         return cfg
 
