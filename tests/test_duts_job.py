@@ -67,9 +67,12 @@ def test_prepare_unpack_run_ship(tmp_path, monkeypatch):
     shared = _shared_data(tmp_path / "shared")
     stage, work = tmp_path / "stage", tmp_path / "work"
     sizes = duts_job.prepare(shared, stage, knn_per_class=2)
-    assert sorted(sizes) == ["eval", "p1", "p2", "p3"]
-    for name in ("p1", "p2", "p3", "eval"):
+    assert sorted(sizes) == ["c1", "c2", "c3"]
+    assert sorted(p.name for p in (stage / "c1").iterdir()) == ["duts-te-1k-a.tar.gz", duts_job.DUTS_PARTS[0]]
+    for name in ("c1", "c2", "c3"):
         duts_job.unpack(stage / name, work)
+    assert len(list((work / "duts-te-1k" / "images").iterdir())) == 3  # both halves, images with their masks
+    assert len(list((work / "duts-te-1k" / "masks").iterdir())) == 3
     assert len(list((work / "duts-tr-192").iterdir())) == 15
     assert sorted(p.name for p in (work / "cifar-knn").iterdir()) == ["train", "val"]
     assert len(list((work / "cifar-knn" / "train" / "cat").iterdir())) == 2  # knn_per_class
@@ -124,7 +127,7 @@ def _tiny_work(tmp_path, monkeypatch):
     shared = _shared_data(tmp_path / "shared")
     work = tmp_path / "work"
     duts_job.prepare(shared, tmp_path / "stage", knn_per_class=2)
-    for name in ("p1", "p2", "p3", "eval"):
+    for name in ("c1", "c2", "c3"):
         duts_job.unpack(tmp_path / "stage" / name, work)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE)
@@ -176,6 +179,13 @@ def test_the_gpu_profile_refuses_a_cpu_and_an_incomplete_training_set(tmp_path, 
 def test_unpack_without_archives_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="no .tar.gz archives"):
         duts_job.unpack(tmp_path, tmp_path / "work")
+
+
+def test_prepare_refuses_a_call_over_the_transfer_limit(tmp_path):
+    shared = _shared_data(tmp_path / "shared")
+    with pytest.raises(ValueError, match="at most 0 MiB.*too big"):
+        duts_job.prepare(shared, tmp_path / "stage", knn_per_class=2, call_limit_bytes=1000, tree_bytes=10)
+    assert duts_job.tracked_bytes() < 8 * 2**20  # the repository itself leaves room for a 42 MiB part
 
 
 def test_prepare_lists_missing_archives(tmp_path):

@@ -4,12 +4,12 @@ A GPU machine returns at most 16 MiB per file and receives at most 64 MiB per ca
 job runs in steps (see docs/TRAINING.md, "The shipped model"):
 
 1. here, once:  ``python -m trainer.duts_job prepare``
-   copies the three DUTS-TR parts and the evaluation data (DUTS-TE 1k, a CIFAR-10 k-NN subset)
-   from ``../shared/data`` into ``.data/gpu/{p1,p2,p3,eval}`` (git-ignored, one carry each);
-2. on the GPU machine, four calls back to back (it stays warm for 30 s between calls):
-   ``python3 -m trainer.duts_job unpack .data/gpu/p1`` (carry ``.data/gpu/p1``), then p2, p3,
-   then ``python3 -m trainer.duts_job unpack .data/gpu/eval && python3 -m trainer.duts_job run``
-   (carry ``.data/gpu/eval``, timeout 600): trains with ``trainer/recipes/vits16_duts.yaml``
+   stages ``.data/gpu/{c1,c2,c3}`` (git-ignored, one carry each, under the 64 MiB per call): a
+   DUTS-TR part each, with half of DUTS-TE in c1 and c2 and a CIFAR-10 k-NN subset in c3;
+2. on the GPU machine, three calls back to back (it stays warm for 30 s between calls):
+   ``python3 -m trainer.duts_job unpack .data/gpu/c1`` (carry ``.data/gpu/c1``), then c2, then
+   ``python3 -m trainer.duts_job unpack .data/gpu/c3 && python3 -m trainer.duts_job run``
+   (carry ``.data/gpu/c3``, timeout 600): trains with ``trainer/recipes/vits16_duts.yaml``
    under its time budget, evaluates, and writes the fp16 model in parts plus ``results.json``,
    the probe grid and the training log to ``$OUT``;
 3. here: ``python -m trainer.duts_job ship FILES_DIR`` joins and checks the model, writes
@@ -47,6 +47,7 @@ MODEL_FILE = "dino_vits16_duts.safetensors"
 DUTS_PARTS = ("duts-tr-192-part1.tar.gz", "duts-tr-192-part2.tar.gz", "duts-tr-192-part3.tar.gz")
 logger = logging.getLogger("trainer.duts_job")
 PROCESS_START = time.monotonic()
+CALL_LIMIT_BYTES = 62 * 2**20  # the device tool's 64 MiB per call, less a margin
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,14 @@ class Profile:
     model_file: str = MODEL_FILE
     requires_cuda: bool = False
     min_train_images: int | None = None
+    min_eval_images: int | None = None
     deadline_minutes: float | None = None  # the whole run step must end by then (the device call's limit)
     eval_reserve_minutes: float = 0.0  # kept free after training for evaluation and packaging
 
 
 PROFILES = {
     "h100": Profile("trainer/recipes/vits16_duts.yaml", None, None, None, requires_cuda=True,
-                    min_train_images=10_500, deadline_minutes=9.0, eval_reserve_minutes=2.5),
+                    min_train_images=10_500, min_eval_images=1000, deadline_minutes=9.0, eval_reserve_minutes=2.5),
     "cpu_tiny": Profile("trainer/recipes/vit_tiny_duts_cpu.yaml", 400, 40, 20, probe_images=2,
                         model_file="dino_vitti16_duts_cpu_rehearsal.safetensors"),
 }
@@ -94,23 +96,49 @@ def _cifar_subset(archive: Path, dest: Path, per_class: int) -> int:
     return count
 
 
-def prepare(shared: Path = SHARED, stage: Path = STAGE, knn_per_class: int = 1000) -> dict[str, int]:
-    """Copy each GPU call's data into its own ``stage/<name>`` folder; returns bytes per folder."""
+def _split_pairs_archive(archive: Path, dest_a: Path, dest_b: Path) -> tuple[int, int]:
+    """Split DUTS-TE into two tar.gz halves by image id (each image stays with its mask)."""
+    with tarfile.open(archive) as src:
+        members = [m for m in src.getmembers() if m.isfile()]
+        ids = sorted({Path(m.name).stem for m in members})
+        first = set(ids[: len(ids) // 2])
+        with tarfile.open(dest_a, "w:gz") as a, tarfile.open(dest_b, "w:gz") as b:
+            for m in members:
+                (a if Path(m.name).stem in first else b).addfile(m, src.extractfile(m))
+    return len(first), len(ids) - len(first)
+
+
+def tracked_bytes(root: Path = ROOT) -> int:
+    """Size of the files git tracks (what travels to the device besides the carried folders)."""
+    import subprocess
+
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    return sum((root / n).stat().st_size for n in names.decode().split("\0") if n and (root / n).is_file())
+
+
+def prepare(shared: Path = SHARED, stage: Path = STAGE, knn_per_class: int = 1000,
+            call_limit_bytes: int = CALL_LIMIT_BYTES, tree_bytes: int | None = None) -> dict[str, int]:
+    """Stage one folder per device call, ``stage/c1..c3``: a DUTS-TR part each, plus half of
+    DUTS-TE (c1, c2) or the CIFAR-10 k-NN subset (c3); returns bytes per folder."""
     missing = [n for n in (*DUTS_PARTS, "duts-te-1k.tar.gz", "cifar10-jpg.tar.gz") if not (shared / n).exists()]
     if missing:
         raise FileNotFoundError(f"missing in {shared}: {', '.join(missing)}")
-    sizes = {}
-    for i, name in enumerate(DUTS_PARTS, start=1):
-        folder = stage / f"p{i}"
-        folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
+    calls = [stage / f"c{i}" for i in (1, 2, 3)]
+    for folder, name in zip(calls, DUTS_PARTS, strict=True):
+        folder.mkdir(parents=True)
         shutil.copyfile(shared / name, folder / name)
-    eval_dir = stage / "eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shared / "duts-te-1k.tar.gz", eval_dir / "duts-te-1k.tar.gz")
-    n = _cifar_subset(shared / "cifar10-jpg.tar.gz", eval_dir / "cifar-knn.tar.gz", knn_per_class)
-    logger.info("CIFAR-10 k-NN subset: %d images (%d per class in the bank, the whole test set)", n, knn_per_class)
-    for folder in sorted(stage.iterdir()):
-        sizes[folder.name] = sum(p.stat().st_size for p in folder.iterdir())
+    halves = _split_pairs_archive(shared / "duts-te-1k.tar.gz", calls[0] / "duts-te-1k-a.tar.gz",
+                                  calls[1] / "duts-te-1k-b.tar.gz")
+    n = _cifar_subset(shared / "cifar10-jpg.tar.gz", calls[2] / "cifar-knn.tar.gz", knn_per_class)
+    logger.info("DUTS-TE halves: %d + %d images; CIFAR-10 k-NN subset: %d images (%d per class in the bank, "
+                "the whole test set)", *halves, n, knn_per_class)
+    sizes = {f.name: sum(p.stat().st_size for p in f.iterdir()) for f in calls}
+    tree = tracked_bytes() if tree_bytes is None else tree_bytes
+    too_big = {k: v for k, v in sizes.items() if v + tree > call_limit_bytes}
+    if too_big:
+        raise ValueError(f"a device call carries at most {call_limit_bytes / 2**20:.0f} MiB with the working tree "
+                         f"({tree / 2**20:.1f} MiB): too big: {too_big}")
     return sizes
 
 
@@ -295,6 +323,11 @@ def check_training_set(train_dir: Path, work: Path, profile: Profile) -> int:
         raise FileNotFoundError(f"{count} training photos in {train_dir}, expected at least "
                                 f"{profile.min_train_images}: archives unpacked so far: {', '.join(done) or 'none'}; "
                                 f"unpack all of {', '.join(DUTS_PARTS)} (a fresh machine loses earlier calls' files)")
+    te = work / "duts-te-1k" / "images"
+    found = sum(1 for _ in te.iterdir()) if te.is_dir() else 0
+    if profile.min_eval_images and found < profile.min_eval_images:
+        raise FileNotFoundError(f"{found} DUTS-TE images in {te}, expected {profile.min_eval_images}: unpack both "
+                                "halves (calls 1 and 2)")
     return count
 
 
