@@ -74,7 +74,8 @@ def _worker(rank: int, port: int, results) -> None:
     total = d.all_reduce_sum(torch.tensor([float(rank + 1)]))
     loss = DINOLoss(4, 2, 0.04, 0.04, 0, 1, center_momentum=0.0)  # centre = global batch mean
     loss.update_center(torch.full((2, 4), float(rank)))
-    results[rank] = (info.rank, d.is_main_process(), d.get_world_size(), float(total), loss.center.tolist())
+    decided = d.broadcast_int(10 + rank, device)  # each rank proposes its own; rank 0's wins
+    results[rank] = (info.rank, d.is_main_process(), d.get_world_size(), float(total), loss.center.tolist(), decided)
     d.cleanup()
 
 
@@ -91,6 +92,7 @@ def test_two_process_gloo_group():
     assert results[0][:4] == (0, True, 2, 3.0)
     assert results[1][:4] == (1, False, 2, 3.0)
     assert results[0][4] == results[1][4] == [[0.5] * 4]  # mean of rank 0's zeros and rank 1's ones
+    assert results[0][5] == results[1][5] == 10  # the time budget's decision is rank 0's on every rank
 
 
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
