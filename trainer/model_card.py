@@ -73,7 +73,9 @@ def render(results: dict[str, Any]) -> str:
         f"- Device: {results['device']} ({results['torch']}); precision {train['precision']}.",
         f"- {train['epochs']} epochs of {train['steps_per_epoch']} steps (planned {train['planned_epochs']}, "
         f"fitted to a {train['time_limit_minutes']:.1f}-minute budget), {train['minutes']:.1f} min of training.",
-        f"- Throughput {train['img_per_s']:.0f} img/s; peak GPU memory {_pct(train.get('peak_memory_gb'))} GB.",
+        f"- Throughput {train['img_per_s']:.0f} img/s; " + (
+            "peak GPU memory not measured (no GPU)." if train.get("peak_memory_gb") is None
+            else f"peak GPU memory {train['peak_memory_gb']:.1f} GB."),
         f"- Last epoch: loss {train['final_loss']:.3f}, teacher entropy {train['teacher_entropy']:.2f} "
         f"(uniform: {train['log_out_dim']:.2f}).", "",
         "## Emergent segmentation (the paper's protocol)", "",
