@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from trainer.data import IMAGE_SUFFIXES
 from trainer.file_parts import find_parts, join_parts, sha256_file, split_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def hold_back_probes(train_dir: Path, probe_dir: Path, count: int) -> list[Path]
     """Move ``count`` evenly spaced photos out of the training set (once) to probe the heads."""
     if probe_dir.is_dir() and any(probe_dir.iterdir()):
         return sorted(probe_dir.iterdir())
-    images = sorted(p for p in train_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images = sorted(p for p in train_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(images) < count + 1:
         raise FileNotFoundError(f"{train_dir} holds {len(images)} images; unpack the DUTS-TR parts first")
     probe_dir.mkdir(parents=True, exist_ok=True)
@@ -180,10 +181,15 @@ def train_subset(train_dir: Path, limit: int | None, work: Path) -> Path:
         return train_dir
     subset = work / f"train_first{limit}"
     if not subset.is_dir():
-        subset.mkdir(parents=True)
-        for path in sorted(train_dir.iterdir())[:limit]:
-            shutil.copyfile(path, subset / path.name)
+        _copy_first(train_dir, subset, limit)
     return subset
+
+
+def _copy_first(folder: Path, dest: Path, count: int) -> None:
+    """Copy the first ``count`` files of ``folder`` (by name) into a new folder ``dest``."""
+    dest.mkdir(parents=True)
+    for path in sorted(p for p in folder.iterdir() if p.is_file())[:count]:
+        shutil.copyfile(path, dest / path.name)
 
 
 # -- step 2b: train, evaluate and package ------------------------------------------------------
@@ -279,9 +285,7 @@ def train_subset_per_class(folder: Path, per_class: int, dest: Path) -> Path:
     """Copies of the first ``per_class`` images of each class folder (made once)."""
     if not dest.is_dir():
         for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
-            (dest / cls.name).mkdir(parents=True)
-            for path in sorted(cls.iterdir())[:per_class]:
-                shutil.copyfile(path, dest / cls.name / path.name)
+            _copy_first(cls, dest / cls.name, per_class)
     return dest
 
 
