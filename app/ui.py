@@ -21,7 +21,7 @@ TITLE = "DINO attention explorer"
 INTRO = ("Self-attention of the last block's CLS token, per head (Caron et al. 2021, *Emerging Properties in "
          "Self-Supervised Vision Transformers*). The mask of a head keeps the smallest set of patches holding "
          "`threshold` of its attention mass.")
-# The service draws heat maps with matplotlib's "inferno" (trainer.attention_maps); these are its stops.
+# The service draws heat maps with matplotlib's "inferno" (trainer.model.attention_maps); these are its stops.
 INFERNO_STOPS = "#000004, #210c4a, #57106e, #8a226a, #bc3754, #e45a31, #f98e09, #f9cb35, #fcffa4"
 LEGEND_HTML = ('<div class="cmap-legend">Heat maps (each head scaled to its own min and max): low '
                '<span class="cmap-bar"></span> high attention</div>')

@@ -1,7 +1,7 @@
 """The torch work: last-block CLS attention, the paper's masks, IoU, and PNG overlays.
 
 Only the last block materialises attention weights, and only for the CLS query
-(:meth:`trainer.vit.DinoViT.get_cls_attention`); every other block is fused SDPA.
+(:meth:`trainer.model.vit.DinoViT.get_cls_attention`); every other block is fused SDPA.
 A semaphore bounds concurrent inferences; past a short wait the caller gets 503.
 """
 
@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from backend.errors import Busy
-from trainer.attention_maps import heat_overlay, jaccard, mask_overlay, threshold_masks, upsample_nearest
-from trainer.vit import DinoViT
+from trainer.model.attention_maps import heat_overlay, jaccard, mask_overlay, threshold_masks, upsample_nearest
+from trainer.model.vit import DinoViT
 
 
 @dataclass

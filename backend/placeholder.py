@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import export_backbone_safetensors
-from trainer.vit import build_vit
+from trainer.model.checkpoint import export_backbone_safetensors
+from trainer.model.vit import build_vit
 
 log = logging.getLogger(__name__)
 PLACEHOLDER_ID = "placeholder_vits16"

@@ -23,8 +23,9 @@ from backend import zoo
 from backend.errors import ModelUnavailable, UnknownModel
 from backend.placeholder import PLACEHOLDER_ID, PLACEHOLDER_SUMMARY, placeholder_path
 from backend.settings import Settings
-from trainer.checkpoint import CHECKPOINT_SUFFIXES, BackboneInfo, load_backbone, read_backbone
-from trainer.vit import DinoViT
+from trainer.model.checkpoint import CHECKPOINT_SUFFIXES, BackboneInfo, load_backbone, read_backbone
+from trainer.model.device import pick_device
+from trainer.model.vit import DinoViT
 
 log = logging.getLogger(__name__)
 STUDENT_SUFFIX = ":student"
@@ -64,15 +65,6 @@ class LoadedModel:
     device: torch.device
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when present, else cpu; ``cuda`` without a GPU is a configuration error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DINO_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
-    return torch.device(name)
-
-
 def card_summary(extra: dict[str, Any]) -> str | None:
     """The model card line of a file's ``extra`` metadata: a non-empty ``summary`` string, else None."""
     summary = extra.get("summary")
@@ -104,7 +96,7 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        self.device = pick_device(settings.device)
         self._lock = threading.RLock()
         self._files: dict[Path, tuple[tuple[int, int], list[ModelEntry]]] = {}
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import ModelUnavailable
-from trainer.checkpoint import CheckpointError, load_backbone
+from trainer.model.checkpoint import CheckpointError, load_backbone
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20

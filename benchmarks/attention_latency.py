@@ -20,7 +20,7 @@ Printed: p50 / p95 latency, throughput, and the speed-up over the baseline (p50 
 and the throughput ratio for concurrent clients). ``--json PATH`` writes the rows.
 
 Also printed, per architecture, the **roofline** of the fast path: its FLOPs (linear layers and
-attention, counted as in ``trainer/flops.py``), the rates this CPU reaches in the same run for a
+attention, counted as in ``trainer/train/flops.py``), the rates this CPU reaches in the same run for a
 plain GEMM of the model's shapes and for fused SDPA at its sequence length, the resulting floor
 (the fast path's time if every op ran at those rates) and so the largest speed-up over the
 measured baseline that any implementation of the fast path could reach on this machine.
@@ -51,9 +51,9 @@ from backend.responses import analysis_dict, json_response  # noqa: E402
 from backend.schemas import AttentionParams  # noqa: E402
 from backend.service import AttentionService  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from backend.testing import uvicorn_process  # noqa: E402
-from trainer.checkpoint import export_backbone_safetensors  # noqa: E402
-from trainer.vit import DinoViT, build_vit  # noqa: E402
+from benchmarks.serving import uvicorn_process  # noqa: E402
+from trainer.model.checkpoint import export_backbone_safetensors  # noqa: E402
+from trainer.model.vit import DinoViT, build_vit  # noqa: E402
 
 ARCHS = {"vit_s16": ("vit_small", 16), "vit_s8": ("vit_small", 8)}
 TINY_ARCHS = {"tiny_p8": ("tiny", 8)}

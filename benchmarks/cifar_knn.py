@@ -26,10 +26,10 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from trainer.checkpoint import load_backbone  # noqa: E402
-from trainer.config import make_config  # noqa: E402
-from trainer.eval_knn import knn_evaluate  # noqa: E402
+from trainer.eval.knn import knn_evaluate  # noqa: E402
+from trainer.model.checkpoint import load_backbone  # noqa: E402
 from trainer.run import build_student_teacher, seed_everything, train  # noqa: E402
+from trainer.train.config import make_config  # noqa: E402
 
 logger = logging.getLogger("cifar_knn")
 DEFAULT_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"

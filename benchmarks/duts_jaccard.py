@@ -4,7 +4,7 @@ Each image is resized to 480x480 (bicubic), the last block's CLS attention is ta
 each head is thresholded to keep 60% of its mass, the masks are upsampled to pixels
 (nearest), and the best head's IoU with the ground truth (threshold 128) is kept. The mean
 over images is reported; per-head means and best-head counts are printed too. The protocol
-lives in ``trainer/eval_seg.py``; this script extracts the data and picks the model.
+lives in ``trainer/eval/seg.py``; this script extracts the data and picks the model.
 ``../shared/data/README.md`` gives 20.7 for a randomly initialised ViT-S/16 on 200 images,
 measured with the authors' code.
 
@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.checkpoint import load_backbone  # noqa: E402
-from trainer.eval_seg import evaluate_folder, summary_lines  # noqa: E402
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit  # noqa: E402
+from trainer.eval.seg import evaluate_folder, summary_lines  # noqa: E402
+from trainer.model.checkpoint import load_backbone  # noqa: E402
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "duts-te-1k.tar.gz"

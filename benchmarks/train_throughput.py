@@ -6,18 +6,18 @@
     python benchmarks/train_throughput.py --arch vit_tiny --global_crops_size 96 --local_crops_size 48 \\
         --local_crops_number 4 --batch_size_per_gpu 16 --synthetic --device cpu --compare
 
-Each measured step runs ``trainer.engine.train_step`` (teacher and student forward, DINO loss,
+Each measured step runs ``trainer.train.engine.train_step`` (teacher and student forward, DINO loss,
 backward, per-parameter clipping, optimizer, EMA) on crops made by one of two pipelines:
 
 * **default** (fast) path: DataLoader workers only read (or, on CPU, decode) JPEGs; the main
-  process decodes them in batches (nvjpeg on CUDA) and ``trainer.gpu_augment.GPUMultiCrop``
+  process decodes them in batches (nvjpeg on CUDA) and ``trainer.data.gpu_augment.GPUMultiCrop``
   makes all crops on the device; bf16 autocast (fp32 on CPU); fused SDPA attention;
-  ``trainer.compile.compile_models`` (on CUDA); fused AdamW (on CUDA).
+  ``trainer.train.compile.compile_models`` (on CUDA); fused AdamW (on CUDA).
 * **baseline** (``--baseline``): the authors' configuration: PIL multi-crop in the workers,
   fp16 autocast with a loss scaler on CUDA (fp32 on CPU), no compile, explicit attention,
   non-fused AdamW.
 
-Printed per path: img/s, achieved TFLOP/s and MFU (FLOPs from ``trainer.flops``), peak memory
+Printed per path: img/s, achieved TFLOP/s and MFU (FLOPs from ``trainer.train.flops``), peak memory
 (``torch.cuda.max_memory_allocated`` or the process RSS on CPU), the fraction of wall time
 spent blocked on the DataLoader, and where the time goes (data wait, decode+augment,
 forward+backward+step; device time from CUDA events on GPUs). ``--json`` writes it all.
@@ -48,22 +48,23 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
-from trainer.augment import DataAugmentationDINO  # noqa: E402
-from trainer.compile import compile_models, dynamo_graph_count  # noqa: E402
-from trainer.config import TrainConfig, bool_flag, make_config  # noqa: E402
-from trainer.data import SafeImageDataset, collate_skip_none, scan_image_folder  # noqa: E402
-from trainer.engine import TrainContext, train_step  # noqa: E402
-from trainer.flops import dino_step_flops_per_image, mfu  # noqa: E402
-from trainer.jpeg_batch import (  # noqa: E402
+from trainer.data.augment import DataAugmentationDINO  # noqa: E402
+from trainer.data.dataset import SafeImageDataset, collate_skip_none, scan_image_folder  # noqa: E402
+from trainer.data.jpeg_batch import (  # noqa: E402
     EncodedImageFolder,
     collate_bytes,
     decode_jpegs,
     decode_with_pil,
     drop_undecoded,
 )
-from trainer.loss import DINOLoss  # noqa: E402
-from trainer.optim import build_optimizer, get_params_groups  # noqa: E402
+from trainer.model.device import pick_device  # noqa: E402
 from trainer.run import build_schedules, build_student_teacher, seed_everything  # noqa: E402
+from trainer.train.compile import compile_models, dynamo_graph_count  # noqa: E402
+from trainer.train.config import TrainConfig, bool_flag, make_config  # noqa: E402
+from trainer.train.engine import TrainContext, train_step  # noqa: E402
+from trainer.train.flops import dino_step_flops_per_image, mfu  # noqa: E402
+from trainer.train.loss import DINOLoss  # noqa: E402
+from trainer.train.optim import build_optimizer, get_params_groups  # noqa: E402
 
 logger = logging.getLogger("benchmarks.train_throughput")
 # Dense bf16/fp16 tensor-core peak (spec sheet, SXM) and the ~800 TFLOP/s matmuls reach in practice.
@@ -114,14 +115,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.synthetic and not args.data_path:
         p.error("give --data_path DIR or --synthetic")
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
 
 
 # -- the two paths -------------------------------------------------------------------------
@@ -263,7 +256,7 @@ def build_context(cfg: TrainConfig, settings: PathSettings, device: torch.device
     scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
     gpu_multicrop = None
     if settings.gpu_augment:
-        from trainer.gpu_augment import GPUMultiCrop
+        from trainer.data.gpu_augment import GPUMultiCrop
 
         gpu_multicrop = GPUMultiCrop(cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number,
                                      cfg.global_crops_size, cfg.local_crops_size).to(device)
@@ -449,7 +442,7 @@ def start_path(args: argparse.Namespace, device: torch.device, baseline: bool, t
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run the requested path(s), interleaving timed windows round by round; return the results."""
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     total_steps = args.warmup + args.iters * args.rounds
@@ -483,7 +476,7 @@ def random_crops(cfg: TrainConfig, device: torch.device, seed: int) -> list[torc
 
 def check_equivalence(args: argparse.Namespace) -> dict[str, Any]:
     """Eager vs compiled default path from the same weights on the same crops: losses and weight gaps."""
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     settings = path_settings(args, device, baseline=False)
     cfg = bench_config(args, args.iters, drop_path_rate=0.0)  # drop path draws differ between eager and compiled
     contexts = [build_context(cfg, PathSettings(**{**asdict(settings), "compile": compiled}), device, args.iters,

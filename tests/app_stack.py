@@ -31,8 +31,8 @@ def free_port() -> int:
 
 def write_tiny_checkpoints(folder: Path) -> None:
     """Random-init backbones with a sharpened last block, so heads differ visibly; marked untrained."""
-    from trainer.checkpoint import export_backbone_safetensors
-    from trainer.vit import build_vit
+    from trainer.model.checkpoint import export_backbone_safetensors
+    from trainer.model.vit import build_vit
 
     folder.mkdir(parents=True, exist_ok=True)
     for epoch, model_id in enumerate(MODEL_IDS):

@@ -1,4 +1,4 @@
-"""DINO multi-crop augmentation on PIL images (trainer/augment.py)."""
+"""DINO multi-crop augmentation on PIL images (trainer/data/augment.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from trainer.augment import (
+from trainer.data.augment import (
     BLUR_MAX_KERNEL,
     CROP_RATIO,
     DataAugmentationDINO,
@@ -22,7 +22,7 @@ from trainer.augment import (
     open_rgb,
     sample_crop_box,
 )
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 EXPECTED_RATES = {
     # op: (global1, global2, local) probabilities from the paper / authors' recipe

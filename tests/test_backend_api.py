@@ -14,7 +14,7 @@ from PIL import Image
 
 from backend.inference import InferenceEngine
 from backend.main import create_app
-from backend.testing import bad_input_cases, image_bytes, isolated_settings, write_tiny_checkpoint
+from tests.service_helpers import bad_input_cases, image_bytes, isolated_settings, write_tiny_checkpoint
 
 LIMITS = {"max_upload_mb": 0.2, "max_pixels": 1_000_000, "max_image_size": 1024}
 
@@ -210,7 +210,7 @@ def test_busy_semaphore_gives_503_with_retry_after():
 def test_bf16_precision_is_close_to_fp32():
     import torch
 
-    from backend.testing import tiny_vit
+    from tests.service_helpers import tiny_vit
 
     model = tiny_vit(3).eval()
     x = torch.randn(1, 3, 48, 64)

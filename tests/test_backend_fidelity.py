@@ -20,9 +20,9 @@ from PIL import Image, ImageDraw
 from torchvision import transforms
 
 from backend.main import create_app
-from backend.testing import isolated_settings
-from trainer.checkpoint import export_backbone_safetensors
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
+from tests.service_helpers import isolated_settings
+from trainer.model.checkpoint import export_backbone_safetensors
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
 
 PATCH, DIM, DEPTH, HEADS = 8, 128, 2, 2
 

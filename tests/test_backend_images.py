@@ -11,8 +11,8 @@ from PIL import Image
 
 from backend.errors import BadImage, BadRequest, NotAnImage, TooLarge
 from backend.images import check_processed_size, decode_image, decode_mask, prepare, resized_size
-from backend.testing import image_bytes, zero_png
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD
+from tests.service_helpers import image_bytes, zero_png
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 MB = 2**20
 

@@ -16,14 +16,14 @@ from backend.placeholder import PLACEHOLDER_ID
 from backend.registry import ModelRegistry
 from backend.service import AttentionService
 from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID
-from backend.testing import (
+from tests.service_helpers import (
     SHIPPED_SUMMARY,
     image_bytes,
     isolated_settings,
     write_shipped_checkpoint,
     write_tiny_checkpoint,
 )
-from trainer.checkpoint import BackboneInfo
+from trainer.model.checkpoint import BackboneInfo
 
 
 def _make_newest(path: Path) -> None:

@@ -14,7 +14,7 @@ from backend.errors import ModelUnavailable, UnknownModel
 from backend.placeholder import PLACEHOLDER_ID
 from backend.registry import ModelRegistry
 from backend.service import AttentionService
-from backend.testing import isolated_settings, tiny_vit, write_tiny_checkpoint
+from tests.service_helpers import isolated_settings, tiny_vit, write_tiny_checkpoint
 
 
 def _attn(model, x):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.main import create_app
-from backend.testing import image_bytes, isolated_settings, write_tiny_checkpoint
+from tests.service_helpers import image_bytes, isolated_settings, write_tiny_checkpoint
 
 CASES: list[int] = []
 SMALL = {"max_image_size": 96, "max_pixels": 200_000, "max_upload_mb": 0.5}

@@ -15,9 +15,9 @@ from backend.errors import ModelUnavailable
 from backend.main import create_app
 from backend.registry import ModelRegistry
 from backend.service import AttentionService
-from backend.testing import free_port, image_bytes, isolated_settings, write_tiny_checkpoint
 from backend.zoo import ZOO, fetch
-from trainer.vit import build_vit
+from tests.service_helpers import free_port, image_bytes, isolated_settings, write_tiny_checkpoint
+from trainer.model.vit import build_vit
 
 
 def _official_like_payload() -> bytes:

@@ -47,7 +47,7 @@ def test_bad_arch_is_refused(bench):
 
 
 def test_roofline_counts_the_fast_path_as_the_full_forward_less_the_last_blocks_unneeded_work(bench, capsys):
-    from trainer.flops import vit_forward_flops
+    from trainer.train.flops import vit_forward_flops
 
     model = bench.build_model("vit_small", 16)
     r = bench.roofline("vit_s16", model, 64, "fp32", baseline_ms=10.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.flops import dino_step_flops_per_image
+from trainer.train.flops import dino_step_flops_per_image
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "vit_tiny", "--patch_size", "8", "--global_crops_size", "32", "--local_crops_size", "16",

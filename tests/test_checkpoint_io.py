@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import (
+from trainer.model.checkpoint import (
     CheckpointError,
     atomic_torch_save,
     export_backbone_safetensors,
     load_backbone,
     load_checkpoint,
 )
-from trainer.vit import build_vit
+from trainer.model.vit import build_vit
 
 
 def test_atomic_save_never_leaves_a_truncated_file(tmp_path: Path, monkeypatch) -> None:
@@ -65,7 +65,7 @@ def test_authors_full_checkpoint_loads_as_backbone(tmp_path: Path) -> None:
     """The authors' layout: DDP ``module.`` prefixes, head keys, Namespace args."""
     import argparse
 
-    from trainer.head import DINOHead, MultiCropWrapper
+    from trainer.model.head import DINOHead, MultiCropWrapper
 
     backbone = build_vit(embed_dim=64, depth=2, num_heads=1, patch_size=8)
     wrapped = MultiCropWrapper(backbone, DINOHead(64, 10, hidden_dim=16, bottleneck_dim=8))
@@ -82,8 +82,8 @@ def test_authors_full_checkpoint_loads_as_backbone(tmp_path: Path) -> None:
 def test_fp16_export_round_trips_to_float32_with_extra(tmp_path):
     import torch
 
-    from trainer.checkpoint import export_backbone_safetensors, load_backbone
-    from trainer.vit import build_vit
+    from trainer.model.checkpoint import export_backbone_safetensors, load_backbone
+    from trainer.model.vit import build_vit
 
     torch.manual_seed(0)
     model = build_vit("vit_tiny", 16)

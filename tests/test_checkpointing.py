@@ -10,10 +10,10 @@ import torch
 
 from tests.test_data import make_image_folder
 from trainer import run
-from trainer.checkpoint import atomic_torch_save, load_backbone
-from trainer.config import config_to_dict, make_config
-from trainer.head import DINOHead
-from trainer.vit import build_vit
+from trainer.model.checkpoint import atomic_torch_save, load_backbone
+from trainer.model.head import DINOHead
+from trainer.model.vit import build_vit
+from trainer.train.config import config_to_dict, make_config
 
 OUT_DIM = 32
 OFFICIAL_TOP_KEYS = {"student", "teacher", "optimizer", "epoch", "args", "dino_loss", "fp16_scaler"}

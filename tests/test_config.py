@@ -7,17 +7,17 @@ import dataclasses
 import pytest
 import torch
 
-from trainer.config import (
+from trainer.model.device import resolve_precision
+from trainer.train.config import (
     TrainConfig,
     bool_flag,
     build_parser,
     config_to_dict,
     make_config,
     parse_config,
-    resolve_precision,
 )
 
-# The authors' main_dino.py defaults, written out independently of trainer/config.py.
+# The authors' main_dino.py defaults, written out independently of trainer/train/config.py.
 OFFICIAL_DEFAULTS = {
     "arch": "vit_small", "patch_size": 16, "out_dim": 65536, "norm_last_layer": True, "momentum_teacher": 0.996,
     "use_bn_in_head": False, "warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0,
@@ -28,6 +28,10 @@ OFFICIAL_DEFAULTS = {
 }
 ADDED_DEFAULTS = {"device": "auto", "precision": "auto", "global_crops_size": 224, "local_crops_size": 96,
                   "knn_every": 0, "knn_train_data": None, "knn_val_data": None, "probe_images": None, "config": None}
+
+
+def _resolve(cfg, device_type, bf16_ok):
+    return resolve_precision(cfg.precision, device_type, bf16_ok, cfg.use_fp16)
 
 
 def test_official_flags_have_the_official_defaults():
@@ -102,12 +106,12 @@ def test_yaml_unknown_key_and_bad_value_are_errors(tmp_path):
 
 def test_precision_resolution():
     cfg = make_config()
-    assert resolve_precision(cfg, "cuda", True) == "bf16"
-    assert resolve_precision(cfg, "cuda", False) == "fp16"
-    assert resolve_precision(cfg, "cpu", False) == "fp32"
-    assert resolve_precision(make_config(use_fp16=True), "cuda", True) == "fp16"
-    assert resolve_precision(make_config(use_fp16=False), "cuda", True) == "fp32"
-    assert resolve_precision(make_config(use_fp16=True, precision="bf16"), "cuda", True) == "bf16"
+    assert _resolve(cfg, "cuda", True) == "bf16"
+    assert _resolve(cfg, "cuda", False) == "fp16"
+    assert _resolve(cfg, "cpu", False) == "fp32"
+    assert _resolve(make_config(use_fp16=True), "cuda", True) == "fp16"
+    assert _resolve(make_config(use_fp16=False), "cuda", True) == "fp32"
+    assert _resolve(make_config(use_fp16=True, precision="bf16"), "cuda", True) == "bf16"
 
 
 def test_args_dict_is_plain_and_loads_weights_only(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from trainer.augment import DataAugmentationDINO
-from trainer.data import (
+from trainer.data.augment import DataAugmentationDINO
+from trainer.data.dataset import (
     Batch,
     EpochIndexSampler,
     SafeImageDataset,

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from trainer.distributed import DistEnv, first_slurm_host, pick_device, read_dist_env
+from trainer.model.device import pick_device
+from trainer.train.distributed import DistEnv, first_slurm_host, read_dist_env
 
 
 def test_no_launcher_is_a_single_process():
@@ -56,7 +57,7 @@ def test_first_slurm_host(nodes, first):
 def test_cuda_request_without_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    with pytest.raises(RuntimeError, match="--device cpu"):
+    with pytest.raises(RuntimeError, match="choose cpu or auto"):
         pick_device("cuda")
     with pytest.raises(ValueError, match="auto, cpu, cuda"):
         pick_device("gpu")
@@ -67,8 +68,8 @@ def _worker(rank: int, port: int, results) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    from trainer import distributed as d
-    from trainer.loss import DINOLoss
+    from trainer.train import distributed as d
+    from trainer.train.loss import DINOLoss
 
     info, device = d.init_distributed("cpu")
     total = d.all_reduce_sum(torch.tensor([float(rank + 1)]))

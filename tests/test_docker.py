@@ -220,7 +220,7 @@ def test_app_reaches_the_backend_and_publishes_its_port():
 
 
 def test_trainer_is_a_gpu_profile_with_data_and_runs_volumes():
-    from trainer.config import build_parser
+    from trainer.train.config import build_parser
 
     trainer = SERVICES["trainer"]
     assert trainer["profiles"] == ["train"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.test_data import make_image_folder
 from trainer import duts_job
-from trainer.checkpoint import load_backbone, read_backbone
+from trainer.model.checkpoint import load_backbone, read_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -136,10 +136,10 @@ def _tiny_work(tmp_path, monkeypatch):
 
 
 def test_a_failed_evaluation_keeps_the_model_and_a_retry_does_not_train_again(tmp_path, monkeypatch):
-    import trainer.eval_seg
+    import trainer.eval.seg
 
     work = _tiny_work(tmp_path, monkeypatch)
-    real, calls = trainer.eval_seg.evaluate_folder, []
+    real, calls = trainer.eval.seg.evaluate_folder, []
 
     def fails_after_the_preflight(*args, **kwargs):
         calls.append(1)
@@ -147,7 +147,7 @@ def test_a_failed_evaluation_keeps_the_model_and_a_retry_does_not_train_again(tm
             raise RuntimeError("simulated evaluation failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer.eval_seg, "evaluate_folder", fails_after_the_preflight)
+    monkeypatch.setattr(trainer.eval.seg, "evaluate_folder", fails_after_the_preflight)
     out = tmp_path / "out"
     results = duts_job.run_job("test", out, work)
     assert results["jaccard"]["trained"] == {"error": "RuntimeError: simulated evaluation failure"}
@@ -157,7 +157,7 @@ def test_a_failed_evaluation_keeps_the_model_and_a_retry_does_not_train_again(tm
     _check_device_return_limits(out)
     log_lines = (work / "run_test" / "log.txt").read_text()
 
-    monkeypatch.setattr(trainer.eval_seg, "evaluate_folder", real)
+    monkeypatch.setattr(trainer.eval.seg, "evaluate_folder", real)
     again = duts_job.run_job("test", out, work)  # the retried call only evaluates
     assert (work / "run_test" / "log.txt").read_text() == log_lines
     assert "error" not in again["jaccard"]["trained"] and again["train"] == results["train"]
@@ -202,7 +202,7 @@ def test_the_job_writes_the_file_the_service_prefers_as_its_offline_default():
 
 
 def test_recipes_parse_and_fit_the_documented_budget():
-    from trainer.config import parse_config
+    from trainer.train.config import parse_config
 
     gpu = parse_config(["--config", str(duts_job.ROOT / duts_job.PROFILES["h100"].recipe)])
     assert (gpu.arch, gpu.patch_size, gpu.precision, gpu.gpu_augment) == ("vit_small", 16, "bf16", True)

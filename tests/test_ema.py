@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.ema import ema_update, make_teacher, unwrap_model
+from trainer.train.ema import ema_update, make_teacher, unwrap_model
 
 
 def student_net():

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.test_data import make_image_folder
-from trainer.checkpoint import export_backbone_safetensors
-from trainer.data import Batch
-from trainer.eval_knn import extract_features, knn_classify, main
-from trainer.vit import build_vit
+from trainer.data.dataset import Batch
+from trainer.eval.knn import extract_features, knn_classify, main
+from trainer.model.checkpoint import export_backbone_safetensors
+from trainer.model.vit import build_vit
 
 
 def reference_votes(train, labels, query, k, T, num_classes):

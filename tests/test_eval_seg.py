@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from tests.reference_vit import ref_forward
-from trainer.checkpoint import export_backbone_safetensors
-from trainer.data import IMAGE_SUFFIXES
-from trainer.eval_seg import evaluate_folder, image_head_ious, main, pair_images_and_masks
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
+from trainer.data.dataset import IMAGE_SUFFIXES
+from trainer.eval.seg import evaluate_folder, image_head_ious, main, pair_images_and_masks
+from trainer.model.checkpoint import export_backbone_safetensors
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
 
 IN, OUT = 0.08, 0.045  # 8 patches x 0.08 = 0.64 of the mass inside, 8 x 0.045 = 0.36 outside
 FG, BG = 128, 127  # the ground truth is foreground from 128 on

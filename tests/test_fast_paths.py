@@ -1,6 +1,6 @@
 """The fast training paths give the eager path's results on the same batch (CPU).
 
-* ``trainer.compile.compile_models`` (backend ``aot_eager``: the same dynamo capture and
+* ``trainer.train.compile.compile_models`` (backend ``aot_eager``: the same dynamo capture and
   AOT autograd as inductor, without the slow C++ code generation on 2 cores) matches eager
   in fp32 and within bf16 tolerance under bf16 autocast, builds one graph per crop
   resolution and never recompiles afterwards;
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.compile import CountingBackend, compile_models
-from trainer.config import make_config
-from trainer.engine import Schedules, TrainContext, train_step
-from trainer.head import DINOHead, MultiCropWrapper
-from trainer.loss import DINOLoss
-from trainer.optim import build_optimizer, get_params_groups
-from trainer.vit import build_vit
+from trainer.model.head import DINOHead, MultiCropWrapper
+from trainer.model.vit import build_vit
+from trainer.train.compile import CountingBackend, compile_models
+from trainer.train.config import make_config
+from trainer.train.engine import Schedules, TrainContext, train_step
+from trainer.train.loss import DINOLoss
+from trainer.train.optim import build_optimizer, get_params_groups
 
 
 @pytest.fixture(autouse=True, scope="module")

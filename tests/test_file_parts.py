@@ -42,7 +42,7 @@ def test_joined_and_exported_files_get_the_normal_file_mode(tmp_path):
 
     import torch
 
-    from trainer.checkpoint import atomic_torch_save, default_file_mode
+    from trainer.model.checkpoint import atomic_torch_save, default_file_mode
 
     src = tmp_path / "m.bin"
     src.write_bytes(b"x" * 100)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer.flops import dino_head_flops, dino_step_flops_per_image, mfu, vit_forward_flops
-from trainer.head import DINOHead, MultiCropWrapper
-from trainer.vit import build_vit
+from trainer.model.head import DINOHead, MultiCropWrapper
+from trainer.model.vit import build_vit
+from trainer.train.flops import dino_head_flops, dino_step_flops_per_image, mfu, vit_forward_flops
 
 
 def test_vit_small_reference_numbers():

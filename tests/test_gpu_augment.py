@@ -1,4 +1,4 @@
-"""Batched multi-crop (trainer/gpu_augment.py) and batched decoding (trainer/jpeg_batch.py).
+"""Batched multi-crop (trainer/data/gpu_augment.py) and batched decoding (trainer/data/jpeg_batch.py).
 
 Run on CPU tensors; the same code runs on CUDA.
 """
@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from tests.test_augment import EXPECTED_RATES
-from trainer.augment import CROP_RATIO, DataAugmentationDINO
-from trainer.gpu_augment import (
+from trainer.data.augment import CROP_RATIO, DataAugmentationDINO
+from trainer.data.gpu_augment import (
     GPUMultiCrop,
     adjust_brightness,
     adjust_contrast,
@@ -29,8 +29,8 @@ from trainer.gpu_augment import (
     resized_crops,
     sample_crop_boxes,
 )
-from trainer.jpeg_batch import EncodedImageFolder, collate_bytes, decode_jpegs, decode_with_pil, drop_undecoded
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD
+from trainer.data.jpeg_batch import EncodedImageFolder, collate_bytes, decode_jpegs, decode_with_pil, drop_undecoded
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

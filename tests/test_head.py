@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from trainer.head import DINOHead, MultiCropWrapper
-from trainer.vit import build_vit
+from trainer.model.head import DINOHead, MultiCropWrapper
+from trainer.model.vit import build_vit
 
 
 def test_official_key_names_and_shapes() -> None:

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from trainer.health import collapse_warning, dino_health
-from trainer.loss import DINOLoss
+from trainer.train.health import collapse_warning, dino_health
+from trainer.train.loss import DINOLoss
 
 B, K, NCROPS = 3, 5, 4
 

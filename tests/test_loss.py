@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.loss import DINOLoss
+from trainer.train.loss import DINOLoss
 
 B, K = 2, 4
 

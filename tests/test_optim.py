@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.optim import LARS, build_optimizer, cancel_gradients_last_layer, clip_gradients, get_params_groups
+from trainer.train.optim import LARS, build_optimizer, cancel_gradients_last_layer, clip_gradients, get_params_groups
 
 
 class Toy(nn.Module):

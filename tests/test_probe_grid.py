@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.probe_grid import make_probe_grid, pick_evenly, probe_epochs
-from trainer.probes import save_attention_probes
-from trainer.vit import build_vit
+from trainer.eval.probe_grid import make_probe_grid, pick_evenly, probe_epochs
+from trainer.eval.probes import save_attention_probes
+from trainer.model.vit import build_vit
 
 
 def test_pick_evenly_keeps_first_and_last():

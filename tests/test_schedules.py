@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.schedules import cosine_scheduler, scaled_lr, teacher_temp_schedule
+from trainer.train.schedules import cosine_scheduler, scaled_lr, teacher_temp_schedule
 
 
 def reference_cosine(base, final, epochs, niter, warmup_epochs, start):

@@ -10,9 +10,9 @@ import torch
 
 from tests.test_data import make_image_folder
 from trainer import run
-from trainer.config import make_config
-from trainer.schedules import cosine_scheduler
-from trainer.time_budget import TimeBudget, affordable_epochs
+from trainer.train.config import make_config
+from trainer.train.schedules import cosine_scheduler
+from trainer.train.time_budget import TimeBudget, affordable_epochs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

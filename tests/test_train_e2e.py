@@ -13,9 +13,9 @@ from safetensors import safe_open
 
 from tests.test_data import make_image_folder
 from trainer import run
-from trainer.checkpoint import load_backbone
-from trainer.engine import NonFiniteLossError
-from trainer.loss import DINOLoss
+from trainer.model.checkpoint import load_backbone
+from trainer.train.engine import NonFiniteLossError
+from trainer.train.loss import DINOLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_device_side_augmentation_path_runs_and_counts_corrupt_files(tmp_path, m
     from functools import partial
 
     from tests.test_checkpointing import _tiny_vit, tiny_config
-    from trainer.head import DINOHead
+    from trainer.model.head import DINOHead
 
     monkeypatch.setattr(run, "build_vit", _tiny_vit)
     monkeypatch.setattr(run, "DINOHead", partial(DINOHead, hidden_dim=64, bottleneck_dim=16))
@@ -108,10 +108,10 @@ def test_train_step_applies_schedules_ema_and_last_layer_freeze(monkeypatch):
     import numpy as np
 
     from tests.test_checkpointing import _tiny_vit
-    from trainer.config import make_config
-    from trainer.engine import Schedules, TrainContext, train_step
-    from trainer.head import DINOHead
-    from trainer.optim import build_optimizer, get_params_groups
+    from trainer.model.head import DINOHead
+    from trainer.train.config import make_config
+    from trainer.train.engine import Schedules, TrainContext, train_step
+    from trainer.train.optim import build_optimizer, get_params_groups
 
     monkeypatch.setattr(run, "build_vit", _tiny_vit)
     monkeypatch.setattr(run, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))

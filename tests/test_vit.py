@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.reference_vit import ref_forward, ref_pos_embed
-from trainer.vit import ARCHS, build_vit, interpolate_pos_encoding
+from trainer.model.vit import ARCHS, build_vit, interpolate_pos_encoding
 
 
 def official_keys(dim: int, depth: int, patch: int) -> dict[str, tuple[int, ...]]:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from trainer.data import IMAGE_SUFFIXES
+from trainer.data.dataset import IMAGE_SUFFIXES
 from trainer.file_parts import find_parts, join_parts, sha256_file, split_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,8 +201,8 @@ def _device_name(device: torch.device) -> str:
 
 def _train(cfg_args: list[str], device: torch.device) -> tuple[Any, int, float, float | None]:
     """Train in this process; (config, planned epochs, minutes, peak GPU memory in GB or None)."""
-    from trainer.config import parse_config
     from trainer.run import train
+    from trainer.train.config import parse_config
 
     cfg = parse_config(cfg_args)
     planned = cfg.epochs
@@ -243,9 +243,9 @@ def _evaluate(model_path: Path, arch: str, patch: int, work: Path, profile: Prof
 
     A failing evaluation becomes ``{"error": ...}`` in the results (``strict`` raises instead).
     """
-    from trainer.checkpoint import load_backbone
-    from trainer.eval_seg import evaluate_folder
-    from trainer.vit import build_vit
+    from trainer.eval.seg import evaluate_folder
+    from trainer.model.checkpoint import load_backbone
+    from trainer.model.vit import build_vit
 
     trained, _ = load_backbone(model_path)
     torch.manual_seed(0)
@@ -260,7 +260,7 @@ def _evaluate(model_path: Path, arch: str, patch: int, work: Path, profile: Prof
 
 def _knn(models: dict[str, torch.nn.Module], root: Path, profile: Profile,
          device: torch.device) -> dict[str, Any] | None:
-    from trainer.eval_knn import knn_evaluate
+    from trainer.eval.knn import knn_evaluate
 
     if not (root / "train").is_dir():
         logger.warning("no %s: k-NN skipped", root)
@@ -291,7 +291,7 @@ def train_subset_per_class(folder: Path, per_class: int, dest: Path) -> Path:
 
 def _export(run_dir: Path, out: Path, results: dict[str, Any], model_file: str) -> dict[str, Any]:
     """The fp16 teacher with its card in the metadata, split into parts under ``out`` (old parts removed)."""
-    from trainer.checkpoint import export_backbone_safetensors, load_backbone
+    from trainer.model.checkpoint import export_backbone_safetensors, load_backbone
     from trainer.model_card import summary
 
     model, info = load_backbone(run_dir / "teacher_backbone.safetensors")
@@ -350,7 +350,7 @@ def _budget_minutes(cfg_minutes: float, profile: Profile, override: float | None
 def _train_or_reuse(run_dir: Path, data: Path, work: Path, profile: Profile, device: torch.device,
                     minutes: float | None) -> tuple[dict[str, Any], Any]:
     """Train (or, when a finished run is there, reuse its figures): (train figures, config)."""
-    from trainer.config import parse_config
+    from trainer.train.config import parse_config
 
     args = ["--config", str(ROOT / profile.recipe), "--data_path", str(data), "--output_dir", str(run_dir),
             "--probe_images", str(work / "probes")]
@@ -416,7 +416,7 @@ def run_job(profile_name: str, out: Path, work: Path = WORK, minutes: float | No
 
 
 def _probe_grid(run_dir: Path, out: Path) -> Path:
-    from trainer.probe_grid import make_probe_grid
+    from trainer.eval.probe_grid import make_probe_grid
 
     return make_probe_grid(run_dir / "probes", out / "heads_emerging.png")
 
@@ -424,11 +424,11 @@ def _probe_grid(run_dir: Path, out: Path) -> Path:
 def preflight(work: Path, profile: Profile, device: torch.device) -> None:
     """Seconds-long rehearsal of every step after training on a random-init model, before training,
     so that a broken evaluation, export or card fails before the GPU minutes are spent."""
-    from trainer.checkpoint import export_backbone_safetensors
-    from trainer.config import parse_config
+    from trainer.eval.probes import save_attention_probes
+    from trainer.model.checkpoint import export_backbone_safetensors
+    from trainer.model.vit import build_vit
     from trainer.model_card import render
-    from trainer.probes import save_attention_probes
-    from trainer.vit import build_vit
+    from trainer.train.config import parse_config
 
     cfg = parse_config(["--config", str(ROOT / profile.recipe)])
     tmp = work / "preflight"
@@ -460,7 +460,7 @@ def ship(files: Path, checkpoint_dir: Path = ROOT / "checkpoints",
          picture: Path = ROOT / "docs" / "img" / "heads_emerging.png", allow_cpu: bool = False,
          readme: Path | None = ROOT / "README.md") -> Path:
     """Join and verify the model, then write it, its model card, the picture and the README block."""
-    from trainer.checkpoint import load_backbone
+    from trainer.model.checkpoint import load_backbone
     from trainer.model_card import readme_block, render, replace_readme_block
 
     results = json.loads((files / "results.json").read_text())

@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from trainer.checkpoint import default_file_mode
+from trainer.model.checkpoint import default_file_mode
 
 DEFAULT_PART_BYTES = 15 * 1024 * 1024
 _CHUNK = 1024 * 1024

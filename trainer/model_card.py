@@ -83,7 +83,7 @@ def render(results: dict[str, Any]) -> str:
         "## k-NN", "", *_knn_lines(results.get("knn")), "",
         "## File", "",
         f"`{model['file']}`: teacher backbone, {model['dtype']}, {model['bytes']:,} bytes, "
-        f"sha256 `{model['sha256']}`. Loads with `trainer.checkpoint.load_backbone` (float32 model).", "",
+        f"sha256 `{model['sha256']}`. Loads with `trainer.model.checkpoint.load_backbone` (float32 model).", "",
     ]
     return "\n".join(lines)
 

@@ -26,12 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from trainer import distributed as dist_utils  # noqa: E402
-from trainer.augment import DataAugmentationDINO  # noqa: E402
-from trainer.checkpoint import atomic_torch_save, export_backbone_safetensors, load_checkpoint  # noqa: E402
-from trainer.compile import compile_models  # noqa: E402
-from trainer.config import TrainConfig, config_to_dict, parse_config, resolve_precision  # noqa: E402
-from trainer.data import (  # noqa: E402
+from trainer.data.augment import DataAugmentationDINO  # noqa: E402
+from trainer.data.dataset import (  # noqa: E402
     Batch,
     EpochIndexSampler,
     SafeImageDataset,
@@ -40,13 +36,18 @@ from trainer.data import (  # noqa: E402
     make_sampler,
     scan_image_folder,
 )
-from trainer.engine import MetricsWriter, Schedules, TrainContext, train_one_epoch  # noqa: E402
-from trainer.head import DINOHead, MultiCropWrapper  # noqa: E402
-from trainer.loss import DINOLoss  # noqa: E402
-from trainer.optim import build_optimizer, get_params_groups  # noqa: E402
-from trainer.schedules import cosine_scheduler, scaled_lr  # noqa: E402
-from trainer.time_budget import TimeBudget, teacher_temps_for  # noqa: E402
-from trainer.vit import build_vit  # noqa: E402
+from trainer.model.checkpoint import atomic_torch_save, export_backbone_safetensors, load_checkpoint  # noqa: E402
+from trainer.model.device import bf16_supported, resolve_precision  # noqa: E402
+from trainer.model.head import DINOHead, MultiCropWrapper  # noqa: E402
+from trainer.model.vit import build_vit  # noqa: E402
+from trainer.train import distributed as dist_utils  # noqa: E402
+from trainer.train.compile import compile_models  # noqa: E402
+from trainer.train.config import TrainConfig, config_to_dict, parse_config  # noqa: E402
+from trainer.train.engine import MetricsWriter, Schedules, TrainContext, train_one_epoch  # noqa: E402
+from trainer.train.loss import DINOLoss  # noqa: E402
+from trainer.train.optim import build_optimizer, get_params_groups  # noqa: E402
+from trainer.train.schedules import cosine_scheduler, scaled_lr  # noqa: E402
+from trainer.train.time_budget import TimeBudget, teacher_temps_for  # noqa: E402
 
 logger = logging.getLogger("trainer.run")
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -95,8 +96,8 @@ def build_train_loader(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.
                          f"{env.world_size} processes); lower --batch_size_per_gpu")
     gpu_multicrop = None
     if _use_gpu_augment(cfg, device):  # workers read bytes; decoding and crops happen on the device
-        from trainer.gpu_augment import GPUMultiCrop
-        from trainer.jpeg_batch import EncodedImageFolder
+        from trainer.data.gpu_augment import GPUMultiCrop
+        from trainer.data.jpeg_batch import EncodedImageFolder
 
         dataset = EncodedImageFolder(samples)
         collate, gpu_multicrop = collate_encoded, GPUMultiCrop(*crop_args).to(device)
@@ -181,7 +182,7 @@ def build_run(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device) -
     student, teacher = build_student_teacher(cfg)
     student, teacher = student.to(device), teacher.to(device)
     student_run, teacher_run = _wrap_for_training(cfg, student, teacher, env, device)
-    precision = resolve_precision(cfg, device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
+    precision = resolve_precision(cfg.precision, device.type, bf16_supported(device), cfg.use_fp16)
     loader, sampler, gpu_multicrop = build_train_loader(cfg, env, device)
     dino_loss = DINOLoss(cfg.out_dim, cfg.local_crops_number + 2, cfg.warmup_teacher_temp, cfg.teacher_temp,
                          cfg.warmup_teacher_temp_epochs, cfg.epochs).to(device)
@@ -200,14 +201,14 @@ def _epoch_extras(ctx: TrainContext, epoch: int) -> dict[str, Any]:
     cfg, extras = ctx.config, {}
     backbone = ctx.teacher_module.backbone
     if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
-        from trainer.eval_knn import knn_evaluate
+        from trainer.eval.knn import knn_evaluate
 
         results = knn_evaluate(backbone, cfg.knn_train_data, cfg.knn_val_data, ctx.device, cfg.knn_k,
                                resize=cfg.knn_resize, crop=cfg.knn_crop, batch_size=cfg.batch_size_per_gpu,
                                num_workers=min(cfg.num_workers, 4))
         extras.update({f"knn_{k}": v for k, v in results.items()})
     if cfg.probe_images and (epoch % cfg.probe_every == 0 or epoch + 1 == cfg.epochs):
-        from trainer.probes import save_attention_probes
+        from trainer.eval.probes import save_attention_probes
 
         out = Path(cfg.output_dir) / "probes" / f"epoch{epoch:04d}"
         save_attention_probes(backbone, cfg.probe_images, out, cfg.probe_size or cfg.global_crops_size, ctx.device)

@@ -2,9 +2,9 @@
 
 Rows are epochs (evenly spaced, first and last included), per probe image; the first column is
 the image, then one column per head (its heat-map overlay, as written by
-:mod:`trainer.probes`). Used for the README's picture of the shipped model.
+:mod:`trainer.eval.probes`). Used for the README's picture of the shipped model.
 
-    python -m trainer.probe_grid RUN_DIR/probes --out docs/img/heads_emerging.png
+    python -m trainer.eval.probe_grid RUN_DIR/probes --out docs/img/heads_emerging.png
 """
 
 from __future__ import annotations

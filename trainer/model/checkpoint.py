@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from trainer.attention_maps import heat_overlay, mask_overlay, threshold_masks, upsample_nearest
-from trainer.data import DECODE_ERRORS, IMAGE_SUFFIXES, load_rgb
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT
+from trainer.data.dataset import DECODE_ERRORS, IMAGE_SUFFIXES, load_rgb
+from trainer.model.attention_maps import heat_overlay, mask_overlay, threshold_masks, upsample_nearest
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT
 
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_LIMIT = 8

@@ -5,7 +5,7 @@ training features (cosine similarity ``s``) each vote for their class with weigh
 ``exp(s / T)`` (T = 0.07); classes are ranked by their summed votes; top-1 and top-5
 accuracy are reported for every ``k``.
 
-    python -m trainer.eval_knn --checkpoint runs/x/checkpoint.pth --train_data DIR --val_data DIR
+    python -m trainer.eval.knn --checkpoint runs/x/checkpoint.pth --train_data DIR --val_data DIR
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from trainer.checkpoint import load_backbone
-from trainer.data import Batch, SafeImageDataset, make_loader, scan_image_folder
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD
+from trainer.data.dataset import Batch, SafeImageDataset, make_loader, scan_image_folder
+from trainer.model.checkpoint import load_backbone
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_KS = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07
@@ -114,7 +114,7 @@ def knn_evaluate(model: nn.Module, train_data: str | Path, val_data: str | Path,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("trainer.eval_knn", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser("trainer.eval.knn", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint.pth, teacher_backbone.safetensors or an official backbone .pth")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from trainer.distributed import pick_device
+    from trainer.model.device import pick_device
 
     device = pick_device(args.device)
     model, info = load_backbone(args.checkpoint, args.which)

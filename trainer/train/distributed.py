@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from trainer.model.device import pick_device
+
 DEFAULT_MASTER_PORT = "29500"
 logger = logging.getLogger(__name__)
 
@@ -66,18 +68,6 @@ def read_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                        "slurm", addr, env.get("MASTER_PORT", DEFAULT_MASTER_PORT))
     return DistEnv()
-
-
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:LOCAL_RANK when available else cpu; ``cuda`` without a GPU is an error."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {preference!r}; choose one of auto, cpu, cuda")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def init_distributed(device_preference: str = "auto", dist_url: str = "env://",

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.config import TrainConfig
-from trainer.data import Batch
-from trainer.distributed import all_reduce_sum, is_main_process
-from trainer.ema import ema_update
-from trainer.health import collapse_warning, dino_health
-from trainer.loss import DINOLoss
-from trainer.optim import cancel_gradients_last_layer, clip_gradients
+from trainer.data.dataset import Batch
+from trainer.train.config import TrainConfig
+from trainer.train.distributed import all_reduce_sum, is_main_process
+from trainer.train.ema import ema_update
+from trainer.train.health import collapse_warning, dino_health
+from trainer.train.loss import DINOLoss
+from trainer.train.optim import cancel_gradients_last_layer, clip_gradients
 
 logger = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -113,7 +113,7 @@ def _to_device(ctx: TrainContext, batch: Batch, step_seed: int) -> tuple[list[to
     """(crops on the device, images in the batch, files that failed to decode here)."""
     if ctx.gpu_multicrop is None:
         return [crop.to(ctx.device, non_blocking=True) for crop in batch.images], len(batch), 0
-    from trainer.jpeg_batch import decode_jpegs, drop_undecoded
+    from trainer.data.jpeg_batch import decode_jpegs, drop_undecoded
 
     decoded = decode_jpegs(batch.images, ctx.device)
     images, _, dropped = drop_undecoded(decoded, batch.labels)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from trainer.vit import ARCHS
+from trainer.model.vit import ARCHS
 
 OPTIMIZERS = ("adamw", "sgd", "lars")
 DEVICES = ("auto", "cpu", "cuda")
@@ -261,14 +261,3 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """Plain dict of built-in types (tuples as lists) for checkpoints and logs."""
     out = dataclasses.asdict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
-def resolve_precision(cfg: TrainConfig, device_type: str, bf16_supported: bool) -> str:
-    """The effective precision: explicit --precision, else --use_fp16, else auto."""
-    if cfg.precision != "auto":
-        return cfg.precision
-    if cfg.use_fp16 is not None:
-        return "fp16" if cfg.use_fp16 and device_type == "cuda" else "fp32"
-    if device_type == "cuda":
-        return "bf16" if bf16_supported else "fp16"
-    return "fp32"

@@ -1,6 +1,6 @@
 """Read image files as raw bytes in DataLoader workers and decode them in batches.
 
-With the GPU augmentation (:mod:`trainer.gpu_augment`) the workers only read files
+With the GPU augmentation (:mod:`trainer.data.gpu_augment`) the workers only read files
 (:class:`EncodedImageFolder` + :func:`collate_bytes`); the main process then calls
 :func:`decode_jpegs`, which on CUDA decodes the whole batch with nvjpeg
 (``torchvision.io.decode_jpeg`` on a list) and on CPU decodes with PIL, using
@@ -115,7 +115,7 @@ class EncodedImageFolder(Dataset):
     """Image files as ``(raw file bytes, index)``; unreadable files give b"" (the decoder then returns None).
 
     ``source`` is a folder (all images under it, any sub-folder layout, sorted) or an explicit
-    list of paths or of ``(path, label)`` samples such as ``trainer.data.scan_image_folder`` returns.
+    list of paths or of ``(path, label)`` samples such as ``trainer.data.dataset.scan_image_folder`` returns.
     """
 
     def __init__(self, source: str | Path | Sequence[str | Path | tuple[str | Path, int]]) -> None:

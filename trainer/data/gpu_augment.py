@@ -1,7 +1,7 @@
 """DINO multi-crop augmentation on a batch of uint8 images already on the device.
 
-The distribution is that of :class:`trainer.augment.DataAugmentationDINO` (same
-:class:`~trainer.augment.ViewSpec` probabilities, same constants), but every op runs
+The distribution is that of :class:`trainer.data.augment.DataAugmentationDINO` (same
+:class:`~trainer.data.augment.ViewSpec` probabilities, same constants), but every op runs
 batched on tensors with independent random parameters per sample and per view, and with
 no host synchronisation (no ``.item()``, no data-dependent Python branches).
 
@@ -17,7 +17,7 @@ together as one batch of ``views * B`` rows, each row with its own view's probab
 * Colour jitter: per-sample random order of the four ops (like torchvision), with
   torchvision's float formulas (blend with black / grey mean / grayscale, HSV hue shift).
 * Gaussian blur: per-sample sigma, separable depthwise convolutions with reflect padding
-  and the kernel size of :func:`trainer.augment.blur_kernel_size`.
+  and the kernel size of :func:`trainer.data.augment.blur_kernel_size`.
 
 Typical use in the training loop (DataLoader workers only read bytes)::
 
@@ -38,7 +38,7 @@ import math
 import torch
 from torch import nn
 
-from trainer.augment import (
+from trainer.data.augment import (
     BLUR_SIGMA,
     BRIGHTNESS,
     CONTRAST,
@@ -53,7 +53,7 @@ from trainer.augment import (
     gaussian_blur,
     solarize,
 )
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 BICUBIC_A = -0.5  # PIL's bicubic coefficient
@@ -260,7 +260,7 @@ def _group_views(views: list[ViewSpec]) -> list[list[int]]:
 class GPUMultiCrop(nn.Module):
     """Batched DINO multi-crop: uint8 images -> [global1, global2, local * N], each (B, 3, S, S) normalised.
 
-    ``views`` and ``record`` behave as in :class:`trainer.augment.DataAugmentationDINO`;
+    ``views`` and ``record`` behave as in :class:`trainer.data.augment.DataAugmentationDINO`;
     ``record(view_name, op_name, value)`` receives per-sample bool masks (or the (B, 4)
     crop boxes for ``"crop"``) of each view.
     """

@@ -8,17 +8,17 @@ masks from the last-block CLS attention", with the authors' mask procedure:
 2. the last block's CLS-to-patch attention is read per head (``model.get_cls_attention``,
    ``(1, heads, gh, gw)``; partial edge patches are dropped);
 3. each head is thresholded to keep ``threshold`` of its attention mass
-   (:func:`trainer.attention_maps.threshold_masks`), and the patch masks are upsampled to
+   (:func:`trainer.model.attention_maps.threshold_masks`), and the patch masks are upsampled to
    pixels by repeating each patch ``patch_size`` times (nearest);
 4. the ground truth (gray PNG, foreground where the value is >= 128) is resized to
    ``image_size x image_size`` (nearest) and cropped to the masks' ``gh*p x gw*p`` pixels;
-5. each head's IoU (:func:`trainer.attention_maps.jaccard`) is computed; the best head's IoU
+5. each head's IoU (:func:`trainer.model.attention_maps.jaccard`) is computed; the best head's IoU
    is kept per image, and the mean over images is reported (in percent).
 
 Images are paired with masks by file stem (``images/<id>.jpg`` with ``masks/<id>.png``).
 
-    python -m trainer.eval_seg --checkpoint runs/x/checkpoint.pth --images DIR --masks DIR
-    python -m trainer.eval_seg --random_init --arch vit_small --patch_size 16 --images DIR --masks DIR
+    python -m trainer.eval.seg --checkpoint runs/x/checkpoint.pth --images DIR --masks DIR
+    python -m trainer.eval.seg --random_init --arch vit_small --patch_size 16 --images DIR --masks DIR
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainer.attention_maps import jaccard, threshold_masks
-from trainer.data import DECODE_ERRORS, IMAGE_SUFFIXES, load_rgb
-from trainer.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
+from trainer.data.dataset import DECODE_ERRORS, IMAGE_SUFFIXES, load_rgb
+from trainer.model.attention_maps import jaccard, threshold_masks
+from trainer.model.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
 MASK_SUFFIX = ".png"
 GT_THRESHOLD = 128
@@ -189,7 +189,7 @@ def summary_lines(results: dict[str, Any], model_name: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("trainer.eval_seg", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser("trainer.eval.seg", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint.pth, teacher_backbone.safetensors or an official .pth")
@@ -225,12 +225,12 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _load_model(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[nn.Module, str, tuple, tuple]:
     """``(model, description, mean, std)`` from the parsed source arguments."""
     if args.checkpoint:
-        from trainer.checkpoint import load_backbone
+        from trainer.model.checkpoint import load_backbone
 
         model, info = load_backbone(args.checkpoint, args.which or "teacher")
         name = f"{args.checkpoint} ({info.arch}/{info.patch_size}, {info.source}, epoch {info.epoch})"
         return model, name, tuple(info.mean), tuple(info.std)
-    from trainer.vit import build_vit
+    from trainer.model.vit import build_vit
 
     arch = args.arch or "vit_small"
     patch = 16 if args.patch_size is None else args.patch_size
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from trainer.distributed import pick_device
+    from trainer.model.device import pick_device
 
     device = pick_device(args.device)
     model, name, mean, std = _load_model(parser, args)

@@ -11,7 +11,7 @@ backward costing about twice the forward) plus one teacher forward on the global
 
 from __future__ import annotations
 
-from trainer.vit import arch_spec
+from trainer.model.vit import arch_spec
 
 IMAGE_CHANNELS = 3
 

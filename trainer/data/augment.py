@@ -11,7 +11,7 @@ with the blur applied with p=1.0 on global view 1, p=0.1 on global view 2 and p=
 every local view, and solarize only on global view 2 (p=0.2), as in Caron et al. 2021.
 
 The probabilities live in :class:`ViewSpec` records built by :func:`dino_views`; the GPU
-path (:mod:`trainer.gpu_augment`) uses the very same records, so both paths share one
+path (:mod:`trainer.data.gpu_augment`) uses the very same records, so both paths share one
 source of truth. Every random decision goes through an optional ``record`` hook
 (``record(view_name, op_name, value)``) so that tests can measure application rates.
 
@@ -39,7 +39,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from trainer.vit import IMAGENET_MEAN, IMAGENET_STD
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 FLIP_P = 0.5
 JITTER_P = 0.8

@@ -1,6 +1,6 @@
 """``torch.compile`` of the DINO student and teacher with one graph per crop resolution.
 
-The list-taking :class:`~trainer.head.MultiCropWrapper` stays eager (it only concatenates
+The list-taking :class:`~trainer.model.head.MultiCropWrapper` stays eager (it only concatenates
 crops); its ``backbone`` and ``head`` are compiled in place with ``Module.compile`` and
 ``dynamic=False``. Each backbone then builds exactly one static graph per input shape
 (student: global and local resolution; teacher: global only) and each head one graph,
@@ -107,7 +107,7 @@ def compile_models(student: nn.Module, teacher: nn.Module, backend: str = "induc
                    count_graphs: bool = False) -> CompileReport:
     """Compile ``backbone`` and ``head`` of both multi-crop wrappers in place (``dynamic=False``).
 
-    ``student``/``teacher`` are :class:`~trainer.head.MultiCropWrapper` (unwrapped: pass the
+    ``student``/``teacher`` are :class:`~trainer.model.head.MultiCropWrapper` (unwrapped: pass the
     module inside DDP). With ``count_graphs=True`` (only without a ``mode``), each graph is
     recorded in ``report.counter`` under ``"student.backbone"``, ``"teacher.head"``, ...
     """

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.schedules import teacher_temp_schedule
+from trainer.train.schedules import teacher_temp_schedule
 
 N_TEACHER_VIEWS = 2
 

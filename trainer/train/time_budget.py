@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trainer.config import TrainConfig
-from trainer.schedules import teacher_temp_schedule
+from trainer.train.config import TrainConfig
+from trainer.train.schedules import teacher_temp_schedule
 
 logger = logging.getLogger(__name__)
 

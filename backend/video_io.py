@@ -1,0 +1,199 @@
+"""Video decoding, frame sampling and H.264 encoding with PyAV (its own FFmpeg; no system ffmpeg).
+
+``probe`` checks an uploaded file before a job is queued: 415 when it is not a video the decoder
+knows, 400 when it is truncated, has no video stream (audio only) or no decodable frame, 413 when it
+is too long or its frames too large. ``sample_frames`` yields ``(timestamp, RGB image)`` at a target
+rate; ``Mp4Writer`` writes browser-playable H.264 (yuv420p, faststart).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from backend.errors import BadRequest, ServiceError, TooLarge
+
+log = logging.getLogger(__name__)
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi")
+DEFAULT_FPS_CAP = 30.0
+# File signatures of the containers we accept: a file that starts like one but will not open is truncated.
+_SIGNATURES = (b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3", b"RIFF")
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+
+
+class NotAVideo(ServiceError):
+    status, code = 415, "not_a_video"
+
+
+class BadVideo(ServiceError):
+    status, code = 400, "bad_video"
+
+
+@dataclass
+class VideoInfo:
+    """What ``probe`` learned about a clip."""
+
+    width: int
+    height: int
+    fps: float  # the stream's average rate (frames per second)
+    duration_s: float
+    frames: int  # the stream's frame count, estimated from duration x rate when the container lacks it
+    codec: str
+    container: str
+    pix_fmt: str
+
+    @property
+    def browser_playable(self) -> bool:
+        """H.264 yuv420p in an MP4 container plays in every browser as it is."""
+        return self.codec == "h264" and self.pix_fmt == "yuv420p" and "mp4" in self.container
+
+
+def looks_like_video(head: bytes) -> bool:
+    """True when ``head`` (the first bytes of a file) carries a known container signature."""
+    return head.startswith(_SIGNATURES) or head[4:8] in _ISO_BOXES
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except (av.error.InvalidDataError, av.error.FFmpegError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if looks_like_video(head):
+            raise BadVideo(f"the video file is truncated or corrupt ({exc}); upload the complete file",
+                           code="truncated_video") from exc
+        raise NotAVideo("the upload is not a video the decoder knows; send an mp4, webm, mov, mkv, avi or gif "
+                        "file", code="not_a_video") from exc
+
+
+def _stream_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def probe(path: Path, max_duration_s: float, max_pixels: int) -> VideoInfo:
+    """Open ``path``, check its limits and decode its first frame; the 4xx errors say what is wrong."""
+    with _open(path) as container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise BadVideo(f"the file has no video stream (streams: {', '.join(kinds)}); an audio-only file "
+                           "cannot be analysed", code="no_video_stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise TooLarge(f"the video frames are {width}x{height} = {width * height} pixels; the limit is "
+                           f"{max_pixels} pixels per frame (DINO_VIDEO_MAX_PIXELS)", code="video_too_large")
+        duration = _stream_duration(container, stream)
+        if duration > max_duration_s:
+            raise TooLarge(f"the video lasts {duration:.1f} s; the limit is {max_duration_s:.0f} s "
+                           "(DINO_VIDEO_MAX_DURATION_S); cut it shorter", code="video_too_long")
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or DEFAULT_FPS_CAP
+        first = _first_frame(container, stream)
+        frames = stream.frames or max(1, round(duration * rate))
+        return VideoInfo(width or first.width, height or first.height, rate, duration, frames,
+                         stream.codec_context.name, container.format.name, stream.codec_context.pix_fmt or "")
+
+
+def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError as exc:
+        raise BadVideo(f"the video cannot be decoded ({exc}); the file is truncated or corrupt",
+                       code="truncated_video") from exc
+    raise BadVideo("the video has no frames; upload a clip with at least one frame", code="zero_frames")
+
+
+def target_fps(requested: float | None, source_fps: float) -> float:
+    """The sampling rate: ``requested``, else the source rate capped at 30 frames/s."""
+    return float(requested) if requested else min(source_fps, DEFAULT_FPS_CAP)
+
+
+def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[float, Image.Image]]:
+    """``(seconds from the start, RGB frame)`` for the frames nearest the times ``k / fps``.
+
+    A source frame is taken when its timestamp reaches the next sampling time, so ``fps`` at or
+    above the source rate keeps every frame. Stops after ``max_frames``.
+    """
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        start, taken, next_t, eps = None, 0, 0.0, 1e-6
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else taken / fps
+                start = t if start is None else start
+                t -= start
+                if t + eps < next_t:
+                    continue
+                yield t, frame.to_image()
+                taken += 1
+                next_t = (math.floor(t * fps + eps) + 1) / fps
+                if taken >= max_frames:
+                    return
+        except av.error.FFmpegError as exc:
+            if taken == 0:
+                raise BadVideo(f"the video cannot be decoded ({exc})", code="truncated_video") from exc
+            log.warning("decoding stopped after %d frames: %s", taken, exc)
+
+
+def count_samples(path: Path, fps: float) -> int:
+    """How many frames ``sample_frames`` would yield without a cap (decodes the whole stream)."""
+    return sum(1 for _ in sample_frames(path, fps, 2**31))
+
+
+def even_rgb(frame: np.ndarray) -> np.ndarray:
+    """Pad an ``h x w x 3`` uint8 frame by one edge pixel where a side is odd (yuv420p needs even sides)."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+class Mp4Writer:
+    """Writes RGB frames as H.264 yuv420p MP4 at a constant ``fps``, moov atom first (plays while loading)."""
+
+    def __init__(self, path: Path, fps: float, crf: int = 20) -> None:
+        self.path, self.fps, self.crf = Path(path), fps, crf
+        self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._stream: av.video.stream.VideoStream | None = None
+        self.frames = 0
+
+    def _open_stream(self, width: int, height: int) -> av.video.stream.VideoStream:
+        rate = Fraction(self.fps).limit_denominator(1001)
+        stream = self._container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = 1 / rate
+        stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        return stream
+
+    def write(self, rgb: np.ndarray) -> None:
+        rgb = even_rgb(np.ascontiguousarray(rgb, dtype=np.uint8))
+        if self._stream is None:
+            self._stream = self._open_stream(rgb.shape[1], rgb.shape[0])
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = self.frames
+        self._container.mux(self._stream.encode(frame))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._container.mux(self._stream.encode(None))
+        self._container.close()
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
