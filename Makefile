@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install browser clean
+.PHONY: run test lint install browser clean compose-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP) browser
 
 lint: $(STAMP)
 	$(PY) -m ruff check trainer backend app tests benchmarks
+
+## Build the images and run the stack for real: serve, browse, train -> serve (needs Docker; docs/DOCKER.md).
+compose-check: $(STAMP)
+	$(PY) docker/compose_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

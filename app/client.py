@@ -86,6 +86,27 @@ def _image_part(image: ImageInput, name: str) -> tuple[str, bytes, str]:
     return path.name, data, mime
 
 
+EXPLORE_FIELDS = ("layer", "query", "composite", "heads", "pca", "overlay_format")
+
+
+def _explore_fields(explore: dict[str, Any]) -> dict[str, str]:
+    """Form fields of the explorer parameters (None values are left out: the service's defaults)."""
+    unknown = set(explore) - set(EXPLORE_FIELDS)
+    if unknown:
+        raise BackendError(f"unknown parameter {sorted(unknown)[0]!r}; choose from {', '.join(EXPLORE_FIELDS)}")
+    data = {}
+    for key, value in explore.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            data[key] = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            data[key] = ",".join(str(int(v)) for v in value)
+        else:
+            data[key] = str(value)
+    return data
+
+
 class BackendClient:
     """Synchronous client for the attention service; one per app, thread-safe (httpx.Client)."""
 
@@ -147,7 +168,8 @@ class BackendClient:
         return body
 
     def _attention(self, image: ImageInput, fmt: str, model: str | None, image_size: int, resize: str,
-                   threshold: float, overlays: bool, gt_mask: ImageInput | None) -> httpx.Response:
+                   threshold: float, overlays: bool, gt_mask: ImageInput | None,
+                   explore: dict[str, Any] | None = None) -> httpx.Response:
         if resize not in RESIZE_MODES:
             raise BackendError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
         files = {"image": _image_part(image, "image")}
@@ -157,13 +179,18 @@ class BackendClient:
                 "overlays": "true" if overlays else "false", "format": fmt}
         if model:
             data["model"] = model
+        data.update(_explore_fields(explore or {}))
         return self._request("POST", "/attention", files=files, data=data)
 
     def attention(self, image: ImageInput, model: str | None = None, image_size: int = 480,
                   resize: str = "keep_aspect", threshold: float = 0.6, overlays: bool = True,
-                  gt_mask: ImageInput | None = None) -> dict[str, Any]:
-        """``POST /attention`` (JSON): per-head maps, masks, coverage, overlays, IoU with ``gt_mask``."""
-        response = self._attention(image, "json", model, image_size, resize, threshold, overlays, gt_mask)
+                  gt_mask: ImageInput | None = None, **explore: Any) -> dict[str, Any]:
+        """``POST /attention`` (JSON): per-head maps, masks, coverage, overlays, IoU with ``gt_mask``.
+
+        ``explore`` takes the explorer fields of docs/API.md: ``layer``, ``query`` ((row, col) or
+        "row,col"), ``composite``, ``heads`` (list of ints), ``pca``, ``overlay_format``.
+        """
+        response = self._attention(image, "json", model, image_size, resize, threshold, overlays, gt_mask, explore)
         try:
             body = response.json()
         except ValueError as exc:

@@ -4,10 +4,15 @@ The arrays are rebuilt from the JSON reply the page is showing, so the download 
 screen exactly and needs no second trip to the service. Layout of the archive::
 
     overlays/image.png  overlays/mean.png  overlays/head_00.png ..  overlays/mask_00.png ..
+                        [overlays/query_head_00.png .. overlays/query_mean.png] [overlays/composite.png]
+                        [overlays/pca.png overlays/pca_fg.png]  (.jpg / .webp when the service sent those)
     attention.npz       attentions (heads, gh, gw) float32, mean_attention (gh, gw) float32,
                         masks (heads, gh, gw) uint8, coverage (heads,) float32, [iou (heads,)],
+                        [query_attentions (heads, gh, gw), query_mean (gh, gw)] float32,
+                        [pca_rgb (gh, gw, 3) float32, pca_fg (gh, gw) uint8], [composite_colors (k, 3) uint8],
                         meta (JSON string of the scalar fields)
-    result.json         model, arch, trained, source, grid, image size, parameters, per-head numbers
+    result.json         model, arch, trained, source, grid, image size, block, query patch, composite heads
+                        and colours, parameters, per-head numbers
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from typing import Any
 import numpy as np
 
 _SCALAR_KEYS = ("model", "arch", "patch_size", "num_heads", "trained", "source", "grid", "image_size",
-                "params", "best_head", "best_iou")
+                "params", "best_head", "best_iou", "layer", "depth", "query", "composite_heads", "composite_colors",
+                "cached")
+_OPTIONAL_ARRAYS = {"query_attentions": np.float32, "query_mean": np.float32, "pca_rgb": np.float32,
+                    "pca_fg": np.uint8, "composite_colors": np.uint8}
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
 def arrays_from_result(result: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -38,6 +47,9 @@ def arrays_from_result(result: dict[str, Any]) -> dict[str, np.ndarray]:
     }
     if result.get("iou") is not None:
         arrays["iou"] = np.asarray(result["iou"], dtype=np.float32)
+    for key, dtype in _OPTIONAL_ARRAYS.items():
+        if result.get(key) is not None:
+            arrays[key] = np.asarray(result[key], dtype=dtype)
     arrays["meta"] = np.asarray(json.dumps({k: result[k] for k in _SCALAR_KEYS if k in result}))
     return arrays
 
@@ -54,13 +66,14 @@ def summary_json(result: dict[str, Any], request: dict[str, Any]) -> dict[str, A
 
 def _overlay_files(result: dict[str, Any]) -> dict[str, bytes]:
     overlays = result.get("overlays") or {}
+    ext = _EXTENSIONS.get(str(result.get("overlay_mime")), "png")
     files = {}
-    for key in ("image", "mean"):
+    for key in ("image", "mean", "query_mean", "composite", "pca", "pca_fg"):
         if overlays.get(key):
-            files[f"overlays/{key}.png"] = base64.b64decode(overlays[key])
-    for kind, name in (("heads", "head"), ("masks", "mask")):
-        for i, png in enumerate(overlays.get(kind) or []):
-            files[f"overlays/{name}_{i:02d}.png"] = base64.b64decode(png)
+            files[f"overlays/{key}.{ext}"] = base64.b64decode(overlays[key])
+    for kind, name in (("heads", "head"), ("masks", "mask"), ("query_heads", "query_head")):
+        for i, data in enumerate(overlays.get(kind) or []):
+            files[f"overlays/{name}_{i:02d}.{ext}"] = base64.b64decode(data)
     return files
 
 

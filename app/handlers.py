@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from app import rendering
+from app import model_info, rendering
 from app.client import BackendError
 from app.export import build_zip
 
@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 NO_IMAGE = "Upload an image or pick one of the examples first."
 NO_ANALYSIS = "Nothing to download yet: analyse an image first; the ZIP holds the analysis on screen."
+NO_QUERY_BASE = "Analyse an image first, then click it to pick the query patch."
 LABEL_SUMMARY_CHARS = 80  # the model card summary is cut to this length in the dropdown
 
 
@@ -35,7 +36,8 @@ class AttentionClient(Protocol):
     def models(self) -> dict[str, Any]: ...
 
     def attention(self, image: Any, model: str | None = None, image_size: int = 480, resize: str = "keep_aspect",
-                  threshold: float = 0.6, overlays: bool = True, gt_mask: Any = None) -> dict[str, Any]: ...
+                  threshold: float = 0.6, overlays: bool = True, gt_mask: Any = None,
+                  **explore: Any) -> dict[str, Any]: ...
 
 
 def readable_errors(action: str, call: Callable[[], T]) -> T:
@@ -73,38 +75,112 @@ def _request(image: str, model: str | None, image_size: float, resize: str, thre
             "gt_mask_name": Path(gt_mask).name if gt_mask else None}
 
 
+def parse_query(text: str | None) -> list[int] | None:
+    """The query box's ``"row,col"`` as ``[row, col]``; empty means the CLS token (None)."""
+    if not text or not str(text).strip():
+        return None
+    parts = str(text).replace(" ", "").strip("()[]").split(",")
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise gr.Error(f"The query patch must be written row,col (like 3,5), got {text!r}; click the image "
+                       "or press Clear.", title="Bad query patch", print_exception=False)
+    return [int(p) for p in parts]
+
+
+def model_depth(client: AttentionClient, model: str | None) -> int | None:
+    """Blocks of ``model`` (None: the default) according to ``GET /models``; None when it is not listed."""
+    catalog = client.models()
+    model_id = model or catalog.get("default")
+    entry = next((m for m in catalog.get("models", []) if m.get("id") == model_id), None)
+    depth = None if entry is None else entry.get("depth")
+    return int(depth) if depth else None
+
+
+def block_index(client: AttentionClient, model: str | None, layer: float | None) -> int:
+    """The block to ask for: the slider's value, or -1 (the last block) for None or a value past the
+    model's last block (the slider's default before it learnt this model's depth)."""
+    if layer is None:
+        return -1
+    depth = model_depth(client, model)
+    return -1 if depth is not None and int(layer) >= depth else int(layer)
+
+
+def explore_request(layer: int, query: str | None, heads: list[Any] | None) -> dict[str, Any]:
+    """The explorer's fields of one analysis: block, query patch, composite heads (None: all)."""
+    chosen = None if heads is None else sorted({int(h) for h in heads})
+    return {"layer": layer, "query": parse_query(query), "heads": chosen}
+
+
 def _call_attention(client: AttentionClient, image: str, model: str | None, request: dict[str, Any],
                     gt_mask: str | None) -> dict[str, Any]:
+    explore: dict[str, Any] = {}
+    if "layer" in request:  # the Explore tab: block, query, composite and PCA, fast overlays
+        explore = {"layer": request["layer"], "query": request["query"], "heads": request["heads"] or None,
+                   "composite": request["heads"] != [], "pca": True, "overlay_format": APP_OVERLAY_FORMAT}
     return client.attention(image, model=model or None, image_size=request["image_size"], resize=request["resize"],
-                            threshold=request["threshold"], overlays=True, gt_mask=gt_mask or None)
+                            threshold=request["threshold"], overlays=True, gt_mask=gt_mask or None, **explore)
 
 
-AnalysisView = tuple[Image.Image, rendering.GalleryItems, Image.Image, rendering.GalleryItems, pd.DataFrame,
-                     str, str, dict[str, Any]]
+AnalysisView = tuple[Any, ...]
+ANALYSIS_OUTPUTS = 15  # the 8 of the CLS view, then the query, composite and PCA panels
+APP_OVERLAY_FORMAT = "jpeg"  # the fastest of the service's overlay formats to encode
 
 
 def analyse(client: AttentionClient, image: str | None, model: str | None, image_size: float, resize: str,
-            threshold: float, gt_mask: str | None = None) -> AnalysisView:
-    """Image, per-head overlays, mean, masks, coverage table, best-head text, status line, state."""
+            threshold: float, gt_mask: str | None = None, layer: float | None = None, query: str | None = None,
+            heads: list[Any] | None = None, previous: dict[str, Any] | None = None) -> AnalysisView:
+    """Image, per-head overlays, mean, masks, coverage table, best-head text, status line, state; then
+    the query patch's maps, the colour composite of ``heads`` and the PCA.
+
+    ``layer`` (block), ``query`` ("row,col") and ``heads`` come from the Explore tab's controls. With
+    ``previous`` (the analysis on screen), a reply that only changed the threshold, heads or ground truth
+    updates the masks, table, texts and composite and skips the pictures that stay the same.
+    """
     _check_inputs(image, threshold, image_size)
     assert image is not None
-    request = _request(image, model, image_size, resize, threshold, gt_mask)
+    base = _request(image, model, image_size, resize, threshold, gt_mask)
 
     def run() -> AnalysisView:
+        request = {**base, **explore_request(block_index(client, model, layer), query, heads)}
         result = _call_attention(client, image, model, request, gt_mask)
-        return (rendering.processed_image(result), rendering.head_gallery(result), rendering.mean_overlay(result),
-                rendering.mask_gallery(result), rendering.coverage_table(result), rendering.best_head_text(result),
-                rendering.status_text(result), {"result": result, "request": request})
+        return _view(result, request, previous)
 
     return readable_errors("analyse the image", run)
 
 
 def rerun_on_change(client: AttentionClient, image: str | None, model: str | None, image_size: float, resize: str,
-                    threshold: float, gt_mask: str | None = None) -> AnalysisView | tuple[Any, ...]:
-    """Like :func:`analyse` when an image is there (threshold moved, mask uploaded); else changes nothing."""
+                    threshold: float, gt_mask: str | None = None, layer: float | None = None,
+                    query: str | None = None, heads: list[Any] | None = None,
+                    previous: dict[str, Any] | None = None) -> AnalysisView:
+    """Like :func:`analyse` when an image is there (threshold, block, heads, mask changed); else nothing."""
     if not image:
-        return tuple(gr.skip() for _ in range(8))
-    return analyse(client, image, model, image_size, resize, threshold, gt_mask)
+        return tuple(gr.skip() for _ in range(ANALYSIS_OUTPUTS))
+    return analyse(client, image, model, image_size, resize, threshold, gt_mask, layer, query, heads, previous)
+
+
+def patch_at(state: dict[str, Any] | None, x: float, y: float) -> str:
+    """The ``"row,col"`` of the patch under pixel (x, y) of the processed image on screen."""
+    if not state or "result" not in state:
+        raise gr.Error(NO_QUERY_BASE, title="No analysis", print_exception=False)
+    result = state["result"]
+    patch, (gh, gw) = int(result["patch_size"]), result["grid"]
+    row = min(max(int(y) // patch, 0), gh - 1)
+    col = min(max(int(x) // patch, 0), gw - 1)
+    return f"{row},{col}"
+
+
+def explore_controls(client: AttentionClient, model_id: str | None) -> tuple[Any, Any]:
+    """The Block slider (0 .. depth-1, at the last block) and the head boxes (all ticked) for ``model_id``."""
+    if not model_id:
+        return gr.skip(), gr.skip()
+    catalog = readable_errors("list the models", client.models)
+    entry = next((m for m in catalog["models"] if m.get("id") == model_id), None)
+    if entry is None:
+        return gr.skip(), gr.skip()
+    depth = int(entry.get("depth") or 12)
+    heads = int(entry.get("num_heads") or 1)
+    choices = [(rendering.head_label(i), i) for i in range(heads)]
+    return (gr.Slider(minimum=0, maximum=depth - 1, step=1, value=depth - 1),
+            gr.CheckboxGroup(choices=choices, value=list(range(heads))))
 
 
 def download(state: dict[str, Any] | None, out_dir: str | Path | None = None) -> str:
@@ -128,6 +204,10 @@ def _compare_table(a: dict[str, Any], b: dict[str, Any]) -> pd.DataFrame:
                           "A coverage": column(a, "coverage"), "B coverage": column(b, "coverage")})
     if a.get("iou") is not None or b.get("iou") is not None:
         table["A IoU"], table["B IoU"] = column(a, "iou"), column(b, "iou")
+    for name, result in (("A", a), ("B", b)):
+        share = model_info.register_share(result)
+        if share is not None:  # the attention a register model's CLS gave its registers
+            table[f"{name} to registers"] = [share[i] if i < len(share) else None for i in range(n)]
     return table
 
 
@@ -145,7 +225,7 @@ def compare(client: AttentionClient, image: str | None, model_a: str | None, mod
         b = _call_attention(client, image, model_b, request, gt_mask)
         heads_a = [im for im, _ in rendering.head_gallery(a)]
         heads_b = [im for im, _ in rendering.head_gallery(b)]
-        title_a, title_b = f"A: {a['model']}", f"B: {b['model']}"
+        title_a, title_b = model_info.model_title("A", a), model_info.model_title("B", b)
         pairs = []
         for i in range(max(len(heads_a), len(heads_b))):
             left = heads_a[i] if i < len(heads_a) else None
@@ -199,3 +279,15 @@ def second_model(catalog: dict[str, Any], default: str) -> str:
     others = [m for m in catalog["models"] if m.get("id") and m["id"] != default and m.get("available", True)]
     local = [m for m in others if m.get("loaded") or m.get("source") in ("file", "placeholder")]
     return (local or others or [{"id": default}])[0]["id"]
+
+
+def size_control(client: AttentionClient, model_id: str | None) -> Any:
+    """The image-size slider for ``model_id``: its default size (DINO 480, DINOv2 518), in patch steps."""
+    if not model_id:
+        return gr.skip()
+    catalog = readable_errors("list the models", client.models)
+    entry = next((m for m in catalog["models"] if m.get("id") == model_id), None)
+    if entry is None:
+        return gr.skip()
+    value, step, top = model_info.size_settings(entry)
+    return gr.Slider(minimum=step, maximum=top, step=step, value=value)

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from app.model_info import register_note
+
 GalleryItems = list[tuple[Image.Image, str]]
 _GAP = 6
 _TITLE_H = 22
@@ -24,12 +26,12 @@ class RenderError(ValueError):
 
 
 def decode_png(data_b64: str) -> Image.Image:
-    """A base64 PNG from the service as an RGB image."""
+    """A base64 overlay from the service (PNG, JPEG or WebP: ``overlay_mime``) as an RGB image."""
     try:
         image = Image.open(io.BytesIO(base64.b64decode(data_b64, validate=True)))
         image.load()
     except Exception as exc:  # noqa: BLE001 - any decoding problem is one readable message
-        raise RenderError(f"an overlay sent by the service is not a readable PNG ({exc})") from exc
+        raise RenderError(f"an overlay sent by the service is not a readable image ({exc})") from exc
     return image.convert("RGB")
 
 
@@ -67,6 +69,38 @@ def mask_gallery(result: dict[str, Any]) -> GalleryItems:
         kept = f" · {coverage[i]:.0%} kept" if i < len(coverage) else ""
         items.append((decode_png(png), head_label(i) + kept))
     return items
+
+
+def query_gallery(result: dict[str, Any]) -> GalleryItems:
+    """The query patch's attention per head (patch outlined by the service), or nothing without a query."""
+    overlays = _overlays(result)
+    return [(decode_png(png), head_label(i)) for i, png in enumerate(overlays.get("query_heads") or [])]
+
+
+def optional_overlay(result: dict[str, Any], key: str) -> Image.Image | None:
+    """``overlays[key]`` decoded, or None when the reply does not carry it."""
+    data = _overlays(result).get(key)
+    return decode_png(data) if data else None
+
+
+def query_text(result: dict[str, Any]) -> str:
+    """Which attention the query panel shows."""
+    query = result.get("query")
+    layer = result.get("layer", "?")
+    if not query:
+        return f"Block {layer}: click a patch of the image to see what it attends to (the CLS token is shown above)."
+    return f"Block {layer}: attention **from patch row {query[0]}, col {query[1]}** (outlined in cyan) to every patch."
+
+
+def composite_legend(result: dict[str, Any]) -> str:
+    """HTML swatches naming the colour of each head in the composite."""
+    heads, colors = result.get("composite_heads") or [], result.get("composite_colors") or []
+    if not colors:
+        return "<div class='composite-legend'>Tick at least one head to draw the composite.</div>"
+    items = "".join(
+        f"<span class='swatch-item'><span class='swatch' style='background: rgb({r}, {g}, {b})'></span>"
+        f"{head_label(h)}</span>" for h, (r, g, b) in zip(heads, colors, strict=False))
+    return f"<div class='composite-legend' id='composite-legend-items'>{items}</div>"
 
 
 def coverage_table(result: dict[str, Any]) -> pd.DataFrame:
@@ -121,9 +155,12 @@ def status_text(result: dict[str, Any]) -> str:
     params = result.get("params", {})
     total = result.get("timings_ms", {}).get("total")
     took = f" in {total:.0f} ms" if isinstance(total, int | float) else ""
+    if result.get("cached"):
+        took += " (maps from the cache: no model run)"
     return (f"Showing **{result['model']}** ({result.get('arch', '?')}, patch {result.get('patch_size', '?')}, "
             f"{result['num_heads']} heads): {weights_text(result.get('trained'), result.get('summary'))}. "
-            f"Image {w}×{h} px, grid {gw}×{gh} patches, threshold {params.get('threshold', '?')}{took}.")
+            f"Image {w}×{h} px, grid {gw}×{gh} patches, block {result.get('layer', 'last')}, "
+            f"threshold {params.get('threshold', '?')}{took}." + register_note(result))
 
 
 def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

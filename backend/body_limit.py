@@ -1,4 +1,7 @@
-"""ASGI middleware that refuses request bodies over ``DINO_MAX_REQUEST_MB`` before reading them."""
+"""ASGI middleware that refuses request bodies over ``DINO_MAX_REQUEST_MB`` before reading them.
+
+``path_limits`` gives some paths their own limit (the video upload's ``DINO_MAX_VIDEO_MB``).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +16,20 @@ Scope = dict[str, Any]
 class BodyLimitMiddleware:
     """413 from Content-Length at once; bodies without one are counted as they arrive."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, path_limits: dict[str, tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}
 
-    def _message(self) -> str:
-        return f"request body is larger than the limit of {self.max_bytes / 2**20:.1f} MB (DINO_MAX_REQUEST_MB)"
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        return self.path_limits.get(scope.get("path", ""), (self.max_bytes, "DINO_MAX_REQUEST_MB"))
 
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"detail": self._message(), "code": "request_too_large"}).encode()
+    @staticmethod
+    def _message(limit: tuple[int, str]) -> str:
+        return f"request body is larger than the limit of {limit[0] / 2**20:.1f} MB ({limit[1]})"
+
+    async def _refuse(self, send: Any, limit: tuple[int, str]) -> None:
+        body = json.dumps({"detail": self._message(limit), "code": "request_too_large"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"x-error-code", b"request_too_large"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -31,9 +39,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope)
         length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(send)
+        if length is not None and length.isdigit() and int(length) > limit[0]:
+            await self._refuse(send, limit)
             return
         seen = 0
 
@@ -42,8 +51,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message.get("type") == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise TooLarge(self._message(), code="request_too_large")
+                if seen > limit[0]:
+                    raise TooLarge(self._message(limit), code="request_too_large")
             return message
 
         await self.app(scope, counting_receive, send)

@@ -128,10 +128,9 @@ def check_processed_size(width: int, height: int, image_size: int, resize: str, 
 
 def prepare(img: Image.Image, image_size: int, resize: str, patch: int,
             mean: tuple[float, ...], std: tuple[float, ...]) -> Prepared:
-    """Resize (square: bilinear like visualize_attention.py; keep_aspect: bicubic), crop, normalise."""
+    """Resize (bilinear, like the authors' ``transforms.Resize`` in both modes), crop, normalise."""
     rw, rh = resized_size(img.width, img.height, image_size, resize)
-    method = Image.Resampling.BILINEAR if resize == "square" else Image.Resampling.BICUBIC
-    resized = img.resize((rw, rh), method) if (rw, rh) != img.size else img
+    resized = img.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != img.size else img
     w, h = rw - rw % patch, rh - rh % patch
     cropped = resized.crop((0, 0, w, h)) if (w, h) != (rw, rh) else resized
     arr = np.asarray(cropped, dtype=np.float32) / 255.0

@@ -1,4 +1,4 @@
-"""The torch work: last-block CLS attention, the paper's masks, IoU, and PNG overlays.
+"""The torch work: any block's CLS (and query) attention, the paper's masks, IoU, and overlays.
 
 Only the last block materialises attention weights, and only for the CLS query
 (:meth:`trainer.model.vit.DinoViT.get_cls_attention`); every other block is fused SDPA.
@@ -7,9 +7,7 @@ A semaphore bounds concurrent inferences; past a short wait the caller gets 503.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.block_maps import RawMaps, compute_block_maps
 from backend.errors import Busy
-from trainer.model.attention_maps import heat_overlay, jaccard, mask_overlay, threshold_masks, upsample_nearest
+from backend.overlay_render import encode, heat_batch, mask_batch
+from trainer.model.attention_maps import jaccard, threshold_masks, upsample_nearest
 from trainer.model.vit import DinoViT
 
 
@@ -62,6 +62,13 @@ class InferenceEngine:
             attn = model.get_cls_attention(tensor.to(device, non_blocking=True))
         return attn[0].float().cpu()
 
+    def block_maps(self, model: DinoViT, tensor: torch.Tensor, device: torch.device, layer: int,
+                   query: tuple[int, int] | None = None, pca: bool = False) -> RawMaps:
+        """Block ``layer``'s CLS (and ``query`` patch) attention rows, and the PCA when asked."""
+        use_bf16 = self.precision == "bf16"
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return compute_block_maps(model, tensor.to(device, non_blocking=True), layer, query, pca)
+
 
 def derive_maps(attn: torch.Tensor, threshold: float) -> MapSet:
     """Masks by the paper's procedure, mean over heads, and the fraction of patches kept."""
@@ -77,19 +84,17 @@ def head_ious(masks: np.ndarray, gt: np.ndarray, patch: int) -> list[float]:
 
 
 def png_b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return encode(np.asarray(image.convert("RGB")), "png")
 
 
-def render_overlays(image: Image.Image, maps: MapSet, patch: int) -> dict[str, object]:
-    """Base64 PNGs at the processed resolution: the image, each head's heat map, the mean, each mask."""
-    heads = upsample_nearest(maps.attentions, patch)
-    masks = upsample_nearest(maps.masks, patch)
-    mean = upsample_nearest(maps.mean_attention, patch)
+def render_overlays(image: Image.Image, maps: MapSet, patch: int, fmt: str = "png") -> dict[str, object]:
+    """Base64 pictures (``fmt``) at the processed resolution: the image, each head, the mean, each mask."""
+    base = np.asarray(image.convert("RGB"))
+    heats = heat_batch(base, np.concatenate([maps.attentions, maps.mean_attention[None]]), patch)
+    masks = mask_batch(base, maps.masks, patch)
     return {
-        "image": png_b64(image),
-        "heads": [png_b64(heat_overlay(image, h)) for h in heads],
-        "mean": png_b64(heat_overlay(image, mean)),
-        "masks": [png_b64(mask_overlay(image, m)) for m in masks],
+        "image": encode(base, fmt),
+        "heads": [encode(h, fmt) for h in heats[:-1]],
+        "mean": encode(heats[-1], fmt),
+        "masks": [encode(m, fmt) for m in masks],
     }

@@ -24,6 +24,7 @@ from backend.responses import analysis_dict, json_response, npz_response
 from backend.schemas import request_body_schema
 from backend.service import AttentionService
 from backend.settings import Settings
+from backend.video_routes import VIDEO_PATH, VideoFeature, video_router
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +94,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing heavy happens until the lifespan starts."""
     settings = settings or Settings()
     service = AttentionService(settings)
+    video = VideoFeature(service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(service.start)
-        yield
+        await anyio.to_thread.run_sync(video.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(video.close)
 
     app = FastAPI(title="DINO attention service", version="0.1.0", lifespan=lifespan,
                   description="Last-block per-head attention maps and masks of DINO ViTs (see docs/API.md).")
     app.state.service = service
+    app.state.video = video
     install_error_handlers(app)
     _add_ops_routes(app, service)
     _add_attention_routes(app, service)
+    app.include_router(video_router(video))
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    video_limit = (settings.max_video_bytes + (1 << 20), "DINO_MAX_VIDEO_MB")  # + room for the form fields
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       path_limits={VIDEO_PATH: video_limit})
     return app
 
 

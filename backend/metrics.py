@@ -25,6 +25,8 @@ class ServiceMetrics:
         self.inference = Histogram("dino_inference_seconds", "model forward time", ["model"],
                                    buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("dino_inferences_in_flight", "inferences running now", registry=self.registry)
+        self.map_cache = Counter("dino_map_cache_total", "map cache lookups of /attention (hit: no model run)",
+                                 ["result"], registry=self.registry)
         self.loaded_models = Gauge("dino_loaded_models", "models held in memory", registry=self.registry)
 
     def render(self) -> Response:

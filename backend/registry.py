@@ -11,6 +11,7 @@ cannot be parsed is listed as unavailable with its reason.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ from backend import zoo
 from backend.errors import ModelUnavailable, UnknownModel
 from backend.placeholder import PLACEHOLDER_ID, PLACEHOLDER_SUMMARY, placeholder_path
 from backend.settings import Settings
-from trainer.model.checkpoint import CHECKPOINT_SUFFIXES, BackboneInfo, load_backbone, read_backbone
+from trainer.model.checkpoint import CHECKPOINT_SUFFIXES, HF_WEIGHTS, BackboneInfo, load_backbone, read_backbone
 from trainer.model.device import pick_device
-from trainer.model.vit import DinoViT
+from trainer.model.dinov2 import DINOV2_IMG_SIZE
+from trainer.model.vit import ARCHS, DinoViT
 
 log = logging.getLogger(__name__)
 STUDENT_SUFFIX = ":student"
 STUDENT_NOTE = " (student)"
+DEFAULT_IMAGE_SIZES = {"dino": 480, "dinov2": DINOV2_IMG_SIZE}
 
 
 @dataclass
@@ -47,12 +50,16 @@ class ModelEntry:
     trained: bool = True
     error: str | None = None
     summary: str | None = None
+    depth: int | None = None
+    family: str | None = None  # dino | dinov2 (None: the file could not be read)
+    registers: int | None = None
 
     def public(self, loaded: bool) -> dict[str, Any]:
         return {"id": self.id, "arch": self.arch, "patch_size": self.patch_size, "num_heads": self.num_heads,
                 "source": self.source, "layout": self.layout, "which": self.which, "loaded": loaded,
                 "available": self.error is None, "trained": self.trained, "error": self.error,
-                "summary": self.summary}
+                "summary": self.summary, "depth": self.depth, "family": self.family,
+                "registers": self.registers, "default_image_size": default_image_size(self.family)}
 
 
 @dataclass
@@ -63,6 +70,40 @@ class LoadedModel:
     model: DinoViT
     info: BackboneInfo
     device: torch.device
+    identity: tuple[object, ...] = ()  # the weights file as loaded: (path, size, mtime_ns)
+
+
+def file_identity(path: Path | None) -> tuple[object, ...]:
+    """(path, size, mtime_ns) of a weights file, () when there is none: a rewritten file is a new identity."""
+    if path is None:
+        return ()
+    try:
+        stat = weights_stat(Path(path))  # a model folder: its model.safetensors
+    except OSError:
+        return (str(path),)
+    return (str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def arch_depth(arch: str | None) -> int | None:
+    """Number of blocks of a named architecture, None when the name is not a known one."""
+    spec = ARCHS.get(arch or "")
+    return None if spec is None else spec.depth
+
+
+def is_model_folder(path: Path) -> bool:
+    """A transformers model folder: ``config.json`` and/or ``model.safetensors`` inside a directory."""
+    return path.is_dir() and ((path / "config.json").is_file() or (path / HF_WEIGHTS).is_file())
+
+
+def weights_stat(path: Path) -> os.stat_result:
+    """``stat`` of a weights file, or of a model folder's ``model.safetensors`` (the folder's when absent)."""
+    weights = path / HF_WEIGHTS if path.is_dir() else path
+    return weights.stat() if weights.exists() else path.stat()
+
+
+def default_image_size(family: str | None) -> int | None:
+    """The ``image_size`` used when a request leaves it out: DINO 480, DINOv2 518 (its training size)."""
+    return DEFAULT_IMAGE_SIZES.get(family or "")
 
 
 def card_summary(extra: dict[str, Any]) -> str | None:
@@ -82,12 +123,14 @@ def inspect_file(path: Path, model_id: str) -> list[ModelEntry]:
         return [ModelEntry(model_id, "file", path=path, error=f"cannot load {path.name}: {exc}")]
     summary = card_summary(info.extra)
     entry = ModelEntry(model_id, "file", info.arch, info.patch_size, info.num_heads, path, "teacher",
-                       info.source, info.trained, summary=summary)
+                       info.source, info.trained, summary=summary, depth=info.depth, family=info.family,
+                       registers=info.registers)
     entries = [entry]
     if info.source.startswith("training-"):
         entries.append(ModelEntry(model_id + STUDENT_SUFFIX, "file", info.arch, info.patch_size, info.num_heads,
                                   path, "student", "training-student", info.trained,
-                                  summary=None if summary is None else summary + STUDENT_NOTE))
+                                  summary=None if summary is None else summary + STUDENT_NOTE, depth=info.depth,
+                                  family=info.family, registers=info.registers))
     return entries
 
 
@@ -108,8 +151,8 @@ class ModelRegistry:
         folder = Path(self.settings.checkpoint_dir)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES
-                      and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (
+            (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES) or is_model_folder(p)))
 
     def _file_entries(self) -> list[ModelEntry]:
         files = self._checkpoint_files()
@@ -117,11 +160,12 @@ class ModelRegistry:
         out: list[ModelEntry] = []
         seen: dict[Path, tuple[tuple[int, int], list[ModelEntry]]] = {}
         for path in files:
-            stat = path.stat()
+            stat = weights_stat(path)
             key = (stat.st_mtime_ns, stat.st_size)
             cached = self._files.get(path)
             if cached is None or cached[0] != key:
                 model_id = path.stem if stems.count(path.stem) == 1 or path.suffix == ".pth" else path.name
+                model_id = path.name if path.is_dir() else model_id
                 cached = (key, inspect_file(path, model_id))
             seen[path] = cached
             out.extend(cached[1])
@@ -136,8 +180,10 @@ class ModelRegistry:
             if not cached and not self.settings.allow_downloads:
                 error = "not in the cache and downloads are off (DINO_ALLOW_DOWNLOADS=false)"
             out.append(ModelEntry(model_id, "zoo", spec.arch, spec.patch_size, spec.num_heads,
-                                  spec.cache_path(self.settings.cache_dir), layout="backbone", error=error,
-                                  summary=spec.summary))
+                                  spec.cache_path(self.settings.cache_dir),
+                                  layout="authors" if spec.family == "dinov2" else "backbone", error=error,
+                                  summary=spec.summary, depth=arch_depth(spec.arch), family=spec.family,
+                                  registers=spec.registers))
         return out
 
     def _placeholder_entries(self) -> list[ModelEntry]:
@@ -145,7 +191,8 @@ class ModelRegistry:
         if not path.exists():
             return []
         return [ModelEntry(PLACEHOLDER_ID, "placeholder", "vit_small", 16, 6, path, layout="safetensors",
-                           trained=False, summary=PLACEHOLDER_SUMMARY)]
+                           trained=False, summary=PLACEHOLDER_SUMMARY, depth=arch_depth("vit_small"),
+                           family="dino", registers=0)]
 
     def entries(self) -> list[ModelEntry]:
         """Every model, rescanning the checkpoint folder (files unchanged since last scan are not re-read)."""
@@ -186,14 +233,16 @@ class ModelRegistry:
         if entry.error is not None and entry.source != "zoo":  # zoo: fetch retries and says why
             raise ModelUnavailable(f"model {model_id!r} is unavailable: {entry.error}")
         with self._lock:
-            if model_id in self._loaded:
+            current = self._loaded.get(model_id)
+            if current is not None and current.identity == file_identity(entry.path):
                 self._loaded.move_to_end(model_id)
-                return self._loaded[model_id]
+                return current
             load_lock = self._load_locks.setdefault(model_id, threading.Lock())
         with load_lock:
             with self._lock:
-                if model_id in self._loaded:
-                    return self._loaded[model_id]
+                current = self._loaded.get(model_id)
+                if current is not None and current.identity == file_identity(entry.path):
+                    return current
             loaded = self._load(entry)
             with self._lock:
                 self._loaded[model_id] = loaded
@@ -208,7 +257,7 @@ class ModelRegistry:
         if entry.source == "zoo":
             try:
                 path = zoo.fetch(entry.id, s.cache_dir, s.download_base_url, s.allow_downloads,
-                                 s.download_timeout_s, s.download_max_s)
+                                 s.download_timeout_s, s.download_max_s, s.dinov2_download_base_url)
             except ModelUnavailable as exc:
                 self._zoo_errors[entry.id] = exc.detail
                 raise
@@ -224,7 +273,7 @@ class ModelRegistry:
         model.set_fused_attention(True)
         model = model.to(self.device).eval().requires_grad_(False)
         log.info("loaded model %s (%s/%d, %s) on %s", entry.id, info.arch, info.patch_size, info.source, self.device)
-        return LoadedModel(entry, model, info, self.device)
+        return LoadedModel(entry, model, info, self.device, file_identity(path))
 
     def note_zoo_error(self, model_id: str, detail: str) -> None:
         """Show a failed zoo download in GET /models (a later request still retries it)."""

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from fastapi.responses import Response
 
+from backend.overlay_render import OVERLAY_MIME
+from backend.registers import register_arrays, register_json
 from backend.service import Analysis, best_head
 
 
@@ -22,6 +24,8 @@ def _meta(a: Analysis) -> dict[str, Any]:
         "grid": [h // info.patch_size, w // info.patch_size], "image_size": [h, w],
         "params": a.params.model_dump(exclude={"model"}),
         "timings_ms": {k: round(v, 3) for k, v in a.timings_ms.items()},
+        "layer": a.layer, "depth": len(a.loaded.model.blocks), "cached": a.cached,
+        "family": info.family, "registers": info.registers,
     }
 
 
@@ -32,12 +36,37 @@ def analysis_dict(a: Analysis) -> dict[str, Any]:
     out["mean_attention"] = a.maps.mean_attention.tolist()
     out["masks"] = a.maps.masks.astype(np.uint8).tolist()
     out["coverage"] = a.maps.coverage
+    out.update(_extras_json(a))
+    out.update(register_json(a.registers, a.params.query is not None))
     if a.overlays is not None:
         out["overlays"] = a.overlays
+        out["overlay_mime"] = OVERLAY_MIME[a.params.overlay_format]
     if a.iou is not None:
         out["iou"] = a.iou
         out["best_head"] = best_head(a.iou)
         out["best_iou"] = a.iou[out["best_head"]]
+    return out
+
+
+def _extras_arrays(a: Analysis) -> dict[str, np.ndarray]:
+    """The optional arrays of the reply: query maps, PCA picture and foreground."""
+    e, out = a.extras, {}
+    if e is None:
+        return out
+    if e.query_attentions is not None and e.query_mean is not None:
+        out["query_attentions"], out["query_mean"] = e.query_attentions, e.query_mean
+    if e.pca_rgb is not None and e.pca_fg is not None:
+        out["pca_rgb"], out["pca_fg"] = e.pca_rgb, e.pca_fg.astype(np.uint8)
+    return out
+
+
+def _extras_json(a: Analysis) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v.tolist() for k, v in _extras_arrays(a).items()}
+    if a.extras is not None and a.extras.query is not None:
+        out["query"] = list(a.extras.query)
+    if a.extras is not None and a.extras.composite_colors is not None:
+        out["composite_heads"] = a.extras.heads
+        out["composite_colors"] = a.extras.composite_colors
     return out
 
 
@@ -50,7 +79,12 @@ def _arrays(a: Analysis, prefix: str = "") -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {
         "attentions": a.maps.attentions, "mean_attention": a.maps.mean_attention,
         "masks": a.maps.masks.astype(np.uint8), "coverage": np.asarray(a.maps.coverage, dtype=np.float32),
+        **_extras_arrays(a),
+        **register_arrays(a.registers, a.loaded.info.num_heads, a.params.query is not None),
     }
+    if a.extras is not None and a.extras.composite_colors is not None:
+        arrays["composite_colors"] = np.asarray(a.extras.composite_colors, dtype=np.uint8)
+        meta["composite_heads"] = a.extras.heads
     if a.iou is not None:
         arrays["iou"] = np.asarray(a.iou, dtype=np.float32)
         meta["best_head"], meta["best_iou"] = best_head(a.iou), a.iou[best_head(a.iou)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backend.errors import InvalidParameter
 
@@ -16,6 +16,12 @@ _ALLOWED = {
     "format": "json or npz",
     "overlays": "true or false",
     "model": "an id from GET /models",
+    "layer": "a block index 0 .. depth-1, or -depth .. -1 counting from the last block",
+    "query": "a patch as \"row,col\" or [row, col] (0-based, inside the patch grid)",
+    "composite": "true or false",
+    "heads": "head indices as a list [0, 2] or \"0,2\" (each 0 .. heads-1, no repeats)",
+    "pca": "true or false",
+    "overlay_format": "png, jpeg or webp",
 }
 
 
@@ -25,11 +31,42 @@ class AttentionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     model: str | None = Field(None, min_length=1, max_length=256, description="an id from GET /models")
-    image_size: int = Field(480, ge=1, le=MAX_IMAGE_SIZE_SCHEMA, description="short side (keep_aspect) or side")
+    image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE_SCHEMA,
+                                   description="short side (keep_aspect) or side; default: the model's "
+                                               "default_image_size (DINO 480, DINOv2 518)")
     resize: Literal["keep_aspect", "square"] = "keep_aspect"
     threshold: float = Field(0.6, gt=0, le=1, description="fraction of attention mass each mask keeps")
     overlays: bool = True
     format: Literal["json", "npz"] = "json"
+    layer: int = Field(-1, description="block whose attention is shown; -1 is the last")
+    query: tuple[int, int] | None = Field(None, description="patch (row, col) whose attention is added")
+    composite: bool = Field(False, description="add the paper's Figure 3 colour composite of the chosen heads")
+    heads: list[int] | None = Field(None, max_length=1024, description="heads of the composite (default all)")
+    pca: bool = Field(False, description="add the first three principal components of the patch tokens")
+    overlay_format: Literal["png", "jpeg", "webp"] = "png"
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _query_text(cls, value: Any) -> Any:
+        return _int_list(value, "row,col")
+
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _heads_text(cls, value: Any) -> Any:
+        return _int_list(value, "0,2,5")
+
+
+def _int_list(value: Any, example: str) -> Any:
+    """``"1,2"`` (a form field) -> ``[1, 2]``; ``""`` -> None; anything else is left to pydantic."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().strip("[]()")
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise ValueError(f"expected integers like \"{example}\", got {value!r}") from exc
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -7,16 +7,23 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from PIL import Image
 
 from backend import zoo
+from backend.block_maps import RawMaps
 from backend.errors import InvalidParameter, ModelUnavailable, ServiceError
+from backend.explore import Extras, check_heads, check_query, derive_extras, static_overlays, threshold_overlays
 from backend.images import Prepared, check_processed_size, decode_image, decode_mask, prepare, prepare_mask
-from backend.inference import InferenceEngine, MapSet, derive_maps, head_ious, render_overlays
+from backend.inference import InferenceEngine, MapSet, derive_maps, head_ious
+from backend.map_cache import MapCache, image_digest
 from backend.metrics import ServiceMetrics
 from backend.placeholder import PLACEHOLDER_ID, ensure_placeholder
-from backend.registry import LoadedModel, ModelRegistry
+from backend.registers import RegisterAttention, register_attention
+from backend.registry import LoadedModel, ModelRegistry, default_image_size
 from backend.schemas import AttentionParams
 from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID, Settings
+from trainer.model.block_attention import resolve_layer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,27 @@ class Analysis:
     iou: list[float] | None = None
     overlays: dict[str, object] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    extras: Extras | None = None
+    layer: int = -1  # the block shown, 0 .. depth-1
+    cached: bool = False  # the maps came from the map cache: the model did not run
+    registers: RegisterAttention | None = None  # attention that went to register tokens
+
+
+@dataclass
+class CachedImage:
+    """A map-cache value: the processed image, its sizes, and what the model computed for it."""
+
+    image: Image.Image
+    resized_size: tuple[int, int]
+    source_size: tuple[int, int]
+    raw: RawMaps
+    static: dict[str, dict[str, object]] = field(default_factory=dict)  # overlay format -> pictures
+
+    @property
+    def nbytes(self) -> int:
+        pictures = sum(len(v) if isinstance(v, str) else sum(len(x) for x in v)  # type: ignore[union-attr]
+                       for by_format in self.static.values() for v in by_format.values())
+        return self.raw.nbytes + 3 * self.image.width * self.image.height + pictures
 
 
 class AttentionService:
@@ -45,6 +73,7 @@ class AttentionService:
         self.default_model: str | None = None
         self.default_error: str | None = None
         self.ready = False
+        self.cache: MapCache[CachedImage] = MapCache(settings.cache_entries, settings.cache_bytes)
 
     def choose_default(self) -> str:
         """The default model id: the first of
@@ -100,35 +129,112 @@ class AttentionService:
         self.metrics.loaded_models.set(len(self.registry.loaded_ids()))
         return loaded
 
+    def compute_maps(self, loaded: LoadedModel, tensor: torch.Tensor, layer: int = -1,
+                     query: tuple[int, int] | None = None, pca: bool = False) -> RawMaps:
+        """Block ``layer``'s attention rows (CLS, and ``query``) for one prepared image ``(1, 3, h, w)``.
+
+        The model step of every analysis: holds an inference slot and records the inference time.
+        """
+        index = self.resolve_layer(loaded, layer)
+        with self.engine.slot():
+            self.metrics.in_flight.inc()
+            t0 = time.perf_counter()
+            try:
+                raw = self.engine.block_maps(loaded.model, tensor, loaded.device, index, query, pca)
+            finally:
+                self.metrics.in_flight.dec()
+        self.metrics.inference.labels(loaded.entry.id).observe(time.perf_counter() - t0)
+        return raw
+
+    @staticmethod
+    def resolve_layer(loaded: LoadedModel, layer: int) -> int:
+        """``layer`` as 0 .. depth-1, or 422 stating the valid range."""
+        try:
+            return resolve_layer(len(loaded.model.blocks), layer)
+        except ValueError as exc:
+            raise InvalidParameter(f"{exc} (model {loaded.entry.id})") from exc
+
+    def _lookup(self, loaded: LoadedModel, params: AttentionParams, key: tuple[object, ...]) -> CachedImage | None:
+        def usable(value: CachedImage) -> bool:
+            return not params.pca or value.raw.pca_rgb is not None
+
+        hit = self.cache.get(key, usable)
+        self.metrics.map_cache.labels("hit" if hit else "miss").inc()
+        return hit
+
+    def _compute(self, loaded: LoadedModel, params: AttentionParams, image: bytes, layer: int,
+                 times: dict[str, float]) -> CachedImage:
+        s, patch = self.settings, loaded.info.patch_size
+        t0 = time.perf_counter()
+        img = decode_image(image, s.max_upload_bytes, s.max_pixels)
+        check_processed_size(img.width, img.height, params.image_size, params.resize, patch, s.max_image_size)
+        t1 = time.perf_counter()
+        prepared = prepare(img, params.image_size, params.resize, patch, loaded.info.mean, loaded.info.std)
+        w, h = prepared.image.size
+        query = check_query(params.query, (h // patch, w // patch))
+        t2 = time.perf_counter()
+        raw = self.compute_maps(loaded, prepared.tensor, layer, query, params.pca)
+        times.update(decode=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3, model=(time.perf_counter() - t2) * 1e3)
+        return CachedImage(prepared.image, prepared.resized_size, img.size, raw)
+
     def analyse(self, loaded: LoadedModel, params: AttentionParams, image: bytes, gt_mask: bytes | None) -> Analysis:
-        """Decode, preprocess, run the model, derive masks / IoU / overlays; 4xx on bad input."""
+        """Decode, preprocess, run the model (unless the map cache has it), derive masks / IoU / overlays."""
         s, patch, t0 = self.settings, loaded.info.patch_size, time.perf_counter()
+        if params.image_size is None:  # the model's default: DINO 480, DINOv2 518
+            params = params.model_copy(update={"image_size": default_image_size(loaded.info.family)})
         if params.image_size > s.max_image_size:
             raise InvalidParameter(f"image_size {params.image_size} is above the limit; use {patch} to "
                                    f"{s.max_image_size}")
-        img = decode_image(image, s.max_upload_bytes, s.max_pixels)
-        check_processed_size(img.width, img.height, params.image_size, params.resize, patch, s.max_image_size)
-        gt = None if gt_mask is None else decode_mask(gt_mask, s.max_upload_bytes, s.max_pixels, img.size)
+        layer = self.resolve_layer(loaded, params.layer)
+        heads = check_heads(params.heads, loaded.info.num_heads)
+        key = (loaded.entry.id, loaded.identity, image_digest(image), params.image_size, params.resize, layer,
+               params.query)
+        times = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
+        entry = self._lookup(loaded, params, key)
+        cached = entry is not None
+        if entry is None:
+            entry = self._compute(loaded, params, image, layer, times)
+            self.cache.put(key, entry)
         t1 = time.perf_counter()
-        prepared = prepare(img, params.image_size, params.resize, patch, loaded.info.mean, loaded.info.std)
-        gt_bool = None if gt is None else prepare_mask(gt, prepared)
+        out = self._derive(loaded, params, entry, gt_mask, heads)
+        out.layer, out.cached = layer, cached
+        if params.overlays:
+            out.overlays = self._overlays(key, entry, out)
         t2 = time.perf_counter()
-        with self.engine.slot():
-            self.metrics.in_flight.inc()
-            try:
-                attn = self.engine.cls_attention(loaded.model, prepared.tensor, loaded.device)
-            finally:
-                self.metrics.in_flight.dec()
-        t3 = time.perf_counter()
-        self.metrics.inference.labels(loaded.entry.id).observe(t3 - t2)
-        maps = derive_maps(attn, params.threshold)
-        out = Analysis(loaded, params, prepared, maps)
-        out.iou = None if gt_bool is None else head_ious(maps.masks, gt_bool, patch)
-        out.overlays = render_overlays(prepared.image, maps, patch) if params.overlays else None
-        t4 = time.perf_counter()
-        out.timings_ms = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "model": (t3 - t2) * 1e3,
-                          "postprocess": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
+        post = (t2 - t1) * 1e3 - out.timings_ms.get("overlays", 0.0)
+        other = (t1 - t0) * 1e3 - sum(times.values())
+        times["decode"] += other  # hashing the image and the cache lookup count as decoding
+        out.timings_ms = {**times, "postprocess": post, "overlays": out.timings_ms.get("overlays", 0.0),
+                          "total": (t2 - t0) * 1e3}
         return out
+
+    def _derive(self, loaded: LoadedModel, params: AttentionParams, entry: CachedImage, gt_mask: bytes | None,
+                heads: list[int]) -> Analysis:
+        s, patch = self.settings, loaded.info.patch_size
+        prepared = Prepared(torch.empty(0), entry.image, entry.resized_size)
+        gt = None if gt_mask is None else decode_mask(gt_mask, s.max_upload_bytes, s.max_pixels, entry.source_size)
+        maps = derive_maps(torch.from_numpy(entry.raw.cls_maps()), params.threshold)
+        out = Analysis(loaded, params, prepared, maps)
+        out.extras = derive_extras(entry.raw, heads, params.composite, params.pca)
+        out.registers = register_attention(entry.raw)
+        out.iou = None if gt is None else head_ious(maps.masks, prepare_mask(gt, prepared), patch)
+        return out
+
+    def _overlays(self, key: tuple[object, ...], entry: CachedImage, out: Analysis) -> dict[str, object]:
+        """The pictures; those a threshold does not change come from the cache entry after the first time."""
+        t0, fmt, patch = time.perf_counter(), out.params.overlay_format, out.loaded.info.patch_size
+        assert out.extras is not None
+        base = np.asarray(entry.image)
+        static = entry.static.get(fmt)
+        if static is None:
+            extras = derive_extras(entry.raw, out.extras.heads, False, True)
+            static = static_overlays(base, out.maps, extras, patch, fmt)
+            entry.static[fmt] = static
+            self.cache.put(key, entry)  # stored again: the cache counts the pictures' bytes
+        pictures = {k: v for k, v in static.items() if out.params.pca or k not in ("pca", "pca_fg")}
+        pictures.update(threshold_overlays(base, out.maps.masks, out.extras, patch, fmt))
+        out.timings_ms["overlays"] = (time.perf_counter() - t0) * 1e3
+        return pictures
 
 
 def best_head(iou: list[float]) -> int:

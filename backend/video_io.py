@@ -19,11 +19,12 @@ import av
 import numpy as np
 from PIL import Image
 
-from backend.errors import BadRequest, ServiceError, TooLarge
+from backend.errors import ServiceError, TooLarge
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi")
 DEFAULT_FPS_CAP = 30.0
+TIME_TOLERANCE_S = 0.01  # container timestamps are rounded (GIF: centiseconds, WebM: ms)
 # File signatures of the containers we accept: a file that starts like one but will not open is truncated.
 _SIGNATURES = (b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3", b"RIFF")
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
@@ -48,12 +49,6 @@ class VideoInfo:
     frames: int  # the stream's frame count, estimated from duration x rate when the container lacks it
     codec: str
     container: str
-    pix_fmt: str
-
-    @property
-    def browser_playable(self) -> bool:
-        """H.264 yuv420p in an MP4 container plays in every browser as it is."""
-        return self.codec == "h264" and self.pix_fmt == "yuv420p" and "mp4" in self.container
 
 
 def looks_like_video(head: bytes) -> bool:
@@ -102,7 +97,7 @@ def probe(path: Path, max_duration_s: float, max_pixels: int) -> VideoInfo:
         first = _first_frame(container, stream)
         frames = stream.frames or max(1, round(duration * rate))
         return VideoInfo(width or first.width, height or first.height, rate, duration, frames,
-                         stream.codec_context.name, container.format.name, stream.codec_context.pix_fmt or "")
+                         stream.codec_context.name, container.format.name)
 
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame:
@@ -129,7 +124,7 @@ def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[flo
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start, taken, next_t, eps = None, 0, 0.0, 1e-6
+        start, taken, next_t, eps = None, 0, 0.0, TIME_TOLERANCE_S
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else taken / fps
@@ -139,18 +134,13 @@ def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[flo
                     continue
                 yield t, frame.to_image()
                 taken += 1
-                next_t = (math.floor(t * fps + eps) + 1) / fps
+                next_t = (math.floor((t + eps) * fps) + 1) / fps
                 if taken >= max_frames:
                     return
         except av.error.FFmpegError as exc:
             if taken == 0:
                 raise BadVideo(f"the video cannot be decoded ({exc})", code="truncated_video") from exc
             log.warning("decoding stopped after %d frames: %s", taken, exc)
-
-
-def count_samples(path: Path, fps: float) -> int:
-    """How many frames ``sample_frames`` would yield without a cap (decodes the whole stream)."""
-    return sum(1 for _ in sample_frames(path, fps, 2**31))
 
 
 def even_rgb(frame: np.ndarray) -> np.ndarray:

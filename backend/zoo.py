@@ -1,4 +1,9 @@
-"""The authors' pretrained DINO backbones: ids, URLs, and atomic, verified downloads."""
+"""The authors' pretrained DINO and DINOv2 backbones: ids, URLs, and atomic, verified downloads.
+
+DINO files sit at ``<base>/<name>/<name>.pth`` (``DINO_DOWNLOAD_BASE_URL``). DINOv2's path
+pattern differs (``dinov2_vits14/dinov2_vits14_reg4_pretrain.pth``), so each DINOv2 entry holds
+its full URL; ``DINO_DINOV2_DOWNLOAD_BASE_URL`` re-roots those URLs onto a mirror.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _MAX_DOWNLOAD_BYTES = 2 << 30
 _ARCH_NAMES = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L"}
+DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,14 @@ class ZooModel:
     arch: str
     patch_size: int
     num_heads: int
+    family: str = "dino"
+    registers: int = 0
+    full_url: str | None = None  # DINOv2: the authors' URL (under DINOV2_BASE_URL)
 
-    def url(self, base_url: str) -> str:
+    def url(self, base_url: str, dinov2_base_url: str = DINOV2_BASE_URL) -> str:
+        """Where to download from: DINO under ``base_url``, DINOv2 its URL re-rooted on ``dinov2_base_url``."""
+        if self.full_url is not None:
+            return dinov2_base_url.rstrip("/") + self.full_url[len(DINOV2_BASE_URL):]
         return f"{base_url.rstrip('/')}/{self.name}/{self.name}.pth"
 
     def cache_path(self, cache_dir: Path) -> Path:
@@ -39,7 +51,16 @@ class ZooModel:
     def summary(self) -> str:
         """The model card line shown by GET /models and the app."""
         arch = _ARCH_NAMES.get(self.arch, self.arch)
+        if self.family == "dinov2":
+            regs = f", {self.registers} registers (Darcet et al. 2023)" if self.registers else ""
+            return f"Official DINOv2 weights (Oquab et al. 2023), {arch}/{self.patch_size}{regs}, LVD-142M"
         return f"Official DINO weights (Caron et al. 2021), {arch}/{self.patch_size}, ImageNet-1k"
+
+
+def _dinov2(size: str, arch: str, heads: int, registers: int) -> ZooModel:
+    base = f"dinov2_vit{size}14"
+    name = f"{base}_reg{registers}_pretrain" if registers else f"{base}_pretrain"
+    return ZooModel(name, arch, 14, heads, "dinov2", registers, f"{DINOV2_BASE_URL}/{base}/{name}.pth")
 
 
 ZOO: dict[str, ZooModel] = {
@@ -47,6 +68,10 @@ ZOO: dict[str, ZooModel] = {
     "dino_vits8": ZooModel("dino_deitsmall8_pretrain", "vit_small", 8, 6),
     "dino_vitb16": ZooModel("dino_vitbase16_pretrain", "vit_base", 16, 12),
     "dino_vitb8": ZooModel("dino_vitbase8_pretrain", "vit_base", 8, 12),
+    "dinov2_vits14": _dinov2("s", "vit_small", 6, 0),
+    "dinov2_vits14_reg": _dinov2("s", "vit_small", 6, 4),
+    "dinov2_vitb14": _dinov2("b", "vit_base", 12, 0),
+    "dinov2_vitb14_reg": _dinov2("b", "vit_base", 12, 4),
 }
 _locks: dict[str, threading.Lock] = {name: threading.Lock() for name in ZOO}
 
@@ -73,14 +98,16 @@ def _stream_to(url: str, target: Path, timeout_s: float, deadline_s: float) -> N
 def _verify(path: Path, model: ZooModel) -> None:
     """Strict load; the architecture must be the one the id promises."""
     backbone, info = load_backbone(path)
-    if info.patch_size != model.patch_size or info.num_heads != model.num_heads:
-        raise CheckpointError(f"downloaded file is {info.arch}/{info.patch_size}, expected "
-                              f"{model.arch}/{model.patch_size}")
+    got = (info.family, info.patch_size, info.num_heads, info.registers)
+    if got != (model.family, model.patch_size, model.num_heads, model.registers):
+        raise CheckpointError(f"downloaded file is {info.arch}/{info.patch_size} ({info.family}, {info.registers} "
+                              f"registers), expected {model.arch}/{model.patch_size} ({model.family}, "
+                              f"{model.registers} registers)")
     del backbone
 
 
 def fetch(model_id: str, cache_dir: Path, base_url: str, allow: bool, timeout_s: float = 5.0,
-          deadline_s: float = 600.0) -> Path:
+          deadline_s: float = 600.0, dinov2_base_url: str = DINOV2_BASE_URL) -> Path:
     """Path of the cached official checkpoint, downloading it first (atomically) if needed.
 
     Raises :class:`ModelUnavailable` (HTTP 503) when downloads are off or fail.
@@ -96,16 +123,15 @@ def fetch(model_id: str, cache_dir: Path, base_url: str, allow: bool, timeout_s:
     with _locks[model_id]:
         if final.exists():
             return final
-        return _download(model_id, model, final, base_url, timeout_s, deadline_s)
+        return _download(model_id, model, final, model.url(base_url, dinov2_base_url), timeout_s, deadline_s)
 
 
-def _download(model_id: str, model: ZooModel, final: Path, base_url: str, timeout_s: float,
+def _download(model_id: str, model: ZooModel, final: Path, url: str, timeout_s: float,
               deadline_s: float) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".part.pth", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    url = model.url(base_url)
     try:
         log.info("downloading %s from %s", model_id, url)
         _stream_to(url, tmp, timeout_s, deadline_s)

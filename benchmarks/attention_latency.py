@@ -1,9 +1,9 @@
 """Attention-map latency: the service's fast path against the straightforward all-explicit path.
 
-    python benchmarks/attention_latency.py                     # ViT-S/16 and ViT-S/8 at 480x480, fp32
-    python benchmarks/attention_latency.py --precision bf16    # the service with bf16 autocast
-    python benchmarks/attention_latency.py --quick             # fewer repeats, 1 and 4 clients
-    python benchmarks/attention_latency.py --tiny --no-http    # a seconds-long smoke run
+    python -m benchmarks.attention_latency                     # ViT-S/16 and ViT-S/8 at 480x480, fp32
+    python -m benchmarks.attention_latency --precision bf16    # the service with bf16 autocast
+    python -m benchmarks.attention_latency --quick             # fewer repeats, 1 and 4 clients
+    python -m benchmarks.attention_latency --tiny --no-http    # a seconds-long smoke run
 
 Measured in one run, per architecture (random init: timing does not depend on the weights):
 
@@ -32,7 +32,6 @@ import argparse
 import io
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,15 +44,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from backend.responses import analysis_dict, json_response  # noqa: E402
-from backend.schemas import AttentionParams  # noqa: E402
-from backend.service import AttentionService  # noqa: E402
-from backend.settings import Settings  # noqa: E402
-from benchmarks.serving import uvicorn_process  # noqa: E402
-from trainer.model.checkpoint import export_backbone_safetensors  # noqa: E402
-from trainer.model.vit import DinoViT, build_vit  # noqa: E402
+from backend.responses import analysis_dict, json_response
+from backend.schemas import AttentionParams
+from backend.service import AttentionService
+from backend.settings import Settings
+from benchmarks.serving import uvicorn_process
+from trainer.model.checkpoint import export_backbone_safetensors
+from trainer.model.vit import DinoViT, build_vit
 
 ARCHS = {"vit_s16": ("vit_small", 16), "vit_s8": ("vit_small", 8)}
 TINY_ARCHS = {"tiny_p8": ("tiny", 8)}

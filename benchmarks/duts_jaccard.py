@@ -8,24 +8,21 @@ lives in ``trainer/eval/seg.py``; this script extracts the data and picks the mo
 ``../shared/data/README.md`` gives 20.7 for a randomly initialised ViT-S/16 on 200 images,
 measured with the authors' code.
 
-    python benchmarks/duts_jaccard.py --arch vit_small --patch_size 16 --images 200
-    python benchmarks/duts_jaccard.py --checkpoint checkpoints/x.safetensors
+    python -m benchmarks.duts_jaccard --arch vit_small --patch_size 16 --images 200
+    python -m benchmarks.duts_jaccard --checkpoint checkpoints/x.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tarfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainer.eval.seg import evaluate_folder, summary_lines  # noqa: E402
-from trainer.model.checkpoint import load_backbone  # noqa: E402
-from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit  # noqa: E402
+from trainer.eval.seg import evaluate_folder, summary_lines
+from trainer.model.checkpoint import load_backbone
+from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "duts-te-1k.tar.gz"

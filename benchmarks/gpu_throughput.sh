@@ -2,18 +2,20 @@
 # DINO training throughput on one GPU: ViT-S/16, 2x224 + 10x96 crops, batch 64 and 128,
 # synthetic and real JPEGs, our default path against the authors' baseline path.
 #
-# 1. Here (a machine with ../shared/data), once: build the real-JPEG set, CIFAR-10 upscaled
-#    to 256 px (about 31 MB, git-ignored):
+# 1. Once, where the CIFAR-10 archive is (CIFAR_ARCHIVE, default ../shared/data/cifar10-jpg.tar.gz):
+#    build the real-JPEG set, CIFAR-10 upscaled to 256 px (about 31 MB, in .data/, git-ignored):
 #        bash benchmarks/gpu_throughput.sh prepare
-# 2. On the GPU machine (device tool), carrying that folder, within about 8 minutes:
-#        run(command="bash benchmarks/gpu_throughput.sh", carry=[".data/cifar10_up256"], timeout_s=540)
+#    (copy .data/cifar10_up256 to the GPU machine if that is another one: docs/TRAINING.md).
+# 2. On the GPU machine, from the repository root:
+#        bash benchmarks/gpu_throughput.sh
 #    It prints one summary line per run (img/s, MFU, peak memory, data-wait fraction) and
-#    writes every run's JSON plus gpu_throughput.json under $OUT (or runs/gpu_throughput).
+#    writes every run's JSON plus gpu_throughput.json under $OUT_DIR (default runs/gpu_throughput).
 #
 # The default path: batched JPEG decode (nvjpeg) + GPU multi-crop, bf16, SDPA, torch.compile,
 # fused AdamW. The baseline: PIL multi-crop in workers, fp16, no compile, explicit attention.
-# Runs go in priority order; a run is skipped when too little of the budget is left.
-# CPU smoke run of this script: OUT=/tmp/gt PYTHON=.venv/bin/python WARMUP=1 ITERS=2 EXTRA_ARGS="--device cpu
+# Runs go in priority order; with BUDGET_S set (seconds for the whole script, default: no limit),
+# a run is skipped when too little of it is left.
+# CPU smoke run of this script: OUT_DIR=/tmp/gt PYTHON=.venv/bin/python WARMUP=1 ITERS=2 EXTRA_ARGS="--device cpu
 #   --arch vit_tiny --patch_size 8 --global_crops_size 32 --local_crops_size 16 --local_crops_number 2
 #   --out_dim 128 --batch_size_per_gpu 4 --threads 1 --num_workers 1 --synthetic_size 64 48" bash benchmarks/gpu_throughput.sh
 set -uo pipefail
@@ -49,9 +51,9 @@ EOF
 
 if [ "${1:-}" = "prepare" ]; then prepare; exit 0; fi
 
-OUT_DIR="${OUT:-runs/gpu_throughput}"
+OUT_DIR="${OUT_DIR:-runs/gpu_throughput}"
 mkdir -p "$OUT_DIR"
-BUDGET_S="${BUDGET_S:-470}"
+BUDGET_S="${BUDGET_S:-1000000}"
 START=$SECONDS
 COMMON=(--arch vit_small --patch_size 16 --global_crops_size 224 --local_crops_size 96 --local_crops_number 10
         --device cuda --warmup "${WARMUP:-6}" --iters "${ITERS:-40}" --synthetic_images 384 --prefetch_factor 2)
@@ -67,7 +69,7 @@ bench() {  # bench NAME MIN_SECONDS ARGS...: one run, skipped when the budget is
   if [ "$left" -lt "$need" ]; then echo "SKIPPED $name: ${left}s of the budget left, needs ${need}s"; return; fi
   echo "=== $name (${left}s left)"
   # shellcheck disable=SC2086  # EXTRA_ARGS (word-split on purpose) overrides anything, e.g. for a CPU smoke run
-  timeout --kill-after=10 "$left" "${PYTHON}" benchmarks/train_throughput.py "${COMMON[@]}" "$@" ${EXTRA_ARGS:-} \
+  timeout --kill-after=10 "$left" "${PYTHON}" -m benchmarks.train_throughput "${COMMON[@]}" "$@" ${EXTRA_ARGS:-} \
     --json "$OUT_DIR/$name.json" 2>"$OUT_DIR/$name.log" | grep -v '^$'
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "FAILED $name (rc $rc); last log lines:"; tail -n 15 "$OUT_DIR/$name.log"; }

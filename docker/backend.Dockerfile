@@ -1,23 +1,26 @@
-# syntax=docker/dockerfile:1
 # The attention service (backend/) with CPU-only PyTorch. Build from the repository root:
 #   docker build -f docker/backend.Dockerfile -t dino-backend .
-ARG PYTHON_VERSION=3.11
+# Build args (docs/DOCKER.md): BASE_IMAGE (any Debian-like image with python3, venv and pip),
+# TORCH_INDEX_URL, WHEELHOUSE (offline builds), CA_DIR (a proxy's CA, build stage only).
+# The image holds the service and trainer/model only: no training code, no CUDA, no weights.
+ARG BASE_IMAGE=python:3.11-slim
 
 # -- build stage: a virtual environment with every dependency (wheels only) ------------------
-FROM python:${PYTHON_VERSION}-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" "torchvision>=0.19"
-COPY docker/requirements-backend.txt /tmp/requirements-backend.txt
-RUN pip install -r /tmp/requirements-backend.txt
+FROM ${BASE_IMAGE} AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu WHEELHOUSE=docker/wheelhouse CA_DIR=docker/certs
+COPY ${CA_DIR}/ /tmp/certs/
+COPY ${WHEELHOUSE}/ /tmp/wheelhouse/
+COPY docker/pip_install.sh docker/requirements-backend.txt /tmp/
+RUN sh /tmp/pip_install.sh /tmp/requirements-backend.txt torch torchvision
 
-# -- final stage: the slim base, the venv and the sources; no compilers, no pip cache --------
-FROM python:${PYTHON_VERSION}-slim
+# -- final stage: the base, the venv and the sources; no compilers, no pip cache, no CA ------
+FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/dino \
     MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/cache \
     DINO_HOST=0.0.0.0 \
     DINO_PORT=8000 \
     DINO_CHECKPOINT_DIR=/app/checkpoints \
@@ -26,12 +29,16 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN useradd --create-home --uid 10001 --user-group dino \
     && mkdir -p /app/checkpoints /cache \
     && chown dino:dino /cache
-COPY --from=build /opt/venv /opt/venv
+# Metadata and sources before the large venv: with a copying storage driver (vfs) every step
+# copies the whole filesystem, so steps are cheapest while it is small.
 WORKDIR /app
-COPY trainer/ trainer/
-COPY backend/ backend/
 USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=5 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"]
 CMD ["python", "-m", "backend"]
+COPY trainer/__init__.py /app/trainer/__init__.py
+COPY trainer/model/ /app/trainer/model/
+COPY backend/ /app/backend/
+# the environment last: one large step, after the small ones
+COPY --from=build /opt/venv /opt/venv

@@ -71,3 +71,26 @@ def ref_masks(cls_attn: torch.Tensor, threshold: float) -> torch.Tensor:
     unsort = torch.argsort(idx)
     out = torch.stack([th[h][unsort[h]] for h in range(heads)])
     return out.reshape(cls_attn.shape)
+
+
+def ref_block_readout(sd: dict, img: torch.Tensor, heads: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(full attention of block ``layer`` (B, heads, 1+N, 1+N), that block's output tokens).
+
+    Every block up to ``layer`` runs explicitly; the tokens get the final norm only when ``layer``
+    is the last block (as the authors' ``get_intermediate_layers`` returns them).
+    """
+    w = sd["patch_embed.proj.weight"]
+    p = w.shape[-1]
+    x = F.conv2d(img, w, sd["patch_embed.proj.bias"], stride=p)
+    gh, gw = x.shape[-2:]
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([sd["cls_token"].expand(x.shape[0], -1, -1), x], dim=1)
+    x = x + ref_pos_embed(sd["pos_embed"], gh, gw)
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    layer = layer % depth
+    attn = None
+    for i in range(layer + 1):
+        x, attn = _block(x, sd, i, heads)
+    if layer == depth - 1:
+        x = _layer_norm(x, sd, "norm")
+    return attn, x

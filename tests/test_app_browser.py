@@ -118,7 +118,7 @@ def test_upload_threshold_download_and_screenshot(page, tmp_path):
         summary = json.loads(archive.read("result.json"))
         arrays = np.load(io.BytesIO(archive.read("attention.npz")))
         assert arrays["masks"].shape == (HEADS, 12, 18) and "iou" in arrays
-    assert {f"overlays/head_{i:02d}.png" for i in range(HEADS)} <= names
+    assert {f"overlays/head_{i:02d}.jpg" for i in range(HEADS)} <= names
     assert summary["model"] == MODEL_IDS[-1] and summary["request"]["threshold"] == new_threshold
 
     shot = tmp_path / "app.png"

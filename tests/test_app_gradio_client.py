@@ -6,6 +6,7 @@ import io
 import json
 import zipfile
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -63,7 +64,8 @@ def _download(client: Client) -> tuple[dict, dict[str, np.ndarray], set[str]]:
 
 def test_every_event_has_a_stable_api_name(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/models", "/analyze", "/threshold", "/compare", "/download"} <= names
+    assert {"/models", "/analyze", "/threshold", "/compare", "/download", "/block", "/heads", "/query", "/clear",
+            "/model_controls"} <= names
 
 
 def test_models_come_from_the_service(client):
@@ -82,7 +84,7 @@ def test_analyze_shows_each_head_and_matches_the_paper_masks(client, files):
     assert Image.open(image).size == (64, 64) and Image.open(mean).size == (64, 64)
     assert "**tiny_ep1**" in status and "random-init placeholder" in status and "grid 8×8" in status
     summary, arrays, names = _download(client)
-    assert {f"overlays/head_{i:02d}.png" for i in range(HEADS)} <= names
+    assert {f"overlays/head_{i:02d}.jpg" for i in range(HEADS)} <= names  # the app asks for JPEG overlays
     attn = arrays["attentions"]
     assert attn.shape == (HEADS, 8, 8) and np.all(attn > 0)
     assert np.all(attn.reshape(HEADS, -1).sum(1) < 1)  # softmax over CLS + 64 patches, CLS column dropped
@@ -93,7 +95,7 @@ def test_analyze_shows_each_head_and_matches_the_paper_masks(client, files):
 
 
 def test_ground_truth_gives_iou_per_head_and_the_best_head(client, files):
-    _, _, _, _, table, best, _ = _analyse(client, files, 0.6)
+    _, _, _, _, table, best, _ = _analyse(client, files, 0.6)[:7]
     _, arrays, _ = _download(client)
     disc = np.asarray(Image.open(files["mask"])) > 127
     kept = arrays["masks"].astype(bool).repeat(8, axis=1).repeat(8, axis=2)  # patch -> pixels
@@ -145,3 +147,43 @@ def test_service_down_is_a_readable_message():
         with pytest.raises(Exception) as err:
             Client(app.url, verbose=False).predict(api_name="/models")
     assert f"{down} is not reachable" in str(err.value) and "Traceback" not in str(err.value)
+
+
+def _explore(client: Client, files: dict[str, str], api_name: str, threshold: float = 0.6, layer: int = 1,
+             query: str = "", heads: list[int] | None = None) -> tuple:
+    return client.predict(handle_file(files["image"]), MODEL_IDS[-1], 64, "square", threshold, None, layer, query,
+                          list(range(HEADS)) if heads is None else heads, api_name=api_name)
+
+
+def test_model_controls_give_the_block_range_and_the_heads(client):
+    block, heads = client.predict(MODEL_IDS[-1], api_name="/model_controls")
+    assert block["maximum"] == TINY["depth"] - 1 and block["value"] == TINY["depth"] - 1
+    assert [c[1] for c in heads["choices"]] == list(range(HEADS)) and heads["value"] == list(range(HEADS))
+
+
+def test_query_patch_then_threshold_without_a_model_run(client, files, live):
+    out = _explore(client, files, "/query", query="3,5")
+    query_heads, query_mean, caption = out[7:10]
+    assert [item["caption"] for item in query_heads] == [f"head {i}" for i in range(HEADS)]
+    assert Image.open(query_mean).size == (64, 64) and "row 3, col 5" in caption
+    _, arrays, names = _download(client)
+    assert {f"overlays/query_head_{i:02d}.jpg" for i in range(HEADS)} <= names and "overlays/pca.jpg" in names
+    direct = httpx.post(f"{live.backend_url}/attention", files={"image": open(files["image"], "rb").read()},
+                        data={"image_size": "64", "resize": "square", "layer": "1", "query": "3,5",
+                              "overlays": "false"}).json()
+    np.testing.assert_allclose(arrays["query_attentions"], direct["query_attentions"], rtol=1e-6)
+    assert arrays["query_attentions"].shape == (HEADS, 8, 8) and arrays["pca_rgb"].shape == (8, 8, 3)
+    status = _explore(client, files, "/threshold", threshold=0.3, query="3,5")[6]
+    assert "no model run" in status and "threshold 0.3" in status
+
+
+def test_block_heads_and_clear(client, files):
+    _explore(client, files, "/block", layer=0)
+    summary, _, _ = _download(client)
+    assert summary["layer"] == 0 and summary["request"]["layer"] == 0
+    out = _explore(client, files, "/heads", layer=0, heads=[2])
+    assert "head 2" in out[11] and "head 0" not in out[11] and Image.open(out[10]).size == (64, 64)
+    summary, arrays, _ = _download(client)
+    assert summary["composite_heads"] == [2] and arrays["composite_colors"].shape == (1, 3)
+    cleared = _explore(client, files, "/clear", layer=0, query="1,1")
+    assert cleared[0] == "" and cleared[8] == [] and "click a patch" in cleared[10]

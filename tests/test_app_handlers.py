@@ -19,6 +19,7 @@ from app import handlers
 from app.client import BackendError
 
 PATCH = 4
+DEPTH = 5
 
 
 def reference_masks(attn: np.ndarray, threshold: float) -> np.ndarray:
@@ -71,6 +72,27 @@ def fake_result(model: str, heads: int, grid: tuple[int, int], threshold: float,
     return result
 
 
+def add_explore(result: dict, explore: dict) -> dict:
+    """The explorer's fields of docs/API.md, as the service adds them for ``explore``."""
+    heads, (gh, gw) = result["num_heads"], result["grid"]
+    size = (gw * PATCH, gh * PATCH)
+    layer = explore.get("layer", -1)
+    result.update(layer=layer % DEPTH, depth=DEPTH, cached=False)
+    if explore.get("query"):
+        result["query"] = list(explore["query"])
+        result["query_attentions"] = np.full((heads, gh, gw), 1 / (1 + gh * gw)).tolist()
+        result["overlays"]["query_heads"] = [_png((0, 255, 255), size) for _ in range(heads)]
+        result["overlays"]["query_mean"] = _png((0, 250, 250), size)
+    if explore.get("composite"):
+        chosen = explore.get("heads") or list(range(heads))
+        result.update(composite_heads=chosen, composite_colors=[[255, 40 * i, 0] for i in range(len(chosen))])
+        result["overlays"]["composite"] = _png((255, 0, 255), size)
+    if explore.get("pca"):
+        result.update(pca_rgb=np.full((gh, gw, 3), 0.5).tolist(), pca_fg=np.eye(gh, gw, dtype=int).tolist())
+        result["overlays"].update(pca=_png((128, 128, 128), size), pca_fg=_png((10, 10, 10), size))
+    return result
+
+
 class FakeClient:
     base_url = "http://fake:8000"
 
@@ -83,11 +105,12 @@ class FakeClient:
             raise self.error
         return {"default": next(iter(self.heads)), "models": [
             {"id": m, "arch": "vit_test", "patch_size": PATCH, "num_heads": n, "trained": m != "tiny",
-             "available": True} for m, n in self.heads.items()]}
+             "available": True, "depth": DEPTH} for m, n in self.heads.items()]}
 
     def attention(self, image, model=None, image_size=480, resize="keep_aspect", threshold=0.6, overlays=True,
-                  gt_mask=None) -> dict:
-        self.calls.append({"model": model, "image_size": image_size, "threshold": threshold, "gt_mask": gt_mask})
+                  gt_mask=None, **explore) -> dict:
+        self.calls.append({"model": model, "image_size": image_size, "threshold": threshold, "gt_mask": gt_mask,
+                           **explore})
         if self.error:
             raise self.error
         if self.reply is not None:
@@ -95,8 +118,9 @@ class FakeClient:
         model = model or next(iter(self.heads))
         gt = np.zeros((6, 8), dtype=bool)
         gt[1:4, 2:6] = True
-        return fake_result(model, self.heads[model], (6, 8), threshold, model != "tiny",
-                           gt=gt if gt_mask else None)
+        result = fake_result(model, self.heads[model], (6, 8), threshold, model != "tiny",
+                             gt=gt if gt_mask else None)
+        return add_explore(result, explore)
 
 
 @pytest.fixture
@@ -113,11 +137,13 @@ def _pixel(image: Image.Image) -> tuple[int, int, int]:
 def test_analyse_shows_one_labelled_overlay_per_head_in_order(photo):
     client = FakeClient({"tiny": 3})
     image, heads, mean, masks, table, best, status, state = handlers.analyse(
-        client, photo, "tiny", 24, "keep_aspect", 0.6)
+        client, photo, "tiny", 24, "keep_aspect", 0.6)[:8]
     assert [label for _, label in heads] == ["head 0", "head 1", "head 2"]
     assert [_pixel(im) for im, _ in heads] == [head_color(i) for i in range(3)]
     assert image.size == (32, 24) and mean.size == (32, 24)
-    assert client.calls == [{"model": "tiny", "image_size": 24, "threshold": 0.6, "gt_mask": None}]
+    assert client.calls == [{"model": "tiny", "image_size": 24, "threshold": 0.6, "gt_mask": None, "layer": -1,
+                             "query": None, "heads": None, "composite": True, "pca": True,
+                             "overlay_format": "jpeg"}]
     cov = np.asarray(state["result"]["coverage"])
     assert [label for _, label in masks] == [f"head {i} · {c:.0%} kept" for i, c in enumerate(cov)]
     assert "random-init placeholder" in status and "**tiny**" in status and "3 heads" in status
@@ -126,7 +152,7 @@ def test_analyse_shows_one_labelled_overlay_per_head_in_order(photo):
 
 def test_coverage_table_matches_the_paper_masks(photo):
     client = FakeClient({"tiny": 3})
-    *_, table, _, _, state = handlers.analyse(client, photo, "tiny", 24, "keep_aspect", 0.45)
+    *_, table, _, _, state = handlers.analyse(client, photo, "tiny", 24, "keep_aspect", 0.45)[:8]
     attn = np.asarray(state["result"]["attentions"])
     ref = reference_masks(attn, 0.45)
     np.testing.assert_allclose(table["coverage"], ref.reshape(3, -1).mean(1), atol=1e-4)
@@ -140,7 +166,8 @@ def test_coverage_table_matches_the_paper_masks(photo):
 
 def test_ground_truth_adds_iou_per_head_and_names_the_best_head(photo):
     client = FakeClient({"vits": 4})
-    *_, table, best, status, state = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, gt_mask=photo)
+    *_, table, best, status, state = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6,
+                                                      gt_mask=photo)[:8]
     iou = np.asarray(state["result"]["iou"])
     np.testing.assert_allclose(table["IoU"], iou, atol=1e-4)
     assert f"Best head: head {int(iou.argmax())}" in best and f"{iou.max():.3f}" in best
@@ -173,7 +200,7 @@ def test_service_errors_reach_the_page_verbatim(photo, error):
 
 @pytest.mark.parametrize(("reply", "expected"), [
     ({"model": "m", "num_heads": 1, "coverage": [0.5], "masks": [[[1]]],
-      "overlays": {"heads": ["%%%"], "image": "%%%"}}, "not a readable PNG"),
+      "overlays": {"heads": ["%%%"], "image": "%%%"}}, "not a readable image"),
     ({"model": "m", "num_heads": 1, "coverage": [0.5], "masks": [[[1]]]}, "has no overlays"),
     ({"model": "m", "overlays": {"heads": [_png((0, 0, 0), (4, 4))], "image": _png((0, 0, 0), (4, 4)),
                                  "mean": _png((0, 0, 0), (4, 4))}}, "not what the app expects"),
@@ -186,7 +213,7 @@ def test_replies_that_cannot_be_shown_become_readable_errors(photo, reply, expec
 def test_threshold_change_without_an_image_changes_nothing():
     client = FakeClient()
     outputs = handlers.rerun_on_change(client, None, "tiny", 24, "keep_aspect", 0.3)
-    assert len(outputs) == 8 and all(o == gr.skip() for o in outputs) and client.calls == []
+    assert len(outputs) == 15 and all(o == gr.skip() for o in outputs) and client.calls == []
 
 
 def test_threshold_change_with_an_image_reruns_with_the_new_threshold(photo):
@@ -216,7 +243,8 @@ def test_download_zip_holds_overlays_arrays_and_parameters(photo, tmp_path):
     assert json.loads(str(arrays["meta"]))["model"] == "vits"
     assert summary["model"] == "vits" and summary["num_heads"] == 4 and summary["trained"] is True
     assert summary["request"] == {"image_name": "photo.png", "model": "vits", "image_size": 24, "resize": "square",
-                                  "threshold": 0.7, "gt_mask_name": "photo.png"}
+                                  "threshold": 0.7, "gt_mask_name": "photo.png", "layer": -1, "query": None,
+                                  "heads": None}
 
 
 def test_download_before_any_analysis_says_what_to_do():
@@ -279,3 +307,68 @@ def test_examples_are_written_once_from_the_installed_package(tmp_path, caplog):
         assert photo.format == "JPEG" and photo.size == (451, 300)
     stamp = paths[0].stat().st_mtime_ns
     assert example_paths(tmp_path, names=("chelsea",))[0].stat().st_mtime_ns == stamp
+
+
+def test_query_block_and_heads_reach_the_service_and_the_panels(photo):
+    client = FakeClient({"vits": 4})
+    out = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 3, "2,5", [2, 0])
+    assert len(out) == handlers.ANALYSIS_OUTPUTS
+    call = client.calls[-1]
+    assert (call["layer"], call["query"], call["heads"], call["composite"], call["pca"]) == (3, [2, 5], [0, 2],
+                                                                                          True, True)
+    query_heads, query_mean, caption, composite, legend, pca, pca_fg = out[8:]
+    assert [label for _, label in query_heads] == [f"head {i}" for i in range(4)]
+    assert _pixel(query_mean) == (0, 250, 250) and "row 2, col 5" in caption and "Block 3" in caption
+    assert _pixel(composite) == (255, 0, 255) and "rgb(255, 40, 0)" in legend and "head 2" in legend
+    assert _pixel(pca) == (128, 128, 128) and pca_fg.size == (32, 24)
+
+
+def test_no_query_and_no_heads_ticked_show_empty_panels(photo):
+    client = FakeClient({"vits": 4})
+    out = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 1, "", [])
+    assert client.calls[-1]["query"] is None and client.calls[-1]["composite"] is False
+    assert out[8] == [] and out[9] is None and "click a patch" in out[10]
+    assert out[11] is None and "Tick at least one head" in out[12]
+
+
+def test_a_block_past_the_models_last_means_the_last_block(photo):
+    client = FakeClient({"vits": 4})
+    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 11)  # the slider's first default
+    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, DEPTH - 1)
+    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0)
+    assert [c["layer"] for c in client.calls] == [-1, DEPTH - 1, 0]
+
+
+@pytest.mark.parametrize(("x", "y", "expected"), [(0, 0, "0,0"), (13, 9, "2,3"), (31.9, 23.9, "5,7"),
+                                                  (40, 30, "5,7")])
+def test_a_click_maps_to_the_patch_under_it(photo, x, y, expected):
+    state = handlers.analyse(FakeClient({"vits": 4}), photo, "vits", 24, "keep_aspect", 0.6)[7]
+    assert handlers.patch_at(state, x, y) == expected  # grid 6 x 8 of 4 px patches
+
+
+def test_query_text_errors_are_readable(photo):
+    with pytest.raises(gr.Error, match="row,col"):
+        handlers.analyse(FakeClient(), photo, "tiny", 24, "keep_aspect", 0.6, None, 1, "2;3")
+    with pytest.raises(gr.Error, match="Analyse an image first"):
+        handlers.patch_at(None, 1, 1)
+
+
+def test_model_controls_follow_the_models_depth_and_heads():
+    block, heads = handlers.explore_controls(FakeClient({"vits": 4}), "vits")
+    assert block.maximum == DEPTH - 1 and block.value == DEPTH - 1
+    assert heads.choices == [(f"head {i}", i) for i in range(4)] and heads.value == [0, 1, 2, 3]
+
+
+def test_download_holds_the_query_composite_and_pca(photo, tmp_path):
+    state = handlers.analyse(FakeClient({"vits": 4}), photo, "vits", 24, "square", 0.7, None, 2, "1,1", [1, 3])[7]
+    path = Path(handlers.download(state, out_dir=tmp_path))
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        arrays = np.load(io.BytesIO(archive.read("attention.npz")))
+        summary = json.loads(archive.read("result.json"))
+    assert {f"overlays/query_head_{i:02d}.png" for i in range(4)} <= names
+    assert {"overlays/query_mean.png", "overlays/composite.png", "overlays/pca.png", "overlays/pca_fg.png"} <= names
+    assert arrays["query_attentions"].shape == (4, 6, 8) and arrays["pca_rgb"].shape == (6, 8, 3)
+    assert arrays["pca_fg"].dtype == np.uint8 and arrays["composite_colors"].tolist() == [[255, 0, 0], [255, 40, 0]]
+    assert summary["layer"] == 2 and summary["query"] == [1, 1] and summary["composite_heads"] == [1, 3]
+    assert summary["request"]["layer"] == 2 and summary["request"]["heads"] == [1, 3]

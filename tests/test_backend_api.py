@@ -14,7 +14,12 @@ from PIL import Image
 
 from backend.inference import InferenceEngine
 from backend.main import create_app
-from tests.service_helpers import bad_input_cases, image_bytes, isolated_settings, write_tiny_checkpoint
+from tests.service_helpers import (
+    bad_input_cases,
+    image_bytes,
+    isolated_settings,
+    write_tiny_checkpoint,
+)
 
 LIMITS = {"max_upload_mb": 0.2, "max_pixels": 1_000_000, "max_image_size": 1024}
 
@@ -84,8 +89,10 @@ def test_json_response_fields_and_invariants(client):
     assert smallest_dropped.size == 0 or smallest_dropped.max() <= att[masks == 1].min() + 1e-12
     assert b["coverage"] == pytest.approx([masks.mean()])
     assert b["params"] == {"image_size": 480, "resize": "keep_aspect", "threshold": 0.6, "overlays": True,
-                           "format": "json"}
-    assert set(b["timings_ms"]) == {"decode", "preprocess", "model", "postprocess", "total"}
+                           "format": "json", "layer": -1, "query": None, "composite": False, "heads": None,
+                           "pca": False, "overlay_format": "png"}
+    assert set(b["timings_ms"]) == {"decode", "preprocess", "model", "postprocess", "overlays", "total"}
+    assert b["layer"] == b["depth"] - 1 and b["cached"] is False and b["overlay_mime"] == "image/png"
     ov = b["overlays"]
     for png in [ov["image"], ov["mean"], *ov["heads"], *ov["masks"]]:
         assert Image.open(io.BytesIO(base64.b64decode(png))).size == (640, 480)

@@ -134,15 +134,17 @@ def test_square_matches_authors_procedure(setup, size, image_size, threshold):
 
 
 def test_keep_aspect_rectangular_grid_matches_reference(setup):
-    """keep_aspect: short side = image_size (bicubic), non-square grid -> non-square pos-embed resize."""
+    """keep_aspect: the authors' ``transforms.Resize(int)`` (short side, bilinear), non-square grid."""
     client, state = setup
     scene = _scene(150, 100)
     r = client.post("/attention", files={"image": ("s.png", _png(scene), "image/png")},
                     data={"image_size": "60", "overlays": "false"})
     assert r.status_code == 200, r.text
-    resized = scene.resize((int(60 * 150 / 100), 60), Image.Resampling.BICUBIC)
-    arr = (np.asarray(resized, dtype=np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
-    img = torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1)[None, :, :56, :88]
+    transform = transforms.Compose([transforms.Resize(60), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    img = transform(scene)
+    assert tuple(img.shape) == (3, 60, 90)
+    img = img[None, :, :56, :88]
     with torch.no_grad():
         ref = _reference_last_attention(state, img)[:, 0, 1:]
     assert r.json()["grid"] == [7, 11]

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service_helpers import bad_input_cases, image_bytes, uvicorn_process, write_tiny_checkpoint
+from tests.service_helpers import (
+    bad_input_cases,
+    image_bytes,
+    uvicorn_process,
+    write_tiny_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 MAX_UPLOAD = int(0.2 * 2**20)

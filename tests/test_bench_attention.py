@@ -1,23 +1,15 @@
-"""Smoke test of benchmarks/attention_latency.py (tiny model, in-process only)."""
+"""Smoke test of benchmarks.attention_latency (tiny model, in-process only)."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("attention_latency", ROOT / "benchmarks" / "attention_latency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    import benchmarks.attention_latency as module
+
     return module
 
 

@@ -1,37 +1,31 @@
-"""benchmarks/train_throughput.py in a tiny CPU config: both paths run the real step and report sane figures."""
+"""benchmarks.train_throughput in a tiny CPU config: both paths run the real step and report sane figures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from trainer.data.dataset import collate_skip_none
+from trainer.data.jpeg_batch import collate_bytes
+from trainer.train import engine
 from trainer.train.flops import dino_step_flops_per_image
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "vit_tiny", "--patch_size", "8", "--global_crops_size", "32", "--local_crops_size", "16",
         "--local_crops_number", "2", "--batch_size_per_gpu", "4", "--out_dim", "128", "--device", "cpu",
         "--synthetic", "--synthetic_images", "8", "--synthetic_size", "64", "48", "--warmup", "1",
         "--iters", "2", "--num_workers", "1", "--peak_tflops", "0.5", "--threads", "1"]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
     threads = torch.get_num_threads()  # the benchmark's --threads 1 (fast on a shared machine) is undone after
-    yield load_benchmark()
+    import benchmarks.train_throughput as module
+
+    yield module
     torch.set_num_threads(threads)
 
 
@@ -72,3 +66,25 @@ def test_baseline_alone_and_argument_errors(bench, capsys):
     assert "speed-up" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.parse_args(["--arch", "vit_tiny"])  # neither --data_path nor --synthetic
+
+
+def test_the_benchmark_times_the_trainers_own_step_and_collates(bench):
+    """No copies: the step, the crops and the collates are the trainer's objects."""
+    from benchmarks import train_data
+
+    assert bench.train_step is engine.train_step and bench.batch_crops is engine.batch_crops
+    args = SimpleNamespace(synthetic=True, synthetic_images=3, synthetic_size=(40, 30), seed=0, data_path=None)
+    cfg = bench.bench_config(bench.parse_args([*TINY]))
+    assert train_data.build_dataset(args, True, True, cfg)[1] is collate_bytes
+    assert train_data.build_dataset(args, False, False, cfg)[1] is collate_skip_none
+    dataset, collate = train_data.build_dataset(args, True, False, cfg)  # decoded in the workers
+    batch = collate([dataset[0], (b"", 1), dataset[2]])
+    assert batch.skipped == 1 and batch.labels.tolist() == [0, 2]
+    assert [tuple(im.shape) for im in batch.images] == [(3, 30, 40)] * 2 and batch.images[0].dtype == torch.uint8
+
+
+def test_decoding_in_the_workers_runs_the_same_step(bench):
+    report = bench.main([*TINY, "--num_workers", "0", "--iters", "1", "--decode_on", "workers"])
+    (result,) = report["results"]
+    assert result["path"] == "default" and not result["settings"]["decode_on_device"]
+    assert math.isfinite(result["mean_loss"]) and result["breakdown_s"]["decode_and_augment"] > 0

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.test_data import make_image_folder
-from trainer import run
 from trainer.model.checkpoint import atomic_torch_save, load_backbone
 from trainer.model.head import DINOHead
 from trainer.model.vit import build_vit
+from trainer.train import build, loop
 from trainer.train.config import config_to_dict, make_config
 
 OUT_DIM = 32
@@ -40,8 +40,8 @@ def tiny_config(data: Path, out: Path, **over):
 def tiny_models():
     """Shrink the backbone and the head so each checkpoint is a few MB (same code paths)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run, "build_vit", _tiny_vit)
-        mp.setattr(run, "DINOHead", partial(DINOHead, hidden_dim=64, bottleneck_dim=16))
+        mp.setattr(build, "build_vit", _tiny_vit)
+        mp.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=64, bottleneck_dim=16))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         yield mp
@@ -53,7 +53,7 @@ def straight_run(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     data = make_image_folder(root / "data", {"a": 4, "b": 4})
     out = root / "straight"
-    run.train(tiny_config(data, out))
+    loop.train(tiny_config(data, out))
     return data, out
 
 
@@ -73,7 +73,7 @@ def _states_equal(a, b, path="") -> list[str]:
 def test_kill_and_resume_gives_identical_weights(straight_run, tiny_models, tmp_path):
     data, straight = straight_run
     out = tmp_path / "resumed"
-    real_epoch = run.train_one_epoch
+    real_epoch = loop.train_one_epoch
 
     def killed_in_second_epoch(ctx, loader, epoch):
         if epoch == 1:
@@ -81,9 +81,9 @@ def test_kill_and_resume_gives_identical_weights(straight_run, tiny_models, tmp_
         return real_epoch(ctx, loader, epoch)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run, "train_one_epoch", killed_in_second_epoch)
+        mp.setattr(loop, "train_one_epoch", killed_in_second_epoch)
         with pytest.raises(KeyboardInterrupt):
-            run.train(tiny_config(data, out))
+            loop.train(tiny_config(data, out))
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
     epochs_run = []
 
@@ -92,8 +92,8 @@ def test_kill_and_resume_gives_identical_weights(straight_run, tiny_models, tmp_
         return real_epoch(ctx, loader, epoch)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run, "train_one_epoch", counting)
-        run.train(tiny_config(data, out))  # resumes at epoch 1
+        mp.setattr(loop, "train_one_epoch", counting)
+        loop.train(tiny_config(data, out))  # resumes at epoch 1
     assert epochs_run == [1]
     a = torch.load(straight / "checkpoint.pth", weights_only=True)
     b = torch.load(out / "checkpoint.pth", weights_only=True)
@@ -106,9 +106,10 @@ def test_kill_and_resume_gives_identical_weights(straight_run, tiny_models, tmp_
 def test_checkpoint_has_the_official_layout(straight_run):
     _, out = straight_run
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert set(ckpt) == OFFICIAL_TOP_KEYS
+    assert set(ckpt) == OFFICIAL_TOP_KEYS | {"fitted"}  # the authors' keys, plus the run's fitted length
     assert ckpt["epoch"] == 2 and ckpt["fp16_scaler"] is None
     assert type(ckpt["args"]) is dict and ckpt["args"] == config_to_dict(tiny_config(ckpt["args"]["data_path"], out))
+    assert ckpt["fitted"] == {"epochs": 2, "warmup_epochs": 1, "warmup_teacher_temp_epochs": 0}  # no budget: as asked
     for part in ("student", "teacher"):
         keys = set(ckpt[part])
         assert all(k.startswith(("backbone.", "head.")) for k in keys), part
@@ -132,7 +133,7 @@ def test_teacher_is_an_ema_of_the_student_not_a_copy(straight_run):
 def test_resume_with_another_architecture_is_refused(straight_run, tiny_models, tmp_path):
     data, out = straight_run
     with pytest.raises(ValueError, match="out_dim=32 but this run has out_dim=16"):
-        run.train(tiny_config(data, out, out_dim=16, epochs=3))
+        loop.train(tiny_config(data, out, out_dim=16, epochs=3))
 
 
 def test_failed_save_leaves_the_previous_checkpoint_whole(straight_run, tiny_models, tmp_path):
@@ -150,7 +151,7 @@ def test_failed_save_leaves_the_previous_checkpoint_whole(straight_run, tiny_mod
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, "save", failing_save)
         with pytest.raises(OSError, match="disk full"):
-            run.train(tiny_config(data, out, epochs=3))
+            loop.train(tiny_config(data, out, epochs=3))
     assert (out / "checkpoint.pth").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
     with pytest.raises(OSError, match="disk full"), pytest.MonkeyPatch.context() as mp:

@@ -19,8 +19,8 @@ from trainer.data.dataset import (
     make_loader,
     make_sampler,
     sample_seed,
-    scan_image_folder,
 )
+from trainer.data.images import scan_image_folder
 
 
 def make_image_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (20, 24), corrupt: int = 0,

@@ -117,7 +117,7 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (out / "log.txt").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 0  # one writer, not two
-    assert result.stderr.count("INFO trainer.run: epoch 0:") == 1  # only rank 0 logs
+    assert result.stderr.count("INFO trainer.train.loop: epoch 0:") == 1  # only rank 0 logs
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["student"])
     assert ckpt["args"]["batch_size_per_gpu"] == 2

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +58,38 @@ def parse_dockerfile(path: Path) -> list[Stage]:
     return stages
 
 
+def global_args(path: Path) -> dict[str, str]:
+    """``ARG name=default`` lines before the first FROM (the ones a FROM line may use)."""
+    args: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("FROM"):
+            break
+        if line.startswith("ARG "):
+            args.update(_arg_pairs(line[4:]))
+    return args
+
+
+def _arg_pairs(text: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) if "=" in pair else (pair, "") for pair in shlex.split(text))
+
+
+def stage_args(stage: Stage) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for op, text in stage.instructions:
+        if op == "ARG":
+            args.update(_arg_pairs(text))
+    return args
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    """Docker's ``${NAME}`` / ``$NAME`` and compose's ``${NAME:-default}``, with the given defaults."""
+    def one(match: re.Match) -> str:
+        name, default = match.group(1) or match.group(3), match.group(2)
+        return values.get(name, default if default is not None else "")
+
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", one, text)
+
+
 def dockerignore_patterns() -> list[str]:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     return [ln.strip().rstrip("/") for ln in lines if ln.strip() and not ln.startswith("#")]
@@ -71,6 +106,17 @@ def dockerfile_of(service: str) -> Path:
     build = SERVICES[service]["build"]
     assert build["context"] == ".", f"{service}: build context must be the repository root"
     return ROOT / build["dockerfile"]
+
+
+def mounts_of(service: str) -> dict[str, str]:
+    """Container path -> source (host path or volume name), compose defaults substituted."""
+    pairs = [expand(v, {}).split(":") for v in SERVICES[service].get("volumes", [])]
+    return {p[1]: p[0] for p in pairs}
+
+
+def build_arg_defaults(service: str) -> dict[str, str]:
+    """The build args compose passes to ``service`` when no environment variable is set."""
+    return {k: expand(str(v), {}) for k, v in SERVICES[service]["build"].get("args", {}).items()}
 
 
 def env_of(stages: list[Stage]) -> dict[str, str]:
@@ -98,12 +144,17 @@ def assert_command_exists(argv: list[str]) -> None:
         assert (ROOT / argv[1]).is_file(), f"{argv[1]} does not exist in the repository"
 
 
-@pytest.mark.parametrize("service", ["backend", "app", "trainer"])
+IMAGE_SERVICES = ["backend", "app", "trainer", "trainer-cpu"]
+
+
+@pytest.mark.parametrize("service", IMAGE_SERVICES)
 def test_copy_sources_exist_and_are_in_the_build_context(service):
-    stages = parse_dockerfile(dockerfile_of(service))
+    path = dockerfile_of(service)
     patterns = dockerignore_patterns()
-    copies = [args for stage in stages for op, args in stage.instructions if op == "COPY"]
-    local = [c for c in copies if not c.startswith("--from")]
+    local = []
+    for stage in parse_dockerfile(path):
+        values = {**global_args(path), **stage_args(stage), **build_arg_defaults(service)}
+        local += [expand(a, values) for op, a in stage.instructions if op == "COPY" and "--from" not in a]
     assert local, f"{service}: no COPY of sources"
     for args in local:
         *sources, _dest = shlex.split(args)
@@ -112,18 +163,19 @@ def test_copy_sources_exist_and_are_in_the_build_context(service):
             assert not ignored(src.rstrip("/"), patterns), f"{service}: COPY source {src} is in .dockerignore"
 
 
-@pytest.mark.parametrize(("service", "base"), [("backend", "python:"), ("app", "python:"),
-                                               ("trainer", "${CUDA_IMAGE}")])
-def test_images_are_multi_stage_slim_non_root_and_without_build_tools(service, base):
+@pytest.mark.parametrize(("service", "arg", "default"), [
+    ("backend", "BASE_IMAGE", "python:3.11-slim"), ("app", "BASE_IMAGE", "python:3.11-slim"),
+    ("trainer", "CUDA_IMAGE", "nvidia/cuda:")])
+def test_images_are_multi_stage_non_root_from_a_base_build_arg_without_build_tools(service, arg, default):
     path = dockerfile_of(service)
     stages = parse_dockerfile(path)
     final = stages[-1]
     assert len(stages) >= 2 and any(a.startswith("--from=build") for op, a in final.instructions if op == "COPY")
-    assert final.base.startswith(base)
-    if base == "python:":
-        assert final.base.endswith("-slim")
-    else:
-        assert "nvidia/cuda:" in path.read_text() and "runtime" in path.read_text()
+    assert {s.base for s in stages} == {f"${{{arg}}}"}, "every stage starts from the base build arg"
+    assert global_args(path)[arg].startswith(default), "the default is what a user with internet expects"
+    if arg == "CUDA_IMAGE":
+        assert "runtime" in global_args(path)[arg]
+    assert build_arg_defaults(service)[arg] == global_args(path)[arg], "compose and Dockerfile defaults differ"
     users = [a for op, a in final.instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     final_runs = " ".join(a for op, a in final.instructions if op == "RUN") + " "
@@ -131,15 +183,73 @@ def test_images_are_multi_stage_slim_non_root_and_without_build_tools(service, b
     assert SERVICES[service]["user"].split(":")[0] not in ("root", "0")
 
 
+@pytest.mark.parametrize("service", IMAGE_SERVICES)
+def test_no_buildkit_only_syntax_and_build_inputs_stay_in_the_build_stage(service):
+    """Debian's engine 20.10 builds without BuildKit: no ``# syntax=`` frontend (a registry pull), no
+    ``RUN --mount``/``COPY --chmod``/heredocs. The CA bundle and the wheelhouse enter build stages only."""
+    path = dockerfile_of(service)
+    text = path.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    assert not re.search(r"--mount|--chmod|--link|<<", text)
+    stages = parse_dockerfile(path)
+    for stage in stages[:-1]:
+        copies = " ".join(a for op, a in stage.instructions if op == "COPY")
+        assert "${CA_DIR}" in copies and "${WHEELHOUSE}" in copies
+    final_copies = [a for op, a in stages[-1].instructions if op == "COPY"]
+    assert not [a for a in final_copies if "CA_DIR" in a or "WHEELHOUSE" in a or "certs" in a]
+    assert not [a for op, a in stages[-1].instructions if op == "ENV" and "PIP_CERT" in a]
+
+
+def test_backend_image_copies_only_the_model_package_and_the_service():
+    final = parse_dockerfile(dockerfile_of("backend"))[-1]
+    sources = sorted(shlex.split(a)[0] for op, a in final.instructions if op == "COPY" and "--from" not in a)
+    assert sources == ["backend/", "trainer/__init__.py", "trainer/model/"]
+
+
+# Requirements that the copied sources do not import by name but need at run time.
+RUNTIME_ONLY = {"backend": {"python-multipart": "FastAPI's form parser", "uvicorn": "uvicorn[standard]"},
+                "app": {}, "trainer": {}}
+
+
+@pytest.mark.parametrize(("image", "folders"), [("backend", ["backend", "trainer/model"]), ("app", ["app"]),
+                                                ("trainer", ["trainer"])])
+def test_requirements_are_exactly_what_the_copied_sources_import(image, folders):
+    """Every third-party import is provided, and nothing is installed that no copied source imports
+    (the service image carries no training-only dependency such as tqdm)."""
+    provided = {_dist(p) for p in _requirements(image)}
+    needed = {_dist(DIST_OF.get(n, n)) for n in set().union(*(_third_party_imports(ROOT / f) for f in folders))}
+    extra = provided - needed - set(RUNTIME_ONLY[image])
+    assert not needed - provided - (PREINSTALLED if image != "app" else set()), \
+        f"docker/requirements-{image}.txt lacks {sorted(needed - provided)}"
+    assert not extra, f"docker/requirements-{image}.txt installs {sorted(extra)}, which no copied source imports"
+
+
 def test_backend_uses_cpu_torch_wheels_and_trainer_cuda_wheels():
-    backend = dockerfile_of("backend").read_text()
-    trainer = dockerfile_of("trainer").read_text()
-    assert "--index-url https://download.pytorch.org/whl/cpu" in backend
-    assert re.search(r"TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", trainer)
+    backend = stage_args(parse_dockerfile(dockerfile_of("backend"))[0])
+    trainer = stage_args(parse_dockerfile(dockerfile_of("trainer"))[0])
+    assert backend["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", trainer["TORCH_INDEX_URL"])
+    assert build_arg_defaults("backend")["TORCH_INDEX_URL"] == backend["TORCH_INDEX_URL"]
+    assert build_arg_defaults("trainer")["TORCH_INDEX_URL"] == trainer["TORCH_INDEX_URL"]
+    assert build_arg_defaults("trainer-cpu")["TORCH_INDEX_URL"] == backend["TORCH_INDEX_URL"]
+    assert build_arg_defaults("trainer-cpu")["CUDA_IMAGE"] == "python:3.11-slim"
     assert not _requirements("app") & PREINSTALLED, "the app image must not install torch"
+    assert "TORCH_INDEX_URL" not in (ROOT / "docker/app.Dockerfile").read_text()
 
 
-@pytest.mark.parametrize("service", ["backend", "app", "trainer"])
+def test_build_context_holds_the_wheelhouse_but_no_data_weights_or_environments():
+    patterns = dockerignore_patterns()
+    for path in ("docker/wheelhouse/torch-2.4.0+cpu-cp311-cp311-linux_x86_64.whl", "docker/certs/ca.crt",
+                 "docker/pip_install.sh", "docker/requirements-backend.txt"):
+        assert not ignored(path, patterns), path
+    for path in (".venv/bin/python", "data/train/a.jpg", "checkpoints/x.safetensors", "runs/r/log.txt",
+                 ".git/HEAD", "trainer/__pycache__/x.pyc"):
+        assert ignored(path, patterns), path
+    gitignore = (ROOT / ".gitignore").read_text()
+    assert "docker/wheelhouse*/*" in gitignore and "docker/certs/*" in gitignore
+
+
+@pytest.mark.parametrize("service", IMAGE_SERVICES)
 def test_commands_and_modules_exist(service):
     final = parse_dockerfile(dockerfile_of(service))[-1]
     for op, args in final.instructions:
@@ -162,12 +272,54 @@ def _healthcheck_url(test: list[str] | str) -> str:
     return match.group(0)
 
 
+def _seconds(value: str) -> float:
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"([\d.]+)([smh])", value))
+
+
+@pytest.mark.parametrize("service", ["backend", "app"])
+def test_healthchecks_agree_and_report_within_seconds(service):
+    """Compose repeats the image's HEALTHCHECK; probes come often enough that dependants start
+    soon after readiness, and the start period covers a cold start on a small CPU."""
+    compose = SERVICES[service]["healthcheck"]
+    final = parse_dockerfile(dockerfile_of(service))[-1]
+    image = dict(re.findall(r"--([\w-]+)=(\S+)", [a for op, a in final.instructions if op == "HEALTHCHECK"][0]))
+    assert _seconds(compose["interval"]) == _seconds(image["interval"]) <= 10
+    assert _seconds(compose["timeout"]) == _seconds(image["timeout"]) < _seconds(image["interval"])
+    assert _seconds(compose["start_period"]) == _seconds(image["start-period"]) >= 60
+    assert compose["retries"] == int(image["retries"])
+    assert _healthcheck_url(compose["test"]) == _healthcheck_url(
+        [a for op, a in final.instructions if op == "HEALTHCHECK"][0])
+
+
+@pytest.mark.parametrize("service", ["backend", "app", "backend-trained"])
+def test_read_only_services_write_only_to_tmpfs_or_volumes(service):
+    """With a read-only root filesystem every directory the image points its caches at (matplotlib,
+    gradio, XDG, the example photos, the model cache) lies on a tmpfs or a volume."""
+    spec = SERVICES[service]
+    assert spec["read_only"] is True and spec["user"] == "10001:10001"
+    writable = [t.split(":")[0] for t in spec["tmpfs"]]
+    writable += [dest for dest, src in mounts_of(service).items() if src in COMPOSE["volumes"]
+                 and not [v for v in spec.get("volumes", []) if v.endswith(f"{dest}:ro")]]
+    image = service if service != "backend-trained" else "backend"
+    env = {**env_of(parse_dockerfile(dockerfile_of(image))), **{k: str(v) for k, v in spec["environment"].items()}}
+    dirs = {k: v for k, v in env.items() if k in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "GRADIO_TEMP_DIR",
+                                                  "DINO_APP_EXAMPLES_DIR", "DINO_CACHE_DIR", "HOME")}
+    assert "MPLCONFIGDIR" in dirs and "XDG_CACHE_HOME" in dirs
+    if image == "app":
+        assert {"GRADIO_TEMP_DIR", "DINO_APP_EXAMPLES_DIR"} <= set(dirs)
+    for key, folder in dirs.items():
+        if key == "HOME":
+            continue  # created by useradd; nothing is written there when the caches point elsewhere
+        assert any(folder == w or folder.startswith(w.rstrip("/") + "/") for w in writable), \
+            f"{service}: {key}={folder} is not on a tmpfs or volume ({writable})"
+
+
 def test_backend_ports_healthcheck_and_env_agree_with_its_settings(monkeypatch):
     from backend.settings import Settings
 
     service = SERVICES["backend"]
     stages = parse_dockerfile(dockerfile_of("backend"))
-    env = {**env_of(stages), **{k: str(v) for k, v in service["environment"].items()}}
+    env = {**env_of(stages), **{k: expand(str(v), {}) for k, v in service["environment"].items()}}
     fields = set(Settings.model_fields)
     for key in env:
         if key.startswith("DINO_"):
@@ -184,10 +336,10 @@ def test_backend_ports_healthcheck_and_env_agree_with_its_settings(monkeypatch):
     for url in (_healthcheck_url(service["healthcheck"]["test"]),
                 _healthcheck_url([a for op, a in stages[-1].instructions if op == "HEALTHCHECK"][0])):
         assert urlparse(url).port == settings.port and urlparse(url).path == "/readyz"
-    mounts = {v.split(":")[1]: v for v in service["volumes"]}
-    assert mounts[str(settings.checkpoint_dir)] == f"./checkpoints:{settings.checkpoint_dir}:ro"
-    cache_volume = mounts[str(settings.cache_dir)].split(":")[0]
-    assert cache_volume in COMPOSE["volumes"], "downloaded weights need a named volume"
+    mounts = mounts_of("backend")
+    assert mounts[str(settings.checkpoint_dir)] == "./checkpoints"
+    assert f"./checkpoints:{settings.checkpoint_dir}:ro" in service["volumes"]
+    assert mounts[str(settings.cache_dir)] in COMPOSE["volumes"], "downloaded weights need a named volume"
 
 
 def test_checkpoints_folder_with_the_shipped_model_is_mounted_readable():
@@ -219,6 +371,32 @@ def test_app_reaches_the_backend_and_publishes_its_port():
     assert "profiles" not in app and "profiles" not in backend
 
 
+def test_compose_file_parses_for_compose_1_29_and_v2():
+    """No top-level ``name:`` (1.29 refuses it; the project name comes from ``-p``), a version-less
+    Compose-spec file, and published ports on loopback that the environment can move."""
+    assert set(COMPOSE) <= {"services", "volumes", "x-build-args"}
+    for service in ("backend", "app", "backend-trained"):
+        (port,) = SERVICES[service]["ports"]
+        assert re.fullmatch(r"127\.0\.0\.1:\$\{DINO_\w+_PORT:-\d+\}:\d+", port), port
+
+
+@pytest.mark.parametrize("command", [["docker-compose"], ["docker", "compose"]])
+def test_compose_config_is_accepted_by_the_installed_compose(command, tmp_path):
+    """Where a compose is installed, its own parser validates the file (no engine needed)."""
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{command[0]} is not installed")
+    version = subprocess.run([*command, "version"], capture_output=True, text=True, cwd=ROOT)
+    if version.returncode != 0:
+        pytest.skip(f"{' '.join(command)} is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DINO_", "BASE_IMAGE", "CUDA_IMAGE"))}
+    done = subprocess.run([*command, "-p", "dino", "--profile", "train", "--profile", "train-cpu",
+                           "config"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    assert set(config["services"]) == {"backend", "app", "trainer", "trainer-cpu", "backend-trained"}
+    assert config["services"]["backend"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
+
+
 def test_trainer_is_a_gpu_profile_with_data_and_runs_volumes():
     from trainer.train.config import build_parser
 
@@ -226,11 +404,35 @@ def test_trainer_is_a_gpu_profile_with_data_and_runs_volumes():
     assert trainer["profiles"] == ["train"]
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in trainer["volumes"]}
-    assert {"/data", "/runs"} <= set(mounts) and {mounts["/data"], mounts["/runs"]} <= set(COMPOSE["volumes"])
+    mounts = mounts_of("trainer")
+    assert mounts["/runs"] in COMPOSE["volumes"] and mounts["/data"] == "./data"
+    assert [v for v in trainer["volumes"] if v.endswith(":/data:ro")], "training data is mounted read-only"
     assert trainer["entrypoint"] == ["python", "trainer/run.py"]
     args = build_parser().parse_args(trainer["command"])  # every flag is one trainer/run.py accepts
     assert args.data_path.startswith("/data") and args.output_dir.startswith("/runs")
+
+
+def _string_constants(folder: Path) -> set[str]:
+    return {node.value for path in folder.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_cpu_training_profile_trains_into_the_volume_the_trained_backend_serves():
+    from trainer.train.config import build_parser
+
+    trainer, served = SERVICES["trainer-cpu"], SERVICES["backend-trained"]
+    assert trainer["profiles"] == served["profiles"] == ["train-cpu"]
+    assert "deploy" not in trainer, "the CPU service reserves no GPU"
+    args = build_parser().parse_args(trainer["command"])
+    assert args.device == "cpu" and args.arch == "vit_tiny" and args.epochs <= 3 and args.num_workers == 0
+    runs = mounts_of("trainer-cpu")["/runs"]
+    assert runs in COMPOSE["volumes"] and mounts_of("backend-trained")["/runs"] == runs
+    env = served["environment"]
+    assert env["DINO_CHECKPOINT_DIR"] == args.output_dir and env["DINO_ALLOW_DOWNLOADS"] == "false"
+    assert f"{env['DINO_DEFAULT_MODEL']}.safetensors" in _string_constants(ROOT / "trainer"), \
+        "the served model id is the stem of the trainer's exported backbone"
+    assert served["image"] == SERVICES["backend"]["image"]
+    assert served["depends_on"]["trainer-cpu"]["condition"] == "service_completed_successfully"
 
 
 def _third_party_imports(folder: Path) -> set[str]:
@@ -245,16 +447,10 @@ def _third_party_imports(folder: Path) -> set[str]:
     return {n for n in names if n not in local and n not in sys.stdlib_module_names}
 
 
+def _dist(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
 def _requirements(name: str) -> set[str]:
     lines = (ROOT / f"docker/requirements-{name}.txt").read_text().splitlines()
     return {re.split(r"[<>=\[ ]", ln.strip())[0].lower() for ln in lines if ln.strip() and not ln.startswith("#")}
-
-
-@pytest.mark.parametrize(("image", "folders"), [("backend", ["backend", "trainer"]), ("app", ["app"]),
-                                                ("trainer", ["trainer"])])
-def test_requirements_cover_every_import(image, folders):
-    provided = _requirements(image) | (PREINSTALLED if image != "app" else set())
-    needed = set().union(*(_third_party_imports(ROOT / f) for f in folders))
-    missing = {n for n in needed if DIST_OF.get(n, n).lower().replace("_", "-") not in
-               {p.replace("_", "-") for p in provided}}
-    assert not missing, f"docker/requirements-{image}.txt lacks {sorted(missing)}"

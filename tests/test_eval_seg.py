@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.reference_vit import ref_forward
-from trainer.data.dataset import IMAGE_SUFFIXES
+from trainer.data.images import IMAGE_SUFFIXES
 from trainer.eval.seg import evaluate_folder, image_head_ious, main, pair_images_and_masks
 from trainer.model.checkpoint import export_backbone_safetensors
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit

@@ -302,8 +302,13 @@ def test_encoded_image_folder_yields_bytes_for_a_dataloader(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     dataset = EncodedImageFolder(tmp_path)
     assert len(dataset) == 3
-    blobs, indices = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate_bytes)))
-    assert indices.tolist() == [0, 1, 2] and all(isinstance(b, bytes) for b in blobs)
+    batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate_bytes)))
+    blobs = batch.images
+    assert batch.labels.tolist() == [0, 1, 2] and all(isinstance(b, bytes) for b in blobs)
+    assert batch.skipped == 0
+    unreadable = collate_bytes([(blobs[0], 0), (b"", 1), (blobs[2], 2)])  # a file that could not be read
+    assert unreadable.labels.tolist() == [0, 2] and unreadable.images == [blobs[0], blobs[2]]
+    assert unreadable.skipped == 1
     assert all(image is not None for image in decode_jpegs(blobs, "cpu"))
     samples = [(path, 7) for path in dataset.paths[::-1]]
     from_samples = EncodedImageFolder(samples)

@@ -97,6 +97,20 @@ def test_temperature_schedule_endpoints():
     assert loss_fn.teacher_temp_at(25) == pytest.approx(0.07)  # past nepochs keeps the last value
 
 
+def test_set_schedule_rebuilds_the_temperatures_and_keeps_the_centre():
+    loss_fn = make_loss(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, nepochs=10)
+    student, teacher = torch.randn(4 * B, K), torch.randn(2 * B, K)
+    loss_fn(student, teacher, epoch=0)
+    center = loss_fn.center.clone()
+    loss_fn.set_schedule(0.02, 0.05, 4, 5)  # a shorter run, a longer warm-up
+    assert [loss_fn.teacher_temp_at(e) for e in range(6)] == pytest.approx([0.02, 0.03, 0.04, 0.05, 0.05, 0.05])
+    assert torch.equal(loss_fn.center, center)
+    expected = reference_dino_loss(student, teacher, loss_fn.center, 4, 0.03, loss_fn.student_temp)
+    assert float(loss_fn(student, teacher, epoch=1)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="longer than training"):
+        loss_fn.set_schedule(0.02, 0.05, 6, 5)
+
+
 def test_invariant_to_constant_shift_of_teacher_logits():
     torch.manual_seed(2)
     student, teacher = torch.randn(4 * B, K), torch.randn(2 * B, K)

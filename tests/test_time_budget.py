@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.test_data import make_image_folder
-from trainer import run
-from trainer.train.config import make_config
+from trainer.train import loop
+from trainer.train.config import config_to_dict, make_config, parse_config
 from trainer.train.schedules import cosine_scheduler
-from trainer.train.time_budget import TimeBudget, affordable_epochs
+from trainer.train.time_budget import RunLength, TimeBudget, affordable_epochs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,14 +41,13 @@ def test_first_epoch_only_decides_whether_to_go_on_then_fitting_starts():
     # the second epoch took 4 s: 36 s left -> 9 more
     total = budget.epochs_after(2, now_s=24.0, epoch_s=4.0)
     assert total == 11
-    budget.apply(cfg, total)
-    assert (cfg.epochs, cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (11, 5, 8)
-    budget.apply(cfg, 3)  # warm-ups longer than the run are clipped (the lr's leaves the last epoch to the cosine) ...
-    assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (2, 3)
-    budget.apply(cfg, 12)  # ... and come back from the plan, not from the clipped values
-    assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (5, 8)
+    asked = RunLength.of(cfg)
+    assert budget.fit(total) == RunLength(11, 5, 8)
+    assert budget.fit(3) == RunLength(3, 2, 3)  # warm-ups clipped (the lr's leaves the last epoch to the cosine)
+    assert budget.fit(12) == RunLength(12, 5, 8)  # ... and taken from the plan, not from a clipped value
+    assert RunLength.of(cfg) == asked == RunLength(20, 5, 8)  # the configuration is never changed
     with pytest.raises(ValueError, match=r"epochs must be in \[1, 20\]"):
-        budget.apply(cfg, 21)
+        budget.fit(21)
 
 
 def test_fitting_uses_the_mean_epoch_and_counts_pending_work_as_spent():
@@ -71,7 +70,8 @@ def _cli(data, out, minutes, epochs):
             "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8", "--local_crops_number", "1",
             "--out_dim", "16", "--epochs", str(epochs), "--warmup_epochs", "2", "--batch_size_per_gpu", "4",
             "--num_workers", "0", "--saveckp_freq", "0", "--log_every", "100", "--min_lr", "1e-5", "--lr", "0.064",
-            "--time_limit_minutes", str(minutes), "--probe_images", str(data), "--probe_every", "100"]
+            "--time_limit_minutes", str(minutes), "--probe_images", str(data), "--probe_every", "100",
+            "--warmup_teacher_temp", "0.02", "--teacher_temp", "0.04", "--warmup_teacher_temp_epochs", "10"]
 
 
 def test_cli_run_is_cut_to_the_budget_and_ends_on_its_schedule(tmp_path, monkeypatch):
@@ -84,15 +84,24 @@ def test_cli_run_is_cut_to_the_budget_and_ends_on_its_schedule(tmp_path, monkeyp
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(run, "time", SimpleNamespace(time=lambda: clock["now"]))
-    monkeypatch.setattr(run, "train_one_epoch", timed(run.train_one_epoch, 30.0))
-    monkeypatch.setattr(run, "save_epoch_outputs", timed(run.save_epoch_outputs, 5.0))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(time=lambda: clock["now"]))
+    monkeypatch.setattr(loop, "train_one_epoch", timed(loop.train_one_epoch, 30.0))
+    monkeypatch.setattr(loop, "save_epoch_outputs", timed(loop.save_epoch_outputs, 5.0))
     out = tmp_path / "run"
-    run.main(_cli(data, out, minutes=5.0, epochs=50))
+    cfg = parse_config(_cli(data, out, minutes=5.0, epochs=50))
+    asked = config_to_dict(cfg)
+    loop.train(cfg)
+    assert config_to_dict(cfg) == asked  # the budget never changes the configuration
     lines = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
     epochs = len(lines)
     assert epochs == 8  # 300 s: 8 epochs of 35 s fit, a 9th would end at 315 s
-    assert torch.load(out / "checkpoint.pth", weights_only=True)["args"]["epochs"] == epochs
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["args"]["epochs"] == 50 and ckpt["args"]["warmup_epochs"] == 2  # what the user asked for
+    assert ckpt["fitted"] == {"epochs": epochs, "warmup_epochs": 2, "warmup_teacher_temp_epochs": 8}
+    # the loss's temperatures were rebuilt for the fitted length: its 8-epoch warm-up ends at 0.04
+    # (the 10-epoch warm-up asked for would be at 0.02 + 7/9 * 0.02 in the 8th epoch)
+    assert lines[-1]["train_teacher_temp"] == pytest.approx(0.04, rel=1e-9)
+    assert [x["train_teacher_temp"] for x in lines[:2]] == pytest.approx([0.02, 0.02 + 0.02 / 9])  # as asked
     # one step per epoch: the last step used the last value of the schedule rebuilt for the fitted length
     base = 0.064 * 4 / 256
     assert lines[-1]["train_lr"] == pytest.approx(cosine_scheduler(base, 1e-5, epochs, 1, 2)[-1], rel=1e-9)

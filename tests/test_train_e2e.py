@@ -14,6 +14,7 @@ from safetensors import safe_open
 from tests.test_data import make_image_folder
 from trainer import run
 from trainer.model.checkpoint import load_backbone
+from trainer.train import build, loop
 from trainer.train.engine import NonFiniteLossError
 from trainer.train.loss import DINOLoss
 
@@ -94,10 +95,10 @@ def test_device_side_augmentation_path_runs_and_counts_corrupt_files(tmp_path, m
     from tests.test_checkpointing import _tiny_vit, tiny_config
     from trainer.model.head import DINOHead
 
-    monkeypatch.setattr(run, "build_vit", _tiny_vit)
-    monkeypatch.setattr(run, "DINOHead", partial(DINOHead, hidden_dim=64, bottleneck_dim=16))
+    monkeypatch.setattr(build, "build_vit", _tiny_vit)
+    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=64, bottleneck_dim=16))
     data = make_image_folder(tmp_path / "data", {"a": 4, "b": 3}, corrupt=1)
-    stats = run.train(tiny_config(data, tmp_path / "run", epochs=1, warmup_epochs=0, gpu_augment=True))
+    stats = loop.train(tiny_config(data, tmp_path / "run", epochs=1, warmup_epochs=0, gpu_augment=True))
     assert stats["train_corrupt_files"] == 1 and stats["train_loss"] == stats["train_loss"]
     assert (tmp_path / "run" / "teacher_backbone.safetensors").is_file()
 
@@ -113,12 +114,12 @@ def test_train_step_applies_schedules_ema_and_last_layer_freeze(monkeypatch):
     from trainer.train.engine import Schedules, TrainContext, train_step
     from trainer.train.optim import build_optimizer, get_params_groups
 
-    monkeypatch.setattr(run, "build_vit", _tiny_vit)
-    monkeypatch.setattr(run, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
+    monkeypatch.setattr(build, "build_vit", _tiny_vit)
+    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
     cfg = make_config(arch="vit_tiny", patch_size=4, global_crops_size=8, local_crops_size=4, local_crops_number=1,
                       out_dim=16, epochs=2, freeze_last_layer=1, drop_path_rate=0.0)
     torch.manual_seed(0)
-    student, teacher = run.build_student_teacher(cfg)
+    student, teacher = build.build_student_teacher(cfg)
     with torch.no_grad():  # make the teacher differ from the student so the EMA is visible
         for p in teacher.parameters():
             p.add_(0.01)

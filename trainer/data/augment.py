@@ -1,4 +1,4 @@
-"""DINO multi-crop augmentation on PIL images (the CPU / DataLoader-worker path).
+"""DINO multi-crop: the recipe shared by both paths, and the CPU path on PIL images.
 
 Every image becomes ``2 + local_crops_number`` views, globals first. Each view is
 
@@ -8,38 +8,36 @@ Every image becomes ``2 + local_crops_number`` views, globals first. Each view i
     -> to tensor -> ImageNet normalisation
 
 with the blur applied with p=1.0 on global view 1, p=0.1 on global view 2 and p=0.5 on
-every local view, and solarize only on global view 2 (p=0.2), as in Caron et al. 2021.
+every local view, and solarize only on global view 2 (p=0.2), as in Caron et al. 2021 and
+the authors' ``DataAugmentationDINO``.
 
 The probabilities live in :class:`ViewSpec` records built by :func:`dino_views`; the GPU
 path (:mod:`trainer.data.gpu_augment`) uses the very same records, so both paths share one
 source of truth. Every random decision goes through an optional ``record`` hook
 (``record(view_name, op_name, value)``) so that tests can measure application rates.
 
-Crop, flip, jitter and grayscale run on the PIL image (torchvision functional ops); blur
-and solarize run on the float tensor in [0, 1] (no uint8 rounding), exactly like the GPU
-path, which imports :func:`gaussian_blur` and :func:`solarize` from here.
-
-Blur kernel: the authors use PIL's ``GaussianBlur(radius=sigma)``; here an explicit
-separable Gaussian kernel of ``BLUR_MAX_KERNEL = 13`` taps (+-3 sigma at the largest
-sigma, 2.0) is used with reflect padding, shrunk to ``2 * crop_size - 1`` taps for crops
-smaller than 7 px (reflect padding needs the pad to be smaller than the image), see
-:func:`blur_kernel_size`.
+The CPU path (:class:`DataAugmentationDINO`) stays on uint8 PIL images until one final
+lookup-table conversion to a normalised tensor per view (:mod:`trainer.data.pil_ops`): the
+pixels are those of the authors' torchvision ops, including PIL's own Gaussian blur and
+solarize. It draws each view's random numbers in one call, resizes large downscales with
+PIL's ``reducing_gap``, and, through :attr:`DataAugmentationDINO.draft_size`, lets the
+dataset decode large JPEGs at reduced size (``Image.draft``) when every crop still has
+more source pixels than output pixels. Set :attr:`DataAugmentationDINO.profile` to an
+:class:`OpProfile` to time each op.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
 
 import torch
-import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
-from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
+from trainer.data import pil_ops
 
 FLIP_P = 0.5
 JITTER_P = 0.8
@@ -54,8 +52,6 @@ CONTRAST = 0.4
 SATURATION = 0.2
 HUE = 0.1
 BLUR_SIGMA = (0.1, 2.0)
-BLUR_MAX_KERNEL = 13
-SOLARIZE_THRESHOLD = 128
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
 
@@ -78,7 +74,8 @@ class ViewSpec:
     solarize_p: float = 0.0
 
 
-def _check_scale(name: str, scale: tuple[float, float]) -> tuple[float, float]:
+def check_crop_scale(name: str, scale: tuple[float, float]) -> tuple[float, float]:
+    """``scale`` as a validated float ``(min, max)`` pair with ``0 < min <= max <= 1``."""
     if len(scale) != 2:
         raise ValueError(f"{name} must be a (min, max) pair, got {scale!r}")
     low, high = float(scale[0]), float(scale[1])
@@ -96,10 +93,11 @@ def _check_positive_int(name: str, value: int, minimum: int) -> int:
 
 
 def dino_views(global_crops_scale: tuple[float, float], local_crops_scale: tuple[float, float],
-               local_crops_number: int, global_crops_size: int = 224, local_crops_size: int = 96) -> list[ViewSpec]:
+               local_crops_number: int, global_crops_size: int = 224,
+               local_crops_size: int = 96) -> list[ViewSpec]:
     """The validated list of view specs, globals first: [global1, global2, local * N]."""
-    global_scale = _check_scale("global_crops_scale", global_crops_scale)
-    local_scale = _check_scale("local_crops_scale", local_crops_scale)
+    global_scale = check_crop_scale("global_crops_scale", global_crops_scale)
+    local_scale = check_crop_scale("local_crops_scale", local_crops_scale)
     _check_positive_int("local_crops_number", local_crops_number, 0)
     _check_positive_int("global_crops_size", global_crops_size, 1)
     _check_positive_int("local_crops_size", local_crops_size, 1)
@@ -110,63 +108,54 @@ def dino_views(global_crops_scale: tuple[float, float], local_crops_scale: tuple
     return [global1, global2] + [local] * local_crops_number
 
 
-def blur_kernel_size(crop_size: int) -> int:
-    """Odd Gaussian kernel size: 13 taps (+-3 sigma at sigma=2), at most 2*crop_size-1 for reflect padding."""
-    return min(BLUR_MAX_KERNEL, 2 * crop_size - 1)
+# One view's random numbers, drawn in one call: crop tries (2 per try) and position (2), the
+# five op decisions, the four jitter factors, the four keys of the jitter order, the blur sigma.
+_CROP_DRAWS = 2 * CROP_ATTEMPTS + 2
+_COIN = {op: _CROP_DRAWS + i for i, op in enumerate(("flip", "jitter", "grayscale", "blur", "solarize"))}
+_FACTORS = _CROP_DRAWS + 5
+_ORDER_KEYS = _FACTORS + 4
+_SIGMA = _ORDER_KEYS + 4
+VIEW_DRAWS = _SIGMA + 1
+_JITTER_RANGES = ((1 - BRIGHTNESS, 1 + BRIGHTNESS), (1 - CONTRAST, 1 + CONTRAST),
+                  (1 - SATURATION, 1 + SATURATION), (-HUE, HUE))
+_JITTER_FUNCTIONS = (pil_ops.adjust_brightness, pil_ops.adjust_contrast, pil_ops.adjust_saturation,
+                     pil_ops.adjust_hue)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Blur each row with its own sigma: separable depthwise convs, reflect padding."""
-    n, channels, height, width = x.shape
-    half = (kernel_size - 1) / 2
-    taps = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (taps[None, :] / sigma[:, None].to(x.dtype)) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
-    pad = kernel_size // 2
-    flat = F.pad(x.reshape(1, n * channels, height, width), (pad, pad, pad, pad), mode="reflect")
-    flat = F.conv2d(flat, kernel.view(n * channels, 1, kernel_size, 1), groups=n * channels)
-    flat = F.conv2d(flat, kernel.view(n * channels, 1, 1, kernel_size), groups=n * channels)
-    return flat.view(n, channels, height, width)
+def _draws(count: int, generator: torch.Generator | None) -> list[float]:
+    return torch.rand(count, generator=generator, dtype=torch.float64).tolist()
 
 
-def solarize(x: torch.Tensor) -> torch.Tensor:
-    """Invert pixels at or above the threshold (128 on the 0..255 scale)."""
-    return torch.where(x >= SOLARIZE_THRESHOLD / 255.0, 1.0 - x, x)
+def crop_box_from_draws(height: int, width: int, scale: tuple[float, float],
+                        ratio: tuple[float, float], draws: Sequence[float]) -> tuple[int, int, int, int]:
+    """(top, left, h, w): RandomResizedCrop's sampling and 10-try fallback, from U[0, 1) draws.
 
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as an RGB PIL image (errors propagate to the caller)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
-    return low + (high - low) * float(torch.rand(1, generator=generator))
-
-
-def _coin(p: float, generator: torch.Generator | None) -> bool:
-    return float(torch.rand(1, generator=generator)) < p
-
-
-def sample_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float] = CROP_RATIO,
-                    generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a random resized crop: RandomResizedCrop's sampling with its 10-try fallback."""
+    ``draws`` holds ``2 * CROP_ATTEMPTS + 2`` numbers: (scale, log-ratio) per try, then top, left.
+    """
     area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(CROP_ATTEMPTS):
-        target_area = area * _uniform(scale[0], scale[1], generator)
-        aspect = math.exp(_uniform(log_ratio[0], log_ratio[1], generator))
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(CROP_ATTEMPTS):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[2 * attempt])
+        aspect = math.exp(log_low + (log_high - log_low) * draws[2 * attempt + 1])
         w = round(math.sqrt(target_area * aspect))
         h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            top = int(draws[2 * CROP_ATTEMPTS] * (height - h + 1))
+            left = int(draws[2 * CROP_ATTEMPTS + 1] * (width - w + 1))
             return top, left, h, w
     return fallback_crop_box(height, width, ratio)
 
 
-def fallback_crop_box(height: int, width: int, ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
-    """Central crop used when all tries fail: the whole image, clipped to the allowed aspect ratio."""
+def sample_crop_box(height: int, width: int, scale: tuple[float, float],
+                    ratio: tuple[float, float] = CROP_RATIO,
+                    generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of one random resized crop (see :func:`crop_box_from_draws`)."""
+    return crop_box_from_draws(height, width, scale, ratio, _draws(_CROP_DRAWS, generator))
+
+
+def fallback_crop_box(height: int, width: int,
+                      ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+    """Central crop used when all tries fail: the whole image, clipped to the allowed ratio."""
     in_ratio = width / height
     if in_ratio < min(ratio):
         w, h = width, round(width / min(ratio))
@@ -177,22 +166,33 @@ def fallback_crop_box(height: int, width: int, ratio: tuple[float, float] = CROP
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _color_jitter(image: Image.Image, generator: torch.Generator | None) -> Image.Image:
-    order = torch.randperm(4, generator=generator).tolist()
-    brightness = _uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS, generator)
-    contrast = _uniform(1 - CONTRAST, 1 + CONTRAST, generator)
-    saturation = _uniform(1 - SATURATION, 1 + SATURATION, generator)
-    hue = _uniform(-HUE, HUE, generator)
-    for op in order:
-        if op == 0:
-            image = TF.adjust_brightness(image, brightness)
-        elif op == 1:
-            image = TF.adjust_contrast(image, contrast)
-        elif op == 2:
-            image = TF.adjust_saturation(image, saturation)
-        else:
-            image = TF.adjust_hue(image, hue)
-    return image
+def jitter_order(keys: Sequence[float]) -> list[int]:
+    """A uniformly random order of the four jitter ops (indices into ``JITTER_OPS``)."""
+    return sorted(range(len(JITTER_OPS)), key=lambda op: keys[op])
+
+
+@dataclass
+class OpProfile:
+    """Seconds and calls per op name, filled by a multi-crop whose ``profile`` is set.
+
+    ``clock`` is wall time by default; ``time.process_time`` counts only this process's CPU
+    time, which a busy machine disturbs less.
+    """
+
+    clock: Callable[[], float] = perf_counter
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def lap(self, op: str, start: float) -> float:
+        """Charge the time since ``start`` to ``op``; return now (the next op's start)."""
+        now = self.clock()
+        self.seconds[op] += now - start
+        self.calls[op] += 1
+        return now
+
+    def milliseconds(self, per: int = 1) -> dict[str, float]:
+        """Milliseconds per op, divided by ``per`` (e.g. the number of images)."""
+        return {op: 1000.0 * seconds / per for op, seconds in self.seconds.items()}
 
 
 class DataAugmentationDINO:
@@ -200,43 +200,82 @@ class DataAugmentationDINO:
 
     ``views`` (a list of :class:`ViewSpec`) may be replaced, e.g. to switch an op off in a
     test; ``record`` is an optional hook called as ``record(view_name, op_name, value)``
-    for every random decision (``value`` is a bool, or the crop box for ``"crop"``).
+    for every random decision (``value`` is a bool, or the crop box for ``"crop"``);
+    ``profile`` (an :class:`OpProfile`) collects the time spent in each op.
     """
 
     def __init__(self, global_crops_scale: tuple[float, float], local_crops_scale: tuple[float, float],
-                 local_crops_number: int, global_crops_size: int = 224, local_crops_size: int = 96) -> None:
+                 local_crops_number: int, global_crops_size: int = 224,
+                 local_crops_size: int = 96) -> None:
         self.views = dino_views(global_crops_scale, local_crops_scale, local_crops_number,
                                 global_crops_size, local_crops_size)
         self.record: Recorder | None = None
+        self.profile: OpProfile | None = None
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    @property
+    def draft_size(self) -> int:
+        """The short side a JPEG may be decoded down to (``Image.draft``) without changing crops.
+
+        A crop of area fraction ``s`` and aspect ratio in ``CROP_RATIO`` has a short side of
+        at least ``sqrt(s * 3/4)`` times the image's short side; at this size or larger, the
+        smallest crop of every view still has at least as many pixels as the view.
+        """
+        return max(math.ceil(v.size / math.sqrt(v.scale[0] * min(CROP_RATIO))) for v in self.views)
+
+    def __call__(self, image: Image.Image,
+                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
         if image.mode != "RGB":
             image = image.convert("RGB")
-        return [self.augment_view(image, view, generator) for view in self.views]
+        draws = _draws(VIEW_DRAWS * len(self.views), generator)
+        pixels = pil_ops.image_pixels(image)
+        return [self._augment(image, pixels, view, draws[i * VIEW_DRAWS:(i + 1) * VIEW_DRAWS])
+                for i, view in enumerate(self.views)]
 
-    def _decide(self, view: ViewSpec, op: str, p: float, generator: torch.Generator | None) -> bool:
-        applied = _coin(p, generator)
+    def _decide(self, view: ViewSpec, op: str, p: float, draws: list[float]) -> bool:
+        applied = draws[_COIN[op]] < p
         if self.record is not None:
             self.record(view.name, op, applied)
         return applied
 
     def augment_view(self, image: Image.Image, view: ViewSpec,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """One normalised (3, S, S) float view of ``image`` following ``view``."""
-        box = sample_crop_box(image.height, image.width, view.scale, CROP_RATIO, generator)
+        """One normalised (3, S, S) float view of the RGB ``image`` following ``view``."""
+        pixels = pil_ops.image_pixels(image)
+        return self._augment(image, pixels, view, _draws(VIEW_DRAWS, generator))
+
+    def _augment(self, image: Image.Image, pixels: torch.Tensor, view: ViewSpec,
+                 draws: list[float]) -> torch.Tensor:
+        profile = self.profile
+        start = profile.clock() if profile is not None else 0.0
+        top, left, h, w = crop_box_from_draws(image.height, image.width, view.scale, CROP_RATIO, draws)
         if self.record is not None:
-            self.record(view.name, "crop", box)
-        out = TF.resized_crop(image, *box, [view.size, view.size], InterpolationMode.BICUBIC)
-        if self._decide(view, "flip", view.flip_p, generator):
-            out = TF.hflip(out)
-        if self._decide(view, "jitter", view.jitter_p, generator):
-            out = _color_jitter(out, generator)
-        if self._decide(view, "grayscale", view.grayscale_p, generator):
-            out = TF.rgb_to_grayscale(out, num_output_channels=3)
-        tensor = TF.to_tensor(out)
-        if self._decide(view, "blur", view.blur_p, generator):
-            sigma = torch.full((1,), _uniform(BLUR_SIGMA[0], BLUR_SIGMA[1], generator))
-            tensor = gaussian_blur(tensor[None], sigma, blur_kernel_size(view.size))[0]
-        if self._decide(view, "solarize", view.solarize_p, generator):
-            tensor = solarize(tensor)
-        return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+            self.record(view.name, "crop", (top, left, h, w))
+        out = pil_ops.resized_crop(image, pixels, (top, left, h, w), view.size)
+        if profile is not None:
+            start = profile.lap("crop", start)
+        if self._decide(view, "flip", view.flip_p, draws):
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if profile is not None:
+                start = profile.lap("flip", start)
+        if self._decide(view, "jitter", view.jitter_p, draws):
+            for op in jitter_order(draws[_ORDER_KEYS:_ORDER_KEYS + 4]):
+                low, high = _JITTER_RANGES[op]
+                out = _JITTER_FUNCTIONS[op](out, low + (high - low) * draws[_FACTORS + op])
+                if profile is not None:
+                    start = profile.lap(JITTER_OPS[op], start)
+        if self._decide(view, "grayscale", view.grayscale_p, draws):
+            out = pil_ops.grayscale(out)
+            if profile is not None:
+                start = profile.lap("grayscale", start)
+        if self._decide(view, "blur", view.blur_p, draws):
+            out = pil_ops.gaussian_blur(out, BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * draws[_SIGMA])
+            if profile is not None:
+                start = profile.lap("blur", start)
+        if self._decide(view, "solarize", view.solarize_p, draws):
+            out = pil_ops.solarize(out)
+            if profile is not None:
+                start = profile.lap("solarize", start)
+        tensor = pil_ops.to_normalized_tensor(out)
+        if profile is not None:
+            profile.lap("to_tensor", start)
+        return tensor

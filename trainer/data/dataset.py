@@ -12,48 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+from trainer.data.images import DECODE_ERRORS, load_rgb
+
 logger = logging.getLogger(__name__)
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def scan_image_folder(root: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """``(samples, classes)``: class sub-folders if there are any, else the images in ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist or is not a folder")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    samples: list[tuple[Path, int]] = []
-    classes: list[str] = []
-    for d in class_dirs:
-        files = sorted(p for p in d.rglob("*") if _is_image(p))
-        if files:
-            samples += [(p, len(classes)) for p in files]
-            classes.append(d.name)
-    if not samples:
-        samples = [(p, 0) for p in sorted(root.iterdir()) if _is_image(p)]
-        classes = [root.name] if samples else []
-    if not samples:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
-    return samples, classes
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB (raises on a corrupt file)."""
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
 
 
 def sample_seed(base_seed: int, epoch: int, index: int) -> int:
@@ -67,13 +36,17 @@ class SafeImageDataset(Dataset):
     With ``seed`` set, indices are ``(epoch, index)`` pairs (see :class:`EpochIndexSampler`)
     and the transform is called with a ``generator`` seeded from ``(seed, epoch, index)``, so
     crops do not depend on worker count or on where a run was resumed.
+
+    The default ``loader`` is :func:`~trainer.data.images.load_rgb`; when the transform has a
+    ``draft_size`` (the CPU multi-crop has), large JPEGs are decoded at reduced size down to it.
     """
 
     def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[Image.Image], Any],
-                 loader: Callable[[Path], Image.Image] = load_rgb, seed: int | None = None) -> None:
+                 loader: Callable[[Path], Image.Image] | None = None, seed: int | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
-        self.loader = loader
+        draft_size = getattr(transform, "draft_size", None)
+        self.loader = loader if loader is not None else partial(load_rgb, draft_size=draft_size)
         self.seed = seed
 
     def __len__(self) -> int:

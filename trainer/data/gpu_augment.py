@@ -17,7 +17,8 @@ together as one batch of ``views * B`` rows, each row with its own view's probab
 * Colour jitter: per-sample random order of the four ops (like torchvision), with
   torchvision's float formulas (blend with black / grey mean / grayscale, HSV hue shift).
 * Gaussian blur: per-sample sigma, separable depthwise convolutions with reflect padding
-  and the kernel size of :func:`trainer.data.augment.blur_kernel_size`.
+  and the kernel size of :func:`blur_kernel_size` (the CPU path uses PIL's blur, like the
+  authors).
 
 Typical use in the training loop (DataLoader workers only read bytes)::
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainer.data.augment import (
@@ -48,15 +50,38 @@ from trainer.data.augment import (
     SATURATION,
     Recorder,
     ViewSpec,
-    blur_kernel_size,
     dino_views,
-    gaussian_blur,
-    solarize,
 )
+from trainer.data.pil_ops import SOLARIZE_THRESHOLD
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 BICUBIC_A = -0.5  # PIL's bicubic coefficient
+BLUR_MAX_KERNEL = 13
+
+
+def blur_kernel_size(crop_size: int) -> int:
+    """Odd Gaussian kernel size: 13 taps (+-3 sigma at sigma=2), at most 2*crop_size-1 (reflect padding)."""
+    return min(BLUR_MAX_KERNEL, 2 * crop_size - 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur each row with its own sigma: separable depthwise convs, reflect padding."""
+    n, channels, height, width = x.shape
+    half = (kernel_size - 1) / 2
+    taps = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps[None, :] / sigma[:, None].to(x.dtype)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
+    pad = kernel_size // 2
+    flat = F.pad(x.reshape(1, n * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(n * channels, 1, kernel_size, 1), groups=n * channels)
+    flat = F.conv2d(flat, kernel.view(n * channels, 1, 1, kernel_size), groups=n * channels)
+    return flat.view(n, channels, height, width)
+
+
+def solarize(x: torch.Tensor) -> torch.Tensor:
+    """Invert pixels at or above the threshold (128 on the 0..255 scale)."""
+    return torch.where(x >= SOLARIZE_THRESHOLD / 255.0, 1.0 - x, x)
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, device: torch.device,

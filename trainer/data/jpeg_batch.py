@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from trainer.data.dataset import Batch
+from trainer.data.images import IMAGE_SUFFIXES, list_images, load_rgb
+
 LOG = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -36,10 +37,7 @@ def is_jpeg(blob: bytes) -> bool:
 def decode_with_pil(blob: bytes, draft_size: int | None = None) -> torch.Tensor | None:
     """uint8 (3,H,W) RGB tensor of an encoded image, or None when it cannot be decoded."""
     try:
-        with Image.open(io.BytesIO(blob)) as image:
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            rgb = image.convert("RGB")
+        rgb = load_rgb(io.BytesIO(blob), draft_size)
     except Exception as error:  # any decoder failure (OSError, SyntaxError, bomb, ...) means "undecodable"
         LOG.debug("cannot decode image blob of %d bytes: %s", len(blob), error)
         return None
@@ -97,34 +95,31 @@ def drop_undecoded(images: list[torch.Tensor | None],
     return [images[i] for i in keep], indices[keep], dropped
 
 
-def collate_bytes(batch: list[tuple[bytes, int]]) -> tuple[list[bytes], torch.Tensor]:
-    """DataLoader collate for :class:`EncodedImageFolder`: (list of blobs, int64 index tensor)."""
-    blobs = [blob for blob, _ in batch]
-    return blobs, torch.tensor([index for _, index in batch], dtype=torch.int64)
+def collate_bytes(items: list[tuple[bytes, int]]) -> Batch:
+    """The bytes collate for :class:`EncodedImageFolder`: raw blobs for the decoder.
 
-
-def list_images(root: str | Path) -> list[Path]:
-    """All image files under ``root`` (recursively, any depth), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    Unreadable files (``b""``) are dropped and counted in ``Batch.skipped``; the labels are the
+    dataset indices of the blobs kept.
+    """
+    good = [(blob, index) for blob, index in items if blob]
+    indices = torch.tensor([index for _, index in good], dtype=torch.int64)
+    return Batch([blob for blob, _ in good], indices, len(items) - len(good))
 
 
 class EncodedImageFolder(Dataset):
     """Image files as ``(raw file bytes, index)``; unreadable files give b"" (the decoder then returns None).
 
     ``source`` is a folder (all images under it, any sub-folder layout, sorted) or an explicit
-    list of paths or of ``(path, label)`` samples such as ``trainer.data.dataset.scan_image_folder`` returns.
+    list of paths or of ``(path, label)`` samples such as ``trainer.data.images.scan_image_folder`` returns.
     """
 
     def __init__(self, source: str | Path | Sequence[str | Path | tuple[str | Path, int]]) -> None:
         if isinstance(source, (str, Path)):
-            self.paths = list_images(source)
+            self.paths = list_images(source, recursive=True)
         else:
             self.paths = [Path(item[0] if isinstance(item, tuple) else item) for item in source]
         if not self.paths:
-            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source!r}")
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source!r}")
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from trainer.data.dataset import Batch, SafeImageDataset, make_loader, scan_image_folder
+from trainer.data.dataset import Batch, SafeImageDataset, make_loader
+from trainer.data.images import scan_image_folder
 from trainer.model.checkpoint import load_backbone
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=128, help="images per forward pass")
     p.add_argument("--num_workers", type=int, default=4, help="data-loading workers")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the results and settings to this JSON file (for the model card)")
     return p
 
 
@@ -146,6 +149,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for k in args.nb_knn:
         print(f"{k}-NN classifier result: Top1: {results[f'k{k}_top1']:.2f}, Top5: {results[f'k{k}_top5']:.2f}")
     print(json.dumps(results))
+    if args.json is not None:
+        settings = {"model": f"{args.checkpoint} ({info.arch}/{info.patch_size}, {args.which})",
+                    "train_data": str(args.train_data), "val_data": str(args.val_data),
+                    "resize": args.resize, "crop": args.crop, "temperature": args.temperature}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**settings, **results}, indent=2) + "\n")
     return results
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from trainer.data.dataset import DECODE_ERRORS, IMAGE_SUFFIXES, load_rgb
+from trainer.data.images import DECODE_ERRORS, list_images, load_rgb
 from trainer.model.attention_maps import heat_overlay, mask_overlay, threshold_masks, upsample_nearest
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT
 
@@ -25,10 +25,7 @@ logger = logging.getLogger(__name__)
 
 def list_probe_images(folder: str | Path, limit: int = DEFAULT_LIMIT) -> list[Path]:
     """The first ``limit`` images of ``folder`` (sorted by name)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"probe folder {folder} does not exist or is not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    return list_images(folder)[:limit]
 
 
 def _prepare(image: Image.Image, size: int, patch: int) -> tuple[Image.Image, torch.Tensor]:

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainer.data.dataset import DECODE_ERRORS, IMAGE_SUFFIXES, load_rgb
+from trainer.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, list_images, load_rgb
 from trainer.model.attention_maps import jaccard, threshold_masks
 from trainer.model.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
@@ -45,11 +45,10 @@ GT_THRESHOLD = 128
 logger = logging.getLogger(__name__)
 
 
-def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
-    return [p for p in folder.iterdir()
-            if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")]
+    return list_images(folder, suffixes=suffixes)
 
 
 def pair_images_and_masks(images_dir: str | Path, masks_dir: str | Path,

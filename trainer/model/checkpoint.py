@@ -8,7 +8,11 @@ Formats understood by :func:`load_backbone`:
     head keys ignored;
 (c) timm ViT state dicts, possibly nested under ``state_dict`` or ``model``;
 (d) ``teacher_backbone.safetensors`` written by :func:`export_backbone_safetensors`, whose
-    metadata names the architecture.
+    metadata names the architecture;
+(e) DINOv2, with or without registers (:mod:`trainer.model.dinov2`): the authors' hub
+    ``dinov2_vit*14[_reg4]_pretrain.pth``, timm's ``vit_*_patch14[_reg4]_dinov2`` state dicts
+    (``.safetensors`` / ``.pth``), and transformers' ``Dinov2Model`` /
+    ``Dinov2WithRegistersModel`` ``model.safetensors``, alone or in its folder with ``config.json``.
 
 Everything is read with ``torch.load(weights_only=True)`` or safetensors: no unpickling.
 """
@@ -16,9 +20,11 @@ Everything is read with ``torch.load(weights_only=True)`` or safetensors: no unp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +33,22 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
+from trainer.model.dinov2 import SUPPORTED as DINOV2_SUPPORTED
+from trainer.model.dinov2 import (
+    Dinov2Arch,
+    build_dinov2,
+    infer_dinov2_arch,
+    is_authors_layout,
+    is_dinov2_state,
+    to_timm_layout,
+)
+from trainer.model.hf_dinov2 import check_config, hf_prefix, hf_to_authors, read_config
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+HF_WEIGHTS = "model.safetensors"  # the weights file of a transformers model folder
+FORMATS = ("DINO backbone or training checkpoint (.pth/.pt), timm ViT state dict, exported .safetensors, "
+           "DINOv2 (authors' hub .pth, timm, transformers model.safetensors or its folder)")
 _DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _NON_BACKBONE = ("head.", "fc_norm.", "last_layer.")
 
@@ -53,6 +72,17 @@ class BackboneInfo:
     std: tuple[float, ...] = IMAGENET_STD
     trained: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    dinov2: Dinov2Arch | None = None  # set for DINOv2 weights
+
+    @property
+    def family(self) -> str:
+        """``dino`` or ``dinov2``."""
+        return "dino" if self.dinov2 is None else "dinov2"
+
+    @property
+    def registers(self) -> int:
+        """Register tokens between CLS and the patches (0 for DINO and plain DINOv2)."""
+        return 0 if self.dinov2 is None else self.dinov2.registers
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -119,7 +149,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reason becomes one readable message
-        raise CheckpointError(f"cannot read {Path(path).name} as a weights-only torch file: {exc}") from exc
+        hint = "" if zipfile.is_zipfile(path) else " (truncated, or not a torch archive)"
+        raise CheckpointError(f"cannot read {Path(path).name} as a weights-only torch file{hint}: {exc}") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{Path(path).name} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -157,7 +188,8 @@ def extract_backbone_state(obj: dict[str, Any], which: str = "teacher") -> tuple
         if not k.startswith(_NON_BACKBONE):
             state[k] = v
     if "pos_embed" not in state or "patch_embed.proj.weight" not in state:
-        raise CheckpointError("no ViT backbone found: missing pos_embed / patch_embed.proj.weight")
+        raise CheckpointError("no ViT backbone found: missing pos_embed / patch_embed.proj.weight; "
+                              f"supported: {FORMATS}")
     return state, source
 
 
@@ -183,32 +215,80 @@ def _from_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"cannot read {path.name} as safetensors: {exc}") from exc
 
 
-def read_backbone(path: str | Path, which: str = "teacher") -> tuple[dict[str, torch.Tensor], BackboneInfo]:
-    """Backbone state and its :class:`BackboneInfo` from a file, without building a model."""
-    path = Path(path)
+def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str], int | None]:
+    """The file's top-level dict, its safetensors metadata and its epoch (when recorded)."""
     if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise CheckpointError(f"unsupported file type {path.suffix!r}; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    meta: dict[str, str] = {}
-    epoch = None
+        raise CheckpointError(f"unsupported file type {path.suffix!r}; use one of {', '.join(CHECKPOINT_SUFFIXES)} "
+                              f"or a transformers folder with {HF_WEIGHTS}")
     if path.suffix == ".safetensors":
         raw, meta = _from_safetensors(path)
-        state, source = extract_backbone_state(raw, which)
-        source = "safetensors" if meta.get("format") == "dino-backbone" else source
-        epoch = int(meta["epoch"]) if meta.get("epoch") else None
+        return raw, meta, int(meta["epoch"]) if meta.get("epoch") else None
+    obj = load_checkpoint(path)
+    return obj, {}, obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
+
+
+def _weights_path(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """A file, or a transformers folder's ``model.safetensors`` with its checked ``config.json``."""
+    if not path.is_dir():
+        return path, None
+    try:
+        config = read_config(path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    weights = path / HF_WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"folder {path.name} has no {HF_WEIGHTS}; a model folder holds {HF_WEIGHTS} "
+                              "and config.json (transformers Dinov2Model / Dinov2WithRegistersModel)")
+    return weights, config
+
+
+def read_backbone(path: str | Path, which: str = "teacher") -> tuple[dict[str, torch.Tensor], BackboneInfo]:
+    """Backbone state and its :class:`BackboneInfo` from a file or folder, without building a model."""
+    path, config = _weights_path(Path(path))
+    raw, meta, epoch = _read_raw(path)
+    prefix = hf_prefix(raw)
+    if prefix is not None:
+        try:
+            raw = hf_to_authors(raw, prefix)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
+    state, source = extract_backbone_state(raw, which)
+    if meta.get("format") == "dino-backbone":
+        source = "safetensors"
+    if is_dinov2_state(state):
+        state, info = _dinov2_info(state, "transformers" if prefix is not None else source, config)
     else:
-        obj = load_checkpoint(path)
-        state, source = extract_backbone_state(obj, which)
-        epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
-    patch, dim, depth, heads = infer_arch(state)
+        patch, dim, depth, heads = infer_arch(state)
+        arch = meta.get("arch") or arch_from_dims(dim) or f"vit_d{dim}"
+        info = BackboneInfo(arch=arch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                            source=source)
     if meta.get("num_heads"):
-        heads = int(meta["num_heads"])
-    arch = meta.get("arch") or arch_from_dims(dim) or f"vit_d{dim}"
-    info = BackboneInfo(arch=arch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
-                        source=source, epoch=epoch, trained=meta.get("trained", "true") != "false")
+        info.num_heads = int(meta["num_heads"])
+    info.epoch, info.trained = epoch, meta.get("trained", "true") != "false"
     if meta.get("mean"):
         info.mean, info.std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
     info.extra = _json_object(meta.get("extra"))
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+
+
+def _dinov2_info(state: dict[str, torch.Tensor], source: str,
+                 config: dict[str, Any] | None) -> tuple[dict[str, torch.Tensor], BackboneInfo]:
+    """DINOv2 weights in timm's layout and their info; ``source`` names the layout found."""
+    try:
+        arch = infer_dinov2_arch(state)
+        if config is not None:
+            heads = check_config(config, arch.embed_dim, arch.depth, arch.patch_size, arch.registers)
+            arch = dataclasses.replace(arch, num_heads=heads)
+        if source != "transformers" and is_authors_layout(state):
+            source = "authors"
+        elif source in ("backbone", "timm"):
+            source = "timm"
+        state = to_timm_layout(state, arch)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"not a supported DINOv2 checkpoint: {exc}; supported: {DINOV2_SUPPORTED}") from exc
+    info = BackboneInfo(arch=arch.name, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
+                        num_heads=arch.num_heads, source=source, dinov2=arch)
+    return state, info
 
 
 def _json_object(text: str | None) -> dict[str, Any]:
@@ -221,13 +301,20 @@ def _json_object(text: str | None) -> dict[str, Any]:
 
 
 def load_backbone(path: str | Path, which: str = "teacher") -> tuple[DinoViT, BackboneInfo]:
-    """Build a :class:`DinoViT` and load a checkpoint into it with ``strict=True``."""
+    """Build a :class:`DinoViT` (DINO or DINOv2) and load a checkpoint into it with ``strict=True``."""
     state, info = read_backbone(path, which)
-    model = build_vit(info.arch, info.patch_size, embed_dim=info.embed_dim, depth=info.depth,
-                      num_heads=info.num_heads)
+    if info.dinov2 is not None:
+        model = build_dinov2(info.dinov2)
+        if model.num_heads != info.num_heads:
+            model = build_dinov2(dataclasses.replace(info.dinov2, num_heads=info.num_heads))
+        grid = f"{info.dinov2.pos_grid * info.patch_size} px grid"
+    else:
+        model = build_vit(info.arch, info.patch_size, embed_dim=info.embed_dim, depth=info.depth,
+                          num_heads=info.num_heads)
+        grid = "224 px grid"
     if state["pos_embed"].shape != model.pos_embed.shape:
         raise CheckpointError(f"pos_embed has shape {tuple(state['pos_embed'].shape)}, "
-                              f"expected {tuple(model.pos_embed.shape)} (224 px grid)")
+                              f"expected {tuple(model.pos_embed.shape)} ({grid})")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

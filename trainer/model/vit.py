@@ -6,9 +6,10 @@ blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*, norm.*``).
 
 Two behaviours differ from plain timm and follow the DINO authors' code instead:
 
-* the positional embeddings are always sized for a 224 px input (as in the official
-  checkpoints) and are resized to any other input with the authors' bicubic
-  interpolation, whose scale factor is ``(n + 0.1) / sqrt(N)``;
+* the positional embeddings are sized for a 224 px input (as in the official DINO
+  checkpoints; 518 px for DINOv2, :mod:`trainer.model.dinov2`) and are resized to any other
+  input with the authors' bicubic interpolation, whose scale factor is ``(n + 0.1) / sqrt(N)``
+  (DINOv2 with registers: an explicit size with antialiasing, as its authors do);
 * :meth:`DinoViT.get_last_selfattention` / :meth:`DinoViT.get_cls_attention` compute
   explicit attention weights only in the last block; every other block runs timm's fused
   scaled-dot-product attention.
@@ -22,6 +23,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -61,41 +63,59 @@ def arch_from_dims(embed_dim: int) -> str | None:
     return None
 
 
-def interpolate_pos_encoding(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Resize a ``(1, 1 + N, D)`` positional embedding to a ``grid_h x grid_w`` patch grid.
+def interpolate_pos_encoding(pos_embed: torch.Tensor, grid_h: int, grid_w: int, num_prefix: int = 1,
+                             offset: float = 0.1, antialias: bool = False) -> torch.Tensor:
+    """Resize a ``(1, num_prefix + N, D)`` positional embedding to a ``grid_h x grid_w`` patch grid.
 
-    Same arithmetic as the DINO authors: bicubic, scale factor ``(n + 0.1) / sqrt(N)`` per
-    axis (the 0.1 avoids floating-point rounding of the output size), no antialiasing.
+    The authors' arithmetic (DINO, and DINOv2's ``interpolate_pos_encoding``): bicubic in float32,
+    the ``num_prefix`` leading entries (CLS) kept as they are. With ``offset`` > 0 the scale factor
+    is ``(n + offset) / sqrt(N)`` per axis (DINO and the original DINOv2 models: offset 0.1, no
+    antialiasing); with ``offset`` 0 the output size is given instead (DINOv2 with registers:
+    offset 0, ``antialias=True``).
     """
-    num_patches = pos_embed.shape[1] - 1
+    num_patches = pos_embed.shape[1] - num_prefix
     side = int(math.sqrt(num_patches))
     if num_patches == grid_h * grid_w and grid_h == grid_w == side:
         return pos_embed
-    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    prefix_pos, patch_pos = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     dim = pos_embed.shape[-1]
     grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    scale = ((grid_h + 0.1) / math.sqrt(num_patches), (grid_w + 0.1) / math.sqrt(num_patches))
-    grid = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic").to(pos_embed.dtype)
+    if offset:
+        scale = ((grid_h + offset) / math.sqrt(num_patches), (grid_w + offset) / math.sqrt(num_patches))
+        grid = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", antialias=antialias)
+    else:
+        grid = F.interpolate(grid.float(), size=(grid_h, grid_w), mode="bicubic", antialias=antialias)
+    grid = grid.to(pos_embed.dtype)
     if grid.shape[-2:] != (grid_h, grid_w):
         raise RuntimeError(f"pos-embed interpolation gave {tuple(grid.shape[-2:])}, wanted {(grid_h, grid_w)}")
     patch_pos = grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
-    return torch.cat([cls_pos, patch_pos], dim=1)
+    return torch.cat([prefix_pos, patch_pos], dim=1)
 
 
 class DinoViT(VisionTransformer):
     """timm ViT with DINO's positional interpolation and last-block attention read-out."""
 
     def __init__(self, patch_size: int = 16, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
-                 drop_path_rate: float = 0.0, img_size: int = PRETRAIN_IMG_SIZE) -> None:
+                 drop_path_rate: float = 0.0, img_size: int = PRETRAIN_IMG_SIZE, *, reg_tokens: int = 0,
+                 init_values: float | None = None, mlp_ratio: float = 4.0, glu_mlp: bool = False,
+                 interp_offset: float = 0.1, interp_antialias: bool = False) -> None:
+        """The defaults are DINO's ViT. DINOv2 (see :mod:`trainer.model.dinov2`) adds LayerScale
+        (``init_values``), ``reg_tokens`` registers (whose pos-embed holds patches only, as in
+        timm), a SwiGLU MLP for giant (``glu_mlp``) and its own interpolation settings."""
+        mlp_kwargs = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU} if glu_mlp else {}
         super().__init__(
             img_size=img_size, patch_size=patch_size, num_classes=0, global_pool="token",
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
             drop_path_rate=drop_path_rate, dynamic_img_size=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=init_values,
+            reg_tokens=reg_tokens, no_embed_class=reg_tokens > 0, **mlp_kwargs,
         )
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
         self.patch_size = patch_size
+        self.interp_offset, self.interp_antialias = interp_offset, interp_antialias
         self.set_fused_attention(True)
 
     # -- configuration -----------------------------------------------------------------
@@ -114,14 +134,28 @@ class DinoViT(VisionTransformer):
         return height // self.patch_size, width // self.patch_size
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patchify (partial edge patches dropped), prepend CLS, add interpolated pos embeddings."""
+        """Patchify (partial edge patches dropped), prepend CLS (and registers), add pos embeddings.
+
+        Token order: CLS, the ``num_reg_tokens`` registers, then the patches row by row. Registers
+        get no positional embedding (the DINOv2 authors insert them after adding it).
+        """
         gh, gw = self.grid_size(x.shape[-2], x.shape[-1])
         x = self.patch_embed(x[..., : gh * self.patch_size, : gw * self.patch_size])  # B, gh, gw, D
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
-        x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
-        x = x + interpolate_pos_encoding(self.pos_embed, gh, gw).to(x.dtype)
+        cls = self.cls_token.expand(b, -1, -1).to(x.dtype)
+        if self.reg_token is None:
+            x = torch.cat([cls, x], dim=1)
+            x = x + self.interpolate_pos_embed(gh, gw).to(x.dtype)
+        else:
+            x = x + self.interpolate_pos_embed(gh, gw).to(x.dtype)
+            x = torch.cat([cls, self.reg_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
         return self.norm_pre(self.pos_drop(x))
+
+    def interpolate_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """This model's pos embed resized to ``grid_h x grid_w`` with its interpolation settings."""
+        return interpolate_pos_encoding(self.pos_embed, grid_h, grid_w, 0 if self.no_embed_class else 1,
+                                        self.interp_offset, self.interp_antialias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x = self.prepare_tokens(x)
@@ -172,11 +206,19 @@ class DinoViT(VisionTransformer):
         scale = self.blocks[-1].attn.scale
         return torch.softmax((q.float() * scale) @ k.float().transpose(-2, -1), dim=-1)
 
-    def get_cls_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Last block's CLS-to-patch attention per head, ``(B, heads, gh, gw)``."""
+    def get_cls_attention(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Block ``layer``'s (default: the last) CLS-to-patch attention per head, ``(B, heads, gh, gw)``.
+
+        Blocks before ``layer`` run fused SDPA; blocks after it are not computed.
+        """
+        from trainer.model.block_attention import block_attention
+
         gh, gw = self.grid_size(x.shape[-2], x.shape[-1])
-        attn = self.get_last_selfattention(x, cls_only=True)  # B, H, 1, 1+N
-        return attn[:, :, 0, 1:].reshape(x.shape[0], -1, gh, gw)
+        if layer in (-1, len(self.blocks) - 1):
+            attn = self.get_last_selfattention(x, cls_only=True)  # B, H, 1, prefix+N
+        else:
+            attn = block_attention(self, x, layer, (0,)).attention
+        return attn[:, :, 0, self.num_prefix_tokens:].reshape(x.shape[0], -1, gh, gw)
 
 
 def build_vit(arch: str = "vit_small", patch_size: int = 16, drop_path_rate: float = 0.0,

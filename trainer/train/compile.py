@@ -55,13 +55,17 @@ class CountingBackend:
     def for_module(self, module: str) -> CountingBackend:
         """A backend that shares this one's record list but tags graphs with ``module``."""
         child = CountingBackend.__new__(CountingBackend)
-        child.inner_name, child.inner, child.module, child.graphs = self.inner_name, self.inner, module, self.graphs
+        child.inner_name = self.inner_name
+        child.inner = self.inner
+        child.module = module
+        child.graphs = self.graphs
         return child
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         shapes = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)]
         self.graphs.append(GraphRecord(self.module, shapes))
-        logger.info("compiling graph %d (%s) with %s", len(self.graphs), self.module, self.inner_name)
+        logger.info("compiling graph %d (%s) with %s", len(self.graphs), self.module,
+                    self.inner_name)
         return self.inner(gm, example_inputs)
 
     def count(self, module: str | None = None) -> int:
@@ -83,7 +87,8 @@ class CompileReport:
 
 
 def raise_recompile_limit(limit: int = _MIN_RECOMPILE_LIMIT) -> None:
-    """Let dynamo keep at least ``limit`` graphs per code object (name differs across torch versions)."""
+    """Let dynamo keep at least ``limit`` graphs per code object (the setting's name differs
+    across torch versions)."""
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name) and getattr(config, name) < limit:
@@ -103,8 +108,8 @@ def _check_mode(backend: Backend, mode: str | None) -> str | None:
     return mode
 
 
-def compile_models(student: nn.Module, teacher: nn.Module, backend: str = "inductor", mode: str | None = None,
-                   count_graphs: bool = False) -> CompileReport:
+def compile_models(student: nn.Module, teacher: nn.Module, backend: str = "inductor",
+                   mode: str | None = None, count_graphs: bool = False) -> CompileReport:
     """Compile ``backbone`` and ``head`` of both multi-crop wrappers in place (``dynamic=False``).
 
     ``student``/``teacher`` are :class:`~trainer.model.head.MultiCropWrapper` (unwrapped: pass the
@@ -120,17 +125,19 @@ def compile_models(student: nn.Module, teacher: nn.Module, backend: str = "induc
         for part in ("backbone", "head"):
             module = getattr(owner, part, None)
             if not isinstance(module, nn.Module):
-                raise TypeError(f"{owner_name} has no '{part}' module; pass the unwrapped MultiCropWrapper")
+                raise TypeError(f"{owner_name} has no '{part}' module; pass the unwrapped "
+                                "MultiCropWrapper")
             name = f"{owner_name}.{part}"
             chosen = report.counter.for_module(name) if report.counter is not None else backend
             module.compile(backend=chosen, mode=mode, dynamic=False, fullgraph=False)
             report.modules.append(name)
-    logger.info("compiled %s with backend %s, mode %s", ", ".join(report.modules), backend, mode or "default")
+    logger.info("compiled %s with backend %s, mode %s", ", ".join(report.modules), backend,
+                mode or "default")
     return report
 
 
 def dynamo_graph_count() -> int:
-    """Graphs dynamo has compiled in this process, over every compiled function (any backend/mode)."""
+    """Graphs dynamo compiled in this process, over every compiled function (any backend, mode)."""
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])

@@ -56,17 +56,20 @@ def read_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     """Parse torchrun or SLURM variables (torchrun wins when both are present)."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun",
-                       env.get("MASTER_ADDR"), env.get("MASTER_PORT"))
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                       "torchrun", env.get("MASTER_ADDR"), env.get("MASTER_PORT"))
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         addr = env.get("MASTER_ADDR")
         if not addr:
-            nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            names = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+            nodes = next((env[name] for name in names if env.get(name)), None)
             if not nodes:
-                raise RuntimeError("SLURM job with several tasks but neither MASTER_ADDR nor SLURM_JOB_NODELIST set")
+                raise RuntimeError("SLURM job with several tasks but neither MASTER_ADDR nor "
+                                   "SLURM_JOB_NODELIST set")
             addr = first_slurm_host(nodes)
-        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                       "slurm", addr, env.get("MASTER_PORT", DEFAULT_MASTER_PORT))
+        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+                       int(env.get("SLURM_LOCALID", 0)), "slurm", addr,
+                       env.get("MASTER_PORT", DEFAULT_MASTER_PORT))
     return DistEnv()
 
 
@@ -131,7 +134,7 @@ def cleanup() -> None:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log at ``level`` on rank 0; other ranks only report errors. Keeps handlers already installed."""
+    """Log at ``level`` on rank 0; other ranks only report errors. Keeps installed handlers."""
     level = level if is_main_process() else logging.ERROR
     root = logging.getLogger()
     if not root.handlers:

@@ -11,7 +11,7 @@ from torch import nn
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers, in any nesting."""
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel) or isinstance(model, nn.DataParallel):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod
@@ -27,7 +27,8 @@ def make_teacher(student: nn.Module) -> nn.Module:
     return teacher
 
 
-def _paired_params(teacher: nn.Module, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _paired_params(teacher: nn.Module,
+                   student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     t_params = dict(unwrap_model(teacher).named_parameters())
     s_params = dict(unwrap_model(student).named_parameters())
     if t_params.keys() != s_params.keys():
@@ -40,12 +41,16 @@ def _paired_params(teacher: nn.Module, student: nn.Module) -> tuple[list[torch.T
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float,
+               finite: torch.Tensor | None = None) -> None:
     """``teacher = m * teacher + (1 - m) * student`` for every same-named parameter.
 
-    Two fused ``torch._foreach`` launches, no host sync. Buffers (e.g. BatchNorm statistics)
+    Fused ``torch._foreach`` launches, no host sync. Buffers (e.g. BatchNorm statistics)
     are not averaged, as in the DINO authors' code. ``student`` may be DDP- or
-    ``torch.compile``-wrapped.
+    ``torch.compile``-wrapped. ``finite`` (a 0-d bool tensor) skips the update on the device
+    where it is False: the momentum becomes 1, so ``teacher * 1 + student * 0`` leaves the
+    teacher exactly as it was (the student's weights are finite: a non-finite step does not
+    change them, see :mod:`trainer.train.skip_step`).
     """
     momentum = float(momentum)
     if not 0.0 <= momentum <= 1.0:
@@ -53,5 +58,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     t_params, s_params = _paired_params(teacher, student)
     if not t_params:
         return
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    if finite is None:
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+        return
+    keep = torch.where(finite, momentum, 1.0).to(device=t_params[0].device, dtype=torch.float32)
+    torch._foreach_mul_(t_params, keep)
+    torch._foreach_add_(t_params, torch._foreach_mul(s_params, 1.0 - keep))

@@ -23,8 +23,9 @@ from trainer.train.config import TrainConfig
 from trainer.train.distributed import all_reduce_sum, is_main_process
 from trainer.train.ema import ema_update
 from trainer.train.health import collapse_warning, dino_health
-from trainer.train.loss import DINOLoss
+from trainer.train.loss import N_TEACHER_VIEWS, DINOLoss
 from trainer.train.optim import cancel_gradients_last_layer, clip_gradients
+from trainer.train.skip_step import skip_nonfinite_step
 
 logger = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -75,7 +76,7 @@ class MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
-            except Exception as exc:  # noqa: BLE001 - absent or broken TensorBoard must not stop training
+            except Exception as exc:  # noqa: BLE001 - a broken TensorBoard must not stop training
                 logger.info("TensorBoard logging off: %s", exc)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
@@ -96,7 +97,8 @@ class MetricsWriter:
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """``torch.autocast`` in ``precision`` (bf16|fp16), or nothing for fp32."""
     if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(AUTOCAST_DTYPES)}")
+        choices = ", ".join(AUTOCAST_DTYPES)
+        raise ValueError(f"unknown precision {precision!r}; choose one of {choices}")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
@@ -109,13 +111,23 @@ def _set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, wd: float)
             group["weight_decay"] = wd
 
 
-def _to_device(ctx: TrainContext, batch: Batch, step_seed: int) -> tuple[list[torch.Tensor], int, int]:
-    """(crops on the device, images in the batch, files that failed to decode here)."""
+def batch_crops(ctx: TrainContext, batch: Batch,
+                step_seed: int) -> tuple[list[torch.Tensor], int, int]:
+    """(crops on the device, images in the batch, files that failed to decode here).
+
+    Without ``ctx.gpu_multicrop`` the batch holds the crops already (CPU multi-crop). With
+    it, the batch holds encoded files (decoded here, in batches) or images that the loader
+    workers decoded (uint8 tensors, ``None`` for a failure), and the crops are made here.
+    """
     if ctx.gpu_multicrop is None:
         return [crop.to(ctx.device, non_blocking=True) for crop in batch.images], len(batch), 0
     from trainer.data.jpeg_batch import decode_jpegs, drop_undecoded
 
-    decoded = decode_jpegs(batch.images, ctx.device)
+    if batch.images and not isinstance(batch.images[0], (bytes, bytearray)):
+        decoded = [None if image is None else image.to(ctx.device, non_blocking=True)
+                   for image in batch.images]
+    else:
+        decoded = decode_jpegs(batch.images, ctx.device)
     images, _, dropped = drop_undecoded(decoded, batch.labels)
     if not images:
         return [], 0, dropped
@@ -123,8 +135,14 @@ def _to_device(ctx: TrainContext, batch: Batch, step_seed: int) -> tuple[list[to
     return ctx.gpu_multicrop(images, generator=generator), len(images), dropped
 
 
-def _backward_and_step(ctx: TrainContext, loss: torch.Tensor, epoch: int) -> None:
-    cfg, opt = ctx.config, ctx.optimizer
+def _backward_and_step(ctx: TrainContext, loss: torch.Tensor, finite: torch.Tensor,
+                       epoch: int) -> None:
+    """Backward, clipping and the optimizer step, which a non-finite loss skips (no host sync).
+
+    With a loss scaler, ``GradScaler.step`` skips the step itself (non-finite gradients).
+    """
+    cfg = ctx.config
+    opt = ctx.optimizer
     opt.zero_grad(set_to_none=True)
     if ctx.scaler is not None:
         ctx.scaler.scale(loss).backward()
@@ -139,20 +157,26 @@ def _backward_and_step(ctx: TrainContext, loss: torch.Tensor, epoch: int) -> Non
     if cfg.clip_grad > 0:
         clip_gradients(ctx.student_module, cfg.clip_grad)
     cancel_gradients_last_layer(epoch, ctx.student_module, cfg.freeze_last_layer)
-    opt.step()
+    skip_nonfinite_step(opt, finite)
 
 
 def train_step(ctx: TrainContext, crops: list[torch.Tensor], epoch: int,
                it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimisation step at global iteration ``it``; returns detached (loss, student, teacher) outputs."""
+    """One optimisation step at global iteration ``it``.
+
+    Returns the detached (loss, student output, teacher output). A NaN or infinite loss
+    changes neither the student nor the teacher; the caller sees it in the returned loss.
+    """
     _set_hyperparameters(ctx.optimizer, float(ctx.schedules.lr[it]), float(ctx.schedules.wd[it]))
     with autocast_context(ctx.device, ctx.precision):
         with torch.no_grad():
-            teacher_out = ctx.teacher(crops[:2])
+            teacher_out = ctx.teacher(crops[:N_TEACHER_VIEWS])
         student_out = ctx.student(crops)
         loss = ctx.dino_loss(student_out, teacher_out, epoch)
-    _backward_and_step(ctx, loss, epoch)
-    ema_update(ctx.teacher_module, ctx.student_module, float(ctx.schedules.momentum[it]))
+    finite = torch.isfinite(loss.detach())
+    _backward_and_step(ctx, loss, finite, epoch)
+    momentum = float(ctx.schedules.momentum[it])
+    ema_update(ctx.teacher_module, ctx.student_module, momentum, finite=finite)
     return loss.detach(), student_out.detach(), teacher_out.detach()
 
 
@@ -161,49 +185,80 @@ class _EpochTally:
     """Device-side sums plus host-side records, read back only at log steps."""
 
     loss_sum: torch.Tensor
-    nonfinite: torch.Tensor
+    nonfinite: torch.Tensor  # set by a NaN/inf loss; read at the next log step
     steps: int = 0
     images: int = 0
     skipped: int = 0
     health: dict[str, list[float]] = field(default_factory=dict)
     warned: bool = False
+    window_start_s: float = field(default_factory=time.perf_counter)
+    window_images: int = 0
 
+    @classmethod
+    def on(cls, device: torch.device) -> _EpochTally:
+        zeros = torch.zeros((), device=device)
+        return cls(zeros, torch.zeros((), dtype=torch.bool, device=device))
 
-def _health_values(ctx: TrainContext, student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor,
-                   epoch: int) -> dict[str, torch.Tensor]:
-    return dino_health(student_out, teacher_out, center, ctx.dino_loss.teacher_temp_at(epoch),
-                       ctx.dino_loss.student_temp, ctx.dino_loss.ncrops)
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum += loss
+        self.nonfinite |= ~torch.isfinite(loss)
+        self.steps += 1
+        self.images += images
+
+    def rate(self) -> float:
+        """Images per second since the last log step; starts the next window."""
+        now = time.perf_counter()
+        rate = (self.images - self.window_images) / max(now - self.window_start_s, 1e-9)
+        self.window_start_s = now
+        self.window_images = self.images
+        return rate
 
 
 def _raise_non_finite(epoch: int, step: int) -> None:
     raise NonFiniteLossError(
-        f"the loss became NaN or infinite in epoch {epoch} (by step {step}); training stopped. The last "
-        "good checkpoint (output_dir/checkpoint.pth, from the end of the previous epoch) was not overwritten. "
-        "Try a lower --lr, a smaller --clip_grad, --precision fp32 or bf16, or a higher --teacher_temp.")
+        f"Loss is not finite, stopping training: the loss became NaN or infinite in epoch {epoch} "
+        f"(by step {step}). Non-finite steps changed neither the student nor the teacher, "
+        "and the last good checkpoint (output_dir/checkpoint.pth, from the end of the "
+        "previous epoch) was not overwritten. Try a lower --lr, a smaller --clip_grad, "
+        "--precision fp32 or bf16, or a higher --teacher_temp.")
 
 
-def _log_step(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor, outputs: tuple[torch.Tensor, ...],
-              epoch: int, step: int, it: int, rate: float) -> dict[str, float]:
-    """Read the step's values back to the host (one sync), check them, write metrics.jsonl.
+def _read_back(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor,
+               outputs: tuple[torch.Tensor, ...], epoch: int, step: int) -> dict[str, float]:
+    """The step's loss and health values on the host (one sync); stops on a non-finite flag.
 
     ``outputs`` is (student output, teacher output, the centre the loss used at this step).
     """
-    health = _health_values(ctx, *outputs, epoch)
-    nonfinite = all_reduce_sum(tally.nonfinite.float().reshape(1))[0]  # every rank stops together
-    names = ["loss", "nonfinite", *health]
-    values = dict(zip(names, torch.stack([loss.float(), nonfinite,
-                                          *[h.float() for h in health.values()]]).tolist(), strict=True))
+    loss_fn = ctx.dino_loss
+    health = dino_health(*outputs, loss_fn.teacher_temp_at(epoch), loss_fn.student_temp,
+                         loss_fn.ncrops)
+    nonfinite = all_reduce_sum(tally.nonfinite.float().reshape(1))[0]  # all ranks stop together
+    stacked = torch.stack([loss.float(), nonfinite, *[h.float() for h in health.values()]])
+    values = dict(zip(["loss", "nonfinite", *health], stacked.tolist(), strict=True))
     if values.pop("nonfinite") > 0:
         _raise_non_finite(epoch, step)
     for key in health:
         tally.health.setdefault(key, []).append(values[key])
-    record = {"epoch": epoch, "iter": step, **values, "lr": float(ctx.schedules.lr[it]),
-              "wd": float(ctx.schedules.wd[it]), "momentum": float(ctx.schedules.momentum[it]),
-              "teacher_temp": ctx.dino_loss.teacher_temp_at(epoch), "img_per_s": rate}
+    return values
+
+
+def _log_step(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor,
+              outputs: tuple[torch.Tensor, ...], epoch: int, step: int) -> dict[str, float]:
+    """Read the step's values back, check them, warn of collapse, write metrics.jsonl."""
+    values = _read_back(ctx, tally, loss, outputs, epoch, step)
     warning = collapse_warning(values, ctx.config.out_dim)
     if warning and not tally.warned and is_main_process():
         logger.warning("epoch %d step %d: %s", epoch, step, warning)
         tally.warned = True
+    return values
+
+
+def _record(ctx: TrainContext, values: dict[str, float], epoch: int, step: int, it: int,
+            rate: float) -> dict[str, float]:
+    schedules = ctx.schedules
+    record = {"epoch": epoch, "iter": step, **values, "lr": float(schedules.lr[it]),
+              "wd": float(schedules.wd[it]), "momentum": float(schedules.momentum[it]),
+              "teacher_temp": ctx.dino_loss.teacher_temp_at(epoch), "img_per_s": rate}
     if ctx.metrics is not None:
         ctx.metrics.write(it, record)
     return record
@@ -212,58 +267,59 @@ def _log_step(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor, outputs
 def _progress(total: int, epoch: int, epochs: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not is_main_process(), dynamic_ncols=True,
-                mininterval=1.0)
+    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not is_main_process(),
+                dynamic_ncols=True, mininterval=1.0)
 
 
-def train_one_epoch(ctx: TrainContext, loader: torch.utils.data.DataLoader, epoch: int) -> dict[str, float]:
-    """Train for one epoch; returns the epoch's averages (loss, lr, wd, ...) summed over ranks."""
+def _show(bar: Any, rec: dict[str, float]) -> None:
+    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", wd=f"{rec['wd']:.3f}",
+                    mom=f"{rec['momentum']:.4f}", t_temp=f"{rec['teacher_temp']:.3f}",
+                    img_s=f"{rec['img_per_s']:.1f}")
+
+
+def train_one_epoch(ctx: TrainContext, loader: torch.utils.data.DataLoader,
+                    epoch: int) -> dict[str, float]:
+    """Train for one epoch; returns the epoch's averages (loss, lr, wd, ...) over all ranks."""
     cfg = ctx.config
     ctx.student.train()
     ctx.teacher.train()  # as the authors: only BatchNorm in the head (if any) cares
     niter = len(loader)
-    tally = _EpochTally(torch.zeros((), device=ctx.device), torch.zeros((), dtype=torch.bool, device=ctx.device))
-    bar = _progress(niter, epoch, cfg.epochs)
-    last_time, last_images = time.perf_counter(), 0
+    tally = _EpochTally.on(ctx.device)
+    bar = _progress(niter, epoch, len(ctx.schedules.lr) // max(niter, 1))
     for step, batch in enumerate(loader):
         it = epoch * niter + step
-        crops, n_images, dropped = _to_device(ctx, batch, cfg.seed * 1_000_003 + it)
+        crops, n_images, dropped = batch_crops(ctx, batch, cfg.seed * 1_000_003 + it)
         tally.skipped += batch.skipped + dropped
+        bar.update(1)
         if n_images == 0:
-            bar.update(1)
             continue  # every file in the batch was unreadable
         log_now = (step + 1) % cfg.log_every == 0 or step + 1 == niter
-        center_used = ctx.dino_loss.center.clone() if log_now else None  # the loss updates it in place
+        center_used = ctx.dino_loss.center.clone() if log_now else None  # updated in place
         loss, student_out, teacher_out = train_step(ctx, crops, epoch, it)
-        tally.loss_sum += loss
-        tally.nonfinite |= ~torch.isfinite(loss)
-        tally.steps += 1
-        tally.images += n_images
-        bar.update(1)
+        tally.add(loss, n_images)
         if log_now:
-            now = time.perf_counter()
-            rate = (tally.images - last_images) / max(now - last_time, 1e-9)
-            rec = _log_step(ctx, tally, loss, (student_out, teacher_out, center_used), epoch, step, it, rate)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", wd=f"{rec['wd']:.3f}",
-                            mom=f"{rec['momentum']:.4f}", t_temp=f"{rec['teacher_temp']:.3f}",
-                            img_s=f"{rate:.1f}")
-            last_time, last_images = time.perf_counter(), tally.images
+            values = _log_step(ctx, tally, loss, (student_out, teacher_out, center_used), epoch,
+                               step)
+            _show(bar, _record(ctx, values, epoch, step, it, tally.rate()))
     bar.close()
     return _epoch_summary(ctx, tally, epoch, niter)
 
 
-def _epoch_summary(ctx: TrainContext, tally: _EpochTally, epoch: int, niter: int) -> dict[str, float]:
-    totals = torch.stack([tally.loss_sum.float(), torch.tensor(float(tally.steps), device=ctx.device),
-                          torch.tensor(float(tally.skipped), device=ctx.device), tally.nonfinite.float()])
+def _epoch_summary(ctx: TrainContext, tally: _EpochTally, epoch: int,
+                   niter: int) -> dict[str, float]:
+    counts = torch.tensor([float(tally.steps), float(tally.skipped)], device=ctx.device)
+    totals = torch.cat([tally.loss_sum.float().reshape(1), counts,
+                        tally.nonfinite.float().reshape(1)])
     loss_sum, steps, skipped, nonfinite = all_reduce_sum(totals).tolist()
     if nonfinite > 0:
         _raise_non_finite(epoch, niter - 1)
+    schedules = ctx.schedules
     window = slice(epoch * niter, (epoch + 1) * niter)
     summary = {
         "loss": loss_sum / max(steps, 1.0),
-        "lr": float(np.mean(ctx.schedules.lr[window])),
-        "wd": float(np.mean(ctx.schedules.wd[window])),
-        "momentum": float(ctx.schedules.momentum[min(window.stop, len(ctx.schedules.momentum)) - 1]),
+        "lr": float(np.mean(schedules.lr[window])),
+        "wd": float(np.mean(schedules.wd[window])),
+        "momentum": float(schedules.momentum[min(window.stop, len(schedules.momentum)) - 1]),
         "teacher_temp": ctx.dino_loss.teacher_temp_at(epoch),
         "corrupt_files": int(skipped),
     }

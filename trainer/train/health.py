@@ -20,7 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-N_TEACHER_VIEWS = 2
+from trainer.train.loss import N_TEACHER_VIEWS
+
 # Thresholds, as fractions of the maximum entropy log K.
 ONE_HOT_FRACTION = 0.05  # batch-mean teacher entropy below 5% of log K -> one-hot collapse
 UNIFORM_FRACTION = 0.95  # per-image teacher entropy above 95% of log K -> uniform collapse
@@ -48,7 +49,8 @@ def dino_health(student_output: torch.Tensor, teacher_output: torch.Tensor, cent
     teacher_p = teacher_logp.exp()
     student_logp = F.log_softmax(student_output.float() / student_temp, dim=-1).chunk(ncrops)
     kl_terms = []
-    teacher_views = zip(teacher_p.chunk(N_TEACHER_VIEWS), teacher_logp.chunk(N_TEACHER_VIEWS), strict=True)
+    teacher_views = zip(teacher_p.chunk(N_TEACHER_VIEWS), teacher_logp.chunk(N_TEACHER_VIEWS),
+                        strict=True)
     for iq, (p, logp) in enumerate(teacher_views):
         for v, student_view in enumerate(student_logp):
             if v != iq:
@@ -74,14 +76,16 @@ def collapse_warning(metrics: dict[str, float], out_dim: int) -> str | None:
     per_image = metrics.get("teacher_entropy")
     batch_mean = metrics.get("teacher_batch_entropy", per_image)
     if per_image is None and batch_mean is None:
-        raise KeyError("metrics need 'teacher_entropy' and/or 'teacher_batch_entropy' (see dino_health)")
+        raise KeyError("metrics need 'teacher_entropy' and/or 'teacher_batch_entropy' "
+                       "(see dino_health)")
     kl_note = f"; KL(teacher||student) = {metrics['kl']:.4f}" if "kl" in metrics else ""
     if batch_mean is not None and batch_mean < ONE_HOT_FRACTION * max_entropy:
-        return (f"possible one-hot collapse: the batch-mean teacher entropy is {batch_mean:.4f} nats, below "
-                f"{ONE_HOT_FRACTION:.0%} of log K = {max_entropy:.3f} (every image targets the same dimension)"
-                f"{kl_note}. Try a lower center_momentum (faster centring) or a higher teacher_temp.")
+        return (f"possible one-hot collapse: the batch-mean teacher entropy is {batch_mean:.4f} "
+                f"nats, below {ONE_HOT_FRACTION:.0%} of log K = {max_entropy:.3f} (every image "
+                f"targets the same dimension){kl_note}. Try a lower center_momentum (faster "
+                "centring) or a higher teacher_temp.")
     if per_image is not None and per_image > UNIFORM_FRACTION * max_entropy:
-        return (f"possible uniform collapse: the per-image teacher entropy is {per_image:.4f} nats, above "
-                f"{UNIFORM_FRACTION:.0%} of log K = {max_entropy:.3f} (teacher targets are near uniform)"
-                f"{kl_note}. Try a lower teacher_temp (stronger sharpening).")
+        return (f"possible uniform collapse: the per-image teacher entropy is {per_image:.4f} "
+                f"nats, above {UNIFORM_FRACTION:.0%} of log K = {max_entropy:.3f} (teacher targets "
+                f"are near uniform){kl_note}. Try a lower teacher_temp (stronger sharpening).")
     return None

@@ -36,7 +36,8 @@ class DINOLoss(nn.Module):
                  center_momentum: float = 0.9) -> None:
         super().__init__()
         if ncrops < N_TEACHER_VIEWS:
-            raise ValueError(f"ncrops must be >= {N_TEACHER_VIEWS} (the global crops), got {ncrops}")
+            raise ValueError(f"ncrops must be >= {N_TEACHER_VIEWS} (the global crops), "
+                             f"got {ncrops}")
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
         self.out_dim = out_dim
@@ -44,9 +45,18 @@ class DINOLoss(nn.Module):
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.set_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
+        self.last_teacher_temp = float(self.teacher_temps[0])
+
+    def set_schedule(self, warmup_teacher_temp: float, teacher_temp: float,
+                     warmup_teacher_temp_epochs: int, nepochs: int) -> None:
+        """(Re)build the per-epoch teacher temperatures: a linear warm-up, then constant.
+
+        Called by the constructor, and again when a run's length changes (the time budget);
+        the centre and the other state are kept.
+        """
         self.teacher_temps = teacher_temp_schedule(warmup_teacher_temp, teacher_temp,
                                                    warmup_teacher_temp_epochs, nepochs)
-        self.last_teacher_temp = float(self.teacher_temps[0])
 
     def teacher_temp_at(self, epoch: int) -> float:
         """Teacher temperature for ``epoch`` (epochs past the schedule keep its last value)."""
@@ -61,15 +71,18 @@ class DINOLoss(nn.Module):
                              f"got {tuple(teacher_output.shape)}")
         batch = rows // N_TEACHER_VIEWS
         if tuple(student_output.shape) != (self.ncrops * batch, self.out_dim):
-            raise ValueError(f"student_output must be (ncrops*B, out_dim) = ({self.ncrops * batch}, "
-                             f"{self.out_dim}), got {tuple(student_output.shape)}")
+            raise ValueError(f"student_output must be (ncrops*B, out_dim) = "
+                             f"({self.ncrops * batch}, {self.out_dim}), "
+                             f"got {tuple(student_output.shape)}")
 
-    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
+                epoch: int) -> torch.Tensor:
         """Mean cross-view cross-entropy (float32 scalar); also updates the centre."""
         self._check_shapes(student_output, teacher_output)
         temp = self.teacher_temp_at(epoch)
         self.last_teacher_temp = temp
-        student_logp = F.log_softmax(student_output.float() / self.student_temp, dim=-1).chunk(self.ncrops)
+        student_logp = F.log_softmax(student_output.float() / self.student_temp, dim=-1)
+        student_logp = student_logp.chunk(self.ncrops)
         with torch.no_grad():
             teacher_p = F.softmax((teacher_output.detach().float() - self.center) / temp, dim=-1)
         teacher_views = teacher_p.chunk(N_TEACHER_VIEWS)

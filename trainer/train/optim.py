@@ -102,7 +102,8 @@ def _all_on_cuda(param_groups: list[dict]) -> bool:
     return bool(params) and all(p.is_cuda for p in params)
 
 
-def build_optimizer(name: str, param_groups: list[dict], lr: float = 0.0, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(name: str, param_groups: list[dict], lr: float = 0.0,
+                    fused: bool = False) -> torch.optim.Optimizer:
     """``adamw`` (torch AdamW), ``sgd`` (momentum 0.9) or ``lars`` (:class:`LARS`).
 
     ``fused=True`` asks for AdamW's fused CUDA kernel; it is used only when every param is on
@@ -113,7 +114,8 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float = 0.0, fused:
         if fused and _all_on_cuda(param_groups):
             return torch.optim.AdamW(param_groups, lr=lr, fused=True)
         if fused:
-            logger.warning("fused AdamW needs every parameter on CUDA; using the foreach implementation")
+            logger.warning("fused AdamW needs every parameter on CUDA; "
+                           "using the foreach implementation")
         return torch.optim.AdamW(param_groups, lr=lr)
     if key == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=SGD_MOMENTUM)
@@ -139,7 +141,7 @@ def clip_gradients(model: nn.Module, clip: float) -> torch.Tensor:
     device = grads[0].device
     norms_f32 = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
     factors = (clip / (norms_f32 + 1e-6)).clamp_(max=1.0)
-    per_grad = list(factors.unbind())  # a 0-d float32 factor scales a grad of any float dtype in place
+    per_grad = list(factors.unbind())  # a 0-d float32 factor scales a grad of any float dtype
     if any(g.device != device for g in grads):
         per_grad = [f.to(g.device) for f, g in zip(per_grad, grads, strict=True)]
     torch._foreach_mul_(grads, per_grad)

@@ -34,12 +34,13 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
     _check_count("niter_per_ep", niter_per_ep, 1)
     _check_count("warmup_epochs", warmup_epochs, 0)
     if warmup_epochs > epochs:
-        raise ValueError(f"warmup_epochs ({warmup_epochs}) is longer than training (epochs={epochs}); "
-                         f"choose warmup_epochs between 0 and {epochs}")
+        raise ValueError(f"warmup_epochs ({warmup_epochs}) is longer than training "
+                         f"(epochs={epochs}); choose warmup_epochs between 0 and {epochs}")
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
     steps = np.arange(epochs * niter_per_ep - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    phase = np.pi * steps / max(len(steps), 1)
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(phase))
     schedule = np.concatenate((warmup, cosine)).astype(np.float64)
     assert len(schedule) == epochs * niter_per_ep
     return schedule
@@ -65,8 +66,8 @@ def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmu
         raise ValueError(f"warmup_teacher_temp_epochs ({warmup_epochs}) is longer than training "
                          f"(epochs={nepochs}); choose a value between 0 and {nepochs}")
     if warmup_teacher_temp <= 0 or teacher_temp <= 0:
-        raise ValueError(f"teacher temperatures must be > 0, got warmup_teacher_temp={warmup_teacher_temp}, "
-                         f"teacher_temp={teacher_temp}")
+        raise ValueError(f"teacher temperatures must be > 0, got "
+                         f"warmup_teacher_temp={warmup_teacher_temp}, teacher_temp={teacher_temp}")
     warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs)
     constant = np.full(nepochs - warmup_epochs, teacher_temp, dtype=np.float64)
     return np.concatenate((warmup, constant))

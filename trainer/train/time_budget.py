@@ -6,7 +6,8 @@ spent so far and the duration of the last epoch. The answer never exceeds the pl
 differs from the current length, the per-iteration schedules (lr, weight decay, teacher
 momentum) and the per-epoch teacher temperature are rebuilt for the new length, so the run
 still ends on the schedules' final values (lr at ``min_lr``, momentum at 1) instead of being
-cut off half-way down its cosine.
+cut off half-way down its cosine. The configuration is never changed: the fitted length is a
+new :class:`RunLength`, which the checkpoint records next to the flags the user gave.
 
 The first epoch of a process is slower (compilation, cold caches, worker start-up), so its
 duration only decides whether a second epoch fits at all; fitting starts after the second.
@@ -19,15 +20,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from trainer.train.config import TrainConfig
-from trainer.train.schedules import teacher_temp_schedule
 
 logger = logging.getLogger(__name__)
 
 
-def affordable_epochs(done: int, planned: int, elapsed_s: float, epoch_s: float, limit_s: float) -> int:
+def affordable_epochs(done: int, planned: int, elapsed_s: float, epoch_s: float,
+                      limit_s: float) -> int:
     """Total epochs that fit: ``done`` plus as many ``epoch_s``-long epochs as the time left allows.
 
     Clamped to ``[done, planned]``; no limit (``limit_s <= 0``) gives ``planned``.
@@ -38,6 +37,19 @@ def affordable_epochs(done: int, planned: int, elapsed_s: float, epoch_s: float,
         raise ValueError(f"epoch_s must be > 0, got {epoch_s}")
     more = int(max(limit_s - elapsed_s, 0.0) // epoch_s)
     return max(done, min(planned, done + more))
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """The epochs that set the schedules' lengths: as asked (:meth:`of`) or fitted to a budget."""
+
+    epochs: int
+    warmup_epochs: int
+    warmup_teacher_temp_epochs: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> RunLength:
+        return cls(cfg.epochs, cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs)
 
 
 @dataclass
@@ -74,18 +86,10 @@ class TimeBudget:
         mean_s = sum(self.durations_s) / len(self.durations_s)
         return affordable_epochs(done, self.planned_epochs, elapsed, mean_s, self.limit_s)
 
-    def apply(self, cfg: TrainConfig, epochs: int) -> TrainConfig:
-        """Set the run's length to ``epochs`` with the planned warm-ups, clipped so that at least the
+    def fit(self, epochs: int) -> RunLength:
+        """The run's new length: ``epochs`` with the planned warm-ups, clipped so that at least the
         last epoch follows the cosine (the lr warm-up never takes the whole run)."""
         if not 1 <= epochs <= self.planned_epochs:
             raise ValueError(f"epochs must be in [1, {self.planned_epochs}], got {epochs}")
-        cfg.epochs = epochs
-        cfg.warmup_epochs = min(self.warmup_epochs, epochs - 1)
-        cfg.warmup_teacher_temp_epochs = min(self.warmup_teacher_temp_epochs, epochs)
-        return cfg
-
-
-def teacher_temps_for(cfg: TrainConfig) -> np.ndarray:
-    """The per-epoch teacher temperatures of ``cfg`` (after a refit)."""
-    return teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs,
-                                 cfg.epochs)
+        return RunLength(epochs, min(self.warmup_epochs, epochs - 1),
+                         min(self.warmup_teacher_temp_epochs, epochs))

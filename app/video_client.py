@@ -1,0 +1,62 @@
+"""The video-job calls of the attention service (``POST /attention/video``, ``/jobs/...``), over a
+:class:`app.client.BackendClient`'s connection, with the same readable errors."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from app.client import BackendClient, BackendError
+
+RENDERS = ("mean", "heads", "masks", "side")
+RESULT_FORMATS = ("mp4", "npz", "json")
+
+
+def submit_video(client: BackendClient, video: str | Path, model: str | None = None, render: str = "mean",
+                 fps: float | None = None, threshold: float = 0.6, image_size: int = 480,
+                 max_frames: int | None = None) -> str:
+    """Queue a job for the clip at ``video``; returns the job id."""
+    if render not in RENDERS:
+        raise BackendError(f"unknown render {render!r}; choose one of {', '.join(RENDERS)}")
+    path = Path(video)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BackendError(f"cannot read the file {path.name}: {exc.strerror or exc}") from exc
+    fields = {"render": render, "threshold": repr(float(threshold)), "image_size": str(int(image_size))}
+    if model:
+        fields["model"] = model
+    if fps:
+        fields["fps"] = repr(float(fps))
+    if max_frames:
+        fields["max_frames"] = str(int(max_frames))
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    body = client._json("POST", "/attention/video", files={"video": (path.name, data, mime)}, data=fields)
+    if "job" not in body:
+        raise BackendError("The service's /attention/video reply has no job id; is it the DINO attention service?")
+    return str(body["job"])
+
+
+def job_status(client: BackendClient, job: str) -> dict[str, Any]:
+    """``GET /jobs/{job}``: state, frames_done, frames_total, truncated, elapsed_s, eta_s, error."""
+    return client._json("GET", f"/jobs/{job}")
+
+
+def cancel_job(client: BackendClient, job: str) -> None:
+    """``DELETE /jobs/{job}``: cancels a queued or running job, deletes a finished one."""
+    client._request("DELETE", f"/jobs/{job}")
+
+
+def save_result(client: BackendClient, job: str, fmt: str, dest: Path) -> Path:
+    """Download the job's ``mp4``, ``npz`` or ``json`` result to ``dest``."""
+    if fmt not in RESULT_FORMATS:
+        raise BackendError(f"unknown result format {fmt!r}; choose one of {', '.join(RESULT_FORMATS)}")
+    dest.write_bytes(client._request("GET", f"/jobs/{job}/result", params={"format": fmt}).content)
+    return dest
+
+
+def save_source(client: BackendClient, job: str, dest: Path) -> Path:
+    """Download the input as browser-playable MP4 (``GET /jobs/{job}/source``) to ``dest``."""
+    dest.write_bytes(client._request("GET", f"/jobs/{job}/source").content)
+    return dest

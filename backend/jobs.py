@@ -1,0 +1,223 @@
+"""Background jobs of ``POST /attention/video``: their state, their folder on disk, limits and expiry.
+
+Each job lives in ``<cache_dir>/jobs/<id>/``: ``job.json`` (its public state, rewritten atomically
+at every state change), the upload, and once done the results. A service that starts finds the
+folders of the previous run: jobs that were queued or running are marked ``failed`` with
+``error: "service restarted"``; finished ones are kept until their time-to-live runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from backend.errors import ServiceError
+
+log = logging.getLogger(__name__)
+ACTIVE = ("queued", "running")
+FINISHED = ("done", "failed", "cancelled")
+RESTARTED = "service restarted"
+JOB_FILE = "job.json"
+
+
+class JobNotFound(ServiceError):
+    status, code = 404, "unknown_job"
+
+
+class JobNotDone(ServiceError):
+    status, code = 409, "job_not_done"
+
+
+class TooManyJobs(ServiceError):
+    status, code = 429, "too_many_jobs"
+
+
+@dataclass
+class Job:
+    """One video job; everything but ``cancel`` is saved in ``job.json``."""
+
+    id: str
+    client: str
+    params: dict[str, Any]
+    state: str = "queued"
+    frames_done: int = 0
+    frames_total: int = 0
+    truncated: bool = False
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    input_name: str = "input"
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cancel"}
+
+    def public(self) -> dict[str, Any]:
+        """The body of ``GET /jobs/{id}``."""
+        now = self.finished_at or time.time()
+        elapsed = 0.0 if self.started_at is None else max(0.0, now - self.started_at)
+        eta = None
+        if self.state == "running" and self.frames_done > 0:
+            eta = elapsed / self.frames_done * max(self.frames_total - self.frames_done, 0)
+        elif self.state == "done":
+            eta = 0.0
+        return {"job": self.id, "state": self.state, "frames_done": self.frames_done,
+                "frames_total": self.frames_total, "truncated": self.truncated, "elapsed_s": round(elapsed, 3),
+                "eta_s": None if eta is None else round(eta, 3), "error": self.error, "params": self.params,
+                "created_at": self.created_at, "finished_at": self.finished_at}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class JobStore:
+    """Jobs in memory and on disk; a thread pool runs them; finished ones expire after ``ttl_s``."""
+
+    def __init__(self, root: Path, ttl_s: float, per_client: int, max_jobs: int, workers: int = 1) -> None:
+        self.root = Path(root)
+        self.ttl_s, self.per_client, self.max_jobs = ttl_s, per_client, max_jobs
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="video-job")
+        self._stopping = threading.Event()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="video-job-sweeper", daemon=True)
+        self._sweeper.start()
+
+    # -- disk --------------------------------------------------------------------------
+    def folder(self, job: Job) -> Path:
+        return self.root / job.id
+
+    def save(self, job: Job) -> None:
+        write_atomic(self.folder(job) / JOB_FILE, json.dumps(job.record(), indent=1).encode())
+
+    def _recover(self) -> None:
+        """Load the previous run's jobs: unfinished ones become failed ("service restarted")."""
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir():
+                folder.unlink(missing_ok=True)  # an upload the previous run did not finish receiving
+                continue
+            try:
+                record = json.loads((folder / JOB_FILE).read_text())
+                job = Job(**record)
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("removing the unreadable job folder %s (%s)", folder.name, exc)
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if job.state in ACTIVE:
+                job.state, job.error, job.finished_at = "failed", RESTARTED, time.time()
+                self.save(job)
+            self._jobs[job.id] = job
+        self.sweep()
+
+    # -- life cycle --------------------------------------------------------------------
+    def create(self, client: str, params: dict[str, Any]) -> Job:
+        """A new queued job with its folder; 429 over the per-client or kept-jobs limit."""
+        self.sweep()
+        with self._lock:
+            active = sum(1 for j in self._jobs.values() if j.client == client and j.state in ACTIVE)
+            if active >= self.per_client:
+                raise TooManyJobs(f"you already have {active} video jobs queued or running; the limit is "
+                                  f"{self.per_client} (DINO_VIDEO_JOBS_PER_CLIENT); wait for one to finish "
+                                  "or cancel it with DELETE /jobs/{id}")
+            if len(self._jobs) >= self.max_jobs:
+                raise TooManyJobs(f"the service keeps {len(self._jobs)} video jobs, its limit "
+                                  f"(DINO_VIDEO_MAX_JOBS); delete finished ones with DELETE /jobs/{{id}} or "
+                                  f"retry after they expire ({self.ttl_s:.0f} s after finishing)")
+            job = Job(id=secrets.token_urlsafe(9), client=client, params=params)
+            self.folder(job).mkdir(parents=True)
+            self._jobs[job.id] = job
+            self.save(job)
+            return job
+
+    def submit(self, job: Job, run: Callable[[Job], None]) -> None:
+        self._pool.submit(self._run_guarded, job, run)
+
+    def _run_guarded(self, job: Job, run: Callable[[Job], None]) -> None:
+        if job.cancel.is_set():
+            return
+        try:
+            run(job)
+        except Exception:  # noqa: BLE001 - a job's failure must never kill the worker
+            log.exception("video job %s failed unexpectedly", job.id)
+            self.finish(job, "failed", "internal error while processing the video; the server log has details")
+
+    def get(self, job_id: str) -> Job:
+        self.sweep()
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no video job {job_id!r}; it never existed, was deleted, or expired "
+                              f"({self.ttl_s:.0f} s after it finished)")
+        return job
+
+    def start(self, job: Job, frames_total: int) -> None:
+        job.state, job.started_at, job.frames_total = "running", time.time(), frames_total
+        self.save(job)
+
+    def finish(self, job: Job, state: str, error: str | None = None) -> None:
+        """Record the end of a job; while the service stops, unfinished jobs keep their state on disk
+        (the next start marks them failed)."""
+        with self._lock:
+            if job.state in FINISHED or self._stopping.is_set():
+                return
+            job.state, job.error, job.finished_at = state, error, time.time()
+            if job.id in self._jobs:
+                self.save(job)
+
+    def cancel(self, job: Job) -> None:
+        """Stop a queued or running job; the worker sees the flag between batches."""
+        job.cancel.set()
+        self.finish(job, "cancelled")
+
+    def delete(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.id, None)
+        shutil.rmtree(self.folder(job), ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Delete finished jobs (and their files) older than the time-to-live."""
+        now = time.time()
+        with self._lock:
+            expired = [j for j in self._jobs.values()
+                       if j.state in FINISHED and j.finished_at is not None and now - j.finished_at > self.ttl_s]
+        for job in expired:
+            log.info("video job %s expired", job.id)
+            self.delete(job)
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(min(60.0, max(self.ttl_s / 2, 0.5))):
+            try:
+                self.sweep()
+            except OSError as exc:  # pragma: no cover - a full or read-only disk must not stop the loop
+                log.warning("job clean-up failed: %s", exc)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def close(self) -> None:
+        """Stop the workers at their next batch; unfinished jobs stay as they are on disk."""
+        self._stopping.set()
+        for job in list(self._jobs.values()):
+            job.cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,247 @@
+"""Running one video job: decode, model and encode overlap in three threads.
+
+* a decoder thread samples frames (``video_io.sample_frames``) and preprocesses each exactly as
+  ``POST /attention`` does (``images.prepare``);
+* the job's thread stacks them into batches of ``DINO_VIDEO_BATCH`` frames; each batch waits for
+  an inference slot (it retries instead of failing with busy) and gives the slot back at once, so
+  image requests interleave between batches;
+* an encoder thread renders each frame's picture and writes the result and source MP4s.
+
+Results are written under temporary names and renamed into place when the job is done.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.errors import Busy, ServiceError
+from backend.images import Prepared, prepare
+from backend.inference import derive_maps
+from backend.jobs import Job, JobStore, write_atomic
+from backend.registry import LoadedModel
+from backend.video_io import Mp4Writer, sample_frames
+from backend.video_params import VideoParams
+from backend.video_render import render_frame
+from trainer.model.block_attention import block_attention, prefix_tokens
+
+log = logging.getLogger(__name__)
+RESULT_FILES = {"mp4": "result.mp4", "npz": "result.npz", "json": "result.json"}
+SOURCE_FILE = "source.mp4"
+_END = object()
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or the service is stopping) between two batches."""
+
+
+@dataclass
+class FrameMaps:
+    """What the model produced for the sampled frames, in order."""
+
+    timestamps: list[float] = field(default_factory=list)
+    attentions: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    coverage: list[list[float]] = field(default_factory=list)
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
+    """Put ``item`` on a bounded queue, giving up when ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise Cancelled
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+@contextmanager
+def waiting_slot(service: Any, cancel: threading.Event) -> Iterator[None]:
+    """An inference slot for one batch: wait (in ``queue_timeout_s`` steps) instead of failing busy."""
+    while True:
+        if cancel.is_set():
+            raise Cancelled
+        slot = service.engine.slot()
+        try:
+            slot.__enter__()
+        except Busy:
+            continue
+        break
+    service.metrics.in_flight.inc()
+    try:
+        yield
+    finally:
+        service.metrics.in_flight.dec()
+        slot.__exit__(None, None, None)
+
+
+def batch_attention(service: Any, loaded: LoadedModel, tensor: torch.Tensor, layer: int) -> torch.Tensor:
+    """``(B, heads, gh, gw)`` CLS attention of block ``layer`` for a batch of prepared frames.
+
+    The model step of ``POST /attention`` (``block_attention`` under the engine's inference mode and
+    precision), on ``B`` frames at once; the prefix columns (CLS, registers) are dropped.
+    """
+    model, device = loaded.model, loaded.device
+    use_bf16 = service.engine.precision == "bf16"
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        rows = block_attention(model, tensor.to(device, non_blocking=True), layer, (0,)).attention
+    patch = model.patch_size
+    gh, gw = tensor.shape[-2] // patch, tensor.shape[-1] // patch
+    cls = rows[:, :, 0, prefix_tokens(model):].float().cpu()
+    return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
+
+
+class VideoJobRunner:
+    """Callable run by the job store's worker for each job."""
+
+    def __init__(self, service: Any, store: JobStore, batch: int) -> None:
+        self.service, self.store, self.batch = service, store, batch
+
+    def __call__(self, job: Job) -> None:
+        folder = self.store.folder(job)
+        try:
+            params = VideoParams.model_validate(job.params["request"])
+            loaded = self.service.model_for(params)
+            self.store.start(job, int(job.params["frames_estimate"]))
+            maps = self._pipeline(job, params, loaded, folder)
+            self._write_results(job, params, loaded, maps, folder)
+        except Cancelled:
+            self.store.finish(job, "cancelled")
+        except ServiceError as exc:
+            self.store.finish(job, "failed", exc.detail)
+        finally:
+            for tmp in folder.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+        if job.state == "running":
+            job.frames_total = job.frames_done
+            self.store.finish(job, "done")
+
+    # -- the three stages --------------------------------------------------------------
+    def _decode(self, job: Job, params: VideoParams, loaded: LoadedModel, out: queue.Queue) -> None:
+        info, stop = loaded.info, job.cancel
+        src = self.store.folder(job) / job.input_name
+        cap = int(job.params["max_frames"])
+        try:
+            for i, (t, image) in enumerate(sample_frames(src, float(job.params["fps_used"]), cap + 1)):
+                if i == cap:
+                    job.truncated = True
+                    break
+                prepared = prepare(image, params.image_size, params.resize, info.patch_size, info.mean, info.std)
+                _put(out, (t, image, prepared), stop)
+        except Exception as exc:  # noqa: BLE001 - handed to the job's thread, which reports it
+            _put(out, exc, stop)
+        _put(out, _END, stop)
+
+    def _encode(self, job: Job, params: VideoParams, patch: int, inbox: queue.Queue, errors: list) -> None:
+        folder, fps = self.store.folder(job), float(job.params["fps_used"])
+        try:
+            with Mp4Writer(folder / ".result.mp4.tmp", fps) as result, \
+                    Mp4Writer(folder / ".source.mp4.tmp", fps) as source:
+                while (item := _get(inbox, job.cancel)) is not _END:
+                    image, prepared, attn, masks = item
+                    frame = np.asarray(prepared.image)
+                    result.write(render_frame(params.render, frame, attn, masks, patch))
+                    source.write(np.asarray(image))
+        except Cancelled:
+            return
+        except Exception as exc:  # noqa: BLE001 - reported by the job's thread
+            log.exception("encoding video job %s failed", job.id)
+            errors.append(exc)
+            job.cancel.set()
+
+    def _pipeline(self, job: Job, params: VideoParams, loaded: LoadedModel, folder: Path) -> FrameMaps:
+        decoded: queue.Queue = queue.Queue(maxsize=2 * self.batch)
+        to_encode: queue.Queue = queue.Queue(maxsize=2 * self.batch)
+        errors: list[Exception] = []
+        decoder = threading.Thread(target=self._decode, args=(job, params, loaded, decoded), daemon=True)
+        encoder = threading.Thread(target=self._encode, args=(job, params, loaded.info.patch_size, to_encode,
+                                                              errors), daemon=True)
+        decoder.start()
+        encoder.start()
+        maps = FrameMaps()
+        try:
+            self._model_loop(job, params, loaded, decoded, to_encode, maps)
+            _put(to_encode, _END, job.cancel)
+        finally:
+            if job.cancel.is_set() or errors:
+                job.cancel.set()
+            decoder.join()
+            encoder.join()
+        if errors:
+            raise ServiceError(f"encoding the result failed: {errors[0]}", code="encode_failed")
+        if job.cancel.is_set():
+            raise Cancelled
+        (folder / ".result.mp4.tmp").replace(folder / RESULT_FILES["mp4"])
+        (folder / ".source.mp4.tmp").replace(folder / SOURCE_FILE)
+        return maps
+
+    def _model_loop(self, job: Job, params: VideoParams, loaded: LoadedModel, inbox: queue.Queue,
+                    outbox: queue.Queue, maps: FrameMaps) -> None:
+        pending: list[tuple[float, Any, Prepared]] = []
+        done = False
+        while not done:
+            item = _get(inbox, job.cancel)
+            if isinstance(item, Exception):
+                raise item if isinstance(item, ServiceError) else ServiceError(
+                    f"decoding the video failed: {item}", code="decode_failed")
+            done = item is _END
+            if not done:
+                same_size = not pending or pending[0][2].tensor.shape == item[2].tensor.shape
+                if same_size:
+                    pending.append(item)
+                if len(pending) < self.batch and same_size:
+                    continue
+                self._run_batch(job, params, loaded, pending, outbox, maps)
+                pending = [] if same_size else [item]
+            elif pending:
+                self._run_batch(job, params, loaded, pending, outbox, maps)
+
+    def _run_batch(self, job: Job, params: VideoParams, loaded: LoadedModel, frames: list, outbox: queue.Queue,
+                   maps: FrameMaps) -> None:
+        tensor = torch.cat([p.tensor for _, _, p in frames])
+        with waiting_slot(self.service, job.cancel):
+            attn = batch_attention(self.service, loaded, tensor, int(job.params["layer_used"]))
+        for (t, image, prepared), a in zip(frames, attn, strict=True):
+            derived = derive_maps(a, params.threshold)
+            maps.timestamps.append(t)
+            maps.attentions.append(derived.attentions)
+            maps.masks.append(derived.masks)
+            maps.coverage.append(derived.coverage)
+            _put(outbox, (image, prepared, derived.attentions, derived.masks), job.cancel)
+        job.frames_done += len(frames)
+        job.frames_total = max(job.frames_total, job.frames_done)
+
+    # -- results -----------------------------------------------------------------------
+    def _write_results(self, job: Job, params: VideoParams, loaded: LoadedModel, maps: FrameMaps,
+                       folder: Path) -> None:
+        attentions = np.stack(maps.attentions).astype(np.float32)
+        meta = {**job.params, "model": loaded.entry.id, "patch_size": loaded.info.patch_size,
+                "num_heads": int(attentions.shape[1]), "grid": list(attentions.shape[2:]),
+                "frames": len(maps.timestamps), "truncated": job.truncated}
+        buf = io.BytesIO()
+        np.savez(buf, attentions=attentions, masks=np.stack(maps.masks), mean_attention=attentions.mean(1),
+                 timestamps=np.asarray(maps.timestamps, dtype=np.float64), meta=np.asarray(json.dumps(meta)))
+        write_atomic(folder / RESULT_FILES["npz"], buf.getvalue())
+        summary = {**meta, "timestamps": maps.timestamps, "coverage": maps.coverage}
+        write_atomic(folder / RESULT_FILES["json"], json.dumps(summary).encode())

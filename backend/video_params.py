@@ -1,0 +1,61 @@
+"""Parameters of ``POST /attention/video`` (form fields besides the ``video`` file part)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from backend.errors import InvalidParameter
+from backend.video_render import RENDERS
+
+_ALLOWED = {
+    "model": "an id from GET /models",
+    "image_size": "an integer between the model's patch size and DINO_MAX_IMAGE_SIZE",
+    "resize": "keep_aspect or square",
+    "threshold": "a number with 0 < threshold <= 1",
+    "fps": "frames per second to sample, 0 < fps <= 60 (default: the source rate, at most 30)",
+    "max_frames": "an integer from 1 to DINO_VIDEO_MAX_FRAMES",
+    "render": ", ".join(RENDERS),
+    "layer": "a block index of the model (default: the last block)",
+}
+
+
+class VideoParams(BaseModel):
+    """What to compute for every sampled frame and how to draw it (see docs/API.md)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
+
+    model: str | None = Field(None, min_length=1, max_length=256)
+    image_size: int = Field(480, ge=1, le=4096)
+    resize: Literal["keep_aspect", "square"] = "keep_aspect"
+    threshold: float = Field(0.6, gt=0, le=1)
+    fps: float | None = Field(None, gt=0, le=60)
+    max_frames: int | None = Field(None, ge=1)
+    render: Literal["mean", "heads", "masks", "side"] = "mean"
+    layer: int | None = None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    name = ".".join(str(p) for p in err.get("loc", ())) or "request"
+    if err.get("type") == "extra_forbidden":
+        return f"unknown field {name!r}; the fields are video, {', '.join(_ALLOWED)}"
+    hint = _ALLOWED.get(name)
+    return f"{name}: {err.get('msg', 'invalid')}" + (f" (allowed: {hint})" if hint else "")
+
+
+def validate_video_params(raw: dict[str, Any]) -> VideoParams:
+    """Form fields -> parameters, or 422 naming every bad field and its allowed values."""
+    raw = {k: v for k, v in raw.items() if v not in ("", None)}  # an empty field means "the default"
+    try:
+        return VideoParams.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidParameter("; ".join(_describe(e) for e in exc.errors())) from exc
+
+
+def video_body_schema() -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of ``POST /attention/video`` (multipart: the clip and the text fields)."""
+    props = VideoParams.model_json_schema()["properties"]
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": {"video": {"type": "string", "format": "binary"}, **props},
+        "required": ["video"], "additionalProperties": False}}}}}

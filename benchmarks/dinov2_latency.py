@@ -1,0 +1,110 @@
+"""DINOv2 ViT-S/14 at 518 px against DINO ViT-S/16 at 480 px, through the service path.
+
+    python -m benchmarks.dinov2_latency                 # 10 timed requests per row
+    python -m benchmarks.dinov2_latency --repeats 20 --json rows.json
+    python -m benchmarks.dinov2_latency --tiny          # a seconds-long smoke run
+
+Random weights (timing does not depend on them), written to files and loaded by the service's
+registry like any checkpoint. Each request runs ``AttentionService.analyse`` and the JSON reply
+in-process: PNG decode, resize (square), model, masks, and with ``overlays`` the pictures. The
+map cache is off, so every request runs the model. Rows: ViT-S/16 (DINO, 480 px: 900 patches),
+ViT-S/14 (DINOv2, 518 px: 1369 patches) and ViT-S/14 with 4 registers, each with overlays off
+and on. The models take turns request by request, so load from other processes slows them alike.
+Printed: p50 / p95 latency and requests per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from backend.responses import analysis_dict, json_response
+from backend.schemas import AttentionParams
+from backend.service import AttentionService
+from backend.settings import Settings
+from benchmarks.attention_latency import Row, make_row, print_row, sample_png
+from trainer.model.checkpoint import export_backbone_safetensors
+from trainer.model.dinov2 import Dinov2Arch, build_dinov2
+from trainer.model.vit import DinoViT, build_vit
+
+
+def models(tiny: bool) -> dict[str, tuple[DinoViT, int]]:
+    """name -> (random model, image size)."""
+    torch.manual_seed(0)
+    dim, depth, heads = (64, 2, 1) if tiny else (384, 12, 6)
+    grid = 37
+    out = {"dino_vits16": (build_vit(patch_size=16, embed_dim=dim, depth=depth, num_heads=heads), 64 if tiny else 480)}
+    for registers in (0, 4):
+        arch = Dinov2Arch(dim, depth, heads, registers, 4 * dim, False, grid)
+        name = "dinov2_vits14_reg" if registers else "dinov2_vits14"
+        out[name] = (build_dinov2(arch), 70 if tiny else 518)
+    return out
+
+
+def request_fn(service: AttentionService, params: AttentionParams, png: bytes) -> Callable[[], object]:
+    """One request through the service path: analyse and serialise the JSON reply."""
+    loaded = service.model_for(params)
+
+    def call() -> object:
+        return json_response(analysis_dict(service.analyse(loaded, params, png, None)))
+    return call
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Time the calls round-robin (2 warm-up rounds), so a busy machine slows every row alike."""
+    for _ in range(2):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    specs = models(args.tiny)
+    rows: list[Row] = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, (model, _) in specs.items():
+            export_backbone_safetensors(model.eval(), folder / f"{name}.safetensors", arch=name, epoch=None,
+                                        trained=False)
+        settings = Settings(checkpoint_dir=folder, cache_dir=folder / "cache", allow_downloads=False, device="cpu",
+                            max_loaded_models=len(specs), max_concurrency=1, queue_timeout_s=3600, cache_entries=0)
+        service = AttentionService(settings)
+        for overlays in (False, True):
+            calls = {name: request_fn(service, AttentionParams(model=name, image_size=size, resize="square",
+                                                               overlays=overlays), sample_png(size))
+                     for name, (_, size) in specs.items()}
+            for name, lat in interleaved(calls, args.repeats).items():
+                size = specs[name][1]
+                rows.append(make_row(name, f"{size}px overlays={'on' if overlays else 'off'}", 1, lat, sum(lat)))
+                print_row(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=10, help="timed requests per row (after 2 warm-up requests)")
+    p.add_argument("--tiny", action="store_true", help="tiny models at 64-70 px (smoke test)")
+    p.add_argument("--json", type=Path, help="write the rows here")
+    args = p.parse_args(argv)
+    rows = run(args)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Download every wheel the images install into docker/wheelhouse/, for builds without internet
+# (or behind a proxy the build cannot use). The Dockerfiles then install from it and nothing else.
+#   docker/fill_wheelhouse.sh                     # CPU torch from download.pytorch.org
+#   TORCH_INDEX_URL= TORCH_PACKAGES="torch==2.13.0+cpu torchvision==0.28.0" docker/fill_wheelhouse.sh
+#                                                 # torch from pip's configured indexes/find-links
+# Environment:
+#   TORCH_INDEX_URL  index of the torch wheels (default: the CPU index; empty: pip's configuration)
+#   TORCH_PACKAGES   torch requirements (default "torch torchvision")
+#   PYTHON_VERSION   the images' Python (default 3.11, python:3.11-slim and Debian bookworm)
+#   WHEELHOUSE       destination (default docker/wheelhouse)
+#   PIP              pip command (default "python3 -m pip")
+# Every image of a build uses the same wheelhouse: fill it with CPU torch for the service and
+# the CPU trainer, or with CUDA torch (TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128)
+# in a second folder for the GPU trainer (build arg WHEELHOUSE=docker/wheelhouse-cuda).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+TORCH_INDEX_URL=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+TORCH_PACKAGES=${TORCH_PACKAGES:-torch torchvision}
+PYTHON_VERSION=${PYTHON_VERSION:-3.11}
+WHEELHOUSE=${WHEELHOUSE:-$here/wheelhouse}
+PIP=${PIP:-python3 -m pip}
+mkdir -p "$WHEELHOUSE"
+
+# Wheels for Linux x86_64 with glibc 2.36 (bookworm) or newer, for CPython $PYTHON_VERSION.
+target=(--only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp)
+for minor in $(seq 36 -1 5); do target+=(--platform "manylinux_2_${minor}_x86_64"); done
+target+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64)
+target+=(--platform manylinux1_x86_64 --platform linux_x86_64)
+
+torch_index=()
+if [ -n "$TORCH_INDEX_URL" ]; then torch_index=(--index-url "$TORCH_INDEX_URL"); fi
+# shellcheck disable=SC2086  # TORCH_PACKAGES is a list of requirements
+$PIP download --dest "$WHEELHOUSE" "${target[@]}" "${torch_index[@]}" $TORCH_PACKAGES
+
+# Pin the torch wheels just downloaded, so that resolving timm's dependencies cannot fetch another.
+pins=$(mktemp)
+trap 'rm -f "$pins"' EXIT
+for wheel in "$WHEELHOUSE"/torch-*.whl "$WHEELHOUSE"/torchvision-*.whl; do
+    [ -e "$wheel" ] || continue
+    name_version=$(basename "$wheel" | cut -d- -f1,2)
+    echo "${name_version%%-*}==${name_version#*-}" | sed 's/%2B/+/' >> "$pins"
+done
+for image in backend app trainer; do
+    $PIP download --dest "$WHEELHOUSE" "${target[@]}" --find-links "$WHEELHOUSE" \
+        --constraint "$pins" -r "$here/requirements-$image.txt"
+done
+
+cuda=$(find "$WHEELHOUSE" -name 'nvidia_*.whl' | wc -l)
+echo "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
+ls -l "$WHEELHOUSE"/torch-*.whl "$WHEELHOUSE"/torchvision-*.whl
+if [ "$cuda" -gt 0 ]; then
+    echo "note: $cuda nvidia_* (CUDA) wheels: images built from this wheelhouse carry CUDA libraries"
+fi

@@ -1,0 +1,94 @@
+"""The Video tab's api_names (gradio_client) with the real service behind the app, on loopback."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+import av
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+
+from app.video_tab import progress_html
+from tests.app_stack import MODEL_IDS, TINY, running_app, running_backend
+from tests.video_clips import write_clip
+
+pytestmark = pytest.mark.slow
+FRAMES, W, H = 24, 64, 48
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("video_live")
+    with running_backend(tmp) as backend_url, running_app(backend_url) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def client(live) -> Client:
+    return Client(live.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("video_inputs") / "clip.gif"
+    write_clip(path, FRAMES, W, H, fps=12)
+    return str(path)
+
+
+def _path(value) -> str:
+    return value["video"] if isinstance(value, dict) else value
+
+
+def test_video_api_names_are_listed(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/video", "/video_cancel"} <= names
+
+
+def test_video_job_gives_both_videos_and_the_arrays(client, clip):
+    progress, status, job, source, result, files = client.predict(
+        handle_file(clip), MODEL_IDS[-1], "side", 6, 0.6, 48, api_name="/video")
+    assert f"{FRAMES // 2} / {FRAMES // 2} frames" in progress and job in status
+    with av.open(_path(result)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == Fraction(6) and (stream.width, stream.height) == (2 * W, H)
+        assert sum(1 for _ in container.decode(stream)) == FRAMES // 2
+    with av.open(_path(source)) as container:  # the gif, transcoded so that browsers play it
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and (stream.width, stream.height) == (W, H)
+    paths = sorted(files, key=lambda p: _path(p).endswith(".npz"))
+    arrays = np.load(_path(paths[1]))
+    heads = TINY["num_heads"]
+    assert arrays["attentions"].shape == (FRAMES // 2, heads, H // 8, W // 8)
+    sums = arrays["attentions"].sum((-2, -1))  # softmax rows without the CLS-to-CLS weight
+    assert (arrays["attentions"] > 0).all() and (sums < 1).all() and (sums > 0.5).all()
+    np.testing.assert_allclose(np.diff(arrays["timestamps"]), 1 / 6, atol=0.02)
+
+
+def test_cancel_reaches_the_service(client, live, tmp_path):
+    long_clip = tmp_path / "long.mp4"
+    write_clip(long_clip, 120, 160, 128, fps=30)
+    with open(long_clip, "rb") as fh:
+        job = httpx.post(f"{live.backend_url}/attention/video", files={"video": ("long.mp4", fh, "video/mp4")},
+                         data={"image_size": "128"}).json()["job"]
+    message = client.predict(job, api_name="/video_cancel")
+    assert job in message
+    deadline = time.monotonic() + 30
+    while (r := httpx.get(f"{live.backend_url}/jobs/{job}")).status_code == 200 and \
+            r.json()["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.status_code == 404 or r.json()["state"] == "cancelled"  # cancelled, or finished first and deleted
+
+
+def test_no_clip_is_a_readable_message(client):
+    with pytest.raises(Exception) as err:
+        client.predict(None, MODEL_IDS[-1], "mean", 0, 0.6, 48, api_name="/video")
+    assert "Upload a clip first" in str(err.value)
+
+
+def test_progress_bar_html():
+    html = progress_html({"state": "running", "frames_done": 3, "frames_total": 12, "eta_s": 4.2})
+    assert '<progress id="video-progress" max="12" value="3">' in html and "3 / 12 frames" in html
+    assert "about 4 s left" in html

@@ -1,0 +1,88 @@
+"""The Video tab in a real browser (headless Debian Chromium via Playwright), the real service behind it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.app_stack import running_app, running_backend
+from tests.video_clips import write_clip
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOT_COPY = Path("/tmp/video_tab_screenshot.png")
+TIMEOUT_MS = 60_000
+FRAMES, W, H = 90, 192, 144
+
+pytestmark = [
+    pytest.mark.slow, pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"),
+]
+
+# Records every state of the progress bar (Gradio replaces the element on each update).
+WATCH_PROGRESS = """() => {
+    window.__progress = [];
+    setInterval(() => {
+        const bar = document.querySelector('#video-progress');
+        if (bar) window.__progress.push([Number(bar.value), Number(bar.max)]);
+    }, 20);
+}"""
+VIDEO_READY = """() => {
+    const v = document.querySelector('#video-result video');
+    return v && v.readyState >= 1 && v.duration > 0 && v.videoWidth > 0;
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    tmp = tmp_path_factory.mktemp("video_browser")
+    with running_backend(tmp) as backend_url, running_app(backend_url) as app, \
+            sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1400})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app.url)
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+def _set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def test_upload_progress_and_playable_result(page, tmp_path):
+    page.get_by_text("Connected to").wait_for()
+    page.get_by_role("tab", name="Video").click()
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, FRAMES, W, H, fps=30)
+    _set_number(page, "video-image-size", H)
+    page.locator("#video-input input[type=file]").set_input_files(str(clip))
+    page.locator("#video-render").get_by_text("frame | mean").click()
+    page.evaluate(WATCH_PROGRESS)
+    page.locator("#video-run").click()
+    page.get_by_text(f"Done: {FRAMES} frames").wait_for()
+    page.wait_for_function(VIDEO_READY)
+    seen = page.evaluate("window.__progress")
+    assert any(0 < value < total for value, total in seen), seen  # the bar moved before the end
+    assert seen[-1] == [FRAMES, FRAMES]
+    width, height, duration = page.evaluate(
+        "(() => { const v = document.querySelector('#video-result video');"
+        " return [v.videoWidth, v.videoHeight, v.duration]; })()")
+    assert (width, height) == (2 * W, H) and abs(duration - FRAMES / 30) < 0.2
+    source = page.evaluate("document.querySelector('#video-source video').videoWidth")
+    assert source == W
+    page.locator("#video-files a").first.wait_for()
+    shot = tmp_path / "video_tab.png"
+    page.screenshot(path=str(shot), full_page=True)
+    shutil.copyfile(shot, SCREENSHOT_COPY)
+    assert shot.stat().st_size > 10_000

@@ -1,0 +1,82 @@
+"""Attention weights of any block, for any query tokens, and that block's output tokens.
+
+``block_attention(model, x, layer, query_index)`` runs the blocks before ``layer`` with the
+model's own (fused SDPA) forward, materialises the softmax rows of block ``layer`` for the
+requested query tokens only (``softmax(q k^T / sqrt(d))`` over *all* tokens, prefix tokens
+included, as in the DINO authors' ``Attention``), and never computes the blocks after it.
+With ``with_tokens`` it also returns block ``layer``'s output tokens (after the final norm
+only when ``layer`` is the last block), which is what a feature PCA needs.
+
+Token indices count every token: the prefix tokens first (``model.num_prefix_tokens``: the CLS
+token, then any register tokens), then the patches in row-major order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BlockReadout:
+    """Softmax rows ``(B, heads, Q, T)`` of one block, and optionally its output tokens ``(B, T, D)``."""
+
+    attention: torch.Tensor
+    tokens: torch.Tensor | None = None
+
+
+def resolve_layer(depth: int, layer: int) -> int:
+    """``layer`` as a block index ``0 .. depth-1`` (negative counts from the end), or ValueError."""
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer {layer} is out of range for a model with {depth} blocks; "
+                         f"use 0 to {depth - 1}, or -{depth} to -1 counting from the last block")
+    return layer % depth
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """How many tokens precede the patches (CLS plus registers); 1 for a plain DINO ViT."""
+    return int(getattr(model, "num_prefix_tokens", 1))
+
+
+def query_logits(attn: nn.Module, h: torch.Tensor, query_index: Sequence[int] | None) -> torch.Tensor:
+    """Scaled ``q k^T`` of one timm ``Attention`` for the chosen query rows, ``(B, heads, Q, T)``.
+
+    Only the Q projection of the chosen tokens and the K projection of all tokens are computed.
+    """
+    b, n, _ = h.shape
+    heads = attn.num_heads
+    inner = attn.qkv.weight.shape[0] // 3
+    head_dim = inner // heads
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    q_in = h if query_index is None else h[:, list(query_index)]
+    q = F.linear(q_in, w[:inner], None if bias is None else bias[:inner])
+    k = F.linear(h, w[inner:2 * inner], None if bias is None else bias[inner:2 * inner])
+    q = attn.q_norm(q.reshape(b, -1, heads, head_dim).transpose(1, 2))
+    k = attn.k_norm(k.reshape(b, n, heads, head_dim).transpose(1, 2))
+    return (q.float() * attn.scale) @ k.float().transpose(-2, -1)
+
+
+def block_attention(model: nn.Module, x: torch.Tensor, layer: int,
+                    query_index: Sequence[int] | None = (0,), with_tokens: bool = False) -> BlockReadout:
+    """Block ``layer``'s attention rows for ``query_index`` (None: every token) of images ``x``.
+
+    ``x`` is a normalised image batch ``(B, 3, H, W)``; ``model`` a :class:`DinoViT`-like module
+    with ``prepare_tokens``, ``blocks`` and ``norm``. Blocks after ``layer`` are not run.
+    """
+    blocks = model.blocks
+    index = resolve_layer(len(blocks), layer)
+    tokens = model.prepare_tokens(x)
+    for blk in blocks[:index]:
+        tokens = blk(tokens)
+    block = blocks[index]
+    attn = torch.softmax(query_logits(block.attn, block.norm1(tokens), query_index), dim=-1)
+    out = None
+    if with_tokens:
+        out = block(tokens)
+        if index == len(blocks) - 1:
+            out = model.norm(out)
+    return BlockReadout(attn, out)
