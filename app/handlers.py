@@ -86,28 +86,31 @@ def parse_query(text: str | None) -> list[int] | None:
     return [int(p) for p in parts]
 
 
-def model_depth(client: AttentionClient, model: str | None) -> int | None:
-    """Blocks of ``model`` (None: the default) according to ``GET /models``; None when it is not listed."""
+def model_shape(client: AttentionClient, model: str | None,
+                previous: dict[str, Any] | None = None) -> tuple[int | None, int | None]:
+    """(blocks, heads) of ``model`` (None: the default): from the analysis on screen when it is of the same
+    model, else from ``GET /models``; None for what is not known."""
+    shown = (previous or {}).get("result") or {}
+    if shown.get("depth") and (previous or {}).get("request", {}).get("model") == (model or None):
+        return int(shown["depth"]), int(shown["num_heads"])
     catalog = client.models()
     model_id = model or catalog.get("default")
-    entry = next((m for m in catalog.get("models", []) if m.get("id") == model_id), None)
-    depth = None if entry is None else entry.get("depth")
-    return int(depth) if depth else None
+    entry = next((m for m in catalog.get("models", []) if m.get("id") == model_id), None) or {}
+    depth, heads = entry.get("depth"), entry.get("num_heads")
+    return (int(depth) if depth else None), (int(heads) if heads else None)
 
 
-def block_index(client: AttentionClient, model: str | None, layer: float | None) -> int:
-    """The block to ask for: the slider's value, or -1 (the last block) for None or a value past the
-    model's last block (the slider's default before it learnt this model's depth)."""
-    if layer is None:
-        return -1
-    depth = model_depth(client, model)
-    return -1 if depth is not None and int(layer) >= depth else int(layer)
+def explore_request(shape: tuple[int | None, int | None], layer: float | None, query: str | None,
+                    heads: list[Any] | None) -> dict[str, Any]:
+    """The explorer's fields of one analysis: block, query patch, composite heads (None: all).
 
-
-def explore_request(layer: int, query: str | None, heads: list[Any] | None) -> dict[str, Any]:
-    """The explorer's fields of one analysis: block, query patch, composite heads (None: all)."""
-    chosen = None if heads is None else sorted({int(h) for h in heads})
-    return {"layer": layer, "query": parse_query(query), "heads": chosen}
+    A block past the model's last (the slider's default before it learnt this model's depth) or None
+    means the last block (-1); ticked heads the model does not have are left out.
+    """
+    depth, num_heads = shape
+    block = -1 if layer is None or (depth is not None and int(layer) >= depth) else int(layer)
+    chosen = None if heads is None else sorted({int(h) for h in heads if num_heads is None or int(h) < num_heads})
+    return {"layer": block, "query": parse_query(query), "heads": chosen}
 
 
 def _call_attention(client: AttentionClient, image: str, model: str | None, request: dict[str, Any],
@@ -123,6 +126,33 @@ def _call_attention(client: AttentionClient, image: str, model: str | None, requ
 AnalysisView = tuple[Any, ...]
 ANALYSIS_OUTPUTS = 15  # the 8 of the CLS view, then the query, composite and PCA panels
 APP_OVERLAY_FORMAT = "jpeg"  # the fastest of the service's overlay formats to encode
+STATIC_OUTPUTS = (0, 1, 2, 8, 9, 10, 13, 14)  # what a threshold, heads or gt_mask change leaves as it is
+_VIEW_KEYS = ("image_name", "model", "image_size", "resize", "layer", "query")
+
+
+def same_view(previous: dict[str, Any] | None, request: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Whether ``result`` differs from the analysis on screen only in what a threshold or head choice changes."""
+    if not previous or "request" not in previous or not result.get("cached"):
+        return False
+    before, shown = previous["request"], previous.get("result") or {}
+    return (all(before.get(k) == request.get(k) for k in _VIEW_KEYS) and shown.get("model") == result.get("model")
+            and shown.get("overlay_mime") == result.get("overlay_mime"))
+
+
+def _view(result: dict[str, Any], request: dict[str, Any], previous: dict[str, Any] | None) -> AnalysisView:
+    """The 15 outputs of one analysis (:data:`STATIC_OUTPUTS` skipped when the view stays the same)."""
+    skip = STATIC_OUTPUTS if same_view(previous, request, result) else ()
+    items = [
+        lambda: rendering.processed_image(result), lambda: rendering.head_gallery(result),
+        lambda: rendering.mean_overlay(result), lambda: rendering.mask_gallery(result),
+        lambda: rendering.coverage_table(result), lambda: rendering.best_head_text(result),
+        lambda: rendering.status_text(result), lambda: {"result": result, "request": request},
+        lambda: rendering.query_gallery(result), lambda: rendering.optional_overlay(result, "query_mean"),
+        lambda: rendering.query_text(result), lambda: rendering.optional_overlay(result, "composite"),
+        lambda: rendering.composite_legend(result), lambda: rendering.optional_overlay(result, "pca"),
+        lambda: rendering.optional_overlay(result, "pca_fg"),
+    ]
+    return tuple(gr.skip() if i in skip else make() for i, make in enumerate(items))
 
 
 def analyse(client: AttentionClient, image: str | None, model: str | None, image_size: float, resize: str,
@@ -140,7 +170,8 @@ def analyse(client: AttentionClient, image: str | None, model: str | None, image
     base = _request(image, model, image_size, resize, threshold, gt_mask)
 
     def run() -> AnalysisView:
-        request = {**base, **explore_request(block_index(client, model, layer), query, heads)}
+        shape = model_shape(client, model, previous) if layer is not None or heads else (None, None)
+        request = {**base, **explore_request(shape, layer, query, heads)}
         result = _call_attention(client, image, model, request, gt_mask)
         return _view(result, request, previous)
 

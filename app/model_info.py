@@ -40,7 +40,7 @@ def model_title(prefix: str, result: dict[str, Any]) -> str:
 
 
 def register_share(result: dict[str, Any]) -> list[float] | None:
-    """Per head, the fraction of the CLS attention that went to the registers (None without registers)."""
+    """Per head, the share of the CLS attention the registers took (None without registers)."""
     reg = result.get("register_attention")
     if not reg:
         return None

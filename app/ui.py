@@ -23,9 +23,10 @@ from app.handlers import AttentionClient
 from app.video_tab import build_video_tab
 
 TITLE = "DINO attention explorer"
-INTRO = ("Self-attention of the last block's CLS token, per head (Caron et al. 2021, *Emerging Properties in "
-         "Self-Supervised Vision Transformers*). The mask of a head keeps the smallest set of patches holding "
-         "`threshold` of its attention mass.")
+INTRO = ("Self-attention of the CLS token, per head, in the last block or any other (Caron et al. 2021, "
+         "*Emerging Properties in Self-Supervised Vision Transformers*); click the image to see what one patch "
+         "attends to. The mask of a head keeps the smallest set of patches holding `threshold` of its attention "
+         "mass.")
 # The service draws heat maps with matplotlib's "inferno" (trainer.model.attention_maps); these are its stops.
 INFERNO_STOPS = "#000004, #210c4a, #57106e, #8a226a, #bc3754, #e45a31, #f98e09, #f9cb35, #fcffa4"
 LEGEND_HTML = ('<div class="cmap-legend">Heat maps (each head scaled to its own min and max): low '
@@ -44,6 +45,7 @@ CSS = f"""
 #processed img {{cursor: crosshair}}
 """
 OVERLAY_FORMAT = "jpeg"  # how the page hands pictures to the browser (fast to encode)
+MAX_HEADS = 24  # head boxes before a model is picked (ViT-g has 24); heads a model lacks are ignored
 
 
 def _explore_inputs(examples: Sequence[str | Path]) -> dict[str, Any]:
@@ -104,7 +106,9 @@ def _explore_panels() -> dict[str, Any]:
                                       elem_id="query-heads", object_fit="contain", height="auto",
                                       elem_classes=["dino-gallery"])
     with gr.Accordion("Composite: heads in colour (the paper's Figure 3)", open=True):
-        o["heads_pick"] = gr.CheckboxGroup(label="Heads in the composite", choices=[], elem_id="composite-heads")
+        o["heads_pick"] = gr.CheckboxGroup(  # narrowed to the model's heads when a model is picked
+            label="Heads in the composite", choices=[(f"head {i}", i) for i in range(MAX_HEADS)],
+            value=list(range(MAX_HEADS)), elem_id="composite-heads")
         o["composite"] = gr.Image(label="Composite of the ticked heads' masks", type="pil", interactive=False,
                                   elem_id="composite", format=OVERLAY_FORMAT)
         o["legend"] = gr.HTML(elem_id="composite-legend")
@@ -182,7 +186,6 @@ def _wire(demo: gr.Blocks, client: AttentionClient, ins: dict[str, Any], outs: d
 
     demo.load(models, outputs=[ins["model"], cmp["model_a"], cmp["model_b"], status], api_name="models")
     ins["analyse"].click(analyze, params, shown, api_name="analyze", concurrency_limit=4)
-    ins["threshold"].release(rerun, params, shown, api_name="threshold", trigger_mode="always_last")
     ins["image"].change(rerun, params, shown, api_visibility="private", trigger_mode="always_last")
     ins["gt_mask"].change(rerun, params, shown, api_visibility="private", trigger_mode="always_last")
     _wire_explore(client, ins, outs, params, shown, state, rerun)
@@ -204,8 +207,15 @@ def _wire(demo: gr.Blocks, client: AttentionClient, ins: dict[str, Any], outs: d
 def _wire_explore(client: AttentionClient, ins: dict[str, Any], outs: dict[str, Any], params: list[Any],
                   shown: list[Any], state: Any, rerun: Any) -> None:
     """Block slider, query patch (click, type, Clear), composite heads, and the model's control ranges."""
+    def rethreshold(image: str | None, model: str | None, image_size: float, resize: str, threshold: float,
+                    gt_mask: str | None, layer: float | None = None, query: str | None = None,
+                    heads: list[int] | None = None, analysis: dict[str, Any] | None = None) -> Any:
+        return handlers.rerun_on_change(client, image, model, image_size, resize, threshold, gt_mask, layer, query,
+                                        heads, previous=analysis)  # pictures that stay the same are not resent
+
     ins["layer"].release(rerun, params, shown, api_name="block", trigger_mode="always_last")
-    outs["heads_pick"].input(rerun, params, shown, api_name="heads", trigger_mode="always_last")
+    ins["threshold"].release(rethreshold, [*params, state], shown, api_name="threshold", trigger_mode="always_last")
+    outs["heads_pick"].input(rethreshold, [*params, state], shown, api_name="heads", trigger_mode="always_last")
     ins["query"].submit(rerun, params, shown, api_name="query", trigger_mode="always_last")
 
     def clear(*values: Any) -> Any:

@@ -73,15 +73,50 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
+@lru_cache(maxsize=8)
+def _outline_templates(patch: int) -> np.ndarray:
+    """``(256, patch, patch)`` 2-pixel outlines of one kept patch, indexed by which neighbours are dropped
+    (or beyond the border): bits 0-3 the top, bottom, left, right sides (a 2-pixel band inwards), bits 4-7
+    the top-left, top-right, bottom-left, bottom-right diagonals (that corner pixel), as
+    :func:`~trainer.model.attention_maps.mask_overlay` draws them."""
+    out = np.zeros((256, patch, patch), dtype=bool)
+    corners = ((0, 0), (0, patch - 1), (patch - 1, 0), (patch - 1, patch - 1))
+    for flags in range(256):
+        t = out[flags]
+        t[:2] |= bool(flags & 1)
+        t[patch - 2:] |= bool(flags & 2)
+        t[:, :2] |= bool(flags & 4)
+        t[:, patch - 2:] |= bool(flags & 8)
+        for bit, (r, c) in enumerate(corners):
+            t[r, c] |= bool(flags & (16 << bit))
+    return out
+
+
+def _grid_outline(masks: np.ndarray, patch: int) -> np.ndarray:
+    """The 2-pixel outline of upsampled patch masks ``(n, gh, gw)``, built patch by patch (``patch >= 4``)."""
+    m = np.pad(masks, [(0, 0), (1, 1), (1, 1)], constant_values=False)
+    inner = m[:, 1:-1, 1:-1]
+    near = (m[:, :-2, 1:-1], m[:, 2:, 1:-1], m[:, 1:-1, :-2], m[:, 1:-1, 2:],
+            m[:, :-2, :-2], m[:, :-2, 2:], m[:, 2:, :-2], m[:, 2:, 2:])
+    flags = sum((inner & ~nb).astype(np.uint8) << bit for bit, nb in enumerate(near))
+    cells = _outline_templates(patch)[flags]  # n, gh, gw, p, p
+    n, gh, gw = masks.shape
+    return cells.transpose(0, 1, 3, 2, 4).reshape(n, gh * patch, gw * patch)
+
+
 def mask_batch(base: np.ndarray, masks: np.ndarray, patch: int, width: int = 2,
                color: tuple[int, int, int] = OUTLINE_RGB) -> np.ndarray:
     """``(n, h, w, 3)`` uint8: the kept part of ``base`` at full brightness, the rest dimmed, outlined."""
-    keep = upsample(masks.astype(bool), patch)
+    masks = masks.astype(bool)
+    keep = upsample(masks, patch)
     dimmed = (base.astype(np.float32) * MASK_DIM).astype(np.uint8)
     out = np.where(keep[..., None], base[None], dimmed[None])
-    edge = _boundary(keep)
-    for _ in range(width - 1):
-        edge |= _boundary(keep & ~edge)
+    if width == 2 and patch >= 4:
+        edge = _grid_outline(masks, patch)
+    else:
+        edge = _boundary(keep)
+        for _ in range(width - 1):
+            edge |= _boundary(keep & ~edge)
     out[edge] = color
     return out
 

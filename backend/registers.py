@@ -36,15 +36,17 @@ def register_attention(raw: RawMaps) -> RegisterAttention:
 
 
 def register_json(reg: RegisterAttention | None, with_query: bool) -> dict[str, Any]:
-    """``register_attention`` (null without registers) and, with a query, ``query_register_attention``."""
+    """``register_attention`` (null without registers), and ``query_register_attention``."""
     cls = None if reg is None or reg.cls is None else reg.cls.tolist()
     out: dict[str, Any] = {"register_attention": cls}
     if with_query:
-        out["query_register_attention"] = None if reg is None or reg.query is None else reg.query.tolist()
+        query = None if reg is None else reg.query
+        out["query_register_attention"] = None if query is None else query.tolist()
     return out
 
 
-def register_arrays(reg: RegisterAttention | None, num_heads: int, with_query: bool) -> dict[str, np.ndarray]:
+def register_arrays(reg: RegisterAttention | None, num_heads: int,
+                    with_query: bool) -> dict[str, np.ndarray]:
     """The npz arrays, heads x registers (heads x 0 for a model without registers)."""
     empty = np.zeros((num_heads, 0), dtype=np.float32)
     out = {"register_attention": empty if reg is None or reg.cls is None else reg.cls}

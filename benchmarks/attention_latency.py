@@ -4,6 +4,7 @@
     python -m benchmarks.attention_latency --precision bf16    # the service with bf16 autocast
     python -m benchmarks.attention_latency --quick             # fewer repeats, 1 and 4 clients
     python -m benchmarks.attention_latency --tiny --no-http    # a seconds-long smoke run
+    python -m benchmarks.attention_latency --explore --archs vit_s16   # first request vs re-threshold only
 
 Measured in one run, per architecture (random init: timing does not depend on the weights):
 
@@ -14,7 +15,10 @@ Measured in one run, per architecture (random init: timing does not depend on th
   every block but the last, whose weights are computed for the CLS query only;
 * **in-process**: the whole service path without HTTP: PNG decode, resize, model, masks, JSON;
 * **HTTP**: a real ``uvicorn backend.main:app`` on loopback, multipart upload, 1 / 4 / 16
-  concurrent clients (``overlays=false``).
+  concurrent clients (``overlays=false``);
+* **first request vs re-threshold** (``benchmarks/explore_latency.py``): over HTTP with overlays in the
+  app's format (JPEG), a new image each time (the model runs) against the same image with another
+  threshold (answered from the map cache), p50 / p95, and overlay time against model time.
 
 Printed: p50 / p95 latency, throughput, and the speed-up over the baseline (p50 latency ratio,
 and the throughput ratio for concurrent clients). ``--json PATH`` writes the rows.
@@ -48,6 +52,7 @@ from backend.responses import analysis_dict, json_response
 from backend.schemas import AttentionParams
 from backend.service import AttentionService
 from backend.settings import Settings
+from benchmarks.explore_latency import ExploreResult, explore_latency, print_explore
 from benchmarks.serving import uvicorn_process
 from trainer.model.checkpoint import export_backbone_safetensors
 from trainer.model.vit import DinoViT, build_vit
@@ -260,15 +265,18 @@ def run(args: argparse.Namespace) -> list[Row]:
         folder = Path(tmp)
         write_checkpoints(folder, models)
         service = service_for(folder, args)
-        for name, model in models.items():
+        for name, model in models.items() if not args.explore else ():
             rows += in_process_rows(name, model, service, png, args)
             args.rooflines.append(roofline(name, model, args.size, args.precision, rows[-3].p50_ms))
             print_roofline(args.rooflines[-1])
         if not args.no_http:
             with uvicorn_process(server_env(folder, args, next(iter(models))), timeout_s=180) as url:
                 for name in models:
-                    rows += http_rows(name, url, png, args)
-    add_speedups(rows)
+                    rows += [] if args.explore else http_rows(name, url, png, args)
+                    args.explores.append(explore_latency(name, url, args.size, args.repeats))
+                    print_explore(args.explores[-1])
+    if not args.explore:
+        add_speedups(rows)
     return rows
 
 
@@ -284,6 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 repeats, 1 and 4 clients")
     p.add_argument("--tiny", action="store_true", help="a tiny model at 64 px (smoke test)")
     p.add_argument("--no-http", action="store_true", help="in-process paths only")
+    p.add_argument("--explore", action="store_true", help="only first request vs re-threshold over HTTP")
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -291,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown arch {unknown[0]!r}; choose from {', '.join(ARCHS)}")
     args.clients = [int(c) for c in args.clients.split(",")]
-    args.rooflines = []
+    args.rooflines, args.explores = [], []
     if args.quick:
         args.repeats, args.clients = 3, [1, 4]
     if args.tiny:
@@ -307,9 +316,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
         print_row(row)
     for line in args.rooflines:
         print_roofline(line)
+    explores: list[ExploreResult] = args.explores
+    for result in explores:
+        print_explore(result)
     if args.json:
         args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows],
-                                         "rooflines": [asdict(r) for r in args.rooflines]}, indent=2))
+                                         "rooflines": [asdict(r) for r in args.rooflines],
+                                         "explore": [asdict(r) for r in explores]}, indent=2))
     return rows
 
 

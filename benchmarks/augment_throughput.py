@@ -1,6 +1,7 @@
 """CPU multi-crop throughput: ours against the paper's torchvision pipeline, one thread, same run.
 
     .venv/bin/python -m benchmarks.augment_throughput --data_path DIR     # photos under DIR
+    .venv/bin/python -m benchmarks.augment_throughput --data_path ../shared/data/duts-te-1k.tar.gz
     .venv/bin/python -m benchmarks.augment_throughput                    # generated photos
 
 Both pipelines turn the same encoded images (read into memory first, so disk speed does not
@@ -23,6 +24,7 @@ import argparse
 import io
 import json
 import random
+import tarfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -35,7 +37,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
 from trainer.data.augment import DataAugmentationDINO, OpProfile
-from trainer.data.images import list_images, load_rgb
+from trainer.data.images import IMAGE_SUFFIXES, list_images, load_rgb
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -71,7 +73,8 @@ class PaperGaussianBlur:
     def __call__(self, img: Image.Image) -> Image.Image:
         if random.random() > self.prob:
             return img
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
+        radius = random.uniform(self.radius_min, self.radius_max)
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
 
 
 class PaperSolarization:
@@ -87,23 +90,23 @@ class PaperSolarization:
 class PaperMultiCrop:
     """The authors' ``DataAugmentationDINO`` (main_dino.py), every op wrapped in :class:`Timed`."""
 
-    def __init__(self, global_crops_scale: tuple[float, float], local_crops_scale: tuple[float, float],
-                 local_crops_number: int, global_size: int = 224, local_size: int = 96,
+    def __init__(self, global_crops_scale: tuple[float, float],
+                 local_crops_scale: tuple[float, float], local_crops_number: int,
+                 global_size: int = 224, local_size: int = 96,
                  seconds: dict[str, float] | None = None) -> None:
         bicubic = transforms.InterpolationMode.BICUBIC
+        jitter = transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
         flip_and_color_jitter = [
             Timed("flip", transforms.RandomHorizontalFlip(p=0.5), seconds),
-            Timed("jitter", transforms.RandomApply(
-                [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-                seconds),
+            Timed("jitter", transforms.RandomApply([jitter], p=0.8), seconds),
             Timed("grayscale", transforms.RandomGrayscale(p=0.2), seconds),
         ]
-        normalize = Timed("to_tensor", transforms.Compose([transforms.ToTensor(),
-                                                           transforms.Normalize(MEAN, STD)]), seconds)
+        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+        normalize = Timed("to_tensor", to_tensor, seconds)
 
         def crop(size: int, scale: tuple[float, float]) -> Timed:
-            return Timed("crop", transforms.RandomResizedCrop(size, scale=scale, interpolation=bicubic),
-                         seconds)
+            resized_crop = transforms.RandomResizedCrop(size, scale=scale, interpolation=bicubic)
+            return Timed("crop", resized_crop, seconds)
 
         self.global_transfo1 = transforms.Compose([
             crop(global_size, global_crops_scale), *flip_and_color_jitter,
@@ -149,12 +152,20 @@ def generated_photos(count: int, size: tuple[int, int], seed: int) -> list[bytes
     return blobs
 
 
-def read_photos(folder: Path, count: int) -> list[bytes]:
-    """The first ``count`` images under ``folder`` (any depth, sorted), as encoded bytes."""
-    paths = list_images(folder, recursive=True)[:count]
-    if not paths:
-        raise SystemExit(f"no images found under {folder}")
-    return [path.read_bytes() for path in paths]
+def read_photos(source: Path, count: int) -> list[bytes]:
+    """The first ``count`` images (sorted by path) of a folder, at any depth, or of a tar archive
+    (read in place, nothing extracted), as encoded bytes."""
+    if source.is_file() and tarfile.is_tarfile(source):
+        with tarfile.open(source) as archive:
+            members = sorted((m for m in archive.getmembers()
+                              if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
+                              and not Path(m.name).name.startswith(".")), key=lambda m: m.name)
+            blobs = [archive.extractfile(member).read() for member in members[:count]]
+    else:
+        blobs = [path.read_bytes() for path in list_images(source, recursive=True)[:count]]
+    if not blobs:
+        raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source}")
+    return blobs
 
 
 def _time_pass(run: Callable[[bytes], object], blobs: Sequence[bytes]) -> float:
@@ -164,10 +175,14 @@ def _time_pass(run: Callable[[bytes], object], blobs: Sequence[bytes]) -> float:
     return len(blobs) / (CLOCK() - start)
 
 
+def _crop_args(args: argparse.Namespace) -> tuple:
+    return (tuple(args.global_crops_scale), tuple(args.local_crops_scale), args.local_crops_number,
+            args.global_crops_size, args.local_crops_size)
+
+
 def _paper_profile(args: argparse.Namespace, blobs: Sequence[bytes]) -> dict[str, float]:
     seconds: dict[str, float] = defaultdict(float)
-    paper = PaperMultiCrop(tuple(args.global_crops_scale), tuple(args.local_crops_scale),
-                           args.local_crops_number, args.global_crops_size, args.local_crops_size, seconds)
+    paper = PaperMultiCrop(*_crop_args(args), seconds=seconds)
     decode = Timed("decode", paper_decode, seconds)
     for blob in blobs:
         paper(decode(blob))
@@ -193,14 +208,12 @@ def _our_profile(ours: DataAugmentationDINO, blobs: Sequence[bytes]) -> dict[str
 
 
 def run_benchmark(args: argparse.Namespace, blobs: Sequence[bytes]) -> dict[str, Any]:
-    """Throughput of both pipelines (best of ``args.rounds`` alternating rounds) and the profiles."""
+    """Throughput of both pipelines (best of ``args.rounds`` alternating rounds), the profiles."""
     torch.set_num_threads(1)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    crop_args = (tuple(args.global_crops_scale), tuple(args.local_crops_scale), args.local_crops_number,
-                 args.global_crops_size, args.local_crops_size)
-    paper = PaperMultiCrop(*crop_args)
-    ours = DataAugmentationDINO(*crop_args)
+    paper = PaperMultiCrop(*_crop_args(args))
+    ours = DataAugmentationDINO(*_crop_args(args))
     generator = torch.Generator().manual_seed(args.seed)
 
     def run_paper(blob: bytes) -> object:
@@ -213,7 +226,8 @@ def run_benchmark(args: argparse.Namespace, blobs: Sequence[bytes]) -> dict[str,
     for _ in range(args.rounds):
         rates["paper"].append(_time_pass(run_paper, blobs))
         rates["ours"].append(_time_pass(run_ours, blobs))
-    paper_rate, our_rate = max(rates["paper"]), max(rates["ours"])
+    paper_rate = max(rates["paper"])
+    our_rate = max(rates["ours"])
     return {
         "images": len(blobs),
         "views": f"2x{args.global_crops_size} + {args.local_crops_number}x{args.local_crops_size}",
@@ -229,10 +243,13 @@ def run_benchmark(args: argparse.Namespace, blobs: Sequence[bytes]) -> dict[str,
 def print_report(report: dict[str, Any], source: str) -> None:
     print(f"multi-crop {report['views']}, {report['images']} images from {source}, "
           f"{report['threads']} thread, best of {len(report['rounds']['paper'])} rounds")
-    print(f"  paper (torchvision, authors' DataAugmentationDINO): {report['paper_images_per_s']:8.1f} images/s")
-    print(f"  ours  (trainer.data.augment.DataAugmentationDINO):  {report['ours_images_per_s']:8.1f} images/s")
+    print(f"  paper (torchvision, authors' DataAugmentationDINO): "
+          f"{report['paper_images_per_s']:8.1f} images/s")
+    print(f"  ours  (trainer.data.augment.DataAugmentationDINO):  "
+          f"{report['ours_images_per_s']:8.1f} images/s")
     print(f"  speed-up: {report['speedup']:.2f}x")
-    paper, ours = report["profile_ms"]["paper"], report["profile_ms"]["ours"]
+    paper = report["profile_ms"]["paper"]
+    ours = report["profile_ms"]["ours"]
     print(f"  per-op profile, ms per image (all views):\n  {'op':<20}{'paper':>9}{'ours':>9}")
     for op in ours:
         paper_ms = f"{paper[op]:9.3f}" if op in paper else f"{'':9}"
@@ -244,7 +261,8 @@ def print_report(report: dict[str, Any], source: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_path", type=Path, default=None,
-                   help="folder of photos (any depth); default: generated photos")
+                   help="photos: a folder (any depth) or a tar archive such as "
+                        "../shared/data/duts-te-1k.tar.gz (read in place); default: generated photos")
     p.add_argument("--images", type=int, default=200, help="how many images (default 200)")
     p.add_argument("--generated_size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
                    help="size of the generated photos (default 500 375, ImageNet-like)")
@@ -262,7 +280,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.data_path is not None:
-        blobs, source = read_photos(args.data_path, args.images), str(args.data_path)
+        blobs = read_photos(args.data_path, args.images)
+        source = str(args.data_path)
     else:
         blobs = generated_photos(args.images, tuple(args.generated_size), args.seed)
         source = f"generated {args.generated_size[0]}x{args.generated_size[1]} photos"

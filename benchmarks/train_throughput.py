@@ -15,8 +15,8 @@ collated by the trainer's collates. Two paths:
 
 * **default** (fast): workers only read (or, with ``--decode_on workers``, decode) JPEGs;
   the step decodes them in batches (nvjpeg on CUDA) and ``GPUMultiCrop`` makes all crops
-  on the device; bf16 autocast (fp32 on CPU); fused SDPA attention; ``torch.compile`` and
-  fused AdamW on CUDA.
+  on the device; bf16 autocast (fp32 on CPU); fused SDPA attention; fused AdamW (as the
+  trainer); ``torch.compile`` on CUDA.
 * **baseline** (``--baseline``): PIL multi-crop in the workers, fp16 autocast with a loss
   scaler on CUDA (fp32 on CPU), no compile, explicit attention, non-fused AdamW.
 
@@ -139,7 +139,7 @@ def path_settings(args: argparse.Namespace, device: torch.device, baseline: bool
     else:
         bf16 = cuda and torch.cuda.is_bf16_supported()
         precision = "bf16" if bf16 else ("fp16" if cuda else "fp32")
-        settings = PathSettings("default", True, cuda, precision, True, cuda, cuda)
+        settings = PathSettings("default", True, cuda, precision, True, True, cuda)
     if args.precision != "auto":
         settings.precision = args.precision
     if args.gpu_augment is not None:

@@ -245,10 +245,10 @@ def write_clip(path: Path, frames: int, width: int, height: int) -> None:
 
 
 def print_result(r: Result) -> None:
-    stages = (f"decode {r.decode_fps:7.2f}  model {r.model_fps:6.2f}  encode {r.encode_fps:7.2f}  "
-              if r.decode_fps else " " * 47)
+    stages = (f"decode {r.decode_fps:8.3g}  model {r.model_fps:8.3g}  encode {r.encode_fps:8.3g}  "
+              if r.decode_fps else " " * 51)
     speed = f"  x{r.speedup:4.2f}" if r.speedup else ""
-    print(f"{r.arch:8s} {r.path:34s} n={r.frames:<4d} {stages}total {r.total_fps:6.2f} frames/s{speed}", flush=True)
+    print(f"{r.arch:8s} {r.path:34s} n={r.frames:<4d} {stages}total {r.total_fps:8.3g} frames/s{speed}", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -153,7 +153,7 @@ def wait_healthy(stack: Stack, services: list[str]) -> None:
             if state == "running healthy":
                 log.info("%s healthy after %.1f s", service, time.monotonic() - start)
                 pending.remove(service)
-            elif state.startswith(("exited", "dead")) or state.endswith("unhealthy"):
+            elif state.startswith(("exited", "dead", "restarting")) or state.endswith("unhealthy"):
                 logs = stack.compose("logs", "--tail", "60", service)
                 raise CheckFailed(f"{service} is {state}:\n{logs}")
         expect(time.monotonic() < deadline, f"not healthy within {HEALTH_TIMEOUT_S} s: {pending}")

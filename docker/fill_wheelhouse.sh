@@ -13,6 +13,7 @@
 # Every image of a build uses the same wheelhouse: fill it with CPU torch for the service and
 # the CPU trainer, or with CUDA torch (TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128)
 # in a second folder for the GPU trainer (build arg WHEELHOUSE=docker/wheelhouse-cuda).
+#   docker/fill_wheelhouse.sh --check            # only check the wheelhouse (exit 1 on a mismatch)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,6 +23,26 @@ PYTHON_VERSION=${PYTHON_VERSION:-3.11}
 WHEELHOUSE=${WHEELHOUSE:-$here/wheelhouse}
 PIP=${PIP:-python3 -m pip}
 mkdir -p "$WHEELHOUSE"
+
+# A CPU torch needs a CPU torchvision: the CUDA build of torchvision (it bundles libcudart) cannot
+# load its operators next to CPU torch, and then `import torchvision` (and timm) fails.
+check_wheelhouse() {
+    local torch_wheel vision_wheel
+    torch_wheel=$(find "$WHEELHOUSE" -maxdepth 1 -name 'torch-*.whl' | sort | tail -n 1)
+    vision_wheel=$(find "$WHEELHOUSE" -maxdepth 1 -name 'torchvision-*.whl' | sort | tail -n 1)
+    [ -n "$torch_wheel" ] && [ -n "$vision_wheel" ] || return 0
+    if [[ $(basename "$torch_wheel") == *+cpu* ]] \
+        && python3 -m zipfile -l "$vision_wheel" | grep -q 'libcudart'; then
+        echo "error: $(basename "$vision_wheel") is a CUDA build but $(basename "$torch_wheel")" \
+             "is a CPU build; they do not work together. Put a CPU torchvision" \
+             "(https://download.pytorch.org/whl/cpu) in $WHEELHOUSE." >&2
+        return 1
+    fi
+}
+if [ "${1:-}" = "--check" ]; then
+    check_wheelhouse
+    exit
+fi
 
 # Wheels for Linux x86_64 with glibc 2.36 (bookworm) or newer, for CPython $PYTHON_VERSION.
 target=(--only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp)
@@ -50,6 +71,7 @@ done
 cuda=$(find "$WHEELHOUSE" -name 'nvidia_*.whl' | wc -l)
 echo "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
 ls -l "$WHEELHOUSE"/torch-*.whl "$WHEELHOUSE"/torchvision-*.whl
+check_wheelhouse
 if [ "$cuda" -gt 0 ]; then
     echo "note: $cuda nvidia_* (CUDA) wheels: images built from this wheelhouse carry CUDA libraries"
 fi

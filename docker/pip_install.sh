@@ -27,3 +27,14 @@ else
     fi
     "$pip" install -r "$requirements"
 fi
+# An image that builds but cannot import torchvision (a CUDA build of it next to CPU torch: its
+# operators do not load) would only fail at start-up: fail the build here instead.
+if [ "$#" -gt 0 ]; then
+    /opt/venv/bin/python -c "import torch, torchvision" || {
+        echo "torch $(/opt/venv/bin/pip show torch | sed -n 's/^Version: //p') and torchvision" \
+             "$(/opt/venv/bin/pip show torchvision | sed -n 's/^Version: //p') do not work" \
+             "together: take both from the same index (CPU or the same CUDA), see docs/DOCKER.md" >&2
+        exit 1
+    }
+fi
+/opt/venv/bin/pip check

@@ -331,12 +331,14 @@ def test_no_query_and_no_heads_ticked_show_empty_panels(photo):
     assert out[11] is None and "Tick at least one head" in out[12]
 
 
-def test_a_block_past_the_models_last_means_the_last_block(photo):
+def test_a_block_or_heads_past_the_models_mean_the_last_block_and_are_left_out(photo):
     client = FakeClient({"vits": 4})
     handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 11)  # the slider's first default
     handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, DEPTH - 1)
     handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0)
     assert [c["layer"] for c in client.calls] == [-1, DEPTH - 1, 0]
+    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0, "", [0, 3, 5, 23])
+    assert client.calls[-1]["heads"] == [0, 3]  # the page's boxes before it learnt this model's 4 heads
 
 
 @pytest.mark.parametrize(("x", "y", "expected"), [(0, 0, "0,0"), (13, 9, "2,3"), (31.9, 23.9, "5,7"),
@@ -372,3 +374,24 @@ def test_download_holds_the_query_composite_and_pca(photo, tmp_path):
     assert arrays["pca_fg"].dtype == np.uint8 and arrays["composite_colors"].tolist() == [[255, 0, 0], [255, 40, 0]]
     assert summary["layer"] == 2 and summary["query"] == [1, 1] and summary["composite_heads"] == [1, 3]
     assert summary["request"]["layer"] == 2 and summary["request"]["heads"] == [1, 3]
+
+
+def _is_skip(value) -> bool:
+    return isinstance(value, dict) and value == gr.skip()
+
+
+def test_a_cached_threshold_change_resends_only_what_changed(photo):
+    client = FakeClient({"vits": 4})
+    first = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 2, "1,1", [0, 1])
+    client.reply = add_explore(fake_result("vits", 4, (6, 8), 0.3, True), {"layer": 2, "query": [1, 1],
+                                                                           "composite": True, "pca": True})
+    client.reply["cached"] = True
+    again = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7])
+    skipped = [i for i, out in enumerate(again) if _is_skip(out)]
+    assert skipped == list(handlers.STATIC_OUTPUTS)  # image, heat maps, query panel and PCA stay as they are
+    assert again[7]["request"]["threshold"] == 0.3 and len(again[3]) == 4 and again[11] is not None
+    moved = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.3, None, 1, "1,1", [0, 1], first[7])
+    assert not any(_is_skip(out) for out in moved)  # another block: everything is redrawn
+    client.reply["cached"] = False
+    fresh = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7])
+    assert not any(_is_skip(out) for out in fresh)  # the service ran the model: redraw everything

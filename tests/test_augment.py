@@ -13,13 +13,9 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
 from trainer.data.augment import (
-    BLUR_MAX_KERNEL,
     CROP_RATIO,
     DataAugmentationDINO,
-    blur_kernel_size,
     dino_views,
-    gaussian_blur,
-    open_rgb,
     sample_crop_box,
 )
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
@@ -190,43 +186,3 @@ def test_crop_fallback_is_a_central_ratio_clipped_crop():
     assert sample_crop_box(4, 100, (1.0, 1.0)) == (0, 47, 4, 5)
     assert sample_crop_box(100, 4, (1.0, 1.0)) == (47, 0, 5, 4)
     assert sample_crop_box(30, 30, (1.0, 1.0)) == (0, 0, 30, 30)
-
-
-def test_blur_kernel_covers_three_sigma_and_fits_small_crops():
-    assert BLUR_MAX_KERNEL >= 2 * math.ceil(3 * 2.0) + 1
-    assert blur_kernel_size(224) == BLUR_MAX_KERNEL and blur_kernel_size(96) == BLUR_MAX_KERNEL
-    assert blur_kernel_size(4) == 7 and blur_kernel_size(1) == 1
-    assert all(blur_kernel_size(s) % 2 == 1 for s in range(1, 50))
-
-
-def _reference_blur(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarray:
-    """2-D Gaussian G(x, y) ~ exp(-(x^2 + y^2) / (2 sigma^2)), normalised, reflect-padded."""
-    half = kernel_size // 2
-    taps = np.arange(-half, half + 1, dtype=np.float64)
-    kernel = np.exp(-(taps[:, None] ** 2 + taps[None, :] ** 2) / (2 * sigma**2))
-    kernel /= kernel.sum()
-    padded = np.pad(image, ((0, 0), (half, half), (half, half)), mode="reflect")
-    out = np.zeros_like(image, dtype=np.float64)
-    for dy in range(kernel_size):
-        for dx in range(kernel_size):
-            out += kernel[dy, dx] * padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]]
-    return out
-
-
-def test_gaussian_blur_matches_the_gaussian_equation_per_row():
-    rng = np.random.default_rng(7)
-    images = rng.random((3, 3, 10, 12))
-    sigmas = [0.1, 0.9, 2.0]
-    out = gaussian_blur(torch.tensor(images, dtype=torch.float32), torch.tensor(sigmas), 13).numpy()
-    for row, sigma in enumerate(sigmas):
-        np.testing.assert_allclose(out[row], _reference_blur(images[row], sigma, 13), atol=1e-5)
-    assert out[2].std() < images[2].std() * 0.6
-
-
-def test_open_rgb_converts_to_rgb(tmp_path):
-    path = tmp_path / "grey.png"
-    Image.new("L", (5, 7), 42).save(path)
-    image = open_rgb(path)
-    assert image.mode == "RGB" and image.size == (5, 7) and image.getpixel((0, 0)) == (42, 42, 42)
-    with pytest.raises(FileNotFoundError):
-        open_rgb(tmp_path / "missing.png")

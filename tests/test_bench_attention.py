@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -53,3 +55,14 @@ def test_roofline_counts_the_fast_path_as_the_full_forward_less_the_last_blocks_
     assert r.floor_ms == pytest.approx(expected_floor) and r.max_speedup == pytest.approx(10.0 / r.floor_ms)
     bench.print_roofline(r)
     assert "at most x" in capsys.readouterr().out
+
+
+def test_first_request_and_rethreshold_over_http(bench, tmp_path, capsys):
+    out = tmp_path / "explore.json"
+    bench.main(["--explore", "--tiny", "--repeats", "2", "--json", str(out)])
+    result = json.loads(out.read_text())["explore"][0]
+    assert result["all_cached"] and result["n"] == 2 and result["overlay_format"] == "jpeg"
+    assert result["first_p95_ms"] >= result["first_p50_ms"] > 0 and result["rethreshold_p95_ms"] > 0
+    assert result["model_p50_ms"] > 0 and result["overlays_p50_ms"] > 0
+    assert result["ratio_p50"] == pytest.approx(result["rethreshold_p50_ms"] / result["first_p50_ms"])
+    assert "re-threshold p50=" in capsys.readouterr().out

@@ -454,3 +454,25 @@ def _dist(name: str) -> str:
 def _requirements(name: str) -> set[str]:
     lines = (ROOT / f"docker/requirements-{name}.txt").read_text().splitlines()
     return {re.split(r"[<>=\[ ]", ln.strip())[0].lower() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
+def _fake_wheel(folder: Path, name: str, members: list[str]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(folder / name, "w") as wheel:
+        for member in members:
+            wheel.writestr(member, b"")
+
+
+@pytest.mark.parametrize(("vision_members", "ok"), [
+    (["torchvision/__init__.py", "torchvision.libs/libcudart.41118559.so.12"], False),
+    (["torchvision/__init__.py", "torchvision/_C.so"], True)])
+def test_wheelhouse_check_refuses_a_cuda_torchvision_next_to_cpu_torch(tmp_path, vision_members, ok):
+    """The PyPI torchvision is a CUDA build: with CPU torch its operators do not load and
+    ``import torchvision`` fails, so the offline build would make an image that cannot start."""
+    _fake_wheel(tmp_path, "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", ["torch/__init__.py"])
+    _fake_wheel(tmp_path, "torchvision-0.28.0-cp311-cp311-manylinux_2_28_x86_64.whl", vision_members)
+    done = subprocess.run(["bash", str(ROOT / "docker/fill_wheelhouse.sh"), "--check"], capture_output=True,
+                          text=True, env={**os.environ, "WHEELHOUSE": str(tmp_path)}, timeout=60)
+    assert (done.returncode == 0) == ok, done.stderr
+    assert ("CUDA build" in done.stderr) != ok

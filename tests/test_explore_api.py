@@ -252,3 +252,15 @@ def test_rethreshold_is_much_faster_than_the_first_request(service):
     again = _post(client, image=image_bytes(160, 96, seed=5), image_size=96, overlays="true", threshold=0.2).json()
     assert again["cached"] is True and first["cached"] is False
     assert again["timings_ms"]["total"] < first["timings_ms"]["total"]
+
+
+@pytest.mark.parametrize(("patch", "grid"), [(2, (5, 4)), (4, (3, 7)), (16, (4, 3))])
+def test_patchwise_outline_equals_the_pixel_outline(patch, grid):
+    rng = np.random.default_rng(patch)
+    base = rng.integers(0, 256, (grid[0] * patch, grid[1] * patch, 3), dtype=np.uint8)
+    masks = rng.random((4, *grid)) > 0.45
+    masks[0] = True  # the border alone
+    got = mask_batch(base, masks, patch)
+    for h in range(4):
+        ref = mask_overlay(Image.fromarray(base), upsample_nearest(masks[h], patch))
+        np.testing.assert_array_equal(got[h], np.asarray(ref))

@@ -142,3 +142,26 @@ def test_pca_is_the_first_three_components_of_the_block_tokens(setup, layer):
     pic = Image.open(io.BytesIO(base64.b64decode(body["overlays"]["pca"])))
     assert pic.size == (64, 64) and "pca_fg" in body["overlays"]
     np.testing.assert_allclose(np.asarray(pic)[3, 11] / 255.0, rgb[0, 1], atol=1 / 255 + 1e-6)
+
+
+def test_block_attention_runs_only_the_blocks_up_to_layer_and_equals_the_reference():
+    from trainer.model.block_attention import block_attention
+
+    torch.manual_seed(3)
+    model = build_vit(patch_size=8, embed_dim=64, depth=4, num_heads=2).eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    calls = []
+    for i, blk in enumerate(model.blocks):
+        blk.register_forward_hook(lambda *_, i=i: calls.append(i))
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        for layer in range(4):
+            calls.clear()
+            full = block_attention(model, x, layer, None).attention  # every query row
+            assert calls == list(range(layer))  # later blocks are not run; block `layer` only its Q/K
+            ref, _ = ref_block_readout(state, x, 2, layer)
+            torch.testing.assert_close(full, ref, atol=1e-5, rtol=0)
+            cls = model.get_cls_attention(x, layer=layer)
+            torch.testing.assert_close(cls, ref[:, :, 0, 1:].reshape(1, 2, 5, 7), atol=1e-5, rtol=0)
+        assert model.blocks[0].attn.fused_attn  # the blocks before run timm's fused SDPA
+        torch.testing.assert_close(model.get_last_selfattention(x), ref, atol=1e-5, rtol=0)

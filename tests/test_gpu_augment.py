@@ -6,6 +6,7 @@ Run on CPU tensors; the same code runs on CUDA.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import replace
@@ -21,13 +22,19 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from tests.test_augment import EXPECTED_RATES
 from trainer.data.augment import CROP_RATIO, DataAugmentationDINO
 from trainer.data.gpu_augment import (
+    BLUR_MAX_KERNEL,
     GPUMultiCrop,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
+    apply_color_jitter,
+    blur_kernel_size,
+    color_jitter,
+    gaussian_blur,
     resized_crops,
     sample_crop_boxes,
+    sample_jitter,
 )
 from trainer.data.jpeg_batch import EncodedImageFolder, collate_bytes, decode_jpegs, decode_with_pil, drop_undecoded
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
@@ -163,6 +170,50 @@ def test_colour_ops_match_torchvision_formulas_per_row():
         torch.testing.assert_close(adjust_contrast(x, factors)[row], TF.adjust_contrast(x[row], f))
         torch.testing.assert_close(adjust_saturation(x, factors)[row], TF.adjust_saturation(x[row], f))
         torch.testing.assert_close(adjust_hue(x, shifts)[row], TF.adjust_hue(x[row], s), atol=2e-6, rtol=0)
+
+
+def _reference_jitter(image: torch.Tensor, factors: list[float], order: list[int]) -> torch.Tensor:
+    """One image through torchvision's own functional ops, one at a time, in the given order."""
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for op in order:
+        image = ops[op](image, factors[op])
+    return image
+
+
+def test_colour_jitter_follows_each_samples_order_and_factors():
+    """Every one of the 24 orders, each row with its own factors, against a per-row reference."""
+    orders = torch.tensor(list(itertools.permutations(range(4))) * 2)
+    n = len(orders)
+    x = textured_images(n, 9, 11, seed=30).float() / 255
+    generator = torch.Generator().manual_seed(31)
+    factors = torch.stack([torch.empty(n).uniform_(0.6, 1.4, generator=generator),
+                           torch.empty(n).uniform_(0.6, 1.4, generator=generator),
+                           torch.empty(n).uniform_(0.8, 1.2, generator=generator),
+                           torch.empty(n).uniform_(-0.1, 0.1, generator=generator)], dim=1)
+    apply = torch.arange(n) % 5 != 0
+    out = apply_color_jitter(x, apply, factors, orders)
+    for row in range(n):
+        expected = (_reference_jitter(x[row], factors[row].tolist(), orders[row].tolist()) if apply[row]
+                    else x[row])
+        torch.testing.assert_close(out[row], expected, atol=2e-6, rtol=0)
+    # the order matters: running every row in one fixed order gives other pixels
+    fixed = apply_color_jitter(x, apply, factors, torch.arange(4).expand(n, 4))
+    assert (fixed - out).abs().amax(dim=(1, 2, 3))[apply].gt(1e-3).float().mean() > 0.5
+
+
+def test_jitter_parameters_are_uniform_per_sample():
+    n = 24_000
+    factors, order = sample_jitter(n, torch.device("cpu"), torch.Generator().manual_seed(32))
+    for k, (low, high) in enumerate([(0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1)]):
+        assert factors[:, k].min() >= low and factors[:, k].max() <= high
+        assert abs(factors[:, k].mean().item() - (low + high) / 2) < 5 * (high - low) / math.sqrt(12 * n)
+    counts = torch.unique(order, dim=0, return_counts=True)[1]
+    assert len(counts) == 24 and (counts - n / 24).abs().max() < 5 * math.sqrt(n / 24)
+    assert torch.corrcoef(factors.T).sub(torch.eye(4)).abs().max() < 0.05  # independent factors
+    x = smooth_images(4, 6, 6, seed=33).float() / 255
+    again = color_jitter(x, torch.ones(4, dtype=torch.bool), torch.Generator().manual_seed(34))
+    factors, order = sample_jitter(4, torch.device("cpu"), torch.Generator().manual_seed(34))
+    torch.testing.assert_close(again, apply_color_jitter(x, torch.ones(4, dtype=torch.bool), factors, order))
 
 
 def _recorded_run(aug: GPUMultiCrop, images: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
@@ -318,3 +369,34 @@ def test_encoded_image_folder_yields_bytes_for_a_dataloader(tmp_path):
         EncodedImageFolder(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         EncodedImageFolder(tmp_path / "missing")
+
+
+def test_blur_kernel_covers_three_sigma_and_fits_small_crops():
+    assert BLUR_MAX_KERNEL >= 2 * math.ceil(3 * 2.0) + 1
+    assert blur_kernel_size(224) == BLUR_MAX_KERNEL and blur_kernel_size(96) == BLUR_MAX_KERNEL
+    assert blur_kernel_size(4) == 7 and blur_kernel_size(1) == 1
+    assert all(blur_kernel_size(s) % 2 == 1 for s in range(1, 50))
+
+
+def _reference_blur(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarray:
+    """2-D Gaussian G(x, y) ~ exp(-(x^2 + y^2) / (2 sigma^2)), normalised, reflect-padded."""
+    half = kernel_size // 2
+    taps = np.arange(-half, half + 1, dtype=np.float64)
+    kernel = np.exp(-(taps[:, None] ** 2 + taps[None, :] ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, ((0, 0), (half, half), (half, half)), mode="reflect")
+    out = np.zeros_like(image, dtype=np.float64)
+    for dy in range(kernel_size):
+        for dx in range(kernel_size):
+            out += kernel[dy, dx] * padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]]
+    return out
+
+
+def test_gaussian_blur_matches_the_gaussian_equation_per_row():
+    rng = np.random.default_rng(7)
+    images = rng.random((3, 3, 10, 12))
+    sigmas = [0.1, 0.9, 2.0]
+    out = gaussian_blur(torch.tensor(images, dtype=torch.float32), torch.tensor(sigmas), 13).numpy()
+    for row, sigma in enumerate(sigmas):
+        np.testing.assert_allclose(out[row], _reference_blur(images[row], sigma, 13), atol=1e-5)
+    assert out[2].std() < images[2].std() * 0.6

@@ -39,8 +39,10 @@ def test_build_optimizer_kinds(name, cls):
         assert opt.param_groups[0]["momentum"] == 0.9
 
 
-def test_build_optimizer_fused_falls_back_on_cpu():
-    opt = build_optimizer("adamw", get_params_groups(Toy()), fused=True)
+def test_build_optimizer_fused_on_cpu_and_falls_back_elsewhere():
+    assert build_optimizer("adamw", get_params_groups(Toy()), fused=True).defaults.get("fused")
+    assert not build_optimizer("adamw", get_params_groups(Toy()), fused=False).defaults.get("fused")
+    opt = build_optimizer("adamw", get_params_groups(Toy().to("meta")), fused=True)  # no fused kernel there
     assert not opt.defaults.get("fused")
 
 

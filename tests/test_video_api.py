@@ -360,3 +360,38 @@ def test_no_server_error_from_schema_cases(tmp_path, method, path, examples):
             assert response.status_code < 500, response.text
 
         run()
+
+
+def test_the_video_path_has_its_own_body_limit(tmp_path, clips):
+    """DINO_MAX_VIDEO_MB lets a clip through where DINO_MAX_REQUEST_MB stops other bodies."""
+    s = isolated_settings(tmp_path, max_request_mb=0.01, max_video_mb=0.5)
+    write_tiny_checkpoint(s.checkpoint_dir, "tiny")
+    padded = clips["clip.mp4"] + bytes(40_000)  # ~ 50 kB: over the request limit, under the video limit
+    with TestClient(create_app(s)) as c:
+        r = c.post("/attention", files={"image": ("a.png", padded, "image/png")}, data={"model": "tiny"})
+        assert r.status_code == 413 and "DINO_MAX_REQUEST_MB" in r.json()["detail"]
+        job, _ = run_job(c, padded, fps=2)
+        r = submit(c, bytes(int(1.6 * 2**20)))
+        assert r.status_code == 413 and "DINO_MAX_VIDEO_MB" in r.json()["detail"]
+
+
+def test_a_register_model_uses_its_patch_size_and_prefix_tokens(tmp_path, clips):
+    """DINOv2 with 4 registers (patch 14, 5 prefix tokens): frames still equal POST /attention, any layer."""
+    import torch
+
+    from tests.dinov2_layouts import authors_state
+
+    s = isolated_settings(tmp_path, cache_entries=0)
+    torch.save(authors_state(128, 2, 4, seed=12), s.checkpoint_dir / "v2reg.pth")
+    with TestClient(create_app(s)) as c:
+        job, status = run_job(c, clips["clip.mp4"], model="v2reg", image_size=42, fps=3, layer=0)
+        arrays = npz(c, job)
+        assert arrays["attentions"].shape == (6, 2, 3, 4)  # 64x48 -> 56x42 -> 4 x 3 patches of 14 px
+        assert (arrays["attentions"].sum((-2, -1)) < 1).all()  # the CLS and register columns are left out
+        buf = io.BytesIO()
+        decoded_frames(clips["clip.mp4"])[8][1].save(buf, format="PNG")  # sample 2 at 2/3 s = source frame 8
+        r = c.post("/attention", files={"image": ("f.png", buf.getvalue(), "image/png")},
+                   data={"model": "v2reg", "image_size": "42", "format": "npz", "overlays": "false", "layer": "0"})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(arrays["attentions"][2], np.load(io.BytesIO(r.content))["attentions"],
+                                   rtol=1e-4, atol=1e-6)

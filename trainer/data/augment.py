@@ -19,11 +19,12 @@ source of truth. Every random decision goes through an optional ``record`` hook
 The CPU path (:class:`DataAugmentationDINO`) stays on uint8 PIL images until one final
 lookup-table conversion to a normalised tensor per view (:mod:`trainer.data.pil_ops`): the
 pixels are those of the authors' torchvision ops, including PIL's own Gaussian blur and
-solarize. It draws each view's random numbers in one call, resizes large downscales with
-PIL's ``reducing_gap``, and, through :attr:`DataAugmentationDINO.draft_size`, lets the
-dataset decode large JPEGs at reduced size (``Image.draft``) when every crop still has
-more source pixels than output pixels. Set :attr:`DataAugmentationDINO.profile` to an
-:class:`OpProfile` to time each op.
+solarize (the crop's bicubic resize within rounding). It draws an image's random numbers in
+one call, box-averages large downscales first (PIL's ``reducing_gap``), and, through
+:attr:`DataAugmentationDINO.draft_size`, lets the dataset decode large JPEGs at reduced
+size (``Image.draft``) when every crop still has more source pixels than output pixels.
+Set :attr:`DataAugmentationDINO.profile` to an :class:`OpProfile` to time each op;
+``benchmarks/augment_throughput.py`` compares it with the authors' pipeline.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def dino_views(global_crops_scale: tuple[float, float], local_crops_scale: tuple
 # One view's random numbers, drawn in one call: crop tries (2 per try) and position (2), the
 # five op decisions, the four jitter factors, the four keys of the jitter order, the blur sigma.
 _CROP_DRAWS = 2 * CROP_ATTEMPTS + 2
-_COIN = {op: _CROP_DRAWS + i for i, op in enumerate(("flip", "jitter", "grayscale", "blur", "solarize"))}
+_DECISIONS = ("flip", "jitter", "grayscale", "blur", "solarize")
+_COIN = {op: _CROP_DRAWS + i for i, op in enumerate(_DECISIONS)}
 _FACTORS = _CROP_DRAWS + 5
 _ORDER_KEYS = _FACTORS + 4
 _SIGMA = _ORDER_KEYS + 4
@@ -127,13 +129,15 @@ def _draws(count: int, generator: torch.Generator | None) -> list[float]:
 
 
 def crop_box_from_draws(height: int, width: int, scale: tuple[float, float],
-                        ratio: tuple[float, float], draws: Sequence[float]) -> tuple[int, int, int, int]:
+                        ratio: tuple[float, float],
+                        draws: Sequence[float]) -> tuple[int, int, int, int]:
     """(top, left, h, w): RandomResizedCrop's sampling and 10-try fallback, from U[0, 1) draws.
 
     ``draws`` holds ``2 * CROP_ATTEMPTS + 2`` numbers: (scale, log-ratio) per try, then top, left.
     """
     area = height * width
-    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    log_low = math.log(ratio[0])
+    log_high = math.log(ratio[1])
     for attempt in range(CROP_ATTEMPTS):
         target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[2 * attempt])
         aspect = math.exp(log_low + (log_high - log_low) * draws[2 * attempt + 1])
@@ -157,12 +161,8 @@ def fallback_crop_box(height: int, width: int,
                       ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
     """Central crop used when all tries fail: the whole image, clipped to the allowed ratio."""
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        w, h = round(height * max(ratio)), height
-    else:
-        w, h = width, height
+    w = round(height * max(ratio)) if in_ratio > max(ratio) else width
+    h = round(width / min(ratio)) if in_ratio < min(ratio) else height
     return (height - h) // 2, (width - w) // 2, h, w
 
 
@@ -204,9 +204,9 @@ class DataAugmentationDINO:
     ``profile`` (an :class:`OpProfile`) collects the time spent in each op.
     """
 
-    def __init__(self, global_crops_scale: tuple[float, float], local_crops_scale: tuple[float, float],
-                 local_crops_number: int, global_crops_size: int = 224,
-                 local_crops_size: int = 96) -> None:
+    def __init__(self, global_crops_scale: tuple[float, float],
+                 local_crops_scale: tuple[float, float], local_crops_number: int,
+                 global_crops_size: int = 224, local_crops_size: int = 96) -> None:
         self.views = dino_views(global_crops_scale, local_crops_scale, local_crops_number,
                                 global_crops_size, local_crops_size)
         self.record: Recorder | None = None
@@ -227,7 +227,10 @@ class DataAugmentationDINO:
         if image.mode != "RGB":
             image = image.convert("RGB")
         draws = _draws(VIEW_DRAWS * len(self.views), generator)
+        start = self.profile.clock() if self.profile is not None else 0.0
         pixels = pil_ops.image_pixels(image)
+        if self.profile is not None:
+            self.profile.lap("crop", start)
         return [self._augment(image, pixels, view, draws[i * VIEW_DRAWS:(i + 1) * VIEW_DRAWS])
                 for i, view in enumerate(self.views)]
 
@@ -247,10 +250,10 @@ class DataAugmentationDINO:
                  draws: list[float]) -> torch.Tensor:
         profile = self.profile
         start = profile.clock() if profile is not None else 0.0
-        top, left, h, w = crop_box_from_draws(image.height, image.width, view.scale, CROP_RATIO, draws)
+        box = crop_box_from_draws(image.height, image.width, view.scale, CROP_RATIO, draws)
         if self.record is not None:
-            self.record(view.name, "crop", (top, left, h, w))
-        out = pil_ops.resized_crop(image, pixels, (top, left, h, w), view.size)
+            self.record(view.name, "crop", box)
+        out = pil_ops.resized_crop(image, pixels, box, view.size)
         if profile is not None:
             start = profile.lap("crop", start)
         if self._decide(view, "flip", view.flip_p, draws):
@@ -268,7 +271,8 @@ class DataAugmentationDINO:
             if profile is not None:
                 start = profile.lap("grayscale", start)
         if self._decide(view, "blur", view.blur_p, draws):
-            out = pil_ops.gaussian_blur(out, BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * draws[_SIGMA])
+            sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * draws[_SIGMA]
+            out = pil_ops.gaussian_blur(out, sigma)
             if profile is not None:
                 start = profile.lap("blur", start)
         if self._decide(view, "solarize", view.solarize_p, draws):

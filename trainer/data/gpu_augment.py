@@ -14,8 +14,10 @@ together as one batch of ``views * B`` rows, each row with its own view's probab
   support widened by the downscale factor, truncated at the box edges), written as two
   batched matrix products ``W_y @ image @ W_x^T``. Unlike ``grid_sample`` this antialiases
   large downscales exactly like the CPU path, and it needs no per-sample Python loop.
-* Colour jitter: per-sample random order of the four ops (like torchvision), with
-  torchvision's float formulas (blend with black / grey mean / grayscale, HSV hue shift).
+* Colour jitter: per-sample factors and a per-sample random order of the four ops (like
+  torchvision), with torchvision's float formulas (blend with black / grey mean / grayscale,
+  HSV hue shift); each op runs once per sample, the hue shift once over the batch
+  (:func:`apply_color_jitter`).
 * Gaussian blur: per-sample sigma, separable depthwise convolutions with reflect padding
   and the kernel size of :func:`blur_kernel_size` (the CPU path uses PIL's blur, like the
   authors).
@@ -47,6 +49,7 @@ from trainer.data.augment import (
     CROP_ATTEMPTS,
     CROP_RATIO,
     HUE,
+    JITTER_OPS,
     SATURATION,
     Recorder,
     ViewSpec,
@@ -58,10 +61,13 @@ from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 BICUBIC_A = -0.5  # PIL's bicubic coefficient
 BLUR_MAX_KERNEL = 13
+BRIGHTNESS_OP = JITTER_OPS.index("brightness")
+CONTRAST_OP = JITTER_OPS.index("contrast")
+HUE_OP = JITTER_OPS.index("hue")  # the last op: the blends are the ops before it
 
 
 def blur_kernel_size(crop_size: int) -> int:
-    """Odd Gaussian kernel size: 13 taps (+-3 sigma at sigma=2), at most 2*crop_size-1 (reflect padding)."""
+    """Odd Gaussian kernel size: 13 taps (+-3 sigma at sigma=2), at most 2*crop_size-1 (reflect pad)."""
     return min(BLUR_MAX_KERNEL, 2 * crop_size - 1)
 
 
@@ -228,22 +234,60 @@ def _select(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.T
     return torch.where(_per_row(new, mask), new, old)
 
 
-def color_jitter(x: torch.Tensor, apply: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) on the rows where ``apply``; per-row random op order."""
-    n, device = x.shape[0], x.device
-    factors = [
+def sample_jitter(n: int, device: torch.device,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ColorJitter(0.4, 0.4, 0.2, 0.1) parameters: ``(factors, order)``, both (n, 4).
+
+    ``factors[:, k]`` is op k's factor (brightness, contrast, saturation: U[1-a, 1+a]; hue
+    shift: U[-0.1, 0.1]); ``order[r]`` is a uniformly random permutation of the op indices.
+    """
+    factors = torch.stack([
         _uniform((n,), 1 - BRIGHTNESS, 1 + BRIGHTNESS, device, generator),
         _uniform((n,), 1 - CONTRAST, 1 + CONTRAST, device, generator),
         _uniform((n,), 1 - SATURATION, 1 + SATURATION, device, generator),
         _uniform((n,), -HUE, HUE, device, generator),
-    ]
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    order = torch.rand((n, len(ops)), device=device, generator=generator).argsort(dim=1)
-    for step in range(len(ops)):
-        for op_index, op in enumerate(ops):
-            chosen = apply & (order[:, step] == op_index)
-            x = _select(chosen, op(x, factors[op_index]), x)
+    ], dim=1)
+    order = torch.rand((n, len(JITTER_OPS)), device=device, generator=generator).argsort(dim=1)
+    return factors, order
+
+
+def _blend_step(x: torch.Tensor, ops: torch.Tensor, factors: torch.Tensor,
+                active: torch.Tensor) -> torch.Tensor:
+    """Each active row blends with its own op's reference (black, grey mean or grey image)."""
+    gray = grayscale(x)
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    reference = torch.where(_per_row(gray, ops == BRIGHTNESS_OP), torch.zeros_like(mean),
+                            torch.where(_per_row(gray, ops == CONTRAST_OP), mean, gray))
+    factor = factors.gather(1, ops[:, None])[:, 0]
+    return _select(active, blend(x, reference, factor), x)
+
+
+def apply_color_jitter(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor,
+                       order: torch.Tensor) -> torch.Tensor:
+    """ColorJitter on the rows where ``apply``: row r runs op ``order[r, 0]``, then ``order[r, 1]``...
+
+    Every op runs once per row and the hue shift (the costly op) once over the batch. The
+    three blends (brightness with black, contrast with the grey mean, saturation with the grey
+    image) share one formula with a per-row reference image: the blends a row runs before its
+    hue shift go through three steps before the shift, the others through three steps after
+    it; at each step a row runs its own next blend, or none. No host synchronisation.
+    """
+    position = order.argsort(dim=1)  # position[r, op]: the step at which row r runs op
+    blends_before_hue = position[:, HUE_OP]
+    blend_order = position[:, :HUE_OP].argsort(dim=1)  # row r's three blends, in its order
+    for step in range(HUE_OP):
+        x = _blend_step(x, blend_order[:, step], factors, apply & (step < blends_before_hue))
+    x = _select(apply, adjust_hue(x, factors[:, HUE_OP]), x)
+    for step in range(HUE_OP):
+        x = _blend_step(x, blend_order[:, step], factors, apply & (step >= blends_before_hue))
     return x
+
+
+def color_jitter(x: torch.Tensor, apply: torch.Tensor,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) on the rows where ``apply``, per-row parameters."""
+    factors, order = sample_jitter(x.shape[0], x.device, generator)
+    return apply_color_jitter(x, apply, factors, order)
 
 
 def pad_to_batch(images: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

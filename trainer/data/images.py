@@ -13,7 +13,8 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                 Image.DecompressionBombError)
 
 
 def is_image_file(path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> bool:

@@ -38,7 +38,7 @@ def decode_with_pil(blob: bytes, draft_size: int | None = None) -> torch.Tensor 
     """uint8 (3,H,W) RGB tensor of an encoded image, or None when it cannot be decoded."""
     try:
         rgb = load_rgb(io.BytesIO(blob), draft_size)
-    except Exception as error:  # any decoder failure (OSError, SyntaxError, bomb, ...) means "undecodable"
+    except Exception as error:  # any decoder failure (OSError, bomb, ...) means "undecodable"
         LOG.debug("cannot decode image blob of %d bytes: %s", len(blob), error)
         return None
     data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
@@ -73,7 +73,7 @@ def _decode_one_cuda(data: torch.Tensor, device: torch.device) -> torch.Tensor |
 
 def decode_jpegs(blobs: list[bytes], device: torch.device | str,
                  draft_size: int | None = None) -> list[torch.Tensor | None]:
-    """Decode encoded images to uint8 (3,H,W) RGB tensors on ``device`` (None for undecodable blobs).
+    """Decode encoded images to uint8 (3,H,W) RGB tensors on ``device`` (None: undecodable).
 
     On CUDA the JPEGs are decoded together by nvjpeg, other formats and nvjpeg failures by
     PIL. On CPU PIL decodes, and ``draft_size`` (if given) lets JPEGs decode at reduced size.
@@ -107,10 +107,12 @@ def collate_bytes(items: list[tuple[bytes, int]]) -> Batch:
 
 
 class EncodedImageFolder(Dataset):
-    """Image files as ``(raw file bytes, index)``; unreadable files give b"" (the decoder then returns None).
+    """Image files as ``(raw file bytes, index)``; an unreadable file gives b"" (which
+    :func:`collate_bytes` drops and counts).
 
     ``source`` is a folder (all images under it, any sub-folder layout, sorted) or an explicit
-    list of paths or of ``(path, label)`` samples such as ``trainer.data.images.scan_image_folder`` returns.
+    list of paths or of ``(path, label)`` samples such as
+    ``trainer.data.images.scan_image_folder`` returns.
     """
 
     def __init__(self, source: str | Path | Sequence[str | Path | tuple[str | Path, int]]) -> None:

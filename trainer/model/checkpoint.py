@@ -285,7 +285,8 @@ def _dinov2_info(state: dict[str, torch.Tensor], source: str,
             source = "timm"
         state = to_timm_layout(state, arch)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"not a supported DINOv2 checkpoint: {exc}; supported: {DINOV2_SUPPORTED}") from exc
+        reason = str(exc) if "supported:" in str(exc) else f"{exc}; supported: {DINOV2_SUPPORTED}"
+        raise CheckpointError(f"not a supported DINOv2 checkpoint: {reason}") from exc
     info = BackboneInfo(arch=arch.name, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
                         num_heads=arch.num_heads, source=source, dinov2=arch)
     return state, info

@@ -26,8 +26,8 @@ from trainer.model.vit import DinoViT
 DINOV2_PATCH = 14
 DINOV2_IMG_SIZE = 518  # the authors' pretraining resolution (37 x 37 patches)
 SIZE_NAMES = {384: "vit_small", 768: "vit_base", 1024: "vit_large", 1536: "vit_giant2"}
-SUPPORTED = ("DINOv2 ViT-S/B/L/g with patch 14, LayerScale and 0 or 4 registers (MLP or, for giant, "
-             "SwiGLU FFN) in the authors', timm's or transformers' key layout")
+SUPPORTED = ("DINOv2 ViT-S/B/L/g with patch 14, LayerScale and 0 or 4 registers (MLP or, for "
+             "giant, SwiGLU FFN) in the authors', timm's or transformers' key layout")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def _mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, bool]:
         return int(state["blocks.0.mlp.w12.weight"].shape[0]), True
     fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
     if fc1 is None or fc2 is None:
-        raise ValueError(f"no MLP weights in block 0 (blocks.0.mlp.fc1/fc2 or w12/w3); supported: {SUPPORTED}")
+        raise ValueError("no MLP weights in block 0 (blocks.0.mlp.fc1/fc2 or w12/w3); "
+                         f"supported: {SUPPORTED}")
     return int(fc1.shape[0]), int(fc1.shape[0]) == 2 * int(fc2.shape[1])
 
 
@@ -97,9 +98,11 @@ def infer_dinov2_arch(state: dict[str, torch.Tensor]) -> Dinov2Arch:
     patches = int(state["pos_embed"].shape[1]) - prefix
     side = math.isqrt(patches)
     if side * side != patches:
-        raise ValueError(f"pos_embed holds {patches} patch positions, not a square grid; supported: {SUPPORTED}")
+        raise ValueError(f"pos_embed holds {patches} patch positions, not a square grid; "
+                         f"supported: {SUPPORTED}")
     if dim % 64:
-        raise ValueError(f"embed dim {dim} is not a multiple of the 64-wide heads; supported: {SUPPORTED}")
+        raise ValueError(f"embed dim {dim} is not a multiple of the 64-wide heads; "
+                         f"supported: {SUPPORTED}")
     hidden, glu = _mlp_shape(state)
     return Dinov2Arch(dim, depth, dim // 64, registers, hidden, glu, side, patch)
 

@@ -155,7 +155,7 @@ class ContextOptions:
 
     world_size: int = 1
     prepare: Prepare | None = None  # wraps (student, teacher) for running: DDP, compile, ...
-    fused_optimizer: bool | None = None  # None: fused AdamW on CUDA
+    fused_optimizer: bool = True  # fused AdamW where the device has the kernel (CUDA, CPU)
     gpu_multicrop: nn.Module | None = None
     metrics: MetricsWriter | None = None
 
@@ -169,8 +169,8 @@ def build_context(cfg: TrainConfig, device: torch.device, precision: str, niter:
     student, teacher = student.to(device), teacher.to(device)
     prepare = options.prepare or (lambda s, t: (s, t))
     student_run, teacher_run = prepare(student, teacher)
-    fused = device.type == "cuda" if options.fused_optimizer is None else options.fused_optimizer
-    optimizer = build_optimizer(cfg.optimizer, get_params_groups(student), fused=fused)
+    optimizer = build_optimizer(cfg.optimizer, get_params_groups(student),
+                                fused=options.fused_optimizer)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     schedules = build_schedules(cfg, niter, options.world_size)
     return TrainContext(cfg, student_run, teacher_run, student, teacher, build_loss(cfg).to(device),

@@ -97,25 +97,31 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def _all_on_cuda(param_groups: list[dict]) -> bool:
-    params = [p for g in param_groups for p in g["params"]]
-    return bool(params) and all(p.is_cuda for p in params)
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
+def _fused_adamw_device(param_groups: list[dict]) -> bool:
+    """Whether every param sits on one device type that has a fused AdamW kernel."""
+    kinds = {p.device.type for g in param_groups for p in g["params"]}
+    return len(kinds) == 1 and kinds <= set(FUSED_ADAMW_DEVICES)
 
 
 def build_optimizer(name: str, param_groups: list[dict], lr: float = 0.0,
                     fused: bool = False) -> torch.optim.Optimizer:
     """``adamw`` (torch AdamW), ``sgd`` (momentum 0.9) or ``lars`` (:class:`LARS`).
 
-    ``fused=True`` asks for AdamW's fused CUDA kernel; it is used only when every param is on
-    CUDA (otherwise a warning is logged and torch's default foreach path is used).
+    ``fused=True`` asks for AdamW's fused kernel (CUDA or CPU); it is used only when every
+    param is on one such device (otherwise a warning is logged and torch's default foreach
+    path is used). The fused kernel also skips a non-finite step without a host sync
+    (:mod:`trainer.train.skip_step`).
     """
     key = name.lower()
     if key == "adamw":
-        if fused and _all_on_cuda(param_groups):
+        if fused and _fused_adamw_device(param_groups):
             return torch.optim.AdamW(param_groups, lr=lr, fused=True)
         if fused:
-            logger.warning("fused AdamW needs every parameter on CUDA; "
-                           "using the foreach implementation")
+            logger.warning("fused AdamW needs every parameter on one %s device; using the "
+                           "foreach implementation", " or ".join(FUSED_ADAMW_DEVICES))
         return torch.optim.AdamW(param_groups, lr=lr)
     if key == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=SGD_MOMENTUM)

@@ -5,8 +5,9 @@ the step is taken and undone where the flag says so, all on the device:
 
 * fused AdamW takes the flag itself (its kernel reads a "found inf" tensor, as under
   ``torch.amp.GradScaler``) and leaves parameters, moments and step counts untouched;
-* any other optimizer (AdamW's foreach path, SGD, LARS) has its parameters and state saved
-  before the step and put back with ``torch.where`` after it. State that the step creates
+* any other optimizer (AdamW's foreach path, SGD, LARS) has its parameters and state copied
+  before the step, into buffers kept for the next steps (as much memory again as parameters
+  and state), and put back with ``torch.where`` after it. State that the step creates
   (on the first step) is zeroed where the step is skipped, which is where each of these
   optimizers starts from (SGD's first momentum buffer ``g`` equals ``0.9 * 0 + g``).
 
@@ -15,6 +16,8 @@ on a GPU) are left as the step made them: reading the flag there would be a host
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -39,13 +42,30 @@ def _fused_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
         del optimizer.found_inf
 
 
+_SAVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> reused copies
+
+
+def _save(optimizer: torch.optim.Optimizer,
+          tensors: dict[tuple[int, str], torch.Tensor]) -> dict[tuple[int, str], torch.Tensor]:
+    """Copies of ``tensors`` in buffers kept from step to step (no allocation per step)."""
+    buffers = _SAVED.setdefault(optimizer, {})
+    for key, tensor in tensors.items():
+        held = buffers.get(key)
+        if held is None or held.shape != tensor.shape or held.dtype != tensor.dtype:
+            buffers[key] = torch.empty_like(tensor)
+    if tensors:
+        torch._foreach_copy_([buffers[key] for key in tensors], list(tensors.values()))
+    return {key: buffers[key] for key in tensors}
+
+
 @torch.no_grad()
 def skip_nonfinite_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
     """``optimizer.step()``, with no effect where the 0-d bool ``finite`` is False (no sync)."""
     if getattr(optimizer, "_step_supports_amp_scaling", False):
         _fused_step(optimizer, finite)
         return
-    saved = {key: t.clone() for key, t in _tensors(optimizer).items() if t.device == finite.device}
+    before = {k: t for k, t in _tensors(optimizer).items() if t.device == finite.device}
+    saved = _save(optimizer, before)
     optimizer.step()
     for key, tensor in _tensors(optimizer).items():
         if tensor.device != finite.device:
@@ -53,4 +73,4 @@ def skip_nonfinite_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) 
         old = saved.get(key)
         if old is None:  # created by this step: back to where the optimizer starts
             old = torch.zeros_like(tensor)
-        tensor.copy_(torch.where(finite, tensor, old))
+        torch.where(finite, tensor, old, out=tensor)
