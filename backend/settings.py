@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20.0, gt=0, description="largest accepted image file")
     max_request_mb: float = Field(100.0, gt=0, description="largest accepted request body")
     max_pixels: int = Field(40_000_000, gt=0, description="largest decoded image (width x height)")
-    max_image_size: int = Field(MAX_IMAGE_SIZE_SCHEMA, ge=1, description="largest image_size parameter")
+    max_image_size: int = Field(MAX_IMAGE_SIZE_SCHEMA, ge=1,
+                                description="largest image_size parameter")
     max_batch: int = Field(16, ge=1)
 
     max_concurrency: int = Field(2, ge=1, description="inferences running at the same time")

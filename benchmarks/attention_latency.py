@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             with uvicorn_process(server_env(folder, args, next(iter(models))), timeout_s=180) as url:
                 for name in models:
                     rows += [] if args.explore else http_rows(name, url, png, args)
-                    args.explores.append(explore_latency(name, url, args.size, args.repeats))
+                    args.explores.append(explore_latency(name, url, args.size, args.repeats, args.overlay_format))
                     print_explore(args.explores[-1])
     if not args.explore:
         add_speedups(rows)
@@ -293,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="a tiny model at 64 px (smoke test)")
     p.add_argument("--no-http", action="store_true", help="in-process paths only")
     p.add_argument("--explore", action="store_true", help="only first request vs re-threshold over HTTP")
+    p.add_argument("--overlay-format", choices=("png", "jpeg", "webp"), default="jpeg",
+                   help="overlay_format of the first-request / re-threshold measurement (the app's: jpeg)")
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]

@@ -141,3 +141,23 @@ def test_backend_url_comes_from_the_environment(monkeypatch):
     assert BackendClient().base_url == "http://backend:8000"
     monkeypatch.delenv("BACKEND_URL")
     assert backend_url_from_env() == "http://127.0.0.1:8000"
+
+
+def test_explorer_fields_are_sent_as_the_service_reads_them():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["body"] = request.read()
+        return httpx.Response(200, json={"model": "m", "num_heads": 1, "attentions": [], "masks": [], "coverage": []})
+
+    with _client(handler) as client:
+        client.attention(PNG_1PX, layer=-2, query=(3, 5), composite=True, heads=[0, 2], pca=False,
+                         overlay_format="jpeg")
+        body = seen["body"]
+        assert _form_field(body, "layer") == "-2" and _form_field(body, "query") == "3,5"
+        assert _form_field(body, "composite") == "true" and _form_field(body, "heads") == "0,2"
+        assert _form_field(body, "pca") == "false" and _form_field(body, "overlay_format") == "jpeg"
+        client.attention(PNG_1PX, query=None, heads=None)
+        assert b'name="query"' not in seen["body"] and b'name="heads"' not in seen["body"]
+        with pytest.raises(BackendError, match="unknown parameter 'layers'; choose from layer, query"):
+            client.attention(PNG_1PX, layers=3)

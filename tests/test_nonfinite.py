@@ -157,6 +157,23 @@ def test_nan_loss_in_a_train_step_changes_neither_student_nor_teacher(monkeypatc
     assert not torch.equal(ctx.teacher_module.state_dict()["head.mlp.0.weight"], teacher["head.mlp.0.weight"])
 
 
+def test_an_infinite_gradient_with_a_finite_loss_skips_the_step_too(monkeypatch):
+    """As GradScaler does: a non-finite gradient (the same on every rank after DDP's all-reduce)."""
+    ctx = _tiny_context(monkeypatch, "adamw")
+    crops = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)]
+    train_step(ctx, crops, epoch=0, it=0)
+    student = {k: v.clone() for k, v in ctx.student_module.state_dict().items()}
+    teacher = {k: v.clone() for k, v in ctx.teacher_module.state_dict().items()}
+    hook = ctx.student_module.backbone.cls_token.register_hook(lambda g: g * float("inf"))
+    loss, _, _ = train_step(ctx, crops, epoch=0, it=1)
+    hook.remove()
+    assert torch.isfinite(loss)
+    for name, value in ctx.student_module.state_dict().items():
+        assert torch.equal(value, student[name]), name
+    for name, value in ctx.teacher_module.state_dict().items():
+        assert torch.equal(value, teacher[name]), name
+
+
 def test_a_nan_mid_epoch_stops_the_run_before_any_checkpoint_with_a_clear_error(tmp_path, monkeypatch):
     """One NaN step in the middle of epoch 1, read back only at the end of the epoch."""
     monkeypatch.setattr(build, "build_vit", _tiny_vit)

@@ -25,7 +25,7 @@ from trainer.train.ema import ema_update
 from trainer.train.health import collapse_warning, dino_health
 from trainer.train.loss import N_TEACHER_VIEWS, DINOLoss
 from trainer.train.optim import cancel_gradients_last_layer, clip_gradients
-from trainer.train.skip_step import skip_nonfinite_step
+from trainer.train.skip_step import grads_finite, skip_nonfinite_step
 
 logger = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -135,29 +135,31 @@ def batch_crops(ctx: TrainContext, batch: Batch,
     return ctx.gpu_multicrop(images, generator=generator), len(images), dropped
 
 
-def _backward_and_step(ctx: TrainContext, loss: torch.Tensor, finite: torch.Tensor,
-                       epoch: int) -> None:
-    """Backward, clipping and the optimizer step, which a non-finite loss skips (no host sync).
+def _backward_and_step(ctx: TrainContext, loss: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Backward, clipping and the optimizer step; returns whether the step was taken.
 
-    With a loss scaler, ``GradScaler.step`` skips the step itself (non-finite gradients).
+    A NaN or infinite loss, or gradient (which DDP's all-reduce shares between ranks, so
+    every rank decides alike), skips the step on the device, with no host sync. With a
+    loss scaler, ``GradScaler.step`` skips it itself on the same gradients.
     """
     cfg = ctx.config
     opt = ctx.optimizer
     opt.zero_grad(set_to_none=True)
-    if ctx.scaler is not None:
-        ctx.scaler.scale(loss).backward()
-        if cfg.clip_grad > 0:
+    scaled = loss if ctx.scaler is None else ctx.scaler.scale(loss)
+    scaled.backward()
+    norms = None
+    if cfg.clip_grad > 0:
+        if ctx.scaler is not None:
             ctx.scaler.unscale_(opt)
-            clip_gradients(ctx.student_module, cfg.clip_grad)
-        cancel_gradients_last_layer(epoch, ctx.student_module, cfg.freeze_last_layer)
+        norms = clip_gradients(ctx.student_module, cfg.clip_grad)
+    finite = torch.isfinite(loss.detach()) & grads_finite(ctx.student_module, norms)
+    cancel_gradients_last_layer(epoch, ctx.student_module, cfg.freeze_last_layer)
+    if ctx.scaler is not None:
         ctx.scaler.step(opt)
         ctx.scaler.update()
-        return
-    loss.backward()
-    if cfg.clip_grad > 0:
-        clip_gradients(ctx.student_module, cfg.clip_grad)
-    cancel_gradients_last_layer(epoch, ctx.student_module, cfg.freeze_last_layer)
-    skip_nonfinite_step(opt, finite)
+    else:
+        skip_nonfinite_step(opt, finite)
+    return finite
 
 
 def train_step(ctx: TrainContext, crops: list[torch.Tensor], epoch: int,
@@ -173,10 +175,9 @@ def train_step(ctx: TrainContext, crops: list[torch.Tensor], epoch: int,
             teacher_out = ctx.teacher(crops[:N_TEACHER_VIEWS])
         student_out = ctx.student(crops)
         loss = ctx.dino_loss(student_out, teacher_out, epoch)
-    finite = torch.isfinite(loss.detach())
-    _backward_and_step(ctx, loss, finite, epoch)
+    taken = _backward_and_step(ctx, loss, epoch)
     momentum = float(ctx.schedules.momentum[it])
-    ema_update(ctx.teacher_module, ctx.student_module, momentum, finite=finite)
+    ema_update(ctx.teacher_module, ctx.student_module, momentum, finite=taken)
     return loss.detach(), student_out.detach(), teacher_out.detach()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch import nn
 
 
 def _tensors(optimizer: torch.optim.Optimizer) -> dict[tuple[int, str], torch.Tensor]:
@@ -32,6 +33,21 @@ def _tensors(optimizer: torch.optim.Optimizer) -> dict[tuple[int, str], torch.Te
             if isinstance(value, torch.Tensor):
                 found[(index, name)] = value
     return found
+
+
+def grads_finite(model: nn.Module, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """0-d bool tensor: every gradient of ``model`` is finite (no host sync).
+
+    ``norms`` are the per-gradient norms when the caller has them (gradient clipping does).
+    """
+    if norms is None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.ones((), dtype=torch.bool)
+        device = grads[0].device
+        norms = torch.stack([n.to(device=device, dtype=torch.float32)
+                             for n in torch._foreach_norm(grads)])
+    return torch.isfinite(norms).all()
 
 
 def _fused_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
