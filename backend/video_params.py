@@ -27,7 +27,8 @@ class VideoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     model: str | None = Field(None, min_length=1, max_length=256)
-    image_size: int = Field(480, ge=1, le=4096)
+    image_size: int | None = Field(None, ge=1, le=4096,
+                                   description="default: the model's default_image_size (DINO 480, DINOv2 518)")
     resize: Literal["keep_aspect", "square"] = "keep_aspect"
     threshold: float = Field(0.6, gt=0, le=1)
     fps: float | None = Field(None, gt=0, le=60)

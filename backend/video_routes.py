@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from backend.errors import InvalidParameter, ServiceError, TooLarge, error_response
 from backend.images import check_processed_size
 from backend.jobs import ACTIVE, Job, JobStore
+from backend.registry import default_image_size
 from backend.settings import Settings
 from backend.video_io import VIDEO_EXTENSIONS, probe, target_fps
 from backend.video_job import RESULT_FILES, SOURCE_FILE, VideoJobRunner
@@ -84,6 +85,8 @@ def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, A
                                "(DINO_VIDEO_MAX_FRAMES)")
     loaded = service.model_for(params)
     patch = loaded.info.patch_size
+    if params.image_size is None:  # the model's default, as for POST /attention
+        params = params.model_copy(update={"image_size": default_image_size(loaded.info.family)})
     check_processed_size(info.width, info.height, params.image_size, params.resize, patch, s.max_image_size)
     layer = service.resolve_layer(loaded, -1 if params.layer is None else params.layer)
     fps = target_fps(params.fps, info.fps)

@@ -65,7 +65,8 @@ def server():
 
 
 def _files(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """The files (not folders such as the video jobs' ``jobs/``) directly in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
 
 
 def test_download_once_atomically_then_serve(server, tmp_path):

@@ -51,7 +51,7 @@ def submit(client, data: bytes, name: str = "clip.mp4", **params):
     params.setdefault("model", "tiny")
     params.setdefault("image_size", 48)
     return client.post("/attention/video", files={"video": (name, data, "video/mp4")},
-                       data={k: str(v) for k, v in params.items()})
+                       data={k: str(v) for k, v in params.items() if v is not None})
 
 
 def wait(client, job_id: str, timeout: float = 60.0) -> dict:
@@ -395,3 +395,18 @@ def test_a_register_model_uses_its_patch_size_and_prefix_tokens(tmp_path, clips)
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(arrays["attentions"][2], np.load(io.BytesIO(r.content))["attentions"],
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_image_size_defaults_to_the_models_own(tmp_path, clips):
+    """Left out, image_size is the model's default_image_size: 518 for DINOv2, as for POST /attention."""
+    import torch
+
+    from tests.dinov2_layouts import authors_state
+
+    s = isolated_settings(tmp_path, cache_entries=0)
+    torch.save(authors_state(128, 1, 0, seed=3), s.checkpoint_dir / "v2.pth")
+    with TestClient(create_app(s)) as c:
+        job, _ = run_job(c, clips["clip.mp4"], model="v2", image_size=None, fps=1, max_frames=1)
+        meta = json.loads(str(npz(c, job)["meta"]))
+        assert meta["request"]["image_size"] == 518
+        assert npz(c, job)["attentions"].shape[-2:] == (37, 49)  # 64x48 -> 690x518 -> 49 x 37 patches
