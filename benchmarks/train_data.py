@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from trainer.data.augment import DataAugmentationDINO
 from trainer.data.dataset import Batch, SafeImageDataset, collate_skip_none
-from trainer.data.images import scan_image_folder
+from trainer.data.images import load_rgb, scan_image_folder
 from trainer.data.jpeg_batch import EncodedImageFolder, collate_bytes, decode_with_pil
 from trainer.train.build import crop_arguments
 from trainer.train.config import TrainConfig
@@ -42,14 +42,15 @@ def synthetic_jpegs(count: int, size: tuple[int, int] = SYNTHETIC_SIZE,
 
 
 class BlobImages:
-    """``key -> PIL image`` over in-memory encoded images (a picklable SafeImageDataset loader)."""
+    """``key -> PIL image`` over in-memory encoded images (a picklable SafeImageDataset loader),
+    decoded as the trainer's default loader decodes files (``load_rgb``, draft mode)."""
 
-    def __init__(self, blobs: list[bytes]) -> None:
+    def __init__(self, blobs: list[bytes], draft_size: int | None = None) -> None:
         self.blobs = blobs
+        self.draft_size = draft_size
 
     def __call__(self, key: int) -> Image.Image:
-        with Image.open(io.BytesIO(self.blobs[key])) as image:
-            return image.convert("RGB")
+        return load_rgb(io.BytesIO(self.blobs[key]), self.draft_size)
 
 
 class EncodedImages(Dataset):
@@ -93,6 +94,6 @@ def build_dataset(args: argparse.Namespace, gpu_augment: bool, decode_on_device:
     augment = DataAugmentationDINO(*crop_arguments(cfg))
     if blobs is not None:
         keys = [(i, 0) for i in range(len(blobs))]
-        return SafeImageDataset(keys, augment, loader=BlobImages(blobs)), collate_skip_none
+        return SafeImageDataset(keys, augment, loader=BlobImages(blobs, augment.draft_size)), collate_skip_none
     return SafeImageDataset(samples, augment), collate_skip_none
 

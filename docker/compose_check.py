@@ -10,6 +10,8 @@ at the end, whatever happened. Environment (all optional):
   COMPOSE            the compose command, e.g. "docker-compose" (default: v2 when present)
   CHECK_OUT          where the screenshot and logs go (default /tmp/dino-compose-check)
   CHECK_SKIP_BUILD=1 use the images already built
+  CHECK_ALLOW_CUDA_TORCH=1  accept a CUDA build of torch in the service image (where no CPU
+                     build of torchvision is at hand); the check then says so instead of failing
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ IMAGES = {"backend": "dino-backend:latest", "app": "dino-app:latest",
           "trainer-cpu": "dino-trainer-cpu:latest"}
 HEALTH_TIMEOUT_S = 600
 TIMINGS: list[tuple[str, float]] = []
+WARNINGS: list[str] = []
 # one captioned image per head in the per-head gallery
 GALLERY_READY = """() => {
     const captions = document.querySelectorAll('#heads .caption-label').length;
@@ -120,13 +123,14 @@ def image_size_mb(image: str) -> float:
 
 
 def run_in_image(image: str, code: str) -> str:
-    return sh("docker", "run", "--rm", "--read-only", "--entrypoint", "python", image, "-c", code)
+    return sh("docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "python",
+              image, "-c", code)
 
 
 def check_image_contents() -> None:
-    """The service carries no CUDA and no training code; the app carries no torch."""
+    """The service imports, carries no CUDA and no training code; the app carries no torch."""
     report = run_in_image(IMAGES["backend"], (
-        "import json, os, importlib.metadata as m, torch\n"
+        "import json, os, importlib.metadata as m, torch, torchvision, backend.main\n"
         "names = sorted(d.metadata['Name'] for d in m.distributions())\n"
         "nvidia = [n for n in names if 'nvidia' in n.lower()]\n"
         "print(json.dumps({'cuda': torch.version.cuda, 'nvidia': nvidia,"
@@ -134,7 +138,12 @@ def check_image_contents() -> None:
         " 'trainer': sorted(os.listdir('/app/trainer'))}))"))
     info = json.loads(report.splitlines()[-1])
     log.info("backend image: torch %s, trainer/ holds %s", info["torch"], info["trainer"])
-    expect(info["cuda"] is None and not info["nvidia"], f"the backend image carries CUDA: {info}")
+    if info["cuda"] is not None or info["nvidia"]:
+        message = (f"the backend image carries CUDA torch {info['torch']} and "
+                   f"{len(info['nvidia'])} nvidia packages")
+        expect(os.environ.get("CHECK_ALLOW_CUDA_TORCH") == "1", message)
+        WARNINGS.append(message + " (allowed by CHECK_ALLOW_CUDA_TORCH=1)")
+        log.warning("%s", WARNINGS[-1])
     expect(set(info["trainer"]) - {"__pycache__"} == {"__init__.py", "model"},
            f"the backend image holds more than trainer/model: {info['trainer']}")
     found = run_in_image(IMAGES["app"],
@@ -313,6 +322,8 @@ def report(failed: str | None) -> None:
             print(f"  {image_size_mb(image):8.0f} MB  {image}")
         except CheckFailed:
             print(f"  {'missing':>8}     {image}")
+    for warning in WARNINGS:
+        print(f"warning: {warning}")
     print(f"compose-check {'FAILED: ' + failed if failed else 'passed'}")
 
 

@@ -195,6 +195,21 @@ class OpProfile:
         return {op: 1000.0 * seconds / per for op, seconds in self.seconds.items()}
 
 
+class _NoProfile:
+    """Stands in for an :class:`OpProfile` when none is set: no clock reads, nothing kept."""
+
+    @staticmethod
+    def clock() -> float:
+        return 0.0
+
+    @staticmethod
+    def lap(op: str, start: float) -> float:
+        return 0.0
+
+
+_NO_PROFILE = _NoProfile()
+
+
 class DataAugmentationDINO:
     """Callable turning one PIL image into the list of DINO views (globals first).
 
@@ -227,10 +242,10 @@ class DataAugmentationDINO:
         if image.mode != "RGB":
             image = image.convert("RGB")
         draws = _draws(VIEW_DRAWS * len(self.views), generator)
-        start = self.profile.clock() if self.profile is not None else 0.0
+        profile = self.profile if self.profile is not None else _NO_PROFILE
+        start = profile.clock()
         pixels = pil_ops.image_pixels(image)
-        if self.profile is not None:
-            self.profile.lap("crop", start)
+        profile.lap("crop", start)
         return [self._augment(image, pixels, view, draws[i * VIEW_DRAWS:(i + 1) * VIEW_DRAWS])
                 for i, view in enumerate(self.views)]
 
@@ -248,38 +263,31 @@ class DataAugmentationDINO:
 
     def _augment(self, image: Image.Image, pixels: torch.Tensor, view: ViewSpec,
                  draws: list[float]) -> torch.Tensor:
-        profile = self.profile
-        start = profile.clock() if profile is not None else 0.0
+        profile = self.profile if self.profile is not None else _NO_PROFILE
+        start = profile.clock()
         box = crop_box_from_draws(image.height, image.width, view.scale, CROP_RATIO, draws)
         if self.record is not None:
             self.record(view.name, "crop", box)
         out = pil_ops.resized_crop(image, pixels, box, view.size)
-        if profile is not None:
-            start = profile.lap("crop", start)
+        start = profile.lap("crop", start)
         if self._decide(view, "flip", view.flip_p, draws):
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            if profile is not None:
-                start = profile.lap("flip", start)
+            start = profile.lap("flip", start)
         if self._decide(view, "jitter", view.jitter_p, draws):
             for op in jitter_order(draws[_ORDER_KEYS:_ORDER_KEYS + 4]):
                 low, high = _JITTER_RANGES[op]
                 out = _JITTER_FUNCTIONS[op](out, low + (high - low) * draws[_FACTORS + op])
-                if profile is not None:
-                    start = profile.lap(JITTER_OPS[op], start)
+                start = profile.lap(JITTER_OPS[op], start)
         if self._decide(view, "grayscale", view.grayscale_p, draws):
             out = pil_ops.grayscale(out)
-            if profile is not None:
-                start = profile.lap("grayscale", start)
+            start = profile.lap("grayscale", start)
         if self._decide(view, "blur", view.blur_p, draws):
             sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * draws[_SIGMA]
             out = pil_ops.gaussian_blur(out, sigma)
-            if profile is not None:
-                start = profile.lap("blur", start)
+            start = profile.lap("blur", start)
         if self._decide(view, "solarize", view.solarize_p, draws):
             out = pil_ops.solarize(out)
-            if profile is not None:
-                start = profile.lap("solarize", start)
+            start = profile.lap("solarize", start)
         tensor = pil_ops.to_normalized_tensor(out)
-        if profile is not None:
-            profile.lap("to_tensor", start)
+        profile.lap("to_tensor", start)
         return tensor
