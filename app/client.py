@@ -49,7 +49,9 @@ def _detail_text(detail: Any) -> str:
         for item in detail:
             if isinstance(item, dict):
                 loc = ".".join(str(p) for p in item.get("loc", []) if p not in ("body", "query"))
-                parts.append(f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item)))
+                parts.append(
+                    f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item))
+                )
             else:
                 parts.append(str(item))
         return "; ".join(parts)
@@ -93,7 +95,9 @@ def _explore_fields(explore: dict[str, Any]) -> dict[str, str]:
     """Form fields of the explorer parameters (None values are left out: the service's defaults)."""
     unknown = set(explore) - set(EXPLORE_FIELDS)
     if unknown:
-        raise BackendError(f"unknown parameter {sorted(unknown)[0]!r}; choose from {', '.join(EXPLORE_FIELDS)}")
+        raise BackendError(
+            f"unknown parameter {sorted(unknown)[0]!r}; choose from {', '.join(EXPLORE_FIELDS)}"
+        )
     data = {}
     for key, value in explore.items():
         if value is None:
@@ -110,12 +114,20 @@ def _explore_fields(explore: dict[str, Any]) -> dict[str, str]:
 class BackendClient:
     """Synchronous client for the attention service; one per app, thread-safe (httpx.Client)."""
 
-    def __init__(self, base_url: str | None = None, timeout: float = 120.0, connect_timeout: float = 5.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = (base_url or backend_url_from_env()).rstrip("/")
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, transport=transport,
-                                  timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -130,11 +142,15 @@ class BackendClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
-            raise BackendError(f"The attention service at {self.base_url} is not reachable ({exc}). "
-                               "Start it with `make run` or `python -m backend`, or set BACKEND_URL.") from exc
+            raise BackendError(
+                f"The attention service at {self.base_url} is not reachable ({exc}). "
+                "Start it with `make run` or `python -m backend`, or set BACKEND_URL."
+            ) from exc
         except httpx.TimeoutException as exc:
-            raise BackendError(f"The attention service at {self.base_url} did not answer within "
-                               f"{self.timeout:.0f} s; try a smaller image size, or retry.") from exc
+            raise BackendError(
+                f"The attention service at {self.base_url} did not answer within "
+                f"{self.timeout:.0f} s; try a smaller image size, or retry."
+            ) from exc
         except httpx.HTTPError as exc:
             raise BackendError(f"The request to {self.base_url}{path} failed: {exc}") from exc
         if response.status_code >= 400:
@@ -146,10 +162,14 @@ class BackendClient:
         try:
             body = response.json()
         except ValueError as exc:
-            raise BackendError(f"The service at {self.base_url}{path} sent a reply that is not JSON; "
-                               "is BACKEND_URL pointing at the attention service?") from exc
+            raise BackendError(
+                f"The service at {self.base_url}{path} sent a reply that is not JSON; "
+                "is BACKEND_URL pointing at the attention service?"
+            ) from exc
         if not isinstance(body, dict):
-            raise BackendError(f"The service at {self.base_url}{path} sent {type(body).__name__}, not an object")
+            raise BackendError(
+                f"The service at {self.base_url}{path} sent {type(body).__name__}, not an object"
+            )
         return body
 
     def health(self) -> dict[str, Any]:
@@ -167,41 +187,77 @@ class BackendClient:
             raise BackendError("The service's /models reply has no 'models' list")
         return body
 
-    def _attention(self, image: ImageInput, fmt: str, model: str | None, image_size: int, resize: str,
-                   threshold: float, overlays: bool, gt_mask: ImageInput | None,
-                   explore: dict[str, Any] | None = None) -> httpx.Response:
+    def _attention(
+        self,
+        image: ImageInput,
+        fmt: str,
+        model: str | None,
+        image_size: int,
+        resize: str,
+        threshold: float,
+        overlays: bool,
+        gt_mask: ImageInput | None,
+        explore: dict[str, Any] | None = None,
+    ) -> httpx.Response:
         if resize not in RESIZE_MODES:
-            raise BackendError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+            raise BackendError(
+                f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}"
+            )
         files = {"image": _image_part(image, "image")}
         if gt_mask is not None:
             files["gt_mask"] = _image_part(gt_mask, "gt_mask")
-        data = {"image_size": str(int(image_size)), "resize": resize, "threshold": repr(float(threshold)),
-                "overlays": "true" if overlays else "false", "format": fmt}
+        data = {
+            "image_size": str(int(image_size)),
+            "resize": resize,
+            "threshold": repr(float(threshold)),
+            "overlays": "true" if overlays else "false",
+            "format": fmt,
+        }
         if model:
             data["model"] = model
         data.update(_explore_fields(explore or {}))
         return self._request("POST", "/attention", files=files, data=data)
 
-    def attention(self, image: ImageInput, model: str | None = None, image_size: int = 480,
-                  resize: str = "keep_aspect", threshold: float = 0.6, overlays: bool = True,
-                  gt_mask: ImageInput | None = None, **explore: Any) -> dict[str, Any]:
+    def attention(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        image_size: int = 480,
+        resize: str = "keep_aspect",
+        threshold: float = 0.6,
+        overlays: bool = True,
+        gt_mask: ImageInput | None = None,
+        **explore: Any,
+    ) -> dict[str, Any]:
         """``POST /attention`` (JSON): per-head maps, masks, coverage, overlays, IoU with ``gt_mask``.
 
         ``explore`` takes the explorer fields of docs/API.md: ``layer``, ``query`` ((row, col) or
         "row,col"), ``composite``, ``heads`` (list of ints), ``pca``, ``overlay_format``.
         """
-        response = self._attention(image, "json", model, image_size, resize, threshold, overlays, gt_mask, explore)
+        response = self._attention(
+            image, "json", model, image_size, resize, threshold, overlays, gt_mask, explore
+        )
         try:
             body = response.json()
         except ValueError as exc:
             raise BackendError("The service's /attention reply is not JSON") from exc
         for key in ("model", "num_heads", "attentions", "masks", "coverage"):
             if key not in body:
-                raise BackendError(f"The service's /attention reply lacks {key!r}; is it the DINO attention service?")
+                raise BackendError(
+                    f"The service's /attention reply lacks {key!r}; is it the DINO attention service?"
+                )
         return body
 
-    def attention_npz(self, image: ImageInput, model: str | None = None, image_size: int = 480,
-                      resize: str = "keep_aspect", threshold: float = 0.6,
-                      gt_mask: ImageInput | None = None) -> bytes:
+    def attention_npz(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        image_size: int = 480,
+        resize: str = "keep_aspect",
+        threshold: float = 0.6,
+        gt_mask: ImageInput | None = None,
+    ) -> bytes:
         """``POST /attention`` with ``format=npz``: the arrays as an ``.npz`` file's bytes."""
-        return self._attention(image, "npz", model, image_size, resize, threshold, False, gt_mask).content
+        return self._attention(
+            image, "npz", model, image_size, resize, threshold, False, gt_mask
+        ).content

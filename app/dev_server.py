@@ -23,12 +23,18 @@ STOP_GRACE_S = 10.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m app.dev_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m app.dev_server", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address both servers listen on")
     parser.add_argument("--backend-port", type=int, default=8000)
     parser.add_argument("--app-port", type=int, default=7860)
-    parser.add_argument("--ready-timeout", type=float, default=900.0,
-                        help="seconds to wait for the default model (a first run may download it)")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for the default model (a first run may download it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -41,10 +47,19 @@ def port_in_use(host: str, port: int) -> bool:
 def start_children(host: str, backend_port: int, app_port: int) -> dict[str, subprocess.Popen]:
     """Both servers in their own sessions, so Ctrl-C reaches only this process, which then stops them."""
     backend_env = {**os.environ, "DINO_HOST": host, "DINO_PORT": str(backend_port)}
-    app_env = {**os.environ, "BACKEND_URL": f"http://{host}:{backend_port}", "GRADIO_ANALYTICS_ENABLED": "False"}
-    backend = subprocess.Popen([sys.executable, "-m", "backend"], env=backend_env, start_new_session=True)
-    app = subprocess.Popen([sys.executable, "-m", "app", "--host", host, "--port", str(app_port)], env=app_env,
-                           start_new_session=True)
+    app_env = {
+        **os.environ,
+        "BACKEND_URL": f"http://{host}:{backend_port}",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "backend"], env=backend_env, start_new_session=True
+    )
+    app = subprocess.Popen(
+        [sys.executable, "-m", "app", "--host", host, "--port", str(app_port)],
+        env=app_env,
+        start_new_session=True,
+    )
     return {"service": backend, "web app": app}
 
 
@@ -76,8 +91,12 @@ def _answers(url: str) -> tuple[bool, str]:
         return False, f"HTTP {response.status_code}"
 
 
-def wait_until_ready(children: dict[str, subprocess.Popen], urls: dict[str, str], timeout: float,
-                     stopping: Callable[[], bool]) -> str | None:
+def wait_until_ready(
+    children: dict[str, subprocess.Popen],
+    urls: dict[str, str],
+    timeout: float,
+    stopping: Callable[[], bool],
+) -> str | None:
     """None once every url answers 200; else why not (a child exited, timeout, or stop requested)."""
     deadline, last_note, pending = time.monotonic() + timeout, 0.0, dict(urls)
     while pending:
@@ -113,26 +132,41 @@ def _install_stop_handlers() -> Callable[[], bool]:
 def run(args: argparse.Namespace) -> int:
     for name, port in (("service", args.backend_port), ("web app", args.app_port)):
         if port_in_use(args.host, port):
-            print(f"port {port} on {args.host} is already in use (wanted for the {name}); stop what uses it "
-                  f"or pass --{'backend' if name == 'service' else 'app'}-port", file=sys.stderr)
+            print(
+                f"port {port} on {args.host} is already in use (wanted for the {name}); stop what uses it "
+                f"or pass --{'backend' if name == 'service' else 'app'}-port",
+                file=sys.stderr,
+            )
             return 2
     stopping = _install_stop_handlers()
     children = start_children(args.host, args.backend_port, args.app_port)
-    backend_url, app_url = f"http://{args.host}:{args.backend_port}", f"http://{args.host}:{args.app_port}"
+    backend_url, app_url = (
+        f"http://{args.host}:{args.backend_port}",
+        f"http://{args.host}:{args.app_port}",
+    )
     try:
-        problem = wait_until_ready(children, {"service": f"{backend_url}/readyz", "web app": app_url},
-                                   args.ready_timeout, stopping)
+        problem = wait_until_ready(
+            children,
+            {"service": f"{backend_url}/readyz", "web app": app_url},
+            args.ready_timeout,
+            stopping,
+        )
         if problem == "stopped":
             return 0
         if problem:
             print(f"could not start: {problem}", file=sys.stderr)
             return 1
-        print(f"\nattention service: {backend_url}  (API docs {backend_url}/docs)\n"
-              f"web app:           {app_url}\nPress Ctrl-C to stop both.\n", flush=True)
+        print(
+            f"\nattention service: {backend_url}  (API docs {backend_url}/docs)\n"
+            f"web app:           {app_url}\nPress Ctrl-C to stop both.\n",
+            flush=True,
+        )
         while not stopping():
             for name, proc in children.items():
                 if proc.poll() is not None:
-                    print(f"the {name} exited with code {proc.returncode}; stopping", file=sys.stderr)
+                    print(
+                        f"the {name} exited with code {proc.returncode}; stopping", file=sys.stderr
+                    )
                     return proc.returncode or 1
             time.sleep(0.5)
         return 0

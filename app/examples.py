@@ -18,7 +18,9 @@ EXAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
 def examples_dir() -> Path:
     """``DINO_APP_EXAMPLES_DIR``, else a folder in the system temp dir (a path Gradio may serve)."""
-    return Path(os.environ.get("DINO_APP_EXAMPLES_DIR") or Path(tempfile.gettempdir()) / "dino-app-examples")
+    return Path(
+        os.environ.get("DINO_APP_EXAMPLES_DIR") or Path(tempfile.gettempdir()) / "dino-app-examples"
+    )
 
 
 def _load(name: str) -> np.ndarray:
@@ -29,7 +31,9 @@ def _load(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-def example_paths(folder: str | Path | None = None, names: tuple[str, ...] = EXAMPLE_NAMES) -> list[Path]:
+def example_paths(
+    folder: str | Path | None = None, names: tuple[str, ...] = EXAMPLE_NAMES
+) -> list[Path]:
     """JPEG files of the example photos, written once to ``folder``; unreadable ones are skipped."""
     folder = Path(folder) if folder else examples_dir()
     folder.mkdir(parents=True, exist_ok=True)

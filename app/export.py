@@ -29,11 +29,32 @@ from typing import Any
 
 import numpy as np
 
-_SCALAR_KEYS = ("model", "arch", "patch_size", "num_heads", "trained", "source", "grid", "image_size",
-                "params", "best_head", "best_iou", "layer", "depth", "query", "composite_heads", "composite_colors",
-                "cached")
-_OPTIONAL_ARRAYS = {"query_attentions": np.float32, "query_mean": np.float32, "pca_rgb": np.float32,
-                    "pca_fg": np.uint8, "composite_colors": np.uint8}
+_SCALAR_KEYS = (
+    "model",
+    "arch",
+    "patch_size",
+    "num_heads",
+    "trained",
+    "source",
+    "grid",
+    "image_size",
+    "params",
+    "best_head",
+    "best_iou",
+    "layer",
+    "depth",
+    "query",
+    "composite_heads",
+    "composite_colors",
+    "cached",
+)
+_OPTIONAL_ARRAYS = {
+    "query_attentions": np.float32,
+    "query_mean": np.float32,
+    "pca_rgb": np.float32,
+    "pca_fg": np.uint8,
+    "composite_colors": np.uint8,
+}
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -57,10 +78,15 @@ def arrays_from_result(result: dict[str, Any]) -> dict[str, np.ndarray]:
 def summary_json(result: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """What was computed and how: everything but the big arrays and images."""
     summary = {k: result[k] for k in _SCALAR_KEYS if k in result}
-    summary.update({
-        "coverage": result.get("coverage"), "iou": result.get("iou"), "timings_ms": result.get("timings_ms"),
-        "request": request, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    summary.update(
+        {
+            "coverage": result.get("coverage"),
+            "iou": result.get("iou"),
+            "timings_ms": result.get("timings_ms"),
+            "request": request,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
     return summary
 
 
@@ -82,7 +108,9 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
 
 
-def build_zip(result: dict[str, Any], request: dict[str, Any], out_dir: str | Path | None = None) -> Path:
+def build_zip(
+    result: dict[str, Any], request: dict[str, Any], out_dir: str | Path | None = None
+) -> Path:
     """Write the archive for one analysis and return its path (in a fresh temp folder by default)."""
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="dino-app-"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -52,5 +52,7 @@ def register_note(result: dict[str, Any]) -> str:
     share = register_share(result)
     if share is None:
         return ""
-    return (f" Registers: {registers_of(result)}, excluded from the maps; they took "
-            f"{float(np.mean(share)):.1%} of the CLS attention (mean over heads).")
+    return (
+        f" Registers: {registers_of(result)}, excluded from the maps; they took "
+        f"{float(np.mean(share)):.1%} of the CLS attention (mean over heads)."
+    )

@@ -31,14 +31,18 @@ def decode_png(data_b64: str) -> Image.Image:
         image = Image.open(io.BytesIO(base64.b64decode(data_b64, validate=True)))
         image.load()
     except Exception as exc:  # noqa: BLE001 - any decoding problem is one readable message
-        raise RenderError(f"an overlay sent by the service is not a readable image ({exc})") from exc
+        raise RenderError(
+            f"an overlay sent by the service is not a readable image ({exc})"
+        ) from exc
     return image.convert("RGB")
 
 
 def _overlays(result: dict[str, Any]) -> dict[str, Any]:
     overlays = result.get("overlays")
     if not isinstance(overlays, dict) or not overlays.get("heads"):
-        raise RenderError("the service's reply has no overlays; it must be called with overlays=true")
+        raise RenderError(
+            "the service's reply has no overlays; it must be called with overlays=true"
+        )
     return overlays
 
 
@@ -74,7 +78,9 @@ def mask_gallery(result: dict[str, Any]) -> GalleryItems:
 def query_gallery(result: dict[str, Any]) -> GalleryItems:
     """The query patch's attention per head (patch outlined by the service), or nothing without a query."""
     overlays = _overlays(result)
-    return [(decode_png(png), head_label(i)) for i, png in enumerate(overlays.get("query_heads") or [])]
+    return [
+        (decode_png(png), head_label(i)) for i, png in enumerate(overlays.get("query_heads") or [])
+    ]
 
 
 def optional_overlay(result: dict[str, Any], key: str) -> Image.Image | None:
@@ -99,18 +105,22 @@ def composite_legend(result: dict[str, Any]) -> str:
         return "<div class='composite-legend'>Tick at least one head to draw the composite.</div>"
     items = "".join(
         f"<span class='swatch-item'><span class='swatch' style='background: rgb({r}, {g}, {b})'></span>"
-        f"{head_label(h)}</span>" for h, (r, g, b) in zip(heads, colors, strict=False))
+        f"{head_label(h)}</span>"
+        for h, (r, g, b) in zip(heads, colors, strict=False)
+    )
     return f"<div class='composite-legend' id='composite-legend-items'>{items}</div>"
 
 
 def coverage_table(result: dict[str, Any]) -> pd.DataFrame:
     """Per head: fraction of patches kept, number kept, and IoU against the ground truth when given."""
     masks = np.asarray(result["masks"])
-    table = pd.DataFrame({
-        "head": [head_label(i) for i in range(len(result["coverage"]))],
-        "coverage": [round(float(c), 4) for c in result["coverage"]],
-        "kept patches": [int(m.sum()) for m in masks],
-    })
+    table = pd.DataFrame(
+        {
+            "head": [head_label(i) for i in range(len(result["coverage"]))],
+            "coverage": [round(float(c), 4) for c in result["coverage"]],
+            "kept patches": [int(m.sum()) for m in masks],
+        }
+    )
     if result.get("iou") is not None:
         table["IoU"] = [round(float(v), 4) for v in result["iou"]]
     return table
@@ -157,10 +167,12 @@ def status_text(result: dict[str, Any]) -> str:
     took = f" in {total:.0f} ms" if isinstance(total, int | float) else ""
     if result.get("cached"):
         took += " (maps from the cache: no model run)"
-    return (f"Showing **{result['model']}** ({result.get('arch', '?')}, patch {result.get('patch_size', '?')}, "
-            f"{result['num_heads']} heads): {weights_text(result.get('trained'), result.get('summary'))}. "
-            f"Image {w}×{h} px, grid {gw}×{gh} patches, block {result.get('layer', 'last')}, "
-            f"threshold {params.get('threshold', '?')}{took}." + register_note(result))
+    return (
+        f"Showing **{result['model']}** ({result.get('arch', '?')}, patch {result.get('patch_size', '?')}, "
+        f"{result['num_heads']} heads): {weights_text(result.get('trained'), result.get('summary'))}. "
+        f"Image {w}×{h} px, grid {gw}×{gh} patches, block {result.get('layer', 'last')}, "
+        f"threshold {params.get('threshold', '?')}{took}." + register_note(result)
+    )
 
 
 def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -183,8 +195,9 @@ def _titled(image: Image.Image | None, title: str, height: int, width: int) -> I
     return panel
 
 
-def side_by_side(left: Image.Image | None, right: Image.Image | None, left_title: str,
-                 right_title: str) -> Image.Image:
+def side_by_side(
+    left: Image.Image | None, right: Image.Image | None, left_title: str, right_title: str
+) -> Image.Image:
     """Two panels at the same height, titled, with a white gap; a missing one is a grey placeholder."""
     present = [im for im in (left, right) if im is not None]
     if not present:

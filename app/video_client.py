@@ -13,9 +13,16 @@ RENDERS = ("mean", "heads", "masks", "side")
 RESULT_FORMATS = ("mp4", "npz", "json")
 
 
-def submit_video(client: BackendClient, video: str | Path, model: str | None = None, render: str = "mean",
-                 fps: float | None = None, threshold: float = 0.6, image_size: int = 480,
-                 max_frames: int | None = None) -> str:
+def submit_video(
+    client: BackendClient,
+    video: str | Path,
+    model: str | None = None,
+    render: str = "mean",
+    fps: float | None = None,
+    threshold: float = 0.6,
+    image_size: int = 480,
+    max_frames: int | None = None,
+) -> str:
     """Queue a job for the clip at ``video``; returns the job id."""
     if render not in RENDERS:
         raise BackendError(f"unknown render {render!r}; choose one of {', '.join(RENDERS)}")
@@ -24,7 +31,11 @@ def submit_video(client: BackendClient, video: str | Path, model: str | None = N
         data = path.read_bytes()
     except OSError as exc:
         raise BackendError(f"cannot read the file {path.name}: {exc.strerror or exc}") from exc
-    fields = {"render": render, "threshold": repr(float(threshold)), "image_size": str(int(image_size))}
+    fields = {
+        "render": render,
+        "threshold": repr(float(threshold)),
+        "image_size": str(int(image_size)),
+    }
     if model:
         fields["model"] = model
     if fps:
@@ -32,9 +43,13 @@ def submit_video(client: BackendClient, video: str | Path, model: str | None = N
     if max_frames:
         fields["max_frames"] = str(int(max_frames))
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    body = client._json("POST", "/attention/video", files={"video": (path.name, data, mime)}, data=fields)
+    body = client._json(
+        "POST", "/attention/video", files={"video": (path.name, data, mime)}, data=fields
+    )
     if "job" not in body:
-        raise BackendError("The service's /attention/video reply has no job id; is it the DINO attention service?")
+        raise BackendError(
+            "The service's /attention/video reply has no job id; is it the DINO attention service?"
+        )
     return str(body["job"])
 
 
@@ -51,7 +66,9 @@ def cancel_job(client: BackendClient, job: str) -> None:
 def save_result(client: BackendClient, job: str, fmt: str, dest: Path) -> Path:
     """Download the job's ``mp4``, ``npz`` or ``json`` result to ``dest``."""
     if fmt not in RESULT_FORMATS:
-        raise BackendError(f"unknown result format {fmt!r}; choose one of {', '.join(RESULT_FORMATS)}")
+        raise BackendError(
+            f"unknown result format {fmt!r}; choose one of {', '.join(RESULT_FORMATS)}"
+        )
     dest.write_bytes(client._request("GET", f"/jobs/{job}/result", params={"format": fmt}).content)
     return dest
 

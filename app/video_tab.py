@@ -22,8 +22,12 @@ VIDEO_TYPES = [".mp4", ".webm", ".mov", ".gif", ".mkv", ".m4v", ".avi"]
 POLL_S = 0.25
 VIDEO_HEIGHT = 320
 NO_VIDEO = "Upload a clip first (mp4, webm, mov or gif)."
-RENDER_CHOICES = [("mean over heads", "mean"), ("every head", "heads"), ("masks in colours", "masks"),
-                  ("frame | mean", "side")]
+RENDER_CHOICES = [
+    ("mean over heads", "mean"),
+    ("every head", "heads"),
+    ("masks in colours", "masks"),
+    ("frame | mean", "side"),
+]
 VideoView = tuple[str, str, str, Any, Any, Any]
 
 
@@ -37,22 +41,43 @@ def progress_html(status: dict[str, Any] | None) -> str:
         text += f", about {float(status['eta_s']):.0f} s left"
     if status.get("state") == "done":
         text += f" in {float(status.get('elapsed_s') or 0):.1f} s"
-    return (f'<div id="video-progress-box"><progress id="video-progress" max="{total}" value="{done}"></progress>'
-            f' <span id="video-progress-text">{html.escape(text)}</span></div>')
+    return (
+        f'<div id="video-progress-box"><progress id="video-progress" max="{total}" value="{done}"></progress>'
+        f' <span id="video-progress-text">{html.escape(text)}</span></div>'
+    )
 
 
 def video_inputs() -> dict[str, Any]:
     c: dict[str, Any] = {}
-    c["video"] = gr.File(label="Clip (mp4, webm, mov, gif)", file_types=VIDEO_TYPES, type="filepath",
-                         elem_id="video-input")
-    c["model"] = gr.Dropdown(label="Model", choices=[], allow_custom_value=True, elem_id="video-model")
+    c["video"] = gr.File(
+        label="Clip (mp4, webm, mov, gif)",
+        file_types=VIDEO_TYPES,
+        type="filepath",
+        elem_id="video-input",
+    )
+    c["model"] = gr.Dropdown(
+        label="Model", choices=[], allow_custom_value=True, elem_id="video-model"
+    )
     c["render"] = gr.Radio(RENDER_CHOICES, value="mean", label="Render", elem_id="video-render")
-    c["fps"] = gr.Slider(0, 30, value=0, step=1, label="Frames per second (0: the clip's rate, at most 30)",
-                         elem_id="video-fps")
-    c["threshold"] = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Threshold (attention mass kept)",
-                               elem_id="video-threshold")
-    c["image_size"] = gr.Slider(8, 1024, value=480, step=8, label="Image size (short side, px)",
-                                elem_id="video-image-size")
+    c["fps"] = gr.Slider(
+        0,
+        30,
+        value=0,
+        step=1,
+        label="Frames per second (0: the clip's rate, at most 30)",
+        elem_id="video-fps",
+    )
+    c["threshold"] = gr.Slider(
+        0.05,
+        1.0,
+        value=0.6,
+        step=0.05,
+        label="Threshold (attention mass kept)",
+        elem_id="video-threshold",
+    )
+    c["image_size"] = gr.Slider(
+        8, 1024, value=480, step=8, label="Image size (short side, px)", elem_id="video-image-size"
+    )
     with gr.Row():
         c["run"] = gr.Button("Run on the clip", variant="primary", elem_id="video-run")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="video-cancel")
@@ -65,10 +90,18 @@ def video_outputs() -> dict[str, Any]:
     o["status"] = gr.Markdown(elem_id="video-status")
     o["job"] = gr.Textbox(label="Job id", interactive=False, elem_id="video-job")
     with gr.Row():
-        o["source"] = gr.Video(label="Original", interactive=False, elem_id="video-source", height=VIDEO_HEIGHT)
-        o["result"] = gr.Video(label="Attention", interactive=False, elem_id="video-result", height=VIDEO_HEIGHT)
-    o["files"] = gr.File(label="Downloads: attention.mp4, attention.npz", file_count="multiple",
-                         interactive=False, elem_id="video-files")
+        o["source"] = gr.Video(
+            label="Original", interactive=False, elem_id="video-source", height=VIDEO_HEIGHT
+        )
+        o["result"] = gr.Video(
+            label="Attention", interactive=False, elem_id="video-result", height=VIDEO_HEIGHT
+        )
+    o["files"] = gr.File(
+        label="Downloads: attention.mp4, attention.npz",
+        file_count="multiple",
+        interactive=False,
+        elem_id="video-files",
+    )
     return o
 
 
@@ -82,27 +115,58 @@ def _finished(client: BackendClient, status: dict[str, Any], out_dir: Path) -> V
     return progress_html(status), text, job, str(source), str(result), [str(result), str(arrays)]
 
 
-def run_video(client: BackendClient, video: str | None, model: str | None, render: str, fps: float,
-              threshold: float, image_size: float) -> Iterator[VideoView]:
+def run_video(
+    client: BackendClient,
+    video: str | None,
+    model: str | None,
+    render: str,
+    fps: float,
+    threshold: float,
+    image_size: float,
+) -> Iterator[VideoView]:
     """Submit the clip, yield progress until the job ends, then the two videos and the downloads."""
     if not video:
         raise gr.Error(NO_VIDEO, title="No clip", print_exception=False)
-    job = handlers.readable_errors("start the video job", lambda: video_client.submit_video(
-        client, video, model or None, render, float(fps) or None, float(threshold), int(image_size)))
+    job = handlers.readable_errors(
+        "start the video job",
+        lambda: video_client.submit_video(
+            client,
+            video,
+            model or None,
+            render,
+            float(fps) or None,
+            float(threshold),
+            int(image_size),
+        ),
+    )
     while True:
-        status = handlers.readable_errors("follow the video job", lambda: video_client.job_status(client, job))
+        status = handlers.readable_errors(
+            "follow the video job", lambda: video_client.job_status(client, job)
+        )
         if status["state"] not in ("queued", "running"):
             break
-        yield progress_html(status), f"Job `{job}` is {status['state']}.", job, gr.skip(), gr.skip(), gr.skip()
+        yield (
+            progress_html(status),
+            f"Job `{job}` is {status['state']}.",
+            job,
+            gr.skip(),
+            gr.skip(),
+            gr.skip(),
+        )
         time.sleep(POLL_S)
     if status["state"] == "cancelled":
         yield progress_html(status), f"Job `{job}` was cancelled.", job, None, None, None
         return
     if status["state"] == "failed":
-        raise gr.Error(f"The video job failed: {status.get('error')}", title="Video job failed",
-                       print_exception=False)
+        raise gr.Error(
+            f"The video job failed: {status.get('error')}",
+            title="Video job failed",
+            print_exception=False,
+        )
     out_dir = Path(tempfile.mkdtemp(prefix="dino-video-"))
-    yield handlers.readable_errors("download the videos", lambda: _finished(client, status, out_dir))
+    yield handlers.readable_errors(
+        "download the videos", lambda: _finished(client, status, out_dir)
+    )
 
 
 def cancel_video(client: BackendClient, job: str | None) -> str:
@@ -124,8 +188,14 @@ def build_video_tab(demo: gr.Blocks, client: BackendClient) -> dict[str, Any]:
     def models() -> Any:
         return handlers.list_models(client)[0]
 
-    def run(video: str | None, model: str | None, render: str, fps: float, threshold: float,
-            image_size: float) -> Iterator[VideoView]:
+    def run(
+        video: str | None,
+        model: str | None,
+        render: str,
+        fps: float,
+        threshold: float,
+        image_size: float,
+    ) -> Iterator[VideoView]:
         yield from run_video(client, video, model, render, fps, threshold, image_size)
 
     def cancel(job: str | None) -> str:
@@ -133,7 +203,12 @@ def build_video_tab(demo: gr.Blocks, client: BackendClient) -> dict[str, Any]:
 
     demo.load(models, outputs=[ins["model"]], api_visibility="private")
     shown = [outs[k] for k in ("progress", "status", "job", "source", "result", "files")]
-    ins["run"].click(run, [ins[k] for k in ("video", "model", "render", "fps", "threshold", "image_size")], shown,
-                     api_name="video", concurrency_limit=4)
+    ins["run"].click(
+        run,
+        [ins[k] for k in ("video", "model", "render", "fps", "threshold", "image_size")],
+        shown,
+        api_name="video",
+        concurrency_limit=4,
+    )
     ins["cancel"].click(cancel, [outs["job"]], [outs["status"]], api_name="video_cancel")
     return {**ins, **outs}

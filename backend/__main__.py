@@ -11,8 +11,12 @@ from backend.settings import Settings
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run("backend.main:app", host=settings.host, port=settings.port, log_level=settings.log_level)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        "backend.main:app", host=settings.host, port=settings.port, log_level=settings.log_level
+    )
 
 
 if __name__ == "__main__":

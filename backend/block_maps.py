@@ -31,7 +31,7 @@ class RawMaps:
     pca_fg: np.ndarray | None = None  # gh, gw bool
 
     def _grid(self, rows: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(rows[:, self.num_prefix:]).reshape(rows.shape[0], *self.grid)
+        return np.ascontiguousarray(rows[:, self.num_prefix :]).reshape(rows.shape[0], *self.grid)
 
     def cls_maps(self) -> np.ndarray:
         """CLS-to-patch attention per head, ``(heads, gh, gw)`` (prefix columns dropped)."""
@@ -52,8 +52,13 @@ def query_token(num_prefix: int, grid: tuple[int, int], query: tuple[int, int]) 
     return num_prefix + query[0] * grid[1] + query[1]
 
 
-def compute_block_maps(model: torch.nn.Module, tensor: torch.Tensor, layer: int, query: tuple[int, int] | None,
-                       pca: bool) -> RawMaps:
+def compute_block_maps(
+    model: torch.nn.Module,
+    tensor: torch.Tensor,
+    layer: int,
+    query: tuple[int, int] | None,
+    pca: bool,
+) -> RawMaps:
     """Run ``model`` on one normalised image ``(1, 3, h, w)`` up to block ``layer`` (already resolved).
 
     The caller provides ``inference_mode``, autocast and the device placement.

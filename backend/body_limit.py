@@ -16,7 +16,9 @@ Scope = dict[str, Any]
 class BodyLimitMiddleware:
     """413 from Content-Length at once; bodies without one are counted as they arrive."""
 
-    def __init__(self, app: Any, max_bytes: int, path_limits: dict[str, tuple[int, str]] | None = None) -> None:
+    def __init__(
+        self, app: Any, max_bytes: int, path_limits: dict[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.path_limits = path_limits or {}
@@ -30,9 +32,17 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Any, limit: tuple[int, str]) -> None:
         body = json.dumps({"detail": self._message(limit), "code": "request_too_large"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"x-error-code", b"request_too_large"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"x-error-code", b"request_too_large"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:

@@ -18,7 +18,9 @@ class ServiceError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, detail: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, detail: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.code = code or self.code
@@ -57,9 +59,14 @@ class Busy(ServiceError):
     status, code = 503, "busy"
 
 
-def error_response(status: int, detail: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "code": code}, status_code=status,
-                        headers={**(headers or {}), "X-Error-Code": code})
+def error_response(
+    status: int, detail: str, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"detail": detail, "code": code},
+        status_code=status,
+        headers={**(headers or {}), "X-Error-Code": code},
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -83,7 +90,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(
+            exc.status_code, "http_error"
+        )
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:
             detail = f"no such endpoint {request.url.path}; see /docs for the endpoints"

@@ -13,7 +13,14 @@ import numpy as np
 from backend.block_maps import RawMaps, composite_colors
 from backend.errors import InvalidParameter
 from backend.inference import MapSet
-from backend.overlay_render import composite, encode, heat_batch, mark_patch, mask_batch, pca_picture
+from backend.overlay_render import (
+    composite,
+    encode,
+    heat_batch,
+    mark_patch,
+    mask_batch,
+    pca_picture,
+)
 
 
 @dataclass
@@ -36,8 +43,10 @@ def check_query(query: tuple[int, int] | None, grid: tuple[int, int]) -> tuple[i
     row, col = query
     gh, gw = grid
     if not (0 <= row < gh and 0 <= col < gw):
-        raise InvalidParameter(f"query ({row}, {col}) is outside the {gh}x{gw} patch grid of this image; "
-                               f"use row 0 to {gh - 1} and col 0 to {gw - 1}")
+        raise InvalidParameter(
+            f"query ({row}, {col}) is outside the {gh}x{gw} patch grid of this image; "
+            f"use row 0 to {gh - 1} and col 0 to {gw - 1}"
+        )
     return (row, col)
 
 
@@ -48,8 +57,10 @@ def check_heads(heads: list[int] | None, num_heads: int) -> list[int]:
     bad = [h for h in heads if not 0 <= h < num_heads]
     if not heads or bad or len(set(heads)) != len(heads):
         what = "no head" if not heads else (f"head {bad[0]}" if bad else "a head twice")
-        raise InvalidParameter(f"heads names {what}; choose distinct heads from 0 to {num_heads - 1} "
-                               f"(this model has {num_heads} heads)")
+        raise InvalidParameter(
+            f"heads names {what}; choose distinct heads from 0 to {num_heads - 1} "
+            f"(this model has {num_heads} heads)"
+        )
     return list(heads)
 
 
@@ -66,7 +77,9 @@ def derive_extras(raw: RawMaps, heads: list[int], with_composite: bool, with_pca
     return out
 
 
-def static_overlays(image: np.ndarray, maps: MapSet, extras: Extras, patch: int, fmt: str) -> dict[str, object]:
+def static_overlays(
+    image: np.ndarray, maps: MapSet, extras: Extras, patch: int, fmt: str
+) -> dict[str, object]:
     """The pictures a new threshold or head choice leaves as they are (the map cache keeps them):
     the image, CLS heat maps and mean, query heat maps and mean (patch outlined), PCA and its foreground."""
     stack = [maps.attentions, maps.mean_attention[None]]
@@ -74,10 +87,13 @@ def static_overlays(image: np.ndarray, maps: MapSet, extras: Extras, patch: int,
         stack += [extras.query_attentions, extras.query_mean[None]]
     heats = heat_batch(image, np.concatenate(stack), patch)
     n = maps.attentions.shape[0]
-    out: dict[str, object] = {"image": encode(image, fmt), "heads": [encode(h, fmt) for h in heats[:n]],
-                              "mean": encode(heats[n], fmt)}
+    out: dict[str, object] = {
+        "image": encode(image, fmt),
+        "heads": [encode(h, fmt) for h in heats[:n]],
+        "mean": encode(heats[n], fmt),
+    }
     if extras.query is not None and len(heats) > n + 1:
-        query = mark_patch(heats[n + 1:], extras.query, patch)
+        query = mark_patch(heats[n + 1 :], extras.query, patch)
         out["query_heads"] = [encode(h, fmt) for h in query[:-1]]
         out["query_mean"] = encode(query[-1], fmt)
     if extras.pca_rgb is not None and extras.pca_fg is not None:
@@ -86,10 +102,13 @@ def static_overlays(image: np.ndarray, maps: MapSet, extras: Extras, patch: int,
     return out
 
 
-def threshold_overlays(image: np.ndarray, masks: np.ndarray, extras: Extras, patch: int,
-                       fmt: str) -> dict[str, object]:
+def threshold_overlays(
+    image: np.ndarray, masks: np.ndarray, extras: Extras, patch: int, fmt: str
+) -> dict[str, object]:
     """The pictures that follow the threshold and the heads: each head's mask, and the composite."""
     out: dict[str, object] = {"masks": [encode(m, fmt) for m in mask_batch(image, masks, patch)]}
     if extras.composite_colors is not None:
-        out["composite"] = encode(composite(image, masks[extras.heads], extras.composite_colors, patch), fmt)
+        out["composite"] = encode(
+            composite(image, masks[extras.heads], extras.composite_colors, patch), fmt
+        )
     return out

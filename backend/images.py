@@ -39,23 +39,31 @@ def open_checked(data: bytes, max_bytes: int, max_pixels: int, what: str = "imag
     if not data:
         raise BadImage(f"{what} is empty (0 bytes); send a JPEG, PNG, WebP, GIF, BMP or TIFF file")
     if len(data) > max_bytes:
-        raise TooLarge(f"{what} is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.1f} MB",
-                       code="upload_too_large")
+        raise TooLarge(
+            f"{what} is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.1f} MB",
+            code="upload_too_large",
+        )
     try:
         img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except Image.DecompressionBombError as exc:
-        raise TooLarge(f"{what} declares too many pixels ({exc}); the limit is {max_pixels} pixels",
-                       code="too_many_pixels") from exc
+        raise TooLarge(
+            f"{what} declares too many pixels ({exc}); the limit is {max_pixels} pixels",
+            code="too_many_pixels",
+        ) from exc
     except UnidentifiedImageError as exc:
-        raise NotAnImage(f"{what} is not a recognised image; send one of {', '.join(ALLOWED_FORMATS)}") from exc
+        raise NotAnImage(
+            f"{what} is not a recognised image; send one of {', '.join(ALLOWED_FORMATS)}"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - a broken header is a client error
         raise BadImage(f"{what} has a corrupt header ({exc}); send a valid image file") from exc
     width, height = img.size
     if width < 1 or height < 1:
         raise BadImage(f"{what} has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise TooLarge(f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels",
-                       code="too_many_pixels")
+        raise TooLarge(
+            f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels",
+            code="too_many_pixels",
+        )
     return img
 
 
@@ -80,7 +88,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if img.mode in _WIDE_MODES:
-        return Image.fromarray(_wide_to_uint8(np.asarray(img), img.mode.startswith("I;16"))).convert("RGB")
+        return Image.fromarray(
+            _wide_to_uint8(np.asarray(img), img.mode.startswith("I;16"))
+        ).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -95,9 +105,13 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, what: str = "imag
     except Image.DecompressionBombError as exc:  # pragma: no cover - guarded by open_checked
         raise TooLarge(f"{what} has too many pixels: {exc}", code="too_many_pixels") from exc
     except MemoryError as exc:
-        raise TooLarge(f"{what} needs too much memory to decode; send a smaller image", code="too_many_pixels") from exc
+        raise TooLarge(
+            f"{what} needs too much memory to decode; send a smaller image", code="too_many_pixels"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean a broken file
-        raise BadImage(f"{what} is truncated or corrupt ({exc}); send a complete image file") from exc
+        raise BadImage(
+            f"{what} is truncated or corrupt ({exc}); send a complete image file"
+        ) from exc
 
 
 def resized_size(width: int, height: int, image_size: int, resize: str) -> tuple[int, int]:
@@ -111,23 +125,39 @@ def resized_size(width: int, height: int, image_size: int, resize: str) -> tuple
     return int(image_size * width / height), image_size
 
 
-def check_processed_size(width: int, height: int, image_size: int, resize: str, patch: int, max_side: int) -> None:
+def check_processed_size(
+    width: int, height: int, image_size: int, resize: str, patch: int, max_side: int
+) -> None:
     """Reject parameters that give no patch or an image larger than ``max_side`` squared."""
     if image_size < patch:
-        raise BadRequest(f"image_size {image_size} is smaller than one patch of {patch} px; "
-                         f"use image_size between {patch} and {max_side}", code="image_size_too_small")
+        raise BadRequest(
+            f"image_size {image_size} is smaller than one patch of {patch} px; "
+            f"use image_size between {patch} and {max_side}",
+            code="image_size_too_small",
+        )
     rw, rh = resized_size(width, height, image_size, resize)
     if rw < patch or rh < patch:
-        raise BadRequest(f"the resized image {rw}x{rh} is smaller than one patch of {patch} px; "
-                         f"use a larger image_size or resize=square", code="image_size_too_small")
+        raise BadRequest(
+            f"the resized image {rw}x{rh} is smaller than one patch of {patch} px; "
+            f"use a larger image_size or resize=square",
+            code="image_size_too_small",
+        )
     if rw * rh > max_side * max_side:
-        raise TooLarge(f"the resized image would be {rw}x{rh} = {rw * rh} pixels; the limit is "
-                       f"{max_side}x{max_side} (DINO_MAX_IMAGE_SIZE); use a smaller image_size or resize=square",
-                       code="processed_too_large")
+        raise TooLarge(
+            f"the resized image would be {rw}x{rh} = {rw * rh} pixels; the limit is "
+            f"{max_side}x{max_side} (DINO_MAX_IMAGE_SIZE); use a smaller image_size or resize=square",
+            code="processed_too_large",
+        )
 
 
-def prepare(img: Image.Image, image_size: int, resize: str, patch: int,
-            mean: tuple[float, ...], std: tuple[float, ...]) -> Prepared:
+def prepare(
+    img: Image.Image,
+    image_size: int,
+    resize: str,
+    patch: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Prepared:
     """Resize (bilinear, like the authors' ``transforms.Resize`` in both modes), crop, normalise."""
     rw, rh = resized_size(img.width, img.height, image_size, resize)
     resized = img.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != img.size else img
@@ -139,13 +169,18 @@ def prepare(img: Image.Image, image_size: int, resize: str, patch: int,
     return Prepared(tensor=tensor, image=cropped, resized_size=(rw, rh))
 
 
-def decode_mask(data: bytes, max_bytes: int, max_pixels: int, image_wh: tuple[int, int]) -> Image.Image:
+def decode_mask(
+    data: bytes, max_bytes: int, max_pixels: int, image_wh: tuple[int, int]
+) -> Image.Image:
     """A ground-truth mask as mode "L"; same size as the image or the same aspect (1 % tolerance)."""
     mask = decode_image(data, max_bytes, max_pixels, what="gt_mask").convert("L")
     (mw, mh), (iw, ih) = mask.size, image_wh
     if (mw, mh) != (iw, ih) and abs(mw * ih - mh * iw) > 0.01 * iw * mh:
-        raise BadRequest(f"gt_mask is {mw}x{mh} but the image is {iw}x{ih}; send a mask of the same size "
-                         "or the same aspect ratio", code="bad_gt_mask")
+        raise BadRequest(
+            f"gt_mask is {mw}x{mh} but the image is {iw}x{ih}; send a mask of the same size "
+            "or the same aspect ratio",
+            code="bad_gt_mask",
+        )
     return mask
 
 

@@ -36,7 +36,9 @@ class MapSet:
 class InferenceEngine:
     """Runs models under ``inference_mode`` (optionally bf16 autocast) with bounded concurrency."""
 
-    def __init__(self, max_concurrency: int, queue_timeout_s: float, precision: str = "fp32") -> None:
+    def __init__(
+        self, max_concurrency: int, queue_timeout_s: float, precision: str = "fp32"
+    ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {precision!r}; choose one of fp32, bf16")
         self.precision = precision
@@ -48,26 +50,45 @@ class InferenceEngine:
     def slot(self) -> Iterator[None]:
         """Hold one inference slot; 503 with Retry-After when none frees up in time."""
         if not self._slots.acquire(timeout=self.queue_timeout_s):
-            raise Busy(f"all {self.max_concurrency} inference slots are busy; retry in a few seconds",
-                       headers={"Retry-After": str(max(1, round(self.queue_timeout_s)))})
+            raise Busy(
+                f"all {self.max_concurrency} inference slots are busy; retry in a few seconds",
+                headers={"Retry-After": str(max(1, round(self.queue_timeout_s)))},
+            )
         try:
             yield
         finally:
             self._slots.release()
 
-    def cls_attention(self, model: DinoViT, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def cls_attention(
+        self, model: DinoViT, tensor: torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
         """``(heads, gh, gw)`` float32 CPU tensor of last-block CLS-to-patch attention."""
         use_bf16 = self.precision == "bf16"
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16),
+        ):
             attn = model.get_cls_attention(tensor.to(device, non_blocking=True))
         return attn[0].float().cpu()
 
-    def block_maps(self, model: DinoViT, tensor: torch.Tensor, device: torch.device, layer: int,
-                   query: tuple[int, int] | None = None, pca: bool = False) -> RawMaps:
+    def block_maps(
+        self,
+        model: DinoViT,
+        tensor: torch.Tensor,
+        device: torch.device,
+        layer: int,
+        query: tuple[int, int] | None = None,
+        pca: bool = False,
+    ) -> RawMaps:
         """Block ``layer``'s CLS (and ``query`` patch) attention rows, and the PCA when asked."""
         use_bf16 = self.precision == "bf16"
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return compute_block_maps(model, tensor.to(device, non_blocking=True), layer, query, pca)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16),
+        ):
+            return compute_block_maps(
+                model, tensor.to(device, non_blocking=True), layer, query, pca
+            )
 
 
 def derive_maps(attn: torch.Tensor, threshold: float) -> MapSet:
@@ -87,7 +108,9 @@ def png_b64(image: Image.Image) -> str:
     return encode(np.asarray(image.convert("RGB")), "png")
 
 
-def render_overlays(image: Image.Image, maps: MapSet, patch: int, fmt: str = "png") -> dict[str, object]:
+def render_overlays(
+    image: Image.Image, maps: MapSet, patch: int, fmt: str = "png"
+) -> dict[str, object]:
     """Base64 pictures (``fmt``) at the processed resolution: the image, each head, the mean, each mask."""
     base = np.asarray(image.convert("RGB"))
     heats = heat_batch(base, np.concatenate([maps.attentions, maps.mean_attention[None]]), patch)

@@ -72,10 +72,19 @@ class Job:
             eta = elapsed / self.frames_done * max(self.frames_total - self.frames_done, 0)
         elif self.state == "done":
             eta = 0.0
-        return {"job": self.id, "state": self.state, "frames_done": self.frames_done,
-                "frames_total": self.frames_total, "truncated": self.truncated, "elapsed_s": round(elapsed, 3),
-                "eta_s": None if eta is None else round(eta, 3), "error": self.error, "params": self.params,
-                "created_at": self.created_at, "finished_at": self.finished_at}
+        return {
+            "job": self.id,
+            "state": self.state,
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
+            "truncated": self.truncated,
+            "elapsed_s": round(elapsed, 3),
+            "eta_s": None if eta is None else round(eta, 3),
+            "error": self.error,
+            "params": self.params,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+        }
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -91,7 +100,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 class JobStore:
     """Jobs in memory and on disk; a thread pool runs them; finished ones expire after ``ttl_s``."""
 
-    def __init__(self, root: Path, ttl_s: float, per_client: int, max_jobs: int, workers: int = 1) -> None:
+    def __init__(
+        self, root: Path, ttl_s: float, per_client: int, max_jobs: int, workers: int = 1
+    ) -> None:
         self.root = Path(root)
         self.ttl_s, self.per_client, self.max_jobs = ttl_s, per_client, max_jobs
         self._jobs: dict[str, Job] = {}
@@ -100,7 +111,9 @@ class JobStore:
         self._stopping = threading.Event()
         self.root.mkdir(parents=True, exist_ok=True)
         self._recover()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="video-job-sweeper", daemon=True)
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, name="video-job-sweeper", daemon=True
+        )
         self._sweeper.start()
 
     # -- disk --------------------------------------------------------------------------
@@ -114,7 +127,9 @@ class JobStore:
         """Load the previous run's jobs: unfinished ones become failed ("service restarted")."""
         for folder in sorted(self.root.iterdir()):
             if not folder.is_dir():
-                folder.unlink(missing_ok=True)  # an upload the previous run did not finish receiving
+                folder.unlink(
+                    missing_ok=True
+                )  # an upload the previous run did not finish receiving
                 continue
             try:
                 record = json.loads((folder / JOB_FILE).read_text())
@@ -136,13 +151,17 @@ class JobStore:
         with self._lock:
             active = sum(1 for j in self._jobs.values() if j.client == client and j.state in ACTIVE)
             if active >= self.per_client:
-                raise TooManyJobs(f"you already have {active} video jobs queued or running; the limit is "
-                                  f"{self.per_client} (DINO_VIDEO_JOBS_PER_CLIENT); wait for one to finish "
-                                  "or cancel it with DELETE /jobs/{id}")
+                raise TooManyJobs(
+                    f"you already have {active} video jobs queued or running; the limit is "
+                    f"{self.per_client} (DINO_VIDEO_JOBS_PER_CLIENT); wait for one to finish "
+                    "or cancel it with DELETE /jobs/{id}"
+                )
             if len(self._jobs) >= self.max_jobs:
-                raise TooManyJobs(f"the service keeps {len(self._jobs)} video jobs, its limit "
-                                  f"(DINO_VIDEO_MAX_JOBS); delete finished ones with DELETE /jobs/{{id}} or "
-                                  f"retry after they expire ({self.ttl_s:.0f} s after finishing)")
+                raise TooManyJobs(
+                    f"the service keeps {len(self._jobs)} video jobs, its limit "
+                    f"(DINO_VIDEO_MAX_JOBS); delete finished ones with DELETE /jobs/{{id}} or "
+                    f"retry after they expire ({self.ttl_s:.0f} s after finishing)"
+                )
             job = Job(id=secrets.token_urlsafe(9), client=client, params=params)
             self.folder(job).mkdir(parents=True)
             self._jobs[job.id] = job
@@ -159,15 +178,21 @@ class JobStore:
             run(job)
         except Exception:  # noqa: BLE001 - a job's failure must never kill the worker
             log.exception("video job %s failed unexpectedly", job.id)
-            self.finish(job, "failed", "internal error while processing the video; the server log has details")
+            self.finish(
+                job,
+                "failed",
+                "internal error while processing the video; the server log has details",
+            )
 
     def get(self, job_id: str) -> Job:
         self.sweep()
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise JobNotFound(f"no video job {job_id!r}; it never existed, was deleted, or expired "
-                              f"({self.ttl_s:.0f} s after it finished)")
+            raise JobNotFound(
+                f"no video job {job_id!r}; it never existed, was deleted, or expired "
+                f"({self.ttl_s:.0f} s after it finished)"
+            )
         return job
 
     def start(self, job: Job, frames_total: int) -> None:
@@ -198,8 +223,13 @@ class JobStore:
         """Delete finished jobs (and their files) older than the time-to-live."""
         now = time.time()
         with self._lock:
-            expired = [j for j in self._jobs.values()
-                       if j.state in FINISHED and j.finished_at is not None and now - j.finished_at > self.ttl_s]
+            expired = [
+                j
+                for j in self._jobs.values()
+                if j.state in FINISHED
+                and j.finished_at is not None
+                and now - j.finished_at > self.ttl_s
+            ]
         for job in expired:
             log.info("video job %s expired", job.id)
             self.delete(job)
@@ -208,7 +238,9 @@ class JobStore:
         while not self._stopping.wait(min(60.0, max(self.ttl_s / 2, 0.5))):
             try:
                 self.sweep()
-            except OSError as exc:  # pragma: no cover - a full or read-only disk must not stop the loop
+            except (
+                OSError
+            ) as exc:  # pragma: no cover - a full or read-only disk must not stop the loop
                 log.warning("job clean-up failed: %s", exc)
 
     @property

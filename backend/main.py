@@ -39,19 +39,27 @@ def _add_ops_routes(app: FastAPI, service: AttentionService) -> None:
         if service.ready:
             return JSONResponse({"ready": True, "default_model": service.default_model})
         detail = f"default model {service.default_model!r} is not loaded: {service.default_error or 'starting'}"
-        return JSONResponse({"ready": False, "default_model": service.default_model, "detail": detail,
-                             "code": "not_ready"}, status_code=503)
+        return JSONResponse(
+            {
+                "ready": False,
+                "default_model": service.default_model,
+                "detail": detail,
+                "code": "not_ready",
+            },
+            status_code=503,
+        )
 
     @app.get("/models", tags=["models"])
     def models() -> dict[str, Any]:
         loaded = set(service.registry.loaded_ids())
-        return {"default": service.default_model,
-                "models": [e.public(e.id in loaded) for e in service.registry.entries()]}
+        return {
+            "default": service.default_model,
+            "models": [e.public(e.id in loaded) for e in service.registry.entries()],
+        }
 
     @app.get("/metrics", tags=["ops"])
     def metrics() -> Response:
         return service.metrics.render()
-
 
 
 def _add_attention_routes(app: FastAPI, service: AttentionService) -> None:
@@ -63,7 +71,11 @@ def _add_attention_routes(app: FastAPI, service: AttentionService) -> None:
     async def parse_batch(request: Request) -> ParsedRequest:
         return await parse_request(request, settings, batch=True)
 
-    @app.post("/attention", tags=["attention"], openapi_extra=request_body_schema(False, settings.max_batch))
+    @app.post(
+        "/attention",
+        tags=["attention"],
+        openapi_extra=request_body_schema(False, settings.max_batch),
+    )
     def attention(request: Request, parsed: ParsedRequest = Depends(parse_single)) -> Response:
         """Per-head last-block CLS attention, masks, overlays and IoU for one image (see docs/API.md)."""
         loaded = service.model_for(parsed.params)
@@ -73,7 +85,11 @@ def _add_attention_routes(app: FastAPI, service: AttentionService) -> None:
             return npz_response([result])
         return json_response(analysis_dict(result))
 
-    @app.post("/attention/batch", tags=["attention"], openapi_extra=request_body_schema(True, settings.max_batch))
+    @app.post(
+        "/attention/batch",
+        tags=["attention"],
+        openapi_extra=request_body_schema(True, settings.max_batch),
+    )
     def attention_batch(request: Request, parsed: ParsedRequest = Depends(parse_batch)) -> Response:
         """The same analysis for 1 to DINO_MAX_BATCH images: ``{"results": [...]}``."""
         loaded = service.model_for(parsed.params)
@@ -105,8 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await anyio.to_thread.run_sync(video.close)
 
-    app = FastAPI(title="DINO attention service", version="0.1.0", lifespan=lifespan,
-                  description="Last-block per-head attention maps and masks of DINO ViTs (see docs/API.md).")
+    app = FastAPI(
+        title="DINO attention service",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Last-block per-head attention maps and masks of DINO ViTs (see docs/API.md).",
+    )
     app.state.service = service
     app.state.video = video
     install_error_handlers(app)
@@ -114,9 +134,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_attention_routes(app, service)
     app.include_router(video_router(video))
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
-    video_limit = (settings.max_video_bytes + (1 << 20), "DINO_MAX_VIDEO_MB")  # + room for the form fields
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
-                       path_limits={VIDEO_PATH: video_limit})
+    video_limit = (
+        settings.max_video_bytes + (1 << 20),
+        "DINO_MAX_VIDEO_MB",
+    )  # + room for the form fields
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        path_limits={VIDEO_PATH: video_limit},
+    )
     return app
 
 

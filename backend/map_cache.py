@@ -34,7 +34,9 @@ class MapCache(Generic[V]):
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()  # value, its size when stored
+        self._items: OrderedDict[Hashable, tuple[V, int]] = (
+            OrderedDict()
+        )  # value, its size when stored
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0

@@ -22,7 +22,11 @@ OVERLAY_MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 HEAT_ALPHA = 0.55
 MASK_DIM = 0.35
 COMPOSITE_ALPHA = 0.5
-QUERY_MARK_RGB = (0, 255, 255)  # never produced by an inferno heat overlay (its blue stays below 210)
+QUERY_MARK_RGB = (
+    0,
+    255,
+    255,
+)  # never produced by an inferno heat overlay (its blue stays below 210)
 
 
 @lru_cache(maxsize=4)
@@ -42,7 +46,9 @@ def encode(pixels: np.ndarray, fmt: str) -> str:
     elif fmt == "webp":
         image.save(buf, format="WEBP", quality=85, method=0)
     else:
-        raise ValueError(f"unknown overlay format {fmt!r}; choose one of {', '.join(OVERLAY_FORMATS)}")
+        raise ValueError(
+            f"unknown overlay format {fmt!r}; choose one of {', '.join(OVERLAY_FORMATS)}"
+        )
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -51,7 +57,9 @@ def upsample(maps: np.ndarray, patch: int) -> np.ndarray:
     return maps.repeat(patch, axis=-2).repeat(patch, axis=-1)
 
 
-def heat_batch(base: np.ndarray, maps: np.ndarray, patch: int, cmap: str = DEFAULT_COLORMAP) -> np.ndarray:
+def heat_batch(
+    base: np.ndarray, maps: np.ndarray, patch: int, cmap: str = DEFAULT_COLORMAP
+) -> np.ndarray:
     """``(n, h, w, 3)`` uint8: each min-max-normalised map of ``(n, gh, gw)`` blended over ``base``."""
     flat = maps.reshape(maps.shape[0], -1).astype(np.float32)
     lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
@@ -68,8 +76,13 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     """Pixels of each ``(..., h, w)`` mask touching a pixel outside it (the border counts as outside)."""
     pad = [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]
     m = np.pad(mask, pad, constant_values=False)
-    interior = (m[..., 1:-1, 1:-1] & m[..., :-2, 1:-1] & m[..., 2:, 1:-1] & m[..., 1:-1, :-2]
-                & m[..., 1:-1, 2:])
+    interior = (
+        m[..., 1:-1, 1:-1]
+        & m[..., :-2, 1:-1]
+        & m[..., 2:, 1:-1]
+        & m[..., 1:-1, :-2]
+        & m[..., 1:-1, 2:]
+    )
     return mask & ~interior
 
 
@@ -84,9 +97,9 @@ def _outline_templates(patch: int) -> np.ndarray:
     for flags in range(256):
         t = out[flags]
         t[:2] |= bool(flags & 1)
-        t[patch - 2:] |= bool(flags & 2)
+        t[patch - 2 :] |= bool(flags & 2)
         t[:, :2] |= bool(flags & 4)
-        t[:, patch - 2:] |= bool(flags & 8)
+        t[:, patch - 2 :] |= bool(flags & 8)
         for bit, (r, c) in enumerate(corners):
             t[r, c] |= bool(flags & (16 << bit))
     return out
@@ -96,16 +109,29 @@ def _grid_outline(masks: np.ndarray, patch: int) -> np.ndarray:
     """The 2-pixel outline of upsampled patch masks ``(n, gh, gw)``, built patch by patch (``patch >= 4``)."""
     m = np.pad(masks, [(0, 0), (1, 1), (1, 1)], constant_values=False)
     inner = m[:, 1:-1, 1:-1]
-    near = (m[:, :-2, 1:-1], m[:, 2:, 1:-1], m[:, 1:-1, :-2], m[:, 1:-1, 2:],
-            m[:, :-2, :-2], m[:, :-2, 2:], m[:, 2:, :-2], m[:, 2:, 2:])
+    near = (
+        m[:, :-2, 1:-1],
+        m[:, 2:, 1:-1],
+        m[:, 1:-1, :-2],
+        m[:, 1:-1, 2:],
+        m[:, :-2, :-2],
+        m[:, :-2, 2:],
+        m[:, 2:, :-2],
+        m[:, 2:, 2:],
+    )
     flags = sum((inner & ~nb).astype(np.uint8) << bit for bit, nb in enumerate(near))
     cells = _outline_templates(patch)[flags]  # n, gh, gw, p, p
     n, gh, gw = masks.shape
     return cells.transpose(0, 1, 3, 2, 4).reshape(n, gh * patch, gw * patch)
 
 
-def mask_batch(base: np.ndarray, masks: np.ndarray, patch: int, width: int = 2,
-               color: tuple[int, int, int] = OUTLINE_RGB) -> np.ndarray:
+def mask_batch(
+    base: np.ndarray,
+    masks: np.ndarray,
+    patch: int,
+    width: int = 2,
+    color: tuple[int, int, int] = OUTLINE_RGB,
+) -> np.ndarray:
     """``(n, h, w, 3)`` uint8: the kept part of ``base`` at full brightness, the rest dimmed, outlined."""
     masks = masks.astype(bool)
     keep = upsample(masks, patch)
@@ -121,21 +147,30 @@ def mask_batch(base: np.ndarray, masks: np.ndarray, patch: int, width: int = 2,
     return out
 
 
-def mark_patch(pictures: np.ndarray, cell: tuple[int, int], patch: int, width: int = 2) -> np.ndarray:
+def mark_patch(
+    pictures: np.ndarray, cell: tuple[int, int], patch: int, width: int = 2
+) -> np.ndarray:
     """Outline grid cell ``cell`` = (row, col) in ``QUERY_MARK_RGB`` on ``(..., h, w, 3)`` pictures."""
     r0, c0 = cell[0] * patch, cell[1] * patch
     w = max(1, min(width, patch // 2))
     out = pictures.copy()
-    for rows, cols in ((slice(r0, r0 + w), slice(c0, c0 + patch)),
-                       (slice(r0 + patch - w, r0 + patch), slice(c0, c0 + patch)),
-                       (slice(r0, r0 + patch), slice(c0, c0 + w)),
-                       (slice(r0, r0 + patch), slice(c0 + patch - w, c0 + patch))):
+    for rows, cols in (
+        (slice(r0, r0 + w), slice(c0, c0 + patch)),
+        (slice(r0 + patch - w, r0 + patch), slice(c0, c0 + patch)),
+        (slice(r0, r0 + patch), slice(c0, c0 + w)),
+        (slice(r0, r0 + patch), slice(c0 + patch - w, c0 + patch)),
+    ):
         out[..., rows, cols, :] = QUERY_MARK_RGB
     return out
 
 
-def composite(base: np.ndarray, masks: np.ndarray, colors: list[list[int]], patch: int,
-              alpha: float = COMPOSITE_ALPHA) -> np.ndarray:
+def composite(
+    base: np.ndarray,
+    masks: np.ndarray,
+    colors: list[list[int]],
+    patch: int,
+    alpha: float = COMPOSITE_ALPHA,
+) -> np.ndarray:
     """The paper's Figure 3: each mask of ``(k, gh, gw)`` blended in its colour, one after the other."""
     out = base.astype(np.float32)
     keep = upsample(masks.astype(bool), patch)

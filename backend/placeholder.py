@@ -13,7 +13,9 @@ from trainer.model.vit import build_vit
 log = logging.getLogger(__name__)
 PLACEHOLDER_ID = "placeholder_vits16"
 PLACEHOLDER_FILE = f"{PLACEHOLDER_ID}.safetensors"
-PLACEHOLDER_SUMMARY = "Random-init placeholder (ViT-S/16), untrained: its maps show no learned structure"
+PLACEHOLDER_SUMMARY = (
+    "Random-init placeholder (ViT-S/16), untrained: its maps show no learned structure"
+)
 
 
 def placeholder_path(cache_dir: Path) -> Path:
@@ -32,7 +34,12 @@ def ensure_placeholder(cache_dir: Path) -> Path:
         model = build_vit("vit_small", 16)
     finally:
         torch.random.set_rng_state(generator_state)
-    export_backbone_safetensors(model, path, arch="vit_small", epoch=None, trained=False,
-                                extra={"note": "random-init placeholder, not trained",
-                                       "summary": PLACEHOLDER_SUMMARY})
+    export_backbone_safetensors(
+        model,
+        path,
+        arch="vit_small",
+        epoch=None,
+        trained=False,
+        extra={"note": "random-init placeholder, not trained", "summary": PLACEHOLDER_SUMMARY},
+    )
     return path

@@ -45,8 +45,9 @@ def register_json(reg: RegisterAttention | None, with_query: bool) -> dict[str, 
     return out
 
 
-def register_arrays(reg: RegisterAttention | None, num_heads: int,
-                    with_query: bool) -> dict[str, np.ndarray]:
+def register_arrays(
+    reg: RegisterAttention | None, num_heads: int, with_query: bool
+) -> dict[str, np.ndarray]:
     """The npz arrays, heads x registers (heads x 0 for a model without registers)."""
     empty = np.zeros((num_heads, 0), dtype=np.float32)
     out = {"register_attention": empty if reg is None or reg.cls is None else reg.cls}

@@ -24,7 +24,13 @@ from backend import zoo
 from backend.errors import ModelUnavailable, UnknownModel
 from backend.placeholder import PLACEHOLDER_ID, PLACEHOLDER_SUMMARY, placeholder_path
 from backend.settings import Settings
-from trainer.model.checkpoint import CHECKPOINT_SUFFIXES, HF_WEIGHTS, BackboneInfo, load_backbone, read_backbone
+from trainer.model.checkpoint import (
+    CHECKPOINT_SUFFIXES,
+    HF_WEIGHTS,
+    BackboneInfo,
+    load_backbone,
+    read_backbone,
+)
 from trainer.model.device import pick_device
 from trainer.model.dinov2 import DINOV2_IMG_SIZE
 from trainer.model.vit import ARCHS, DinoViT
@@ -55,11 +61,24 @@ class ModelEntry:
     registers: int | None = None
 
     def public(self, loaded: bool) -> dict[str, Any]:
-        return {"id": self.id, "arch": self.arch, "patch_size": self.patch_size, "num_heads": self.num_heads,
-                "source": self.source, "layout": self.layout, "which": self.which, "loaded": loaded,
-                "available": self.error is None, "trained": self.trained, "error": self.error,
-                "summary": self.summary, "depth": self.depth, "family": self.family,
-                "registers": self.registers, "default_image_size": default_image_size(self.family)}
+        return {
+            "id": self.id,
+            "arch": self.arch,
+            "patch_size": self.patch_size,
+            "num_heads": self.num_heads,
+            "source": self.source,
+            "layout": self.layout,
+            "which": self.which,
+            "loaded": loaded,
+            "available": self.error is None,
+            "trained": self.trained,
+            "error": self.error,
+            "summary": self.summary,
+            "depth": self.depth,
+            "family": self.family,
+            "registers": self.registers,
+            "default_image_size": default_image_size(self.family),
+        }
 
 
 @dataclass
@@ -122,15 +141,40 @@ def inspect_file(path: Path, model_id: str) -> list[ModelEntry]:
     except Exception as exc:  # noqa: BLE001 - any failure lists the file as unavailable
         return [ModelEntry(model_id, "file", path=path, error=f"cannot load {path.name}: {exc}")]
     summary = card_summary(info.extra)
-    entry = ModelEntry(model_id, "file", info.arch, info.patch_size, info.num_heads, path, "teacher",
-                       info.source, info.trained, summary=summary, depth=info.depth, family=info.family,
-                       registers=info.registers)
+    entry = ModelEntry(
+        model_id,
+        "file",
+        info.arch,
+        info.patch_size,
+        info.num_heads,
+        path,
+        "teacher",
+        info.source,
+        info.trained,
+        summary=summary,
+        depth=info.depth,
+        family=info.family,
+        registers=info.registers,
+    )
     entries = [entry]
     if info.source.startswith("training-"):
-        entries.append(ModelEntry(model_id + STUDENT_SUFFIX, "file", info.arch, info.patch_size, info.num_heads,
-                                  path, "student", "training-student", info.trained,
-                                  summary=None if summary is None else summary + STUDENT_NOTE, depth=info.depth,
-                                  family=info.family, registers=info.registers))
+        entries.append(
+            ModelEntry(
+                model_id + STUDENT_SUFFIX,
+                "file",
+                info.arch,
+                info.patch_size,
+                info.num_heads,
+                path,
+                "student",
+                "training-student",
+                info.trained,
+                summary=None if summary is None else summary + STUDENT_NOTE,
+                depth=info.depth,
+                family=info.family,
+                registers=info.registers,
+            )
+        )
     return entries
 
 
@@ -151,8 +195,12 @@ class ModelRegistry:
         folder = Path(self.settings.checkpoint_dir)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (
-            (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES) or is_model_folder(p)))
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if not p.name.startswith(".")
+            and ((p.is_file() and p.suffix in CHECKPOINT_SUFFIXES) or is_model_folder(p))
+        )
 
     def _file_entries(self) -> list[ModelEntry]:
         files = self._checkpoint_files()
@@ -164,7 +212,9 @@ class ModelRegistry:
             key = (stat.st_mtime_ns, stat.st_size)
             cached = self._files.get(path)
             if cached is None or cached[0] != key:
-                model_id = path.stem if stems.count(path.stem) == 1 or path.suffix == ".pth" else path.name
+                model_id = (
+                    path.stem if stems.count(path.stem) == 1 or path.suffix == ".pth" else path.name
+                )
                 model_id = path.name if path.is_dir() else model_id
                 cached = (key, inspect_file(path, model_id))
             seen[path] = cached
@@ -179,20 +229,44 @@ class ModelRegistry:
             error = self._zoo_errors.get(model_id) if not cached else None
             if not cached and not self.settings.allow_downloads:
                 error = "not in the cache and downloads are off (DINO_ALLOW_DOWNLOADS=false)"
-            out.append(ModelEntry(model_id, "zoo", spec.arch, spec.patch_size, spec.num_heads,
-                                  spec.cache_path(self.settings.cache_dir),
-                                  layout="authors" if spec.family == "dinov2" else "backbone", error=error,
-                                  summary=spec.summary, depth=arch_depth(spec.arch), family=spec.family,
-                                  registers=spec.registers))
+            out.append(
+                ModelEntry(
+                    model_id,
+                    "zoo",
+                    spec.arch,
+                    spec.patch_size,
+                    spec.num_heads,
+                    spec.cache_path(self.settings.cache_dir),
+                    layout="authors" if spec.family == "dinov2" else "backbone",
+                    error=error,
+                    summary=spec.summary,
+                    depth=arch_depth(spec.arch),
+                    family=spec.family,
+                    registers=spec.registers,
+                )
+            )
         return out
 
     def _placeholder_entries(self) -> list[ModelEntry]:
         path = placeholder_path(self.settings.cache_dir)
         if not path.exists():
             return []
-        return [ModelEntry(PLACEHOLDER_ID, "placeholder", "vit_small", 16, 6, path, layout="safetensors",
-                           trained=False, summary=PLACEHOLDER_SUMMARY, depth=arch_depth("vit_small"),
-                           family="dino", registers=0)]
+        return [
+            ModelEntry(
+                PLACEHOLDER_ID,
+                "placeholder",
+                "vit_small",
+                16,
+                6,
+                path,
+                layout="safetensors",
+                trained=False,
+                summary=PLACEHOLDER_SUMMARY,
+                depth=arch_depth("vit_small"),
+                family="dino",
+                registers=0,
+            )
+        ]
 
     def entries(self) -> list[ModelEntry]:
         """Every model, rescanning the checkpoint folder (files unchanged since last scan are not re-read)."""
@@ -213,7 +287,11 @@ class ModelRegistry:
             return model_id in self._loaded
 
     def _available_files(self) -> list[ModelEntry]:
-        return [e for e in self.entries() if e.source == "file" and e.error is None and e.which == "teacher"]
+        return [
+            e
+            for e in self.entries()
+            if e.source == "file" and e.error is None and e.which == "teacher"
+        ]
 
     def newest_file_model(self) -> str | None:
         """The available checkpoint-folder model with the newest file (teacher ids only)."""
@@ -248,16 +326,26 @@ class ModelRegistry:
                 self._loaded[model_id] = loaded
                 while len(self._loaded) > self.settings.max_loaded_models:
                     evicted, _ = self._loaded.popitem(last=False)
-                    log.info("evicted model %s (DINO_MAX_LOADED_MODELS=%d)", evicted,
-                             self.settings.max_loaded_models)
+                    log.info(
+                        "evicted model %s (DINO_MAX_LOADED_MODELS=%d)",
+                        evicted,
+                        self.settings.max_loaded_models,
+                    )
             return loaded
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
         s = self.settings
         if entry.source == "zoo":
             try:
-                path = zoo.fetch(entry.id, s.cache_dir, s.download_base_url, s.allow_downloads,
-                                 s.download_timeout_s, s.download_max_s, s.dinov2_download_base_url)
+                path = zoo.fetch(
+                    entry.id,
+                    s.cache_dir,
+                    s.download_base_url,
+                    s.allow_downloads,
+                    s.download_timeout_s,
+                    s.download_max_s,
+                    s.dinov2_download_base_url,
+                )
             except ModelUnavailable as exc:
                 self._zoo_errors[entry.id] = exc.detail
                 raise
@@ -272,7 +360,14 @@ class ModelRegistry:
             raise ModelUnavailable(f"model {entry.id!r} is unavailable: {entry.error}") from exc
         model.set_fused_attention(True)
         model = model.to(self.device).eval().requires_grad_(False)
-        log.info("loaded model %s (%s/%d, %s) on %s", entry.id, info.arch, info.patch_size, info.source, self.device)
+        log.info(
+            "loaded model %s (%s/%d, %s) on %s",
+            entry.id,
+            info.arch,
+            info.patch_size,
+            info.source,
+            self.device,
+        )
         return LoadedModel(entry, model, info, self.device, file_identity(path))
 
     def note_zoo_error(self, model_id: str, detail: str) -> None:

@@ -37,21 +37,31 @@ def _b64(value: Any, field: str, max_bytes: int) -> bytes:
     text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
     text = "".join(text.split())
     if len(text) * 3 // 4 > max_bytes:
-        raise TooLarge(f"{field} is about {len(text) * 3 / 4 / 2**20:.1f} MB; the limit is "
-                       f"{max_bytes / 2**20:.1f} MB", code="upload_too_large")
+        raise TooLarge(
+            f"{field} is about {len(text) * 3 / 4 / 2**20:.1f} MB; the limit is "
+            f"{max_bytes / 2**20:.1f} MB",
+            code="upload_too_large",
+        )
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"{field} is not valid base64 ({exc}); send the file bytes base64-encoded",
-                         code="bad_base64") from exc
+        raise BadRequest(
+            f"{field} is not valid base64 ({exc}); send the file bytes base64-encoded",
+            code="bad_base64",
+        ) from exc
 
 
 async def _file_bytes(part: Any, field: str, max_bytes: int) -> bytes:
     if not isinstance(part, UploadFile):
-        raise InvalidParameter(f"{field} must be a file part (curl -F {field}=@file.jpg), not a text field")
+        raise InvalidParameter(
+            f"{field} must be a file part (curl -F {field}=@file.jpg), not a text field"
+        )
     data = await part.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise TooLarge(f"{field} is larger than the limit of {max_bytes / 2**20:.1f} MB", code="upload_too_large")
+        raise TooLarge(
+            f"{field} is larger than the limit of {max_bytes / 2**20:.1f} MB",
+            code="upload_too_large",
+        )
     return data
 
 
@@ -78,16 +88,23 @@ async def _from_form(request: Request, settings: Settings, batch: bool) -> Parse
     if not batch and len(parts) > 1:
         raise InvalidParameter("send one image part; use POST /attention/batch for several")
     _check_count(len(parts), field, batch, settings.max_batch)
-    images = [await _file_bytes(p, f"{field}[{i}]" if batch else field, limit) for i, p in enumerate(parts)]
+    images = [
+        await _file_bytes(p, f"{field}[{i}]" if batch else field, limit)
+        for i, p in enumerate(parts)
+    ]
     return ParsedRequest(params, images, gt_bytes)
 
 
 def _check_count(count: int, field: str, batch: bool, max_batch: int) -> None:
     if count == 0:
-        raise InvalidParameter(f"{field} is missing; send the image as a file part or base64 JSON field")
+        raise InvalidParameter(
+            f"{field} is missing; send the image as a file part or base64 JSON field"
+        )
     if batch and count > max_batch:
-        raise InvalidParameter(f"too many images: {count}; a batch holds 1 to {max_batch} images",
-                               code="too_many_images")
+        raise InvalidParameter(
+            f"too many images: {count}; a batch holds 1 to {max_batch} images",
+            code="too_many_images",
+        )
 
 
 async def _from_json(request: Request, settings: Settings, batch: bool) -> ParsedRequest:
@@ -96,7 +113,9 @@ async def _from_json(request: Request, settings: Settings, batch: bool) -> Parse
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON ({exc})", code="bad_json") from exc
     if not isinstance(body, dict):
-        raise InvalidParameter("JSON body must be an object like {\"image\": \"<base64>\", \"threshold\": 0.6}")
+        raise InvalidParameter(
+            'JSON body must be an object like {"image": "<base64>", "threshold": 0.6}'
+        )
     limit = settings.max_upload_bytes
     field = "images" if batch else "image"
     raw = {k: v for k, v in body.items() if k not in (field, "gt_mask")}
@@ -117,9 +136,13 @@ async def _from_json(request: Request, settings: Settings, batch: bool) -> Parse
 async def parse_request(request: Request, settings: Settings, batch: bool) -> ParsedRequest:
     """Dispatch on Content-Type; anything else is 415 naming the two accepted types."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data" or (ctype == "application/x-www-form-urlencoded" and not batch):
+    if ctype == "multipart/form-data" or (
+        ctype == "application/x-www-form-urlencoded" and not batch
+    ):
         return await _from_form(request, settings, batch)
     if ctype == "application/json" or ctype.endswith("+json"):
         return await _from_json(request, settings, batch)
-    raise UnsupportedMediaType(f"unsupported Content-Type {ctype or '(none)'!r}; send multipart/form-data "
-                               "(image as a file part) or application/json (image as base64)")
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {ctype or '(none)'!r}; send multipart/form-data "
+        "(image as a file part) or application/json (image as base64)"
+    )

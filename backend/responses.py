@@ -19,13 +19,23 @@ def _meta(a: Analysis) -> dict[str, Any]:
     info, entry = a.loaded.info, a.loaded.entry
     w, h = a.prepared.image.size
     return {
-        "model": entry.id, "arch": info.arch, "patch_size": info.patch_size, "num_heads": info.num_heads,
-        "trained": info.trained, "summary": entry.summary, "source": entry.source, "layout": info.source,
-        "grid": [h // info.patch_size, w // info.patch_size], "image_size": [h, w],
+        "model": entry.id,
+        "arch": info.arch,
+        "patch_size": info.patch_size,
+        "num_heads": info.num_heads,
+        "trained": info.trained,
+        "summary": entry.summary,
+        "source": entry.source,
+        "layout": info.source,
+        "grid": [h // info.patch_size, w // info.patch_size],
+        "image_size": [h, w],
         "params": a.params.model_dump(exclude={"model"}),
         "timings_ms": {k: round(v, 3) for k, v in a.timings_ms.items()},
-        "layer": a.layer, "depth": len(a.loaded.model.blocks), "cached": a.cached,
-        "family": info.family, "registers": info.registers,
+        "layer": a.layer,
+        "depth": len(a.loaded.model.blocks),
+        "cached": a.cached,
+        "family": info.family,
+        "registers": info.registers,
     }
 
 
@@ -77,8 +87,10 @@ def json_response(body: dict[str, Any]) -> Response:
 def _arrays(a: Analysis, prefix: str = "") -> dict[str, np.ndarray]:
     meta = _meta(a)
     arrays: dict[str, np.ndarray] = {
-        "attentions": a.maps.attentions, "mean_attention": a.maps.mean_attention,
-        "masks": a.maps.masks.astype(np.uint8), "coverage": np.asarray(a.maps.coverage, dtype=np.float32),
+        "attentions": a.maps.attentions,
+        "mean_attention": a.maps.mean_attention,
+        "masks": a.maps.masks.astype(np.uint8),
+        "coverage": np.asarray(a.maps.coverage, dtype=np.float32),
         **_extras_arrays(a),
         **register_arrays(a.registers, a.loaded.info.num_heads, a.params.query is not None),
     }
@@ -104,5 +116,8 @@ def npz_response(analyses: list[Analysis], batch: bool = False) -> Response:
     np.savez(buf, **arrays)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", analyses[0].loaded.entry.id)
     name = f"attention_batch_{safe}.npz" if batch else f"attention_{safe}.npz"
-    return Response(buf.getvalue(), media_type="application/octet-stream",
-                    headers={"Content-Disposition": f"attachment; filename={name}"})
+    return Response(
+        buf.getvalue(),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f"attachment; filename={name}"},
+    )

@@ -17,9 +17,9 @@ _ALLOWED = {
     "overlays": "true or false",
     "model": "an id from GET /models",
     "layer": "a block index 0 .. depth-1, or -depth .. -1 counting from the last block",
-    "query": "a patch as \"row,col\" or [row, col] (0-based, inside the patch grid)",
+    "query": 'a patch as "row,col" or [row, col] (0-based, inside the patch grid)',
     "composite": "true or false",
-    "heads": "head indices as a list [0, 2] or \"0,2\" (each 0 .. heads-1, no repeats)",
+    "heads": 'head indices as a list [0, 2] or "0,2" (each 0 .. heads-1, no repeats)',
     "pca": "true or false",
     "overlay_format": "png, jpeg or webp",
 }
@@ -30,19 +30,35 @@ class AttentionParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
-    model: str | None = Field(None, min_length=1, max_length=256, description="an id from GET /models")
-    image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE_SCHEMA,
-                                   description="short side (keep_aspect) or side; default: the model's "
-                                               "default_image_size (DINO 480, DINOv2 518)")
+    model: str | None = Field(
+        None, min_length=1, max_length=256, description="an id from GET /models"
+    )
+    image_size: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_IMAGE_SIZE_SCHEMA,
+        description="short side (keep_aspect) or side; default: the model's "
+        "default_image_size (DINO 480, DINOv2 518)",
+    )
     resize: Literal["keep_aspect", "square"] = "keep_aspect"
-    threshold: float = Field(0.6, gt=0, le=1, description="fraction of attention mass each mask keeps")
+    threshold: float = Field(
+        0.6, gt=0, le=1, description="fraction of attention mass each mask keeps"
+    )
     overlays: bool = True
     format: Literal["json", "npz"] = "json"
     layer: int = Field(-1, description="block whose attention is shown; -1 is the last")
-    query: tuple[int, int] | None = Field(None, description="patch (row, col) whose attention is added")
-    composite: bool = Field(False, description="add the paper's Figure 3 colour composite of the chosen heads")
-    heads: list[int] | None = Field(None, max_length=1024, description="heads of the composite (default all)")
-    pca: bool = Field(False, description="add the first three principal components of the patch tokens")
+    query: tuple[int, int] | None = Field(
+        None, description="patch (row, col) whose attention is added"
+    )
+    composite: bool = Field(
+        False, description="add the paper's Figure 3 colour composite of the chosen heads"
+    )
+    heads: list[int] | None = Field(
+        None, max_length=1024, description="heads of the composite (default all)"
+    )
+    pca: bool = Field(
+        False, description="add the first three principal components of the patch tokens"
+    )
     overlay_format: Literal["png", "jpeg", "webp"] = "png"
 
     @field_validator("query", mode="before")
@@ -66,7 +82,7 @@ def _int_list(value: Any, example: str) -> Any:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError as exc:
-        raise ValueError(f"expected integers like \"{example}\", got {value!r}") from exc
+        raise ValueError(f'expected integers like "{example}", got {value!r}') from exc
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -96,20 +112,53 @@ def request_body_schema(batch: bool, max_batch: int) -> dict[str, Any]:
     """OpenAPI ``requestBody`` for /attention (single) or /attention/batch."""
     params = _params_properties()
     if batch:
-        files = {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                            "minItems": 1, "maxItems": max_batch}}
-        b64 = {"images": {"type": "array", "items": {"type": "string", "description": "base64 image"},
-                          "minItems": 1, "maxItems": max_batch}}
+        files = {
+            "images": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "minItems": 1,
+                "maxItems": max_batch,
+            }
+        }
+        b64 = {
+            "images": {
+                "type": "array",
+                "items": {"type": "string", "description": "base64 image"},
+                "minItems": 1,
+                "maxItems": max_batch,
+            }
+        }
         required = ["images"]
     else:
-        files = {"image": {"type": "string", "format": "binary"},
-                 "gt_mask": {"type": "string", "format": "binary"}}
-        b64 = {"image": {"type": "string", "description": "base64 image"},
-               "gt_mask": {"type": "string", "description": "base64 mask image"}}
+        files = {
+            "image": {"type": "string", "format": "binary"},
+            "gt_mask": {"type": "string", "format": "binary"},
+        }
+        b64 = {
+            "image": {"type": "string", "description": "base64 image"},
+            "gt_mask": {"type": "string", "description": "base64 mask image"},
+        }
         required = ["image"]
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {**files, **params},
-                                           "required": required, "additionalProperties": False}},
-        "application/json": {"schema": {"type": "object", "properties": {**b64, **params},
-                                         "required": required, "additionalProperties": False}},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {**files, **params},
+                        "required": required,
+                        "additionalProperties": False,
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {**b64, **params},
+                        "required": required,
+                        "additionalProperties": False,
+                    }
+                },
+            },
+        }
+    }

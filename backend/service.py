@@ -13,8 +13,22 @@ from PIL import Image
 from backend import zoo
 from backend.block_maps import RawMaps
 from backend.errors import InvalidParameter, ModelUnavailable, ServiceError
-from backend.explore import Extras, check_heads, check_query, derive_extras, static_overlays, threshold_overlays
-from backend.images import Prepared, check_processed_size, decode_image, decode_mask, prepare, prepare_mask
+from backend.explore import (
+    Extras,
+    check_heads,
+    check_query,
+    derive_extras,
+    static_overlays,
+    threshold_overlays,
+)
+from backend.images import (
+    Prepared,
+    check_processed_size,
+    decode_image,
+    decode_mask,
+    prepare,
+    prepare_mask,
+)
 from backend.inference import InferenceEngine, MapSet, derive_maps, head_ious
 from backend.map_cache import MapCache, image_digest
 from backend.metrics import ServiceMetrics
@@ -57,8 +71,11 @@ class CachedImage:
 
     @property
     def nbytes(self) -> int:
-        pictures = sum(len(v) if isinstance(v, str) else sum(len(x) for x in v)  # type: ignore[union-attr]
-                       for by_format in self.static.values() for v in by_format.values())
+        pictures = sum(
+            len(v) if isinstance(v, str) else sum(len(x) for x in v)  # type: ignore[union-attr]
+            for by_format in self.static.values()
+            for v in by_format.values()
+        )
         return self.raw.nbytes + 3 * self.image.width * self.image.height + pictures
 
 
@@ -69,7 +86,9 @@ class AttentionService:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.registry = ModelRegistry(settings)
-        self.engine = InferenceEngine(settings.max_concurrency, settings.queue_timeout_s, settings.precision)
+        self.engine = InferenceEngine(
+            settings.max_concurrency, settings.queue_timeout_s, settings.precision
+        )
         self.default_model: str | None = None
         self.default_error: str | None = None
         self.ready = False
@@ -101,7 +120,14 @@ class AttentionService:
         """Fetch (or find cached) the zoo default; a failure is logged and shown in GET /models."""
         s = self.settings
         try:
-            zoo.fetch(ZOO_DEFAULT_ID, s.cache_dir, s.download_base_url, True, s.download_timeout_s, s.download_max_s)
+            zoo.fetch(
+                ZOO_DEFAULT_ID,
+                s.cache_dir,
+                s.download_base_url,
+                True,
+                s.download_timeout_s,
+                s.download_max_s,
+            )
             return True
         except ModelUnavailable as exc:
             log.warning("falling back from %s: %s", ZOO_DEFAULT_ID, exc.detail)
@@ -123,14 +149,23 @@ class AttentionService:
     def model_for(self, params: AttentionParams) -> LoadedModel:
         model_id = params.model or self.default_model
         if model_id is None:
-            raise ModelUnavailable(f"no default model is loaded ({self.default_error}); pass model=<id> "
-                                   "from GET /models", code="no_default_model")
+            raise ModelUnavailable(
+                f"no default model is loaded ({self.default_error}); pass model=<id> "
+                "from GET /models",
+                code="no_default_model",
+            )
         loaded = self.registry.get(model_id)
         self.metrics.loaded_models.set(len(self.registry.loaded_ids()))
         return loaded
 
-    def compute_maps(self, loaded: LoadedModel, tensor: torch.Tensor, layer: int = -1,
-                     query: tuple[int, int] | None = None, pca: bool = False) -> RawMaps:
+    def compute_maps(
+        self,
+        loaded: LoadedModel,
+        tensor: torch.Tensor,
+        layer: int = -1,
+        query: tuple[int, int] | None = None,
+        pca: bool = False,
+    ) -> RawMaps:
         """Block ``layer``'s attention rows (CLS, and ``query``) for one prepared image ``(1, 3, h, w)``.
 
         The model step of every analysis: holds an inference slot and records the inference time.
@@ -154,7 +189,9 @@ class AttentionService:
         except ValueError as exc:
             raise InvalidParameter(f"{exc} (model {loaded.entry.id})") from exc
 
-    def _lookup(self, loaded: LoadedModel, params: AttentionParams, key: tuple[object, ...]) -> CachedImage | None:
+    def _lookup(
+        self, loaded: LoadedModel, params: AttentionParams, key: tuple[object, ...]
+    ) -> CachedImage | None:
         def usable(value: CachedImage) -> bool:
             return not params.pca or value.raw.pca_rgb is not None
 
@@ -162,33 +199,60 @@ class AttentionService:
         self.metrics.map_cache.labels("hit" if hit else "miss").inc()
         return hit
 
-    def _compute(self, loaded: LoadedModel, params: AttentionParams, image: bytes, layer: int,
-                 times: dict[str, float]) -> CachedImage:
+    def _compute(
+        self,
+        loaded: LoadedModel,
+        params: AttentionParams,
+        image: bytes,
+        layer: int,
+        times: dict[str, float],
+    ) -> CachedImage:
         s, patch = self.settings, loaded.info.patch_size
         t0 = time.perf_counter()
         img = decode_image(image, s.max_upload_bytes, s.max_pixels)
-        check_processed_size(img.width, img.height, params.image_size, params.resize, patch, s.max_image_size)
+        check_processed_size(
+            img.width, img.height, params.image_size, params.resize, patch, s.max_image_size
+        )
         t1 = time.perf_counter()
-        prepared = prepare(img, params.image_size, params.resize, patch, loaded.info.mean, loaded.info.std)
+        prepared = prepare(
+            img, params.image_size, params.resize, patch, loaded.info.mean, loaded.info.std
+        )
         w, h = prepared.image.size
         query = check_query(params.query, (h // patch, w // patch))
         t2 = time.perf_counter()
         raw = self.compute_maps(loaded, prepared.tensor, layer, query, params.pca)
-        times.update(decode=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3, model=(time.perf_counter() - t2) * 1e3)
+        times.update(
+            decode=(t1 - t0) * 1e3,
+            preprocess=(t2 - t1) * 1e3,
+            model=(time.perf_counter() - t2) * 1e3,
+        )
         return CachedImage(prepared.image, prepared.resized_size, img.size, raw)
 
-    def analyse(self, loaded: LoadedModel, params: AttentionParams, image: bytes, gt_mask: bytes | None) -> Analysis:
+    def analyse(
+        self, loaded: LoadedModel, params: AttentionParams, image: bytes, gt_mask: bytes | None
+    ) -> Analysis:
         """Decode, preprocess, run the model (unless the map cache has it), derive masks / IoU / overlays."""
         s, patch, t0 = self.settings, loaded.info.patch_size, time.perf_counter()
         if params.image_size is None:  # the model's default: DINO 480, DINOv2 518
-            params = params.model_copy(update={"image_size": default_image_size(loaded.info.family)})
+            params = params.model_copy(
+                update={"image_size": default_image_size(loaded.info.family)}
+            )
         if params.image_size > s.max_image_size:
-            raise InvalidParameter(f"image_size {params.image_size} is above the limit; use {patch} to "
-                                   f"{s.max_image_size}")
+            raise InvalidParameter(
+                f"image_size {params.image_size} is above the limit; use {patch} to "
+                f"{s.max_image_size}"
+            )
         layer = self.resolve_layer(loaded, params.layer)
         heads = check_heads(params.heads, loaded.info.num_heads)
-        key = (loaded.entry.id, loaded.identity, image_digest(image), params.image_size, params.resize, layer,
-               params.query)
+        key = (
+            loaded.entry.id,
+            loaded.identity,
+            image_digest(image),
+            params.image_size,
+            params.resize,
+            layer,
+            params.query,
+        )
         times = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
         entry = self._lookup(loaded, params, key)
         cached = entry is not None
@@ -204,15 +268,29 @@ class AttentionService:
         post = (t2 - t1) * 1e3 - out.timings_ms.get("overlays", 0.0)
         other = (t1 - t0) * 1e3 - sum(times.values())
         times["decode"] += other  # hashing the image and the cache lookup count as decoding
-        out.timings_ms = {**times, "postprocess": post, "overlays": out.timings_ms.get("overlays", 0.0),
-                          "total": (t2 - t0) * 1e3}
+        out.timings_ms = {
+            **times,
+            "postprocess": post,
+            "overlays": out.timings_ms.get("overlays", 0.0),
+            "total": (t2 - t0) * 1e3,
+        }
         return out
 
-    def _derive(self, loaded: LoadedModel, params: AttentionParams, entry: CachedImage, gt_mask: bytes | None,
-                heads: list[int]) -> Analysis:
+    def _derive(
+        self,
+        loaded: LoadedModel,
+        params: AttentionParams,
+        entry: CachedImage,
+        gt_mask: bytes | None,
+        heads: list[int],
+    ) -> Analysis:
         s, patch = self.settings, loaded.info.patch_size
         prepared = Prepared(torch.empty(0), entry.image, entry.resized_size)
-        gt = None if gt_mask is None else decode_mask(gt_mask, s.max_upload_bytes, s.max_pixels, entry.source_size)
+        gt = (
+            None
+            if gt_mask is None
+            else decode_mask(gt_mask, s.max_upload_bytes, s.max_pixels, entry.source_size)
+        )
         maps = derive_maps(torch.from_numpy(entry.raw.cls_maps()), params.threshold)
         out = Analysis(loaded, params, prepared, maps)
         out.extras = derive_extras(entry.raw, heads, params.composite, params.pca)
@@ -220,7 +298,9 @@ class AttentionService:
         out.iou = None if gt is None else head_ious(maps.masks, prepare_mask(gt, prepared), patch)
         return out
 
-    def _overlays(self, key: tuple[object, ...], entry: CachedImage, out: Analysis) -> dict[str, object]:
+    def _overlays(
+        self, key: tuple[object, ...], entry: CachedImage, out: Analysis
+    ) -> dict[str, object]:
         """The pictures; those a threshold does not change come from the cache entry after the first time."""
         t0, fmt, patch = time.perf_counter(), out.params.overlay_format, out.loaded.info.patch_size
         assert out.extras is not None

@@ -12,8 +12,12 @@ from backend.schemas import MAX_IMAGE_SIZE_SCHEMA
 
 ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
 DINOV2_ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"  # DINOv2 zoo URLs are re-rooted here
-ZOO_DEFAULT_ID = "dino_vits16"  # the official model preferred as default (when cached or downloadable)
-SHIPPED_DEFAULT_ID = "dino_vits16_duts"  # the project's model, checkpoints/dino_vits16_duts.safetensors
+ZOO_DEFAULT_ID = (
+    "dino_vits16"  # the official model preferred as default (when cached or downloadable)
+)
+SHIPPED_DEFAULT_ID = (
+    "dino_vits16_duts"  # the project's model, checkpoints/dino_vits16_duts.safetensors
+)
 
 
 class Settings(BaseSettings):
@@ -30,29 +34,48 @@ class Settings(BaseSettings):
     allow_downloads: bool = True
     download_base_url: str = ZOO_BASE_URL
     dinov2_download_base_url: str = DINOV2_ZOO_BASE_URL
-    download_timeout_s: float = Field(5.0, gt=0, description="socket timeout of one zoo download step")
+    download_timeout_s: float = Field(
+        5.0, gt=0, description="socket timeout of one zoo download step"
+    )
     download_max_s: float = Field(600.0, gt=0, description="whole-download deadline")
 
     max_upload_mb: float = Field(20.0, gt=0, description="largest accepted image file")
     max_request_mb: float = Field(100.0, gt=0, description="largest accepted request body")
     max_pixels: int = Field(40_000_000, gt=0, description="largest decoded image (width x height)")
-    max_image_size: int = Field(MAX_IMAGE_SIZE_SCHEMA, ge=1,
-                                description="largest image_size parameter")
+    max_image_size: int = Field(
+        MAX_IMAGE_SIZE_SCHEMA, ge=1, description="largest image_size parameter"
+    )
     max_batch: int = Field(16, ge=1)
 
     max_concurrency: int = Field(2, ge=1, description="inferences running at the same time")
-    queue_timeout_s: float = Field(10.0, ge=0, description="wait for a free slot before answering 503")
+    queue_timeout_s: float = Field(
+        10.0, ge=0, description="wait for a free slot before answering 503"
+    )
     max_loaded_models: int = Field(2, ge=1)
-    cache_entries: int = Field(32, ge=0, description="computed map sets kept for instant re-threshold (0: off)")
+    cache_entries: int = Field(
+        32, ge=0, description="computed map sets kept for instant re-threshold (0: off)"
+    )
     cache_mb: float = Field(256.0, ge=0, description="byte bound of that cache")
 
-    max_video_mb: float = Field(100.0, gt=0, description="largest accepted video upload (POST /attention/video)")
-    video_max_frames: int = Field(600, ge=1, description="default and largest max_frames of a video job")
+    max_video_mb: float = Field(
+        100.0, gt=0, description="largest accepted video upload (POST /attention/video)"
+    )
+    video_max_frames: int = Field(
+        600, ge=1, description="default and largest max_frames of a video job"
+    )
     video_max_duration_s: float = Field(60.0, gt=0, description="longest accepted clip")
-    video_max_pixels: int = Field(3840 * 2160, gt=0, description="largest video frame (width x height)")
-    video_jobs_per_client: int = Field(2, ge=1, description="queued or running video jobs per client address")
-    video_max_jobs: int = Field(100, ge=1, description="video jobs kept (any state) before new ones are refused")
-    video_job_ttl_s: float = Field(3600.0, gt=0, description="finished video jobs and their files expire after this")
+    video_max_pixels: int = Field(
+        3840 * 2160, gt=0, description="largest video frame (width x height)"
+    )
+    video_jobs_per_client: int = Field(
+        2, ge=1, description="queued or running video jobs per client address"
+    )
+    video_max_jobs: int = Field(
+        100, ge=1, description="video jobs kept (any state) before new ones are refused"
+    )
+    video_job_ttl_s: float = Field(
+        3600.0, gt=0, description="finished video jobs and their files expire after this"
+    )
     video_batch: int = Field(8, ge=1, description="frames per inference batch of a video job")
     video_workers: int = Field(1, ge=1, description="video jobs processed at the same time")
 

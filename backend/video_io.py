@@ -46,7 +46,9 @@ class VideoInfo:
     height: int
     fps: float  # the stream's average rate (frames per second)
     duration_s: float
-    frames: int  # the stream's frame count, estimated from duration x rate when the container lacks it
+    frames: (
+        int  # the stream's frame count, estimated from duration x rate when the container lacks it
+    )
     codec: str
     container: str
 
@@ -63,13 +65,20 @@ def _open(path: Path) -> av.container.InputContainer:
         with open(path, "rb") as fh:
             head = fh.read(16)
         if looks_like_video(head):
-            raise BadVideo(f"the video file is truncated or corrupt ({exc}); upload the complete file",
-                           code="truncated_video") from exc
-        raise NotAVideo("the upload is not a video the decoder knows; send an mp4, webm, mov, mkv, avi or gif "
-                        "file", code="not_a_video") from exc
+            raise BadVideo(
+                f"the video file is truncated or corrupt ({exc}); upload the complete file",
+                code="truncated_video",
+            ) from exc
+        raise NotAVideo(
+            "the upload is not a video the decoder knows; send an mp4, webm, mov, mkv, avi or gif "
+            "file",
+            code="not_a_video",
+        ) from exc
 
 
-def _stream_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+def _stream_duration(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
@@ -82,32 +91,54 @@ def probe(path: Path, max_duration_s: float, max_pixels: int) -> VideoInfo:
     with _open(path) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise BadVideo(f"the file has no video stream (streams: {', '.join(kinds)}); an audio-only file "
-                           "cannot be analysed", code="no_video_stream")
+            raise BadVideo(
+                f"the file has no video stream (streams: {', '.join(kinds)}); an audio-only file "
+                "cannot be analysed",
+                code="no_video_stream",
+            )
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > max_pixels:
-            raise TooLarge(f"the video frames are {width}x{height} = {width * height} pixels; the limit is "
-                           f"{max_pixels} pixels per frame (DINO_VIDEO_MAX_PIXELS)", code="video_too_large")
+            raise TooLarge(
+                f"the video frames are {width}x{height} = {width * height} pixels; the limit is "
+                f"{max_pixels} pixels per frame (DINO_VIDEO_MAX_PIXELS)",
+                code="video_too_large",
+            )
         duration = _stream_duration(container, stream)
         if duration > max_duration_s:
-            raise TooLarge(f"the video lasts {duration:.1f} s; the limit is {max_duration_s:.0f} s "
-                           "(DINO_VIDEO_MAX_DURATION_S); cut it shorter", code="video_too_long")
+            raise TooLarge(
+                f"the video lasts {duration:.1f} s; the limit is {max_duration_s:.0f} s "
+                "(DINO_VIDEO_MAX_DURATION_S); cut it shorter",
+                code="video_too_long",
+            )
         rate = float(stream.average_rate or stream.guessed_rate or 0) or DEFAULT_FPS_CAP
         first = _first_frame(container, stream)
         frames = stream.frames or max(1, round(duration * rate))
-        return VideoInfo(width or first.width, height or first.height, rate, duration, frames,
-                         stream.codec_context.name, container.format.name)
+        return VideoInfo(
+            width or first.width,
+            height or first.height,
+            rate,
+            duration,
+            frames,
+            stream.codec_context.name,
+            container.format.name,
+        )
 
 
-def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame:
+def _first_frame(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> av.VideoFrame:
     try:
         for frame in container.decode(stream):
             return frame
     except av.error.FFmpegError as exc:
-        raise BadVideo(f"the video cannot be decoded ({exc}); the file is truncated or corrupt",
-                       code="truncated_video") from exc
-    raise BadVideo("the video has no frames; upload a clip with at least one frame", code="zero_frames")
+        raise BadVideo(
+            f"the video cannot be decoded ({exc}); the file is truncated or corrupt",
+            code="truncated_video",
+        ) from exc
+    raise BadVideo(
+        "the video has no frames; upload a clip with at least one frame", code="zero_frames"
+    )
 
 
 def target_fps(requested: float | None, source_fps: float) -> float:
@@ -139,7 +170,9 @@ def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[flo
                     return
         except av.error.FFmpegError as exc:
             if taken == 0:
-                raise BadVideo(f"the video cannot be decoded ({exc})", code="truncated_video") from exc
+                raise BadVideo(
+                    f"the video cannot be decoded ({exc})", code="truncated_video"
+                ) from exc
             log.warning("decoding stopped after %d frames: %s", taken, exc)
 
 
@@ -156,7 +189,9 @@ class Mp4Writer:
 
     def __init__(self, path: Path, fps: float, crf: int = 20) -> None:
         self.path, self.fps, self.crf = Path(path), fps, crf
-        self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._container = av.open(
+            str(path), mode="w", format="mp4", options={"movflags": "+faststart"}
+        )
         self._stream: av.video.stream.VideoStream | None = None
         self.frames = 0
 

@@ -96,7 +96,9 @@ def waiting_slot(service: Any, cancel: threading.Event) -> Iterator[None]:
         slot.__exit__(None, None, None)
 
 
-def batch_attention(service: Any, loaded: LoadedModel, tensor: torch.Tensor, layer: int) -> torch.Tensor:
+def batch_attention(
+    service: Any, loaded: LoadedModel, tensor: torch.Tensor, layer: int
+) -> torch.Tensor:
     """``(B, heads, gh, gw)`` CLS attention of block ``layer`` for a batch of prepared frames.
 
     The model step of ``POST /attention`` (``block_attention`` under the engine's inference mode and
@@ -104,11 +106,14 @@ def batch_attention(service: Any, loaded: LoadedModel, tensor: torch.Tensor, lay
     """
     model, device = loaded.model, loaded.device
     use_bf16 = service.engine.precision == "bf16"
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16),
+    ):
         rows = block_attention(model, tensor.to(device, non_blocking=True), layer, (0,)).attention
     patch = model.patch_size
     gh, gw = tensor.shape[-2] // patch, tensor.shape[-1] // patch
-    cls = rows[:, :, 0, prefix_tokens(model):].float().cpu()
+    cls = rows[:, :, 0, prefix_tokens(model) :].float().cpu()
     return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
 
 
@@ -143,21 +148,29 @@ class VideoJobRunner:
         src = self.store.folder(job) / job.input_name
         cap = int(job.params["max_frames"])
         try:
-            for i, (t, image) in enumerate(sample_frames(src, float(job.params["fps_used"]), cap + 1)):
+            for i, (t, image) in enumerate(
+                sample_frames(src, float(job.params["fps_used"]), cap + 1)
+            ):
                 if i == cap:
                     job.truncated = True
                     break
-                prepared = prepare(image, params.image_size, params.resize, info.patch_size, info.mean, info.std)
+                prepared = prepare(
+                    image, params.image_size, params.resize, info.patch_size, info.mean, info.std
+                )
                 _put(out, (t, image, prepared), stop)
         except Exception as exc:  # noqa: BLE001 - handed to the job's thread, which reports it
             _put(out, exc, stop)
         _put(out, _END, stop)
 
-    def _encode(self, job: Job, params: VideoParams, patch: int, inbox: queue.Queue, errors: list) -> None:
+    def _encode(
+        self, job: Job, params: VideoParams, patch: int, inbox: queue.Queue, errors: list
+    ) -> None:
         folder, fps = self.store.folder(job), float(job.params["fps_used"])
         try:
-            with Mp4Writer(folder / ".result.mp4.tmp", fps) as result, \
-                    Mp4Writer(folder / ".source.mp4.tmp", fps) as source:
+            with (
+                Mp4Writer(folder / ".result.mp4.tmp", fps) as result,
+                Mp4Writer(folder / ".source.mp4.tmp", fps) as source,
+            ):
                 while (item := _get(inbox, job.cancel)) is not _END:
                     image, prepared, attn, masks = item
                     frame = np.asarray(prepared.image)
@@ -170,13 +183,20 @@ class VideoJobRunner:
             errors.append(exc)
             job.cancel.set()
 
-    def _pipeline(self, job: Job, params: VideoParams, loaded: LoadedModel, folder: Path) -> FrameMaps:
+    def _pipeline(
+        self, job: Job, params: VideoParams, loaded: LoadedModel, folder: Path
+    ) -> FrameMaps:
         decoded: queue.Queue = queue.Queue(maxsize=2 * self.batch)
         to_encode: queue.Queue = queue.Queue(maxsize=2 * self.batch)
         errors: list[Exception] = []
-        decoder = threading.Thread(target=self._decode, args=(job, params, loaded, decoded), daemon=True)
-        encoder = threading.Thread(target=self._encode, args=(job, params, loaded.info.patch_size, to_encode,
-                                                              errors), daemon=True)
+        decoder = threading.Thread(
+            target=self._decode, args=(job, params, loaded, decoded), daemon=True
+        )
+        encoder = threading.Thread(
+            target=self._encode,
+            args=(job, params, loaded.info.patch_size, to_encode, errors),
+            daemon=True,
+        )
         decoder.start()
         encoder.start()
         maps = FrameMaps()
@@ -196,15 +216,25 @@ class VideoJobRunner:
         (folder / ".source.mp4.tmp").replace(folder / SOURCE_FILE)
         return maps
 
-    def _model_loop(self, job: Job, params: VideoParams, loaded: LoadedModel, inbox: queue.Queue,
-                    outbox: queue.Queue, maps: FrameMaps) -> None:
+    def _model_loop(
+        self,
+        job: Job,
+        params: VideoParams,
+        loaded: LoadedModel,
+        inbox: queue.Queue,
+        outbox: queue.Queue,
+        maps: FrameMaps,
+    ) -> None:
         pending: list[tuple[float, Any, Prepared]] = []
         done = False
         while not done:
             item = _get(inbox, job.cancel)
             if isinstance(item, Exception):
-                raise item if isinstance(item, ServiceError) else ServiceError(
-                    f"decoding the video failed: {item}", code="decode_failed")
+                raise (
+                    item
+                    if isinstance(item, ServiceError)
+                    else ServiceError(f"decoding the video failed: {item}", code="decode_failed")
+                )
             done = item is _END
             if not done:
                 same_size = not pending or pending[0][2].tensor.shape == item[2].tensor.shape
@@ -217,8 +247,15 @@ class VideoJobRunner:
             elif pending:
                 self._run_batch(job, params, loaded, pending, outbox, maps)
 
-    def _run_batch(self, job: Job, params: VideoParams, loaded: LoadedModel, frames: list, outbox: queue.Queue,
-                   maps: FrameMaps) -> None:
+    def _run_batch(
+        self,
+        job: Job,
+        params: VideoParams,
+        loaded: LoadedModel,
+        frames: list,
+        outbox: queue.Queue,
+        maps: FrameMaps,
+    ) -> None:
         tensor = torch.cat([p.tensor for _, _, p in frames])
         with waiting_slot(self.service, job.cancel):
             attn = batch_attention(self.service, loaded, tensor, int(job.params["layer_used"]))
@@ -233,15 +270,28 @@ class VideoJobRunner:
         job.frames_total = max(job.frames_total, job.frames_done)
 
     # -- results -----------------------------------------------------------------------
-    def _write_results(self, job: Job, params: VideoParams, loaded: LoadedModel, maps: FrameMaps,
-                       folder: Path) -> None:
+    def _write_results(
+        self, job: Job, params: VideoParams, loaded: LoadedModel, maps: FrameMaps, folder: Path
+    ) -> None:
         attentions = np.stack(maps.attentions).astype(np.float32)
-        meta = {**job.params, "model": loaded.entry.id, "patch_size": loaded.info.patch_size,
-                "num_heads": int(attentions.shape[1]), "grid": list(attentions.shape[2:]),
-                "frames": len(maps.timestamps), "truncated": job.truncated}
+        meta = {
+            **job.params,
+            "model": loaded.entry.id,
+            "patch_size": loaded.info.patch_size,
+            "num_heads": int(attentions.shape[1]),
+            "grid": list(attentions.shape[2:]),
+            "frames": len(maps.timestamps),
+            "truncated": job.truncated,
+        }
         buf = io.BytesIO()
-        np.savez(buf, attentions=attentions, masks=np.stack(maps.masks), mean_attention=attentions.mean(1),
-                 timestamps=np.asarray(maps.timestamps, dtype=np.float64), meta=np.asarray(json.dumps(meta)))
+        np.savez(
+            buf,
+            attentions=attentions,
+            masks=np.stack(maps.masks),
+            mean_attention=attentions.mean(1),
+            timestamps=np.asarray(maps.timestamps, dtype=np.float64),
+            meta=np.asarray(json.dumps(meta)),
+        )
         write_atomic(folder / RESULT_FILES["npz"], buf.getvalue())
         summary = {**meta, "timestamps": maps.timestamps, "coverage": maps.coverage}
         write_atomic(folder / RESULT_FILES["json"], json.dumps(summary).encode())

@@ -27,8 +27,12 @@ class VideoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     model: str | None = Field(None, min_length=1, max_length=256)
-    image_size: int | None = Field(None, ge=1, le=4096,
-                                   description="default: the model's default_image_size (DINO 480, DINOv2 518)")
+    image_size: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="default: the model's default_image_size (DINO 480, DINOv2 518)",
+    )
     resize: Literal["keep_aspect", "square"] = "keep_aspect"
     threshold: float = Field(0.6, gt=0, le=1)
     fps: float | None = Field(None, gt=0, le=60)
@@ -47,7 +51,9 @@ def _describe(err: dict[str, Any]) -> str:
 
 def validate_video_params(raw: dict[str, Any]) -> VideoParams:
     """Form fields -> parameters, or 422 naming every bad field and its allowed values."""
-    raw = {k: v for k, v in raw.items() if v not in ("", None)}  # an empty field means "the default"
+    raw = {
+        k: v for k, v in raw.items() if v not in ("", None)
+    }  # an empty field means "the default"
     try:
         return VideoParams.model_validate(raw)
     except ValidationError as exc:
@@ -57,6 +63,18 @@ def validate_video_params(raw: dict[str, Any]) -> VideoParams:
 def video_body_schema() -> dict[str, Any]:
     """OpenAPI ``requestBody`` of ``POST /attention/video`` (multipart: the clip and the text fields)."""
     props = VideoParams.model_json_schema()["properties"]
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "properties": {"video": {"type": "string", "format": "binary"}, **props},
-        "required": ["video"], "additionalProperties": False}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"video": {"type": "string", "format": "binary"}, **props},
+                        "required": ["video"],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
+    }

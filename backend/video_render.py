@@ -20,10 +20,27 @@ from PIL import Image, ImageDraw
 from trainer.model.attention_maps import upsample_nearest
 
 RENDERS: tuple[str, ...] = ("mean", "heads", "masks", "side")
-HEAD_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                         (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-                         (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-                         (170, 255, 195)], dtype=np.float32)
+HEAD_COLOURS = np.array(
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+        (170, 255, 195),
+    ],
+    dtype=np.float32,
+)
 MASK_ALPHA = 0.5
 _INFERNO = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 
@@ -73,24 +90,33 @@ def grid_shape(heads: int) -> tuple[int, int]:
     return math.ceil(heads / cols), cols
 
 
-def render_heads(attentions: np.ndarray, patch: int, height: int, width: int, gap: int = 2) -> np.ndarray:
+def render_heads(
+    attentions: np.ndarray, patch: int, height: int, width: int, gap: int = 2
+) -> np.ndarray:
     """Every head's map in a grid, each panel labelled ``head i`` in its top-left corner."""
     rows, cols = grid_shape(attentions.shape[0])
-    out = np.zeros((rows * height + (rows - 1) * gap, cols * width + (cols - 1) * gap, 3), dtype=np.uint8)
+    out = np.zeros(
+        (rows * height + (rows - 1) * gap, cols * width + (cols - 1) * gap, 3), dtype=np.uint8
+    )
     for i, attn in enumerate(_fit(attentions, patch, height, width)):
         r, c = divmod(i, cols)
-        out[r * (height + gap):r * (height + gap) + height, c * (width + gap):c * (width + gap) + width] = \
-            inferno(attn)
+        out[
+            r * (height + gap) : r * (height + gap) + height,
+            c * (width + gap) : c * (width + gap) + width,
+        ] = inferno(attn)
     image = Image.fromarray(out)
     draw = ImageDraw.Draw(image)
     for i in range(attentions.shape[0]):
         r, c = divmod(i, cols)
-        draw.text((c * (width + gap) + 2, r * (height + gap) + 1), f"head {i}", fill=(255, 255, 255))
+        draw.text(
+            (c * (width + gap) + 2, r * (height + gap) + 1), f"head {i}", fill=(255, 255, 255)
+        )
     return np.asarray(image)
 
 
-def render_frame(render: str, frame: np.ndarray, attentions: np.ndarray, masks: np.ndarray,
-                 patch: int) -> np.ndarray:
+def render_frame(
+    render: str, frame: np.ndarray, attentions: np.ndarray, masks: np.ndarray, patch: int
+) -> np.ndarray:
     """The output picture for ``render`` (one of RENDERS); ``frame`` is what the model saw."""
     h, w = frame.shape[:2]
     if render == "mean":

@@ -43,8 +43,13 @@ class VideoFeature:
 
     def start(self) -> None:
         s = self.settings
-        self._store = JobStore(Path(s.cache_dir) / "jobs", s.video_job_ttl_s, s.video_jobs_per_client,
-                               s.video_max_jobs, s.video_workers)
+        self._store = JobStore(
+            Path(s.cache_dir) / "jobs",
+            s.video_job_ttl_s,
+            s.video_jobs_per_client,
+            s.video_max_jobs,
+            s.video_workers,
+        )
         self.runner = VideoJobRunner(self.service, self._store, s.video_batch)
 
     def close(self) -> None:
@@ -61,14 +66,19 @@ class VideoFeature:
 async def _save_upload(part: Any, dest: Path, max_bytes: int) -> str:
     """Copy the ``video`` part to ``dest`` in chunks; 413 past ``max_bytes``; returns its file name."""
     if not isinstance(part, UploadFile):
-        raise InvalidParameter("video must be a file part (curl -F video=@clip.mp4), not a text field")
+        raise InvalidParameter(
+            "video must be a file part (curl -F video=@clip.mp4), not a text field"
+        )
     written = 0
     with open(dest, "wb") as fh:
         while chunk := await part.read(_CHUNK):
             written += len(chunk)
             if written > max_bytes:
-                raise TooLarge(f"the video is larger than the limit of {max_bytes / 2**20:.0f} MB "
-                               "(DINO_MAX_VIDEO_MB)", code="upload_too_large")
+                raise TooLarge(
+                    f"the video is larger than the limit of {max_bytes / 2**20:.0f} MB "
+                    "(DINO_MAX_VIDEO_MB)",
+                    code="upload_too_large",
+                )
             fh.write(chunk)
     if written == 0:
         raise ServiceError("the video file is empty (0 bytes); upload a clip", code="bad_video")
@@ -81,20 +91,39 @@ def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, A
     info = probe(path, s.video_max_duration_s, s.video_max_pixels)
     max_frames = params.max_frames or s.video_max_frames
     if max_frames > s.video_max_frames:
-        raise InvalidParameter(f"max_frames {max_frames} is above the limit; use 1 to {s.video_max_frames} "
-                               "(DINO_VIDEO_MAX_FRAMES)")
+        raise InvalidParameter(
+            f"max_frames {max_frames} is above the limit; use 1 to {s.video_max_frames} "
+            "(DINO_VIDEO_MAX_FRAMES)"
+        )
     loaded = service.model_for(params)
     patch = loaded.info.patch_size
     if params.image_size is None:  # the model's default, as for POST /attention
         params = params.model_copy(update={"image_size": default_image_size(loaded.info.family)})
-    check_processed_size(info.width, info.height, params.image_size, params.resize, patch, s.max_image_size)
+    check_processed_size(
+        info.width, info.height, params.image_size, params.resize, patch, s.max_image_size
+    )
     layer = service.resolve_layer(loaded, -1 if params.layer is None else params.layer)
     fps = target_fps(params.fps, info.fps)
-    estimate = min(max_frames, max(1, math.ceil(info.duration_s * fps - 1e-6)) if info.duration_s else max_frames)
-    source = {"width": info.width, "height": info.height, "fps": info.fps, "duration_s": info.duration_s,
-              "codec": info.codec}
-    return {"request": params.model_dump(), "model": loaded.entry.id, "layer_used": layer, "fps_used": fps,
-            "max_frames": max_frames, "frames_estimate": estimate, "source": source}
+    estimate = min(
+        max_frames,
+        max(1, math.ceil(info.duration_s * fps - 1e-6)) if info.duration_s else max_frames,
+    )
+    source = {
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "duration_s": info.duration_s,
+        "codec": info.codec,
+    }
+    return {
+        "request": params.model_dump(),
+        "model": loaded.entry.id,
+        "layer_used": layer,
+        "fps_used": fps,
+        "max_frames": max_frames,
+        "frames_estimate": estimate,
+        "source": source,
+    }
 
 
 def _client_id(request: Request) -> str:
@@ -109,11 +138,15 @@ def _add_submit_route(router: APIRouter, feature: VideoFeature) -> None:
         form = await request.form(max_files=1, max_fields=16)
         fields = {k: v for k, v in form.items() if k != "video"}
         if any(not isinstance(v, str) for v in fields.values()):
-            raise InvalidParameter("only the video field may be a file; send the parameters as text fields")
+            raise InvalidParameter(
+                "only the video field may be a file; send the parameters as text fields"
+            )
         params = validate_video_params(fields)
         part = form.get("video")
         if part is None:
-            raise InvalidParameter("video is missing; send the clip as a multipart file part named video")
+            raise InvalidParameter(
+                "video is missing; send the clip as a multipart file part named video"
+            )
         store = feature.store
         staging = store.root / f".upload-{secrets.token_hex(8)}"
         try:
@@ -129,15 +162,21 @@ def _add_submit_route(router: APIRouter, feature: VideoFeature) -> None:
         store.save(job)
         assert feature.runner is not None
         store.submit(job, feature.runner)
-        return JSONResponse({"job": job.id, "status_url": f"/jobs/{job.id}"}, status_code=202,
-                            headers={"Location": f"/jobs/{job.id}"})
+        return JSONResponse(
+            {"job": job.id, "status_url": f"/jobs/{job.id}"},
+            status_code=202,
+            headers={"Location": f"/jobs/{job.id}"},
+        )
 
 
 def _not_done(job: Job) -> JSONResponse:
     detail = f"job {job.id} is {job.state}" + (f": {job.error}" if job.error else "")
     detail += "; poll GET /jobs/{id} until state is done" if job.state in ACTIVE else ""
-    return JSONResponse({"detail": detail, "code": "job_not_done", "state": job.state}, status_code=409,
-                        headers={"X-Error-Code": "job_not_done"})
+    return JSONResponse(
+        {"detail": detail, "code": "job_not_done", "state": job.state},
+        status_code=409,
+        headers={"X-Error-Code": "job_not_done"},
+    )
 
 
 def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
@@ -161,13 +200,18 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
     def job_result(job_id: str, format: str = Query("mp4")) -> Response:  # noqa: A002 - the API's name
         """The attention video (mp4), the arrays (npz) or the summary (json); 409 until done."""
         if format not in RESULT_FILES:
-            return error_response(422, f"unknown format {format!r}; choose one of {', '.join(RESULT_FILES)}",
-                                  "invalid_parameter")
+            return error_response(
+                422,
+                f"unknown format {format!r}; choose one of {', '.join(RESULT_FILES)}",
+                "invalid_parameter",
+            )
         job = feature.store.get(job_id)
         if job.state != "done":
             return _not_done(job)
         path = feature.store.folder(job) / RESULT_FILES[format]
-        return FileResponse(path, media_type=MEDIA_TYPES[format], filename=f"attention_{job.id}.{format}")
+        return FileResponse(
+            path, media_type=MEDIA_TYPES[format], filename=f"attention_{job.id}.{format}"
+        )
 
     @router.get("/jobs/{job_id}/source", tags=["video"])
     def job_source(job_id: str) -> Response:

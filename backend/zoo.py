@@ -22,7 +22,12 @@ from trainer.model.checkpoint import CheckpointError, load_backbone
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _MAX_DOWNLOAD_BYTES = 2 << 30
-_ARCH_NAMES = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L"}
+_ARCH_NAMES = {
+    "vit_tiny": "ViT-Ti",
+    "vit_small": "ViT-S",
+    "vit_base": "ViT-B",
+    "vit_large": "ViT-L",
+}
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
 
@@ -41,7 +46,7 @@ class ZooModel:
     def url(self, base_url: str, dinov2_base_url: str = DINOV2_BASE_URL) -> str:
         """Where to download from: DINO under ``base_url``, DINOv2 its URL re-rooted on ``dinov2_base_url``."""
         if self.full_url is not None:
-            return dinov2_base_url.rstrip("/") + self.full_url[len(DINOV2_BASE_URL):]
+            return dinov2_base_url.rstrip("/") + self.full_url[len(DINOV2_BASE_URL) :]
         return f"{base_url.rstrip('/')}/{self.name}/{self.name}.pth"
 
     def cache_path(self, cache_dir: Path) -> Path:
@@ -60,7 +65,9 @@ class ZooModel:
 def _dinov2(size: str, arch: str, heads: int, registers: int) -> ZooModel:
     base = f"dinov2_vit{size}14"
     name = f"{base}_reg{registers}_pretrain" if registers else f"{base}_pretrain"
-    return ZooModel(name, arch, 14, heads, "dinov2", registers, f"{DINOV2_BASE_URL}/{base}/{name}.pth")
+    return ZooModel(
+        name, arch, 14, heads, "dinov2", registers, f"{DINOV2_BASE_URL}/{base}/{name}.pth"
+    )
 
 
 ZOO: dict[str, ZooModel] = {
@@ -100,14 +107,23 @@ def _verify(path: Path, model: ZooModel) -> None:
     backbone, info = load_backbone(path)
     got = (info.family, info.patch_size, info.num_heads, info.registers)
     if got != (model.family, model.patch_size, model.num_heads, model.registers):
-        raise CheckpointError(f"downloaded file is {info.arch}/{info.patch_size} ({info.family}, {info.registers} "
-                              f"registers), expected {model.arch}/{model.patch_size} ({model.family}, "
-                              f"{model.registers} registers)")
+        raise CheckpointError(
+            f"downloaded file is {info.arch}/{info.patch_size} ({info.family}, {info.registers} "
+            f"registers), expected {model.arch}/{model.patch_size} ({model.family}, "
+            f"{model.registers} registers)"
+        )
     del backbone
 
 
-def fetch(model_id: str, cache_dir: Path, base_url: str, allow: bool, timeout_s: float = 5.0,
-          deadline_s: float = 600.0, dinov2_base_url: str = DINOV2_BASE_URL) -> Path:
+def fetch(
+    model_id: str,
+    cache_dir: Path,
+    base_url: str,
+    allow: bool,
+    timeout_s: float = 5.0,
+    deadline_s: float = 600.0,
+    dinov2_base_url: str = DINOV2_BASE_URL,
+) -> Path:
     """Path of the cached official checkpoint, downloading it first (atomically) if needed.
 
     Raises :class:`ModelUnavailable` (HTTP 503) when downloads are off or fail.
@@ -117,17 +133,22 @@ def fetch(model_id: str, cache_dir: Path, base_url: str, allow: bool, timeout_s:
     if final.exists():
         return final
     if not allow:
-        raise ModelUnavailable(f"{model_id} is not in the cache ({final}) and downloads are off "
-                               "(DINO_ALLOW_DOWNLOADS=false); put the file there or allow downloads",
-                               code="downloads_disabled")
+        raise ModelUnavailable(
+            f"{model_id} is not in the cache ({final}) and downloads are off "
+            "(DINO_ALLOW_DOWNLOADS=false); put the file there or allow downloads",
+            code="downloads_disabled",
+        )
     with _locks[model_id]:
         if final.exists():
             return final
-        return _download(model_id, model, final, model.url(base_url, dinov2_base_url), timeout_s, deadline_s)
+        return _download(
+            model_id, model, final, model.url(base_url, dinov2_base_url), timeout_s, deadline_s
+        )
 
 
-def _download(model_id: str, model: ZooModel, final: Path, url: str, timeout_s: float,
-              deadline_s: float) -> Path:
+def _download(
+    model_id: str, model: ZooModel, final: Path, url: str, timeout_s: float, deadline_s: float
+) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".part.pth", dir=final.parent)
     os.close(fd)
@@ -142,6 +163,9 @@ def _download(model_id: str, model: ZooModel, final: Path, url: str, timeout_s: 
         if not isinstance(exc, Exception):
             raise
         log.warning("download of %s failed: %s", model_id, exc)
-        raise ModelUnavailable(f"could not download {model_id} from {url}: {exc}; retry later, or place "
-                               f"{final.name} in {final.parent}", code="download_failed") from exc
+        raise ModelUnavailable(
+            f"could not download {model_id} from {url}: {exc}; retry later, or place "
+            f"{final.name} in {final.parent}",
+            code="download_failed",
+        ) from exc
     return final

@@ -81,10 +81,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def make_row(arch: str, path: str, clients: int, latencies_s: list[float], wall_s: float) -> Row:
     ms = [v * 1e3 for v in latencies_s]
-    return Row(arch, path, clients, len(ms), statistics.median(ms), percentile(ms, 95), len(ms) / wall_s)
+    return Row(
+        arch, path, clients, len(ms), statistics.median(ms), percentile(ms, 95), len(ms) / wall_s
+    )
 
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[list[float], float]:
+def time_calls(
+    fn: Callable[[], object], repeats: int, warmup: int = 2
+) -> tuple[list[float], float]:
     for _ in range(warmup):
         fn()
     latencies, start = [], time.perf_counter()
@@ -98,13 +102,19 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple
 def build_model(name: str, patch: int) -> DinoViT:
     torch.manual_seed(0)
     if name == "tiny":
-        return build_vit(patch_size=patch, embed_dim=64, depth=2, num_heads=1).eval().requires_grad_(False)
+        return (
+            build_vit(patch_size=patch, embed_dim=64, depth=2, num_heads=1)
+            .eval()
+            .requires_grad_(False)
+        )
     return build_vit(name, patch).eval().requires_grad_(False)
 
 
 def sample_png(size: int) -> bytes:
     yy, xx = np.mgrid[0:size, 0:size]
-    arr = np.stack([xx * 255 // size, yy * 255 // size, (xx + yy) * 127 // size], -1).astype(np.uint8)
+    arr = np.stack([xx * 255 // size, yy * 255 // size, (xx + yy) * 127 // size], -1).astype(
+        np.uint8
+    )
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
@@ -112,12 +122,14 @@ def sample_png(size: int) -> bytes:
 
 def baseline_fn(model: DinoViT, x: torch.Tensor) -> Callable[[], object]:
     """The authors' way: explicit attention everywhere, full last-block weights, no inference_mode."""
+
     def run() -> torch.Tensor:
         model.set_fused_attention(False)
         try:
             return model.get_last_selfattention(x)[0, :, 0, 1:]
         finally:
             model.set_fused_attention(True)
+
     return run
 
 
@@ -125,23 +137,32 @@ def fast_fn(model: DinoViT, x: torch.Tensor) -> Callable[[], object]:
     def run() -> torch.Tensor:
         with torch.inference_mode():
             return model.get_cls_attention(x)
+
     return run
 
 
-def service_fn(service: AttentionService, model_id: str, png: bytes, size: int) -> Callable[[], object]:
+def service_fn(
+    service: AttentionService, model_id: str, png: bytes, size: int
+) -> Callable[[], object]:
     params = AttentionParams(model=model_id, image_size=size, resize="square", overlays=False)
 
     def run() -> object:
         loaded = service.model_for(params)
         return json_response(analysis_dict(service.analyse(loaded, params, png, None)))
+
     return run
 
 
-def in_process_rows(arch: str, model: DinoViT, service: AttentionService, png: bytes, args) -> list[Row]:
+def in_process_rows(
+    arch: str, model: DinoViT, service: AttentionService, png: bytes, args
+) -> list[Row]:
     x = torch.randn(1, 3, args.size, args.size)
     rows = []
-    for label, fn in (("baseline (all explicit)", baseline_fn(model, x)), ("fast path (model only)", fast_fn(model, x)),
-                      ("service in-process", service_fn(service, arch, png, args.size))):
+    for label, fn in (
+        ("baseline (all explicit)", baseline_fn(model, x)),
+        ("fast path (model only)", fast_fn(model, x)),
+        ("service in-process", service_fn(service, arch, png, args.size)),
+    ):
         lat, wall = time_calls(fn, args.repeats)
         rows.append(make_row(arch, label, 1, lat, wall))
         print_row(rows[-1], flush=True)
@@ -154,7 +175,9 @@ def http_rows(arch: str, url: str, png: bytes, args) -> list[Row]:
     def one(_: int) -> float:
         with httpx.Client(timeout=600) as client:
             t0 = time.perf_counter()
-            r = client.post(f"{url}/attention", files={"image": ("x.png", png, "image/png")}, data=data)
+            r = client.post(
+                f"{url}/attention", files={"image": ("x.png", png, "image/png")}, data=data
+            )
             r.raise_for_status()
             return time.perf_counter() - t0
 
@@ -184,7 +207,9 @@ def kernel_rates(tokens: int, dim: int, heads: int, dtype: torch.dtype) -> tuple
     q, k, v = (torch.randn(1, heads, tokens, dim // heads, dtype=dtype) for _ in range(3))
     with torch.inference_mode():
         gemm = _rate(lambda: a @ b, 2.0 * tokens * dim * 4 * dim)
-        sdpa = _rate(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 4.0 * tokens**2 * dim)
+        sdpa = _rate(
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 4.0 * tokens**2 * dim
+        )
     return gemm, sdpa
 
 
@@ -205,19 +230,32 @@ def roofline(arch: str, model: DinoViT, size: int, precision: str, baseline_ms: 
     d, depth, heads, p = model.embed_dim, len(model.blocks), model.num_heads, model.patch_size
     n = (size // p) ** 2 + 1
     block_linear = 2.0 * n * d * (4 * d + 2 * model.blocks[0].mlp.fc1.out_features)
-    linear = 2.0 * (n - 1) * 3 * p * p * d + (depth - 1) * block_linear + 2.0 * n * d * d + 2.0 * d * d
+    linear = (
+        2.0 * (n - 1) * 3 * p * p * d + (depth - 1) * block_linear + 2.0 * n * d * d + 2.0 * d * d
+    )
     attention = (depth - 1) * 4.0 * n * n * d + 4.0 * n * d
     gemm, sdpa = kernel_rates(n, d, heads, torch.bfloat16 if precision == "bf16" else torch.float32)
     floor_ms = 1e3 * (linear / gemm + attention / sdpa)
-    return Roofline(arch, linear / 1e9, attention / 1e9, gemm / 1e9, sdpa / 1e9, floor_ms, baseline_ms,
-                    baseline_ms / floor_ms)
+    return Roofline(
+        arch,
+        linear / 1e9,
+        attention / 1e9,
+        gemm / 1e9,
+        sdpa / 1e9,
+        floor_ms,
+        baseline_ms,
+        baseline_ms / floor_ms,
+    )
 
 
 def print_roofline(r: Roofline) -> None:
-    print(f"{r.arch:8s} roofline: fast path {r.linear_gflop:.1f} GFLOP linear + {r.attention_gflop:.1f} GFLOP "
-          f"attention; measured here GEMM {r.gemm_gflops:.0f} GFLOP/s, fused SDPA {r.sdpa_gflops:.0f} GFLOP/s "
-          f"-> floor {r.floor_ms:.0f} ms, so at most x{r.max_speedup:.2f} over the {r.baseline_p50_ms:.0f} ms "
-          "baseline on this machine", flush=True)
+    print(
+        f"{r.arch:8s} roofline: fast path {r.linear_gflop:.1f} GFLOP linear + {r.attention_gflop:.1f} GFLOP "
+        f"attention; measured here GEMM {r.gemm_gflops:.0f} GFLOP/s, fused SDPA {r.sdpa_gflops:.0f} GFLOP/s "
+        f"-> floor {r.floor_ms:.0f} ms, so at most x{r.max_speedup:.2f} over the {r.baseline_p50_ms:.0f} ms "
+        "baseline on this machine",
+        flush=True,
+    )
 
 
 def add_speedups(rows: list[Row]) -> None:
@@ -228,28 +266,53 @@ def add_speedups(rows: list[Row]) -> None:
 
 
 def print_row(r: Row, flush: bool = False) -> None:
-    extra = f"  x{r.speedup_latency:5.2f} latency  x{r.speedup_throughput:5.2f} throughput" if r.speedup_latency else ""
-    print(f"{r.arch:8s} {r.path:26s} clients={r.clients:<3d} n={r.n:<3d} p50={r.p50_ms:9.1f} ms "
-          f"p95={r.p95_ms:9.1f} ms  {r.req_per_s:7.2f} req/s{extra}", flush=flush)
+    extra = (
+        f"  x{r.speedup_latency:5.2f} latency  x{r.speedup_throughput:5.2f} throughput"
+        if r.speedup_latency
+        else ""
+    )
+    print(
+        f"{r.arch:8s} {r.path:26s} clients={r.clients:<3d} n={r.n:<3d} p50={r.p50_ms:9.1f} ms "
+        f"p95={r.p95_ms:9.1f} ms  {r.req_per_s:7.2f} req/s{extra}",
+        flush=flush,
+    )
 
 
 def write_checkpoints(folder: Path, models: dict[str, DinoViT]) -> None:
     for name, model in models.items():
-        export_backbone_safetensors(model, folder / f"{name}.safetensors", arch=name, epoch=None, trained=False)
+        export_backbone_safetensors(
+            model, folder / f"{name}.safetensors", arch=name, epoch=None, trained=False
+        )
 
 
 def service_for(folder: Path, args) -> AttentionService:
-    settings = Settings(checkpoint_dir=folder, cache_dir=folder / "cache", allow_downloads=False, device="cpu",
-                        precision=args.precision, max_loaded_models=4, max_concurrency=1, queue_timeout_s=3600,
-                        max_image_size=max(2048, args.size))
+    settings = Settings(
+        checkpoint_dir=folder,
+        cache_dir=folder / "cache",
+        allow_downloads=False,
+        device="cpu",
+        precision=args.precision,
+        max_loaded_models=4,
+        max_concurrency=1,
+        queue_timeout_s=3600,
+        max_image_size=max(2048, args.size),
+    )
     return AttentionService(settings)
 
 
 def server_env(folder: Path, args, default: str) -> dict[str, str]:
-    return {"DINO_CHECKPOINT_DIR": str(folder), "DINO_CACHE_DIR": str(folder / "cache"), "DINO_DEVICE": "cpu",
-            "DINO_ALLOW_DOWNLOADS": "false", "DINO_PRECISION": args.precision, "DINO_DEFAULT_MODEL": default,
-            "DINO_MAX_LOADED_MODELS": "4", "DINO_MAX_CONCURRENCY": str(args.server_concurrency),
-            "DINO_QUEUE_TIMEOUT_S": "3600", "DINO_MAX_IMAGE_SIZE": str(max(2048, args.size))}
+    return {
+        "DINO_CHECKPOINT_DIR": str(folder),
+        "DINO_CACHE_DIR": str(folder / "cache"),
+        "DINO_DEVICE": "cpu",
+        "DINO_ALLOW_DOWNLOADS": "false",
+        "DINO_PRECISION": args.precision,
+        "DINO_DEFAULT_MODEL": default,
+        "DINO_MAX_LOADED_MODELS": "4",
+        "DINO_MAX_CONCURRENCY": str(args.server_concurrency),
+        "DINO_QUEUE_TIMEOUT_S": "3600",
+        "DINO_MAX_IMAGE_SIZE": str(max(2048, args.size)),
+    }
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -258,8 +321,11 @@ def run(args: argparse.Namespace) -> list[Row]:
     archs = TINY_ARCHS if args.tiny else {k: v for k, v in ARCHS.items() if k in args.archs}
     models = {name: build_model(*spec) for name, spec in archs.items()}
     png = sample_png(args.size)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}x{args.size}, "
-          f"service precision {args.precision}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}x{args.size}, "
+        f"service precision {args.precision}",
+        flush=True,
+    )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -270,10 +336,14 @@ def run(args: argparse.Namespace) -> list[Row]:
             args.rooflines.append(roofline(name, model, args.size, args.precision, rows[-3].p50_ms))
             print_roofline(args.rooflines[-1])
         if not args.no_http:
-            with uvicorn_process(server_env(folder, args, next(iter(models))), timeout_s=180) as url:
+            with uvicorn_process(
+                server_env(folder, args, next(iter(models))), timeout_s=180
+            ) as url:
                 for name in models:
                     rows += [] if args.explore else http_rows(name, url, png, args)
-                    args.explores.append(explore_latency(name, url, args.size, args.repeats, args.overlay_format))
+                    args.explores.append(
+                        explore_latency(name, url, args.size, args.repeats, args.overlay_format)
+                    )
                     print_explore(args.explores[-1])
     if not args.explore:
         add_speedups(rows)
@@ -284,17 +354,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", default="vit_s16,vit_s8", help=f"comma list of {', '.join(ARCHS)}")
     p.add_argument("--size", type=int, default=480, help="square input side in pixels")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per in-process path / min HTTP requests")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        help="timed calls per in-process path / min HTTP requests",
+    )
     p.add_argument("--clients", default="1,4,16", help="comma list of concurrent HTTP clients")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the service's precision")
-    p.add_argument("--server-concurrency", type=int, default=1, help="DINO_MAX_CONCURRENCY of the HTTP server")
-    p.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch default)")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="the service's precision"
+    )
+    p.add_argument(
+        "--server-concurrency", type=int, default=1, help="DINO_MAX_CONCURRENCY of the HTTP server"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads in this process (0: torch default)"
+    )
     p.add_argument("--quick", action="store_true", help="3 repeats, 1 and 4 clients")
     p.add_argument("--tiny", action="store_true", help="a tiny model at 64 px (smoke test)")
     p.add_argument("--no-http", action="store_true", help="in-process paths only")
-    p.add_argument("--explore", action="store_true", help="only first request vs re-threshold over HTTP")
-    p.add_argument("--overlay-format", choices=("png", "jpeg", "webp"), default="jpeg",
-                   help="overlay_format of the first-request / re-threshold measurement (the app's: jpeg)")
+    p.add_argument(
+        "--explore", action="store_true", help="only first request vs re-threshold over HTTP"
+    )
+    p.add_argument(
+        "--overlay-format",
+        choices=("png", "jpeg", "webp"),
+        default="jpeg",
+        help="overlay_format of the first-request / re-threshold measurement (the app's: jpeg)",
+    )
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -322,9 +409,16 @@ def main(argv: list[str] | None = None) -> list[Row]:
     for result in explores:
         print_explore(result)
     if args.json:
-        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows],
-                                         "rooflines": [asdict(r) for r in args.rooflines],
-                                         "explore": [asdict(r) for r in explores]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": [asdict(r) for r in rows],
+                    "rooflines": [asdict(r) for r in args.rooflines],
+                    "explore": [asdict(r) for r in explores],
+                },
+                indent=2,
+            )
+        )
     return rows
 
 

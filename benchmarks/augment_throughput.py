@@ -90,10 +90,15 @@ class PaperSolarization:
 class PaperMultiCrop:
     """The authors' ``DataAugmentationDINO`` (main_dino.py), every op wrapped in :class:`Timed`."""
 
-    def __init__(self, global_crops_scale: tuple[float, float],
-                 local_crops_scale: tuple[float, float], local_crops_number: int,
-                 global_size: int = 224, local_size: int = 96,
-                 seconds: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        global_crops_scale: tuple[float, float],
+        local_crops_scale: tuple[float, float],
+        local_crops_number: int,
+        global_size: int = 224,
+        local_size: int = 96,
+        seconds: dict[str, float] | None = None,
+    ) -> None:
         bicubic = transforms.InterpolationMode.BICUBIC
         jitter = transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
         flip_and_color_jitter = [
@@ -108,17 +113,32 @@ class PaperMultiCrop:
             resized_crop = transforms.RandomResizedCrop(size, scale=scale, interpolation=bicubic)
             return Timed("crop", resized_crop, seconds)
 
-        self.global_transfo1 = transforms.Compose([
-            crop(global_size, global_crops_scale), *flip_and_color_jitter,
-            Timed("blur", PaperGaussianBlur(1.0), seconds), normalize])
-        self.global_transfo2 = transforms.Compose([
-            crop(global_size, global_crops_scale), *flip_and_color_jitter,
-            Timed("blur", PaperGaussianBlur(0.1), seconds),
-            Timed("solarize", PaperSolarization(0.2), seconds), normalize])
+        self.global_transfo1 = transforms.Compose(
+            [
+                crop(global_size, global_crops_scale),
+                *flip_and_color_jitter,
+                Timed("blur", PaperGaussianBlur(1.0), seconds),
+                normalize,
+            ]
+        )
+        self.global_transfo2 = transforms.Compose(
+            [
+                crop(global_size, global_crops_scale),
+                *flip_and_color_jitter,
+                Timed("blur", PaperGaussianBlur(0.1), seconds),
+                Timed("solarize", PaperSolarization(0.2), seconds),
+                normalize,
+            ]
+        )
         self.local_crops_number = local_crops_number
-        self.local_transfo = transforms.Compose([
-            crop(local_size, local_crops_scale), *flip_and_color_jitter,
-            Timed("blur", PaperGaussianBlur(p=0.5), seconds), normalize])
+        self.local_transfo = transforms.Compose(
+            [
+                crop(local_size, local_crops_scale),
+                *flip_and_color_jitter,
+                Timed("blur", PaperGaussianBlur(p=0.5), seconds),
+                normalize,
+            ]
+        )
 
     def __call__(self, image: Image.Image) -> list[torch.Tensor]:
         crops = [self.global_transfo1(image), self.global_transfo2(image)]
@@ -140,8 +160,10 @@ def generated_photos(count: int, size: tuple[int, int], seed: int) -> list[bytes
     blobs = []
     for _ in range(count):
         coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-        base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC),
-                          dtype=np.float32)
+        base = np.asarray(
+            Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC),
+            dtype=np.float32,
+        )
         yy, xx = np.mgrid[0:height, 0:width]
         stripes = 25 * np.sin(xx / rng.uniform(3, 12) + yy / rng.uniform(5, 20))[..., None]
         noise = rng.normal(0, 8, (height, width, 3))
@@ -157,9 +179,16 @@ def read_photos(source: Path, count: int) -> list[bytes]:
     (read in place, nothing extracted), as encoded bytes."""
     if source.is_file() and tarfile.is_tarfile(source):
         with tarfile.open(source) as archive:
-            members = sorted((m for m in archive.getmembers()
-                              if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
-                              and not Path(m.name).name.startswith(".")), key=lambda m: m.name)
+            members = sorted(
+                (
+                    m
+                    for m in archive.getmembers()
+                    if m.isfile()
+                    and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
+                    and not Path(m.name).name.startswith(".")
+                ),
+                key=lambda m: m.name,
+            )
             blobs = [archive.extractfile(member).read() for member in members[:count]]
     else:
         blobs = [path.read_bytes() for path in list_images(source, recursive=True)[:count]]
@@ -176,8 +205,13 @@ def _time_pass(run: Callable[[bytes], object], blobs: Sequence[bytes]) -> float:
 
 
 def _crop_args(args: argparse.Namespace) -> tuple:
-    return (tuple(args.global_crops_scale), tuple(args.local_crops_scale), args.local_crops_number,
-            args.global_crops_size, args.local_crops_size)
+    return (
+        tuple(args.global_crops_scale),
+        tuple(args.local_crops_scale),
+        args.local_crops_number,
+        args.global_crops_size,
+        args.local_crops_size,
+    )
 
 
 def _paper_profile(args: argparse.Namespace, blobs: Sequence[bytes]) -> dict[str, float]:
@@ -241,12 +275,18 @@ def run_benchmark(args: argparse.Namespace, blobs: Sequence[bytes]) -> dict[str,
 
 
 def print_report(report: dict[str, Any], source: str) -> None:
-    print(f"multi-crop {report['views']}, {report['images']} images from {source}, "
-          f"{report['threads']} thread, best of {len(report['rounds']['paper'])} rounds")
-    print(f"  paper (torchvision, authors' DataAugmentationDINO): "
-          f"{report['paper_images_per_s']:8.1f} images/s")
-    print(f"  ours  (trainer.data.augment.DataAugmentationDINO):  "
-          f"{report['ours_images_per_s']:8.1f} images/s")
+    print(
+        f"multi-crop {report['views']}, {report['images']} images from {source}, "
+        f"{report['threads']} thread, best of {len(report['rounds']['paper'])} rounds"
+    )
+    print(
+        f"  paper (torchvision, authors' DataAugmentationDINO): "
+        f"{report['paper_images_per_s']:8.1f} images/s"
+    )
+    print(
+        f"  ours  (trainer.data.augment.DataAugmentationDINO):  "
+        f"{report['ours_images_per_s']:8.1f} images/s"
+    )
     print(f"  speed-up: {report['speedup']:.2f}x")
     paper = report["profile_ms"]["paper"]
     ours = report["profile_ms"]["ours"]
@@ -254,18 +294,30 @@ def print_report(report: dict[str, Any], source: str) -> None:
     for op in ours:
         paper_ms = f"{paper[op]:9.3f}" if op in paper else f"{'':9}"
         print(f"  {op:<20}{paper_ms}{ours[op]:9.3f}")
-    print(f"  {'total':<20}{sum(paper.values()):9.3f}"
-          f"{sum(v for k, v in ours.items() if not k.startswith('jitter.')):9.3f}")
+    print(
+        f"  {'total':<20}{sum(paper.values()):9.3f}"
+        f"{sum(v for k, v in ours.items() if not k.startswith('jitter.')):9.3f}"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_path", type=Path, default=None,
-                   help="photos: a folder (any depth) or a tar archive such as "
-                        "../shared/data/duts-te-1k.tar.gz (read in place); default: generated photos")
+    p.add_argument(
+        "--data_path",
+        type=Path,
+        default=None,
+        help="photos: a folder (any depth) or a tar archive such as "
+        "../shared/data/duts-te-1k.tar.gz (read in place); default: generated photos",
+    )
     p.add_argument("--images", type=int, default=200, help="how many images (default 200)")
-    p.add_argument("--generated_size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
-                   help="size of the generated photos (default 500 375, ImageNet-like)")
+    p.add_argument(
+        "--generated_size",
+        type=int,
+        nargs=2,
+        default=(500, 375),
+        metavar=("W", "H"),
+        help="size of the generated photos (default 500 375, ImageNet-like)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per pipeline")
     p.add_argument("--global_crops_scale", type=float, nargs=2, default=(0.4, 1.0))
     p.add_argument("--local_crops_scale", type=float, nargs=2, default=(0.05, 0.4))

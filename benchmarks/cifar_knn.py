@@ -67,13 +67,28 @@ def subset(src: Path, dest: Path, per_class: int) -> Path:
 
 
 def train_flags(data: Path, out: Path, epochs: int, args: argparse.Namespace) -> dict:
-    return dict(data_path=str(data), output_dir=str(out), device="cpu", arch="vit_tiny",
-                patch_size=4, global_crops_size=32, local_crops_size=16,
-                local_crops_number=args.local_crops, out_dim=args.out_dim,
-                batch_size_per_gpu=args.batch_size, epochs=epochs,
-                warmup_epochs=1 if epochs >= 3 else 0, lr=args.lr, num_workers=args.workers,
-                saveckp_freq=0, seed=0, log_every=5, momentum_teacher=args.momentum_teacher,
-                precision=args.precision, norm_last_layer=args.norm_last_layer)
+    return dict(
+        data_path=str(data),
+        output_dir=str(out),
+        device="cpu",
+        arch="vit_tiny",
+        patch_size=4,
+        global_crops_size=32,
+        local_crops_size=16,
+        local_crops_number=args.local_crops,
+        out_dim=args.out_dim,
+        batch_size_per_gpu=args.batch_size,
+        epochs=epochs,
+        warmup_epochs=1 if epochs >= 3 else 0,
+        lr=args.lr,
+        num_workers=args.workers,
+        saveckp_freq=0,
+        seed=0,
+        log_every=5,
+        momentum_teacher=args.momentum_teacher,
+        precision=args.precision,
+        norm_last_layer=args.norm_last_layer,
+    )
 
 
 def calibrate(data: Path, work: Path, args: argparse.Namespace) -> float:
@@ -94,26 +109,44 @@ def fit_per_class(image_budget: float, min_epochs: int, classes: int = 10, full:
 
 
 def knn_top1(model: torch.nn.Module, bank: Path, test: Path, args: argparse.Namespace) -> float:
-    results = knn_evaluate(model, bank, test, "cpu", ks=[20], resize=32, crop=32, batch_size=256,
-                           num_workers=args.workers)
+    results = knn_evaluate(
+        model,
+        bank,
+        test,
+        "cpu",
+        ks=[20],
+        resize=32,
+        crop=32,
+        batch_size=256,
+        num_workers=args.workers,
+    )
     return results["k20_top1"]
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="cifar10-jpg.tar.gz")
-    p.add_argument("--data_dir", type=Path, default=ROOT / ".data" / "cifar10",
-                   help="where to extract")
-    p.add_argument("--output_dir", type=Path, default=ROOT / "runs" / "cifar_knn",
-                   help="trained run folder")
+    p.add_argument(
+        "--data_dir", type=Path, default=ROOT / ".data" / "cifar10", help="where to extract"
+    )
+    p.add_argument(
+        "--output_dir", type=Path, default=ROOT / "runs" / "cifar_knn", help="trained run folder"
+    )
     p.add_argument("--minutes", type=float, default=20.0, help="training time budget")
-    p.add_argument("--train_per_class", type=int, default=0,
-                   help="training images per class (0: all 5000)")
-    p.add_argument("--min_epochs", type=int, default=3,
-                   help="shrink the training set until this many epochs fit")
-    p.add_argument("--knn_bank_per_class", type=int, default=1000,
-                   help="k-NN bank images per class (0: all)")
-    p.add_argument("--knn_test_per_class", type=int, default=0,
-                   help="test images per class (0: all 1000)")
+    p.add_argument(
+        "--train_per_class", type=int, default=0, help="training images per class (0: all 5000)"
+    )
+    p.add_argument(
+        "--min_epochs",
+        type=int,
+        default=3,
+        help="shrink the training set until this many epochs fit",
+    )
+    p.add_argument(
+        "--knn_bank_per_class", type=int, default=1000, help="k-NN bank images per class (0: all)"
+    )
+    p.add_argument(
+        "--knn_test_per_class", type=int, default=0, help="test images per class (0: all 1000)"
+    )
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -121,13 +154,21 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out_dim", type=int, default=4096, help="DINO head output dimension")
     p.add_argument("--batch_size", type=int, default=64, help="images per step")
     p.add_argument("--lr", type=float, default=0.0005, help="base lr (for a batch of 256)")
-    p.add_argument("--momentum_teacher", type=float, default=0.99,
-                   help="teacher EMA start (short runs: 0.99)")
-    p.add_argument("--norm_last_layer", type=lambda v: v.lower() in ("1", "true", "yes"),
-                   default=False, help="fix the head's last-layer norm (the authors use false "
-                                       "for ViT-S, true for ViT-B)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="autocast on the CPU (bf16 helps on CPUs with bf16 units)")
+    p.add_argument(
+        "--momentum_teacher", type=float, default=0.99, help="teacher EMA start (short runs: 0.99)"
+    )
+    p.add_argument(
+        "--norm_last_layer",
+        type=lambda v: v.lower() in ("1", "true", "yes"),
+        default=False,
+        help="fix the head's last-layer norm (the authors use false for ViT-S, true for ViT-B)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="autocast on the CPU (bf16 helps on CPUs with bf16 units)",
+    )
     p.add_argument("--workers", type=int, default=1, help="data-loading workers")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
@@ -149,8 +190,13 @@ def _train_for_budget(root: Path, work: Path, args: argparse.Namespace) -> tuple
     train_dir = subset(root / "train", work / "train_subset", per_class)
     n_train = sum(1 for _ in train_dir.rglob("*.jpg"))
     epochs = max(1, int(budget_images / n_train))
-    logger.info("%.3f s/image -> %d epoch(s) of %d images in %.0f min", sec_per_image, epochs,
-                n_train, args.minutes)
+    logger.info(
+        "%.3f s/image -> %d epoch(s) of %d images in %.0f min",
+        sec_per_image,
+        epochs,
+        n_train,
+        args.minutes,
+    )
     shutil.rmtree(args.output_dir, ignore_errors=True)
     started = time.perf_counter()
     train(make_config(**train_flags(train_dir, args.output_dir, epochs, args)))
@@ -159,8 +205,9 @@ def _train_for_budget(root: Path, work: Path, args: argparse.Namespace) -> tuple
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     root = extract(args.archive, args.data_dir)
@@ -172,13 +219,18 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(0)
     cfg = make_config(**train_flags(train_dir, args.output_dir, epochs, args))
     random_init = build_student_teacher(cfg)[1]
-    result = {"epochs": epochs, "train_images": sum(1 for _ in train_dir.rglob("*.jpg")),
-              "train_minutes": round(train_minutes, 1),
-              "knn_top1_trained": knn_top1(trained, bank, test, args),
-              "knn_top1_random_init": knn_top1(random_init.backbone, bank, test, args)}
-    print(f"k-NN (k=20) top-1 on CIFAR-10 test: trained teacher {result['knn_top1_trained']:.2f}%, "
-          f"random init {result['knn_top1_random_init']:.2f}% ({epochs} epochs, "
-          f"{train_minutes:.1f} min)")
+    result = {
+        "epochs": epochs,
+        "train_images": sum(1 for _ in train_dir.rglob("*.jpg")),
+        "train_minutes": round(train_minutes, 1),
+        "knn_top1_trained": knn_top1(trained, bank, test, args),
+        "knn_top1_random_init": knn_top1(random_init.backbone, bank, test, args),
+    }
+    print(
+        f"k-NN (k=20) top-1 on CIFAR-10 test: trained teacher {result['knn_top1_trained']:.2f}%, "
+        f"random init {result['knn_top1_random_init']:.2f}% ({epochs} epochs, "
+        f"{train_minutes:.1f} min)"
+    )
     print(json.dumps(result))
     (args.output_dir / "cifar_knn_result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -51,18 +51,21 @@ def models(tiny: bool) -> dict[str, tuple[DinoViT, int]]:
     return out
 
 
-def request_fn(service: AttentionService, params: AttentionParams,
-               png: bytes) -> Callable[[], object]:
+def request_fn(
+    service: AttentionService, params: AttentionParams, png: bytes
+) -> Callable[[], object]:
     """One request through the service path: analyse and serialise the JSON reply."""
     loaded = service.model_for(params)
 
     def call() -> object:
         return json_response(analysis_dict(service.analyse(loaded, params, png, None)))
+
     return call
 
 
-def interleaved(calls: dict[str, Callable[[], object]],
-                repeats: int) -> dict[str, tuple[list[float], list[float]]]:
+def interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, tuple[list[float], list[float]]]:
     """Wall and process-CPU seconds per call, round-robin after 2 warm-up rounds.
 
     Taking turns makes load from other processes slow every row alike; the CPU time (all of this
@@ -89,32 +92,45 @@ def run(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, (model, _) in specs.items():
-            export_backbone_safetensors(model.eval(), folder / f"{name}.safetensors", arch=name,
-                                        epoch=None, trained=False)
-        settings = Settings(checkpoint_dir=folder, cache_dir=folder / "cache",
-                            allow_downloads=False, device="cpu", max_loaded_models=len(specs), max_concurrency=1,
-                            queue_timeout_s=3600, cache_entries=0)
+            export_backbone_safetensors(
+                model.eval(), folder / f"{name}.safetensors", arch=name, epoch=None, trained=False
+            )
+        settings = Settings(
+            checkpoint_dir=folder,
+            cache_dir=folder / "cache",
+            allow_downloads=False,
+            device="cpu",
+            max_loaded_models=len(specs),
+            max_concurrency=1,
+            queue_timeout_s=3600,
+            cache_entries=0,
+        )
         service = AttentionService(settings)
         for overlays in (False, True):
             calls = {}
             for name, (_, size) in specs.items():
-                params = AttentionParams(model=name, image_size=size, resize="square",
-                                         overlays=overlays)
+                params = AttentionParams(
+                    model=name, image_size=size, resize="square", overlays=overlays
+                )
                 calls[name] = request_fn(service, params, sample_png(size))
             for name, (lat, cpu) in interleaved(calls, args.repeats).items():
                 label = f"{specs[name][1]}px overlays={'on' if overlays else 'off'}"
                 rows.append(make_row(name, label, 1, lat, sum(lat)))
                 cpu_ms[len(rows) - 1] = statistics.median(cpu) * 1e3
                 print_row(rows[-1], flush=True)
-                print(f"{'':8s} {'':26s} process CPU time p50={cpu_ms[len(rows) - 1]:9.1f} ms", flush=True)
+                print(
+                    f"{'':8s} {'':26s} process CPU time p50={cpu_ms[len(rows) - 1]:9.1f} ms",
+                    flush=True,
+                )
     args.cpu_ms = [cpu_ms[i] for i in range(len(rows))]
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=10,
-                   help="timed requests per row (after 2 warm-up rounds)")
+    p.add_argument(
+        "--repeats", type=int, default=10, help="timed requests per row (after 2 warm-up rounds)"
+    )
     p.add_argument("--tiny", action="store_true", help="tiny models at 64-70 px (smoke test)")
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)

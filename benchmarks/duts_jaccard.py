@@ -41,7 +41,9 @@ def dataset_dir(data_root: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--checkpoint", help="any checkpoint the service reads; default: random init")
     ap.add_argument("--arch", default="vit_small")
     ap.add_argument("--patch_size", type=int, default=16)
@@ -57,10 +59,21 @@ def main() -> None:
         model, info = load_backbone(args.checkpoint)
         name, mean, std = f"{args.checkpoint} ({info.arch}/{info.patch_size})", info.mean, info.std
     else:
-        model, name = build_vit(args.arch, args.patch_size).eval(), f"random-init {args.arch}/{args.patch_size}"
+        model, name = (
+            build_vit(args.arch, args.patch_size).eval(),
+            f"random-init {args.arch}/{args.patch_size}",
+        )
     folder = dataset_dir(args.data_root)
-    results = evaluate_folder(model, folder / "images", folder / "masks", args.image_size, args.threshold,
-                              limit=args.images, mean=mean, std=std)
+    results = evaluate_folder(
+        model,
+        folder / "images",
+        folder / "masks",
+        args.image_size,
+        args.threshold,
+        limit=args.images,
+        mean=mean,
+        std=std,
+    )
     for line in summary_lines(results, name):
         print(line)
 

@@ -46,17 +46,30 @@ def distinct_png(size: int, seed: int) -> bytes:
     """A smooth photo-like picture; each seed gives other bytes (so a map cache miss)."""
     yy, xx = np.mgrid[0:size, 0:size]
     phase = seed * 0.7
-    arr = np.stack([127 + 120 * np.sin(xx / 37 + phase), 127 + 120 * np.cos(yy / 23 - phase),
-                    (xx + yy + 13 * seed) % 256], -1)
+    arr = np.stack(
+        [
+            127 + 120 * np.sin(xx / 37 + phase),
+            127 + 120 * np.cos(yy / 23 - phase),
+            (xx + yy + 13 * seed) % 256,
+        ],
+        -1,
+    )
     buf = io.BytesIO()
     Image.fromarray(arr.astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _post(client: httpx.Client, url: str, arch: str, png: bytes, size: int, threshold: float,
-          fmt: str) -> tuple[float, dict]:
-    data = {"model": arch, "image_size": str(size), "resize": "square", "overlays": "true",
-            "overlay_format": fmt, "threshold": repr(threshold)}
+def _post(
+    client: httpx.Client, url: str, arch: str, png: bytes, size: int, threshold: float, fmt: str
+) -> tuple[float, dict]:
+    data = {
+        "model": arch,
+        "image_size": str(size),
+        "resize": "square",
+        "overlays": "true",
+        "overlay_format": fmt,
+        "threshold": repr(threshold),
+    }
     t0 = time.perf_counter()
     r = client.post(f"{url}/attention", files={"image": ("x.png", png, "image/png")}, data=data)
     r.raise_for_status()
@@ -64,7 +77,9 @@ def _post(client: httpx.Client, url: str, arch: str, png: bytes, size: int, thre
     return (time.perf_counter() - t0) * 1e3, body
 
 
-def explore_latency(arch: str, url: str, size: int, repeats: int, fmt: str = APP_FORMAT) -> ExploreResult:
+def explore_latency(
+    arch: str, url: str, size: int, repeats: int, fmt: str = APP_FORMAT
+) -> ExploreResult:
     """``repeats`` first requests (new images) and, for each, ``2`` re-thresholds; one client."""
     first, rethr, model, overlays, server, cached = [], [], [], [], [], []
     with httpx.Client(timeout=600) as client:
@@ -84,14 +99,30 @@ def explore_latency(arch: str, url: str, size: int, repeats: int, fmt: str = APP
                 cached.append(body["cached"] and body["timings_ms"]["model"] == 0)
     f50, r50 = statistics.median(first), statistics.median(rethr)
     m50, o50 = statistics.median(model), statistics.median(overlays)
-    return ExploreResult(arch, fmt, repeats, f50, percentile(first, 95), r50, percentile(rethr, 95), r50 / f50,
-                         m50, o50, o50 / m50, statistics.median(server), all(cached))
+    return ExploreResult(
+        arch,
+        fmt,
+        repeats,
+        f50,
+        percentile(first, 95),
+        r50,
+        percentile(rethr, 95),
+        r50 / f50,
+        m50,
+        o50,
+        o50 / m50,
+        statistics.median(server),
+        all(cached),
+    )
 
 
 def print_explore(r: ExploreResult) -> None:
-    print(f"{r.arch:8s} HTTP overlays={r.overlay_format}: first request p50={r.first_p50_ms:.0f} ms "
-          f"p95={r.first_p95_ms:.0f} ms (n={r.n}); re-threshold p50={r.rethreshold_p50_ms:.0f} ms "
-          f"p95={r.rethreshold_p95_ms:.0f} ms (n={2 * r.n}, server {r.rethreshold_server_p50_ms:.0f} ms) "
-          f"= {100 * r.ratio_p50:.0f}% of the first request; in the first requests overlays "
-          f"{r.overlays_p50_ms:.0f} ms = {100 * r.overlays_over_model:.0f}% of the model's {r.model_p50_ms:.0f} ms; "
-          f"cache {'hit on every re-threshold' if r.all_cached else 'NOT as expected'}", flush=True)
+    print(
+        f"{r.arch:8s} HTTP overlays={r.overlay_format}: first request p50={r.first_p50_ms:.0f} ms "
+        f"p95={r.first_p95_ms:.0f} ms (n={r.n}); re-threshold p50={r.rethreshold_p50_ms:.0f} ms "
+        f"p95={r.rethreshold_p95_ms:.0f} ms (n={2 * r.n}, server {r.rethreshold_server_p50_ms:.0f} ms) "
+        f"= {100 * r.ratio_p50:.0f}% of the first request; in the first requests overlays "
+        f"{r.overlays_p50_ms:.0f} ms = {100 * r.overlays_over_model:.0f}% of the model's {r.model_p50_ms:.0f} ms; "
+        f"cache {'hit on every re-threshold' if r.all_cached else 'NOT as expected'}",
+        flush=True,
+    )

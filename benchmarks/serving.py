@@ -27,8 +27,9 @@ def tiny_vit(seed: int = 0, patch_size: int = 8, embed_dim: int = 64, depth: int
     return build_vit(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=heads)
 
 
-def write_tiny_checkpoint(folder: Path, name: str = "tiny", seed: int = 0, patch_size: int = 8,
-                          embed_dim: int = 64) -> tuple[Path, DinoViT]:
+def write_tiny_checkpoint(
+    folder: Path, name: str = "tiny", seed: int = 0, patch_size: int = 8, embed_dim: int = 64
+) -> tuple[Path, DinoViT]:
     """A tiny safetensors checkpoint (format d) in ``folder``; returns its path and the model."""
     model = tiny_vit(seed, patch_size, embed_dim).eval()
     path = Path(folder) / f"{name}.safetensors"
@@ -48,10 +49,21 @@ def uvicorn_process(env: dict[str, str], timeout_s: float = 90.0) -> Iterator[st
     """Start ``uvicorn backend.main:app`` on a free loopback port; yield its URL; stop it after."""
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "backend.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url, timeout_s)

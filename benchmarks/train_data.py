@@ -24,8 +24,9 @@ from trainer.train.config import TrainConfig
 SYNTHETIC_SIZE = (500, 375)  # about the mean ImageNet image
 
 
-def synthetic_jpegs(count: int, size: tuple[int, int] = SYNTHETIC_SIZE,
-                    seed: int = 0) -> list[bytes]:
+def synthetic_jpegs(
+    count: int, size: tuple[int, int] = SYNTHETIC_SIZE, seed: int = 0
+) -> list[bytes]:
     """Photo-like JPEGs (smooth colour fields plus grain) encoded in memory at quality 90."""
     rng = np.random.default_rng(seed)
     width, height = size
@@ -78,8 +79,9 @@ class DecodeInWorkers:
         return Batch(images, batch.labels, batch.skipped)
 
 
-def build_dataset(args: argparse.Namespace, gpu_augment: bool, decode_on_device: bool,
-                  cfg: TrainConfig) -> tuple[Dataset, Callable]:
+def build_dataset(
+    args: argparse.Namespace, gpu_augment: bool, decode_on_device: bool, cfg: TrainConfig
+) -> tuple[Dataset, Callable]:
     """(dataset, collate): encoded bytes for the GPU multi-crop, PIL multi-crop otherwise."""
     blobs = None
     samples = None
@@ -94,6 +96,7 @@ def build_dataset(args: argparse.Namespace, gpu_augment: bool, decode_on_device:
     augment = DataAugmentationDINO(*crop_arguments(cfg))
     if blobs is not None:
         keys = [(i, 0) for i in range(len(blobs))]
-        return SafeImageDataset(keys, augment, loader=BlobImages(blobs, augment.draft_size)), collate_skip_none
+        return SafeImageDataset(
+            keys, augment, loader=BlobImages(blobs, augment.draft_size)
+        ), collate_skip_none
     return SafeImageDataset(samples, augment), collate_skip_none
-

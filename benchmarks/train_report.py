@@ -41,8 +41,12 @@ class PhaseClock:
         if not self.marks:
             return np.zeros((0, 0))
         if self.cuda:
-            return np.array([[a.elapsed_time(b) / 1e3 for a, b in zip(m[:-1], m[1:], strict=True)]
-                             for m in self.marks])
+            return np.array(
+                [
+                    [a.elapsed_time(b) / 1e3 for a, b in zip(m[:-1], m[1:], strict=True)]
+                    for m in self.marks
+                ]
+            )
         return np.array([np.diff(m) for m in self.marks])
 
 
@@ -82,8 +86,9 @@ def _mfu(flops_per_image: float, rate: float, peak: float | None) -> float | Non
     return mfu(flops_per_image, rate, peak * 1e12) if peak else None
 
 
-def summarize(run: Any, flops_per_image: float,
-              peaks: tuple[float | None, float | None]) -> dict[str, Any]:
+def summarize(
+    run: Any, flops_per_image: float, peaks: tuple[float | None, float | None]
+) -> dict[str, Any]:
     """img/s, TFLOP/s, MFU, peak memory and the time breakdown over a path's timed windows.
 
     ``run`` is the benchmark's ``PathRun`` (settings, ctx, windows, step, loss_sum, warmup_s).
@@ -96,7 +101,9 @@ def summarize(run: Any, flops_per_image: float,
     loss = float(run.loss_sum / max(run.step, 1)) if run.loss_sum is not None else float("nan")
     busy = (w["augment_s"] + w["step_s"]) / w["wall_s"] if cuda else None
     return {
-        "path": run.settings.name, "settings": asdict(run.settings), "img_per_s": rate,
+        "path": run.settings.name,
+        "settings": asdict(run.settings),
+        "img_per_s": rate,
         "img_per_s_per_round": [win["images"] / win["wall_s"] for win in windows],
         "step_ms": 1e3 * w["wall_s"] * ctx.config.batch_size_per_gpu / w["images"],
         "achieved_tflops": flops_per_image * rate / 1e12,
@@ -104,11 +111,16 @@ def summarize(run: Any, flops_per_image: float,
         "mfu_vs_practical_peak": _mfu(flops_per_image, rate, peaks[1]),
         "peak_memory_gb": max(win["peak_memory_gb"] for win in windows),
         "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
-        "data_wait_fraction": w["data_wait_s"] / w["wall_s"], "device_busy_fraction": busy,
-        "breakdown_s": {"wall": w["wall_s"], "data_wait_host": w["data_wait_s"],
-                        "decode_and_augment": w["augment_s"],
-                        "forward_backward_step": w["step_s"]},
-        "warmup_s": run.warmup_s, "mean_loss": loss,
+        "data_wait_fraction": w["data_wait_s"] / w["wall_s"],
+        "device_busy_fraction": busy,
+        "breakdown_s": {
+            "wall": w["wall_s"],
+            "data_wait_host": w["data_wait_s"],
+            "decode_and_augment": w["augment_s"],
+            "forward_backward_step": w["step_s"],
+        },
+        "warmup_s": run.warmup_s,
+        "mean_loss": loss,
     }
 
 
@@ -119,13 +131,17 @@ def print_summary(result: dict[str, Any]) -> None:
     b = result["breakdown_s"]
     tag = f"[{result['path']}]"
     rounds = ", ".join(f"{r:.1f}" for r in result["img_per_s_per_round"])
-    print(f"{tag} {result['img_per_s']:.1f} img/s ({result['step_ms']:.1f} ms/step), "
-          f"{result['achieved_tflops']:.3f} TFLOP/s, MFU {mfu_text}, peak memory "
-          f"{result['peak_memory_gb']:.2f} GB ({result['peak_memory_kind']}), "
-          f"data wait {100 * result['data_wait_fraction']:.1f}%")
-    print(f"{tag}   time: wall {b['wall']:.2f}s = data wait {b['data_wait_host']:.2f}s (host) | "
-          f"decode+augment {b['decode_and_augment']:.2f}s | fwd+bwd+step "
-          f"{b['forward_backward_step']:.2f}s ({clock}); warm-up {result['warmup_s']:.1f}s; "
-          f"rounds {rounds} img/s")
+    print(
+        f"{tag} {result['img_per_s']:.1f} img/s ({result['step_ms']:.1f} ms/step), "
+        f"{result['achieved_tflops']:.3f} TFLOP/s, MFU {mfu_text}, peak memory "
+        f"{result['peak_memory_gb']:.2f} GB ({result['peak_memory_kind']}), "
+        f"data wait {100 * result['data_wait_fraction']:.1f}%"
+    )
+    print(
+        f"{tag}   time: wall {b['wall']:.2f}s = data wait {b['data_wait_host']:.2f}s (host) | "
+        f"decode+augment {b['decode_and_augment']:.2f}s | fwd+bwd+step "
+        f"{b['forward_backward_step']:.2f}s ({clock}); warm-up {result['warmup_s']:.1f}s; "
+        f"rounds {rounds} img/s"
+    )
     if result["device_busy_fraction"] is not None:
         print(f"{tag}   GPU busy {100 * result['device_busy_fraction']:.1f}% of the wall time")

@@ -70,8 +70,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local_crops_number", type=int, default=10)
     p.add_argument("--batch_size_per_gpu", type=int, default=64)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="auto: bf16 (fp16 for --baseline) on CUDA, fp32 on CPU")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="auto: bf16 (fp16 for --baseline) on CUDA, fp32 on CPU",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -79,12 +83,22 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data_path", default=None, help="image folder (or use --synthetic)")
     p.add_argument("--synthetic", action="store_true", help="JPEGs generated in memory")
     p.add_argument("--synthetic_images", type=int, default=512, help="distinct JPEGs (cycled)")
-    p.add_argument("--synthetic_size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
-                   help="width and height of the synthetic JPEGs")
+    p.add_argument(
+        "--synthetic_size",
+        type=int,
+        nargs=2,
+        default=(500, 375),
+        metavar=("W", "H"),
+        help="width and height of the synthetic JPEGs",
+    )
     p.add_argument("--num_workers", type=int, default=None, help="loader workers (CPUs - 1)")
     p.add_argument("--prefetch_factor", type=int, default=4, help="batches per worker ahead")
-    p.add_argument("--decode_on", default="auto", choices=("auto", "device", "workers"),
-                   help="GPU path: decode JPEGs in the step (nvjpeg) or in the workers")
+    p.add_argument(
+        "--decode_on",
+        default="auto",
+        choices=("auto", "device", "workers"),
+        help="GPU path: decode JPEGs in the step (nvjpeg) or in the workers",
+    )
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -97,17 +111,21 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", type=bool_flag, default=None, help="override torch.compile")
     p.add_argument("--compile_mode", default=None, help="e.g. max-autotune-no-cudagraphs")
     p.add_argument("--compile_backend", default="inductor", help="aot_eager for tests")
-    p.add_argument("--check_equivalence", action="store_true",
-                   help="instead of timing: --iters steps of the eager and the compiled default "
-                        "path on the same random crops; prints loss and weight differences")
+    p.add_argument(
+        "--check_equivalence",
+        action="store_true",
+        help="instead of timing: --iters steps of the eager and the compiled default "
+        "path on the same random crops; prints loss and weight differences",
+    )
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _add_model_args(p)
     _add_data_args(p)
     _add_run_args(p)
@@ -134,8 +152,9 @@ def path_settings(args: argparse.Namespace, device: torch.device, baseline: bool
     """Settings of the default or baseline path on ``device``; explicit flags override them."""
     cuda = device.type == "cuda"
     if baseline:
-        settings = PathSettings("baseline", False, False, "fp16" if cuda else "fp32", False,
-                                False, False)
+        settings = PathSettings(
+            "baseline", False, False, "fp16" if cuda else "fp32", False, False, False
+        )
     else:
         bf16 = cuda and torch.cuda.is_bf16_supported()
         precision = "bf16" if bf16 else ("fp16" if cuda else "fp32")
@@ -153,35 +172,66 @@ def path_settings(args: argparse.Namespace, device: torch.device, baseline: bool
 
 def bench_config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """A validated trainer config: one epoch, no lr warm-up, last layer not frozen."""
-    return make_config(**overrides, arch=args.arch, patch_size=args.patch_size,
-                       out_dim=args.out_dim, global_crops_size=args.global_crops_size,
-                       local_crops_size=args.local_crops_size,
-                       local_crops_number=args.local_crops_number,
-                       batch_size_per_gpu=args.batch_size_per_gpu, epochs=1, warmup_epochs=0,
-                       freeze_last_layer=0, seed=args.seed,
-                       data_path=args.data_path or "synthetic",
-                       num_workers=args.num_workers or 0, device="cpu", output_dir=".")
+    return make_config(
+        **overrides,
+        arch=args.arch,
+        patch_size=args.patch_size,
+        out_dim=args.out_dim,
+        global_crops_size=args.global_crops_size,
+        local_crops_size=args.local_crops_size,
+        local_crops_number=args.local_crops_number,
+        batch_size_per_gpu=args.batch_size_per_gpu,
+        epochs=1,
+        warmup_epochs=0,
+        freeze_last_layer=0,
+        seed=args.seed,
+        data_path=args.data_path or "synthetic",
+        num_workers=args.num_workers or 0,
+        device="cpu",
+        output_dir=".",
+    )
 
 
-def build_loader(args: argparse.Namespace, settings: PathSettings, cfg: TrainConfig, steps: int,
-                 device: torch.device) -> DataLoader:
+def build_loader(
+    args: argparse.Namespace,
+    settings: PathSettings,
+    cfg: TrainConfig,
+    steps: int,
+    device: torch.device,
+) -> DataLoader:
     """Random draws with replacement for ``steps`` batches, with the trainer's collates."""
     dataset, collate = build_dataset(args, settings.gpu_augment, settings.decode_on_device, cfg)
     workers = args.num_workers
     if workers is None:
         workers = max(1, len(os.sched_getaffinity(0)) - 1)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=steps * cfg.batch_size_per_gpu,
-                            generator=torch.Generator().manual_seed(cfg.seed))
+    sampler = RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=steps * cfg.batch_size_per_gpu,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     extra: dict[str, Any] = {}
     if workers:
         extra = {"persistent_workers": True, "prefetch_factor": args.prefetch_factor}
-    return DataLoader(dataset, batch_size=cfg.batch_size_per_gpu, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
-                      collate_fn=collate, **extra)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size_per_gpu,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        collate_fn=collate,
+        **extra,
+    )
 
 
-def make_context(args: argparse.Namespace, cfg: TrainConfig, settings: PathSettings,
-                 device: torch.device, total_steps: int) -> TrainContext:
+def make_context(
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    settings: PathSettings,
+    device: torch.device,
+    total_steps: int,
+) -> TrainContext:
     """The trainer's context (``build_context``), with this path's attention and compile."""
 
     def prepare(student: torch.nn.Module, teacher: torch.nn.Module):
@@ -192,8 +242,9 @@ def make_context(args: argparse.Namespace, cfg: TrainConfig, settings: PathSetti
         return student, teacher
 
     multicrop = build_gpu_multicrop(cfg, device) if settings.gpu_augment else None
-    options = ContextOptions(prepare=prepare, fused_optimizer=settings.fused_optimizer,
-                             gpu_multicrop=multicrop)
+    options = ContextOptions(
+        prepare=prepare, fused_optimizer=settings.fused_optimizer, gpu_multicrop=multicrop
+    )
     return build_context(cfg, device, settings.precision, total_steps, options)
 
 
@@ -243,15 +294,21 @@ def measure_window(run: PathRun, iters: int) -> dict[str, float]:
     synchronize(device)
     wall = time.perf_counter() - start
     spans = clock.spans_s().sum(axis=0)
-    window = {"wall_s": wall, "data_wait_s": waited, "augment_s": float(spans[0]),
-              "step_s": float(spans[1]), "images": iters * run.ctx.config.batch_size_per_gpu,
-              "peak_memory_gb": peak_memory_gb(device)}
+    window = {
+        "wall_s": wall,
+        "data_wait_s": waited,
+        "augment_s": float(spans[0]),
+        "step_s": float(spans[1]),
+        "images": iters * run.ctx.config.batch_size_per_gpu,
+        "peak_memory_gb": peak_memory_gb(device),
+    }
     run.windows.append(window)
     return window
 
 
-def start_path(args: argparse.Namespace, device: torch.device, baseline: bool,
-               total_steps: int) -> PathRun:
+def start_path(
+    args: argparse.Namespace, device: torch.device, baseline: bool, total_steps: int
+) -> PathRun:
     """Build one path (data, models) and run its untimed warm-up steps."""
     settings = path_settings(args, device, baseline)
     cfg = bench_config(args)
@@ -278,16 +335,26 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.rounds):
         for run in runs:
             measure_window(run, args.iters)
-    flops = dino_step_flops_per_image(args.arch, args.patch_size, args.global_crops_size,
-                                      args.local_crops_size, args.local_crops_number,
-                                      out_dim=args.out_dim)
+    flops = dino_step_flops_per_image(
+        args.arch,
+        args.patch_size,
+        args.global_crops_size,
+        args.local_crops_size,
+        args.local_crops_number,
+        out_dim=args.out_dim,
+    )
     peaks = peak_tflops(args.peak_tflops, device)
     results = [summarize(run, flops, peaks) for run in runs]
-    return {"device": device_name(device), "torch": torch.__version__,
-            "config": {k: v for k, v in vars(args).items() if k != "json"},
-            "flops_per_image": flops, "peak_tflops_spec": peaks[0],
-            "peak_tflops_practical": peaks[1],
-            "compiled_graphs": dynamo_graph_count() - graphs_before, "results": results}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "flops_per_image": flops,
+        "peak_tflops_spec": peaks[0],
+        "peak_tflops_practical": peaks[1],
+        "compiled_graphs": dynamo_graph_count() - graphs_before,
+        "results": results,
+    }
 
 
 def random_crops(cfg: TrainConfig, device: torch.device, seed: int) -> list[torch.Tensor]:
@@ -316,12 +383,20 @@ def check_equivalence(args: argparse.Namespace) -> dict[str, Any]:
     loss_gap = max(abs(a - b) for a, b in zip(*losses, strict=True))
     tolerance = 1e-4 if settings.precision == "fp32" else 2e-2  # relative to the loss
     ok = loss_gap <= tolerance * max(1.0, max(abs(v) for v in losses[0]))
-    print(f"equivalence ({settings.precision}, {args.compile_backend}): losses eager {losses[0]} "
-          f"compiled {losses[1]}; max |loss gap| {loss_gap:.2e}, max |weight gap| "
-          f"{weight_gap:.2e} -> {'OK' if ok else 'MISMATCH'}")
-    return {"device": device_name(device), "precision": settings.precision,
-            "losses_eager": losses[0], "losses_compiled": losses[1], "max_loss_gap": loss_gap,
-            "max_weight_gap": weight_gap, "ok": ok}
+    print(
+        f"equivalence ({settings.precision}, {args.compile_backend}): losses eager {losses[0]} "
+        f"compiled {losses[1]}; max |loss gap| {loss_gap:.2e}, max |weight gap| "
+        f"{weight_gap:.2e} -> {'OK' if ok else 'MISMATCH'}"
+    )
+    return {
+        "device": device_name(device),
+        "precision": settings.precision,
+        "losses_eager": losses[0],
+        "losses_compiled": losses[1],
+        "max_loss_gap": loss_gap,
+        "max_weight_gap": weight_gap,
+        "ok": ok,
+    }
 
 
 def _write_json(path: str | None, report: dict[str, Any]) -> None:
@@ -331,17 +406,18 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     if args.check_equivalence:
         report = check_equivalence(args)
         _write_json(args.json, report)
         return report
     report = benchmark(args)
-    print(f"device: {report['device']}, torch {report['torch']}, "
-          f"{report['flops_per_image'] / 1e9:.1f} GFLOP/img, "
-          f"graphs compiled: {report['compiled_graphs']}")
+    print(
+        f"device: {report['device']}, torch {report['torch']}, "
+        f"{report['flops_per_image'] / 1e9:.1f} GFLOP/img, "
+        f"graphs compiled: {report['compiled_graphs']}"
+    )
     for result in report["results"]:
         print_summary(result)
     if len(report["results"]) == 2:

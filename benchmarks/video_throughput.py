@@ -70,11 +70,17 @@ def fps(frames: int, seconds: float) -> float:
 def build_model(name: str, patch: int, tiny: bool) -> DinoViT:
     torch.manual_seed(0)
     if tiny:
-        return build_vit(patch_size=patch, embed_dim=64, depth=2, num_heads=1).eval().requires_grad_(False)
+        return (
+            build_vit(patch_size=patch, embed_dim=64, depth=2, num_heads=1)
+            .eval()
+            .requires_grad_(False)
+        )
     return build_vit(name, patch).eval().requires_grad_(False)
 
 
-def authors_model(model: DinoViT, img: Image.Image, patch: int, short_side: int, threshold: float) -> np.ndarray:
+def authors_model(
+    model: DinoViT, img: Image.Image, patch: int, short_side: int, threshold: float
+) -> np.ndarray:
     """One frame of the authors' ``_inference``: tensor resize, full attention, masks, inferno mean map."""
     from torchvision import transforms as T
 
@@ -91,10 +97,12 @@ def authors_model(model: DinoViT, img: Image.Image, patch: int, short_side: int,
     back = torch.argsort(idx)
     for head in range(heads):
         keep[head] = keep[head][back[head]]
-    masks = torch.nn.functional.interpolate(keep.reshape(1, heads, gh, gw).float(), scale_factor=patch,
-                                            mode="nearest")[0].numpy()
-    maps = torch.nn.functional.interpolate(attn.reshape(1, heads, gh, gw), scale_factor=patch,
-                                           mode="nearest")[0].numpy()
+    masks = torch.nn.functional.interpolate(
+        keep.reshape(1, heads, gh, gw).float(), scale_factor=patch, mode="nearest"
+    )[0].numpy()
+    maps = torch.nn.functional.interpolate(
+        attn.reshape(1, heads, gh, gw), scale_factor=patch, mode="nearest"
+    )[0].numpy()
     del masks  # computed as the authors do; their script does not save them
     return sum(maps[i] / heads for i in range(heads))
 
@@ -120,19 +128,34 @@ def authors_loop(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, 
             with open(path, "rb") as fh:
                 img = Image.open(fh).convert("RGB")
             mean = authors_model(model, img, patch, args.short_side, args.threshold)
-            plt.imsave(fname=str(attn_dir / f"attn-{Path(path).name}"), arr=mean, cmap="inferno", format="jpg")
+            plt.imsave(
+                fname=str(attn_dir / f"attn-{Path(path).name}"),
+                arr=mean,
+                cmap="inferno",
+                format="jpg",
+            )
     finally:
         model.set_fused_attention(True)
     t2 = time.perf_counter()
     n = authors_encode(attn_dir, work / "video.mp4")
     t3 = time.perf_counter()
-    return Result(arch, "authors' per-frame loop", n, fps(n, t1 - t0), fps(n, t2 - t1), fps(n, t3 - t2),
-                  fps(n, t3 - t0))
+    return Result(
+        arch,
+        "authors' per-frame loop",
+        n,
+        fps(n, t1 - t0),
+        fps(n, t2 - t1),
+        fps(n, t3 - t2),
+        fps(n, t3 - t0),
+    )
 
 
 def authors_encode(attn_dir: Path, out: Path) -> int:
     """Read every attention JPEG into memory, then write them as MPEG-4 part 2 (OpenCV's MP4V)."""
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(glob.glob(str(attn_dir / "attn-*.jpg")))]
+    images = [
+        np.asarray(Image.open(p).convert("RGB"))
+        for p in sorted(glob.glob(str(attn_dir / "attn-*.jpg")))
+    ]
     with av.open(str(out), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=Fraction(25))
         stream.height, stream.width = images[0].shape[:2]
@@ -149,24 +172,38 @@ def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path
     from backend.video_job import batch_attention
 
     t0 = time.perf_counter()
-    frames = [(img, prepare(img, args.short_side, "keep_aspect", patch, MEAN, STD))
-              for _, img in sample_frames(clip, 25.0, 10**6)]
+    frames = [
+        (img, prepare(img, args.short_side, "keep_aspect", patch, MEAN, STD))
+        for _, img in sample_frames(clip, 25.0, 10**6)
+    ]
     t1 = time.perf_counter()
     loaded = _Loaded(model)
     maps = []
     for i in range(0, len(frames), args.batch):
-        tensor = torch.cat([p.tensor for _, p in frames[i:i + args.batch]])
+        tensor = torch.cat([p.tensor for _, p in frames[i : i + args.batch]])
         for attn in batch_attention(_Service(), loaded, tensor, -1):
             maps.append(derive_maps(attn, args.threshold))
     t2 = time.perf_counter()
-    with Mp4Writer(work / "result.mp4", 25.0) as result, Mp4Writer(work / "source.mp4", 25.0) as source:
+    with (
+        Mp4Writer(work / "result.mp4", 25.0) as result,
+        Mp4Writer(work / "source.mp4", 25.0) as source,
+    ):
         for (img, prepared), m in zip(frames, maps, strict=True):
-            result.write(render_frame("mean", np.asarray(prepared.image), m.attentions, m.masks, patch))
+            result.write(
+                render_frame("mean", np.asarray(prepared.image), m.attentions, m.masks, patch)
+            )
             source.write(np.asarray(img))
     t3 = time.perf_counter()
     n = len(frames)
-    return Result(arch, "service stages (one at a time)", n, fps(n, t1 - t0), fps(n, t2 - t1), fps(n, t3 - t2),
-                  fps(n, t3 - t0))
+    return Result(
+        arch,
+        "service stages (one at a time)",
+        n,
+        fps(n, t1 - t0),
+        fps(n, t2 - t1),
+        fps(n, t3 - t2),
+        fps(n, t3 - t0),
+    )
 
 
 class _Engine:
@@ -193,14 +230,27 @@ def service_end_to_end(arch: str, model: DinoViT, clip: Path, work: Path, args) 
 
     ckpt = work / "checkpoints"
     ckpt.mkdir()
-    export_backbone_safetensors(model, ckpt / f"{arch}.safetensors", arch=arch, epoch=None, trained=False)
-    settings = Settings(checkpoint_dir=ckpt, cache_dir=work / "cache", allow_downloads=False, device="cpu",
-                        default_model=arch, video_batch=args.batch, max_concurrency=1, queue_timeout_s=3600)
+    export_backbone_safetensors(
+        model, ckpt / f"{arch}.safetensors", arch=arch, epoch=None, trained=False
+    )
+    settings = Settings(
+        checkpoint_dir=ckpt,
+        cache_dir=work / "cache",
+        allow_downloads=False,
+        device="cpu",
+        default_model=arch,
+        video_batch=args.batch,
+        max_concurrency=1,
+        queue_timeout_s=3600,
+    )
     with TestClient(create_app(settings)) as client, open(clip, "rb") as fh:
         data = fh.read()
         t0 = time.perf_counter()
-        job = client.post("/attention/video", files={"video": ("clip.mp4", data, "video/mp4")},
-                          data={"image_size": str(args.short_side), "threshold": str(args.threshold)}).json()["job"]
+        job = client.post(
+            "/attention/video",
+            files={"video": ("clip.mp4", data, "video/mp4")},
+            data={"image_size": str(args.short_side), "threshold": str(args.threshold)},
+        ).json()["job"]
         while (status := client.get(f"/jobs/{job}").json())["state"] in ("queued", "running"):
             time.sleep(0.02)
         seconds = time.perf_counter() - t0
@@ -214,8 +264,11 @@ def run(args: argparse.Namespace) -> list[Result]:
     if args.threads:
         torch.set_num_threads(args.threads)
     results: list[Result] = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clip {args.width}x{args.height}, "
-          f"{args.frames} frames, short side {args.short_side}, fp32, batch {args.batch}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, clip {args.width}x{args.height}, "
+        f"{args.frames} frames, short side {args.short_side}, fp32, batch {args.batch}",
+        flush=True,
+    )
     for arch in args.archs:
         name, patch = ARCHS[arch]
         model = build_model(name, patch, args.tiny)
@@ -223,8 +276,11 @@ def run(args: argparse.Namespace) -> list[Result]:
             work = Path(tmp)
             clip = work / "clip.mp4"
             write_clip(clip, args.frames, args.width, args.height)
-            runs = ((authors_loop, (arch, model, patch, clip)), (service_stages, (arch, model, patch, clip)),
-                    (service_end_to_end, (arch, model, clip)))
+            runs = (
+                (authors_loop, (arch, model, patch, clip)),
+                (service_stages, (arch, model, patch, clip)),
+                (service_end_to_end, (arch, model, clip)),
+            )
             for i, (fn, fn_args) in enumerate(runs):
                 folder = work / f"run{i}"
                 folder.mkdir()
@@ -245,10 +301,16 @@ def write_clip(path: Path, frames: int, width: int, height: int) -> None:
 
 
 def print_result(r: Result) -> None:
-    stages = (f"decode {r.decode_fps:8.3g}  model {r.model_fps:8.3g}  encode {r.encode_fps:8.3g}  "
-              if r.decode_fps else " " * 51)
+    stages = (
+        f"decode {r.decode_fps:8.3g}  model {r.model_fps:8.3g}  encode {r.encode_fps:8.3g}  "
+        if r.decode_fps
+        else " " * 51
+    )
     speed = f"  x{r.speedup:4.2f}" if r.speedup else ""
-    print(f"{r.arch:8s} {r.path:34s} n={r.frames:<4d} {stages}total {r.total_fps:8.3g} frames/s{speed}", flush=True)
+    print(
+        f"{r.arch:8s} {r.path:34s} n={r.frames:<4d} {stages}total {r.total_fps:8.3g} frames/s{speed}",
+        flush=True,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -257,8 +319,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=24, help="frames in the generated clip")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--short-side", type=int, default=480, help="image_size: the short side the model sees")
-    p.add_argument("--batch", type=int, default=8, help="frames per inference batch (DINO_VIDEO_BATCH)")
+    p.add_argument(
+        "--short-side", type=int, default=480, help="image_size: the short side the model sees"
+    )
+    p.add_argument(
+        "--batch", type=int, default=8, help="frames per inference batch (DINO_VIDEO_BATCH)"
+    )
     p.add_argument("--threshold", type=float, default=0.6)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--tiny", action="store_true", help="tiny models on a 64x48 clip (smoke test)")

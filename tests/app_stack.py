@@ -41,8 +41,9 @@ def write_tiny_checkpoints(folder: Path) -> None:
         with torch.no_grad():
             model.blocks[-1].attn.qkv.weight.mul_(8.0)
             model.pos_embed.mul_(4.0)
-        export_backbone_safetensors(model, folder / f"{model_id}.safetensors", arch="vit_test", epoch=epoch,
-                                    trained=False)
+        export_backbone_safetensors(
+            model, folder / f"{model_id}.safetensors", arch="vit_test", epoch=epoch, trained=False
+        )
         time.sleep(0.01)  # distinct mtimes: the newest file is the service's fallback default
 
 
@@ -68,10 +69,18 @@ def running_backend(tmp: Path) -> Iterator[str]:
     from backend.settings import Settings
 
     write_tiny_checkpoints(tmp / "checkpoints")
-    settings = Settings(checkpoint_dir=tmp / "checkpoints", cache_dir=tmp / "cache", allow_downloads=False,
-                        default_model=MODEL_IDS[-1], device="cpu", max_concurrency=2)
+    settings = Settings(
+        checkpoint_dir=tmp / "checkpoints",
+        cache_dir=tmp / "cache",
+        allow_downloads=False,
+        default_model=MODEL_IDS[-1],
+        device="cpu",
+        max_concurrency=2,
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, name="test-backend", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -29,8 +29,14 @@ GRID = 37  # 518 / 14
 PATCH = 14
 
 
-def authors_state(dim: int, depth: int, registers: int, glu: bool = False, seed: int = 0,
-                  hidden: int | None = None) -> dict[str, torch.Tensor]:
+def authors_state(
+    dim: int,
+    depth: int,
+    registers: int,
+    glu: bool = False,
+    seed: int = 0,
+    hidden: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Random weights with the authors' key names (non-trivial LayerScale and norms)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -38,32 +44,61 @@ def authors_state(dim: int, depth: int, registers: int, glu: bool = False, seed:
         return torch.randn(*shape, generator=g) * scale
 
     hidden = hidden or 4 * dim
-    sd = {"cls_token": r(1, 1, dim), "mask_token": torch.zeros(1, dim), "pos_embed": r(1, 1 + GRID * GRID, dim),
-          "patch_embed.proj.weight": r(dim, 3, PATCH, PATCH, scale=0.05), "patch_embed.proj.bias": r(dim, scale=0.1),
-          "norm.weight": 1 + r(dim, scale=0.1), "norm.bias": r(dim, scale=0.1)}
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "mask_token": torch.zeros(1, dim),
+        "pos_embed": r(1, 1 + GRID * GRID, dim),
+        "patch_embed.proj.weight": r(dim, 3, PATCH, PATCH, scale=0.05),
+        "patch_embed.proj.bias": r(dim, scale=0.1),
+        "norm.weight": 1 + r(dim, scale=0.1),
+        "norm.bias": r(dim, scale=0.1),
+    }
     if registers:
         sd["register_tokens"] = r(1, registers, dim)
     for i in range(depth):
         p = f"blocks.{i}."
-        sd.update({p + "norm1.weight": 1 + r(dim, scale=0.1), p + "norm1.bias": r(dim, scale=0.1),
-                   p + "attn.qkv.weight": r(3 * dim, dim, scale=0.15), p + "attn.qkv.bias": r(3 * dim, scale=0.1),
-                   p + "attn.proj.weight": r(dim, dim, scale=0.1), p + "attn.proj.bias": r(dim, scale=0.1),
-                   p + "ls1.gamma": r(dim, scale=0.5), p + "ls2.gamma": r(dim, scale=0.5),
-                   p + "norm2.weight": 1 + r(dim, scale=0.1), p + "norm2.bias": r(dim, scale=0.1)})
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(dim, scale=0.1),
+                p + "norm1.bias": r(dim, scale=0.1),
+                p + "attn.qkv.weight": r(3 * dim, dim, scale=0.15),
+                p + "attn.qkv.bias": r(3 * dim, scale=0.1),
+                p + "attn.proj.weight": r(dim, dim, scale=0.1),
+                p + "attn.proj.bias": r(dim, scale=0.1),
+                p + "ls1.gamma": r(dim, scale=0.5),
+                p + "ls2.gamma": r(dim, scale=0.5),
+                p + "norm2.weight": 1 + r(dim, scale=0.1),
+                p + "norm2.bias": r(dim, scale=0.1),
+            }
+        )
         if glu:
-            sd.update({p + "mlp.w12.weight": r(2 * hidden, dim, scale=0.1),
-                       p + "mlp.w12.bias": r(2 * hidden, scale=0.1),
-                       p + "mlp.w3.weight": r(dim, hidden, scale=0.1), p + "mlp.w3.bias": r(dim, scale=0.1)})
+            sd.update(
+                {
+                    p + "mlp.w12.weight": r(2 * hidden, dim, scale=0.1),
+                    p + "mlp.w12.bias": r(2 * hidden, scale=0.1),
+                    p + "mlp.w3.weight": r(dim, hidden, scale=0.1),
+                    p + "mlp.w3.bias": r(dim, scale=0.1),
+                }
+            )
         else:
-            sd.update({p + "mlp.fc1.weight": r(hidden, dim, scale=0.1), p + "mlp.fc1.bias": r(hidden, scale=0.1),
-                       p + "mlp.fc2.weight": r(dim, hidden, scale=0.1), p + "mlp.fc2.bias": r(dim, scale=0.1)})
+            sd.update(
+                {
+                    p + "mlp.fc1.weight": r(hidden, dim, scale=0.1),
+                    p + "mlp.fc1.bias": r(hidden, scale=0.1),
+                    p + "mlp.fc2.weight": r(dim, hidden, scale=0.1),
+                    p + "mlp.fc2.bias": r(dim, scale=0.1),
+                }
+            )
     return sd
 
 
 def timm_state(authors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same weights in timm's layout, converted here by hand."""
-    sd = {k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2."): v.clone()
-          for k, v in authors.items() if k not in ("mask_token", "register_tokens")}
+    sd = {
+        k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2."): v.clone()
+        for k, v in authors.items()
+        if k not in ("mask_token", "register_tokens")
+    }
     if "register_tokens" in authors:
         sd["reg_token"] = authors["register_tokens"].clone()
         sd["cls_token"] = authors["cls_token"] + authors["pos_embed"][:, :1]
@@ -71,17 +106,29 @@ def timm_state(authors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
-_HF_LAYER = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.output.dense",
-             "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2", "mlp.w12": "mlp.weights_in", "mlp.w3": "mlp.weights_out"}
+_HF_LAYER = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.w12": "mlp.weights_in",
+    "mlp.w3": "mlp.weights_out",
+}
 
 
 def hf_state(authors: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """The same weights with transformers' key names (query/key/value split), under ``prefix``."""
-    top = {"cls_token": "embeddings.cls_token", "mask_token": "embeddings.mask_token",
-           "register_tokens": "embeddings.register_tokens", "pos_embed": "embeddings.position_embeddings",
-           "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-           "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-           "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+    top = {
+        "cls_token": "embeddings.cls_token",
+        "mask_token": "embeddings.mask_token",
+        "register_tokens": "embeddings.register_tokens",
+        "pos_embed": "embeddings.position_embeddings",
+        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+        "norm.weight": "layernorm.weight",
+        "norm.bias": "layernorm.bias",
+    }
     out = {}
     for key, value in authors.items():
         if key in top:
@@ -100,23 +147,38 @@ def hf_state(authors: dict[str, torch.Tensor], prefix: str = "") -> dict[str, to
     return {prefix + k: v for k, v in out.items()}
 
 
-def write_hf_folder(folder: Path, authors: dict[str, torch.Tensor], heads: int, glu: bool = False) -> Path:
+def write_hf_folder(
+    folder: Path, authors: dict[str, torch.Tensor], heads: int, glu: bool = False
+) -> Path:
     """A transformers model folder: ``model.safetensors`` and ``config.json``."""
     folder.mkdir(parents=True, exist_ok=True)
     registers = int(authors["register_tokens"].shape[1]) if "register_tokens" in authors else 0
     depth = 1 + max(int(k.split(".")[1]) for k in authors if k.startswith("blocks."))
     dim = int(authors["cls_token"].shape[-1])
-    config = {"model_type": "dinov2_with_registers" if registers else "dinov2", "hidden_size": dim,
-              "num_hidden_layers": depth, "num_attention_heads": heads, "patch_size": PATCH, "image_size": 518,
-              "layerscale_value": 1.0, "layer_norm_eps": 1e-6, "use_swiglu_ffn": glu, "hidden_act": "gelu"}
+    config = {
+        "model_type": "dinov2_with_registers" if registers else "dinov2",
+        "hidden_size": dim,
+        "num_hidden_layers": depth,
+        "num_attention_heads": heads,
+        "patch_size": PATCH,
+        "image_size": 518,
+        "layerscale_value": 1.0,
+        "layer_norm_eps": 1e-6,
+        "use_swiglu_ffn": glu,
+        "hidden_act": "gelu",
+    }
     if registers:
         config["num_register_tokens"] = registers
     (folder / "config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in hf_state(authors).items()}, str(folder / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in hf_state(authors).items()}, str(folder / "model.safetensors")
+    )
     return folder
 
 
-def authors_interpolate(pos_embed: torch.Tensor, h: int, w: int, offset: float, antialias: bool) -> torch.Tensor:
+def authors_interpolate(
+    pos_embed: torch.Tensor, h: int, w: int, offset: float, antialias: bool
+) -> torch.Tensor:
     """The authors' ``interpolate_pos_encoding`` for an image of ``h x w`` pixels (CLS entry first)."""
     n = pos_embed.shape[1] - 1
     h0, w0 = h // PATCH, w // PATCH
@@ -146,16 +208,24 @@ def _mlp(h: torch.Tensor, sd: dict[str, torch.Tensor], p: str) -> torch.Tensor:
     return F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
 
 
-def _attention(h: torch.Tensor, sd: dict[str, torch.Tensor], p: str, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention(
+    h: torch.Tensor, sd: dict[str, torch.Tensor], p: str, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     b, n, d = h.shape
     qkv = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
     q, k, v = qkv.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
     attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // heads), dim=-1)
-    out = F.linear((attn @ v).transpose(1, 2).reshape(b, n, d), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+    out = F.linear(
+        (attn @ v).transpose(1, 2).reshape(b, n, d),
+        sd[p + "attn.proj.weight"],
+        sd[p + "attn.proj.bias"],
+    )
     return out, attn
 
 
-def ref_attention(sd: dict[str, torch.Tensor], img: torch.Tensor, heads: int, layer: int = -1) -> torch.Tensor:
+def ref_attention(
+    sd: dict[str, torch.Tensor], img: torch.Tensor, heads: int, layer: int = -1
+) -> torch.Tensor:
     """Block ``layer``'s full attention ``(B, heads, T, T)`` of the authors' model on ``img`` (-1: the last)."""
     registers = int(sd["register_tokens"].shape[1]) if "register_tokens" in sd else 0
     offset, antialias = (0.0, True) if registers else (0.1, False)

@@ -20,7 +20,9 @@ def ref_pos_embed(pos_embed: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     side = int(math.sqrt(n))
     dim = pos_embed.shape[-1]
     grid = pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, scale_factor=((gh + 0.1) / math.sqrt(n), (gw + 0.1) / math.sqrt(n)), mode="bicubic")
+    grid = F.interpolate(
+        grid, scale_factor=((gh + 0.1) / math.sqrt(n), (gw + 0.1) / math.sqrt(n)), mode="bicubic"
+    )
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat([pos_embed[:, :1], grid], dim=1)
 
@@ -73,7 +75,9 @@ def ref_masks(cls_attn: torch.Tensor, threshold: float) -> torch.Tensor:
     return out.reshape(cls_attn.shape)
 
 
-def ref_block_readout(sd: dict, img: torch.Tensor, heads: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ref_block_readout(
+    sd: dict, img: torch.Tensor, heads: int, layer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(full attention of block ``layer`` (B, heads, 1+N, 1+N), that block's output tokens).
 
     Every block up to ``layer`` runs explicitly; the tokens get the final norm only when ``layer``

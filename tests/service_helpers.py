@@ -19,8 +19,9 @@ from trainer.model.vit import build_vit
 __all__ = ["free_port", "tiny_vit", "uvicorn_process", "write_tiny_checkpoint"]
 
 
-SHIPPED_SUMMARY = ("ViT-Ti/16 stand-in for the shipped model, pretrained with DINO on nothing "
-                   "(tests only)")
+SHIPPED_SUMMARY = (
+    "ViT-Ti/16 stand-in for the shipped model, pretrained with DINO on nothing (tests only)"
+)
 
 
 def write_shipped_checkpoint(folder: Path, summary: str | None = SHIPPED_SUMMARY) -> Path:
@@ -29,8 +30,9 @@ def write_shipped_checkpoint(folder: Path, summary: str | None = SHIPPED_SUMMARY
     model = build_vit("vit_tiny", 16).eval()
     path = Path(folder) / f"{SHIPPED_DEFAULT_ID}.safetensors"
     extra = {} if summary is None else {"summary": summary, "dataset": "none"}
-    export_backbone_safetensors(model, path, arch="vit_tiny", epoch=1, extra=extra,
-                                dtype=torch.float16)
+    export_backbone_safetensors(
+        model, path, arch="vit_tiny", epoch=1, extra=extra, dtype=torch.float16
+    )
     return path
 
 
@@ -39,15 +41,26 @@ def isolated_settings(tmp: Path, **overrides: object) -> Settings:
     ckpt, cache = Path(tmp) / "checkpoints", Path(tmp) / "cache"
     ckpt.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    base: dict[str, object] = {"checkpoint_dir": ckpt, "cache_dir": cache,
-                               "allow_downloads": False, "device": "cpu", "max_concurrency": 2,
-                               "queue_timeout_s": 30.0}
+    base: dict[str, object] = {
+        "checkpoint_dir": ckpt,
+        "cache_dir": cache,
+        "allow_downloads": False,
+        "device": "cpu",
+        "max_concurrency": 2,
+        "queue_timeout_s": 30.0,
+    }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
 
 
-def image_bytes(width: int = 64, height: int = 48, fmt: str = "PNG", mode: str = "RGB",
-                seed: int = 0, **save_args: object) -> bytes:
+def image_bytes(
+    width: int = 64,
+    height: int = 48,
+    fmt: str = "PNG",
+    mode: str = "RGB",
+    seed: int = 0,
+    **save_args: object,
+) -> bytes:
     """A smooth random image encoded as ``fmt``."""
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
@@ -69,7 +82,7 @@ def bad_input_cases(max_upload_bytes: int, max_pixels: int) -> list[tuple[str, d
     good = image_bytes(64, 48)
     corrupt = bytearray(good)
     corrupt[60:200] = bytes(140)
-    side = int(max_pixels ** 0.5) + 16
+    side = int(max_pixels**0.5) + 16
     big_side = int((max_upload_bytes / 3) ** 0.5) + 64
     big = image_bytes(big_side, big_side)
     one = {"files": {"image": ("a.png", good, "image/png")}}
@@ -79,8 +92,11 @@ def bad_input_cases(max_upload_bytes: int, max_pixels: int) -> list[tuple[str, d
         ("corrupt", {"files": {"image": ("a.png", bytes(corrupt), "image/png")}}, 400),
         ("empty", {"files": {"image": ("a.png", b"", "image/png")}}, 400),
         ("over upload limit", {"files": {"image": ("a.png", big, "image/png")}}, 413),
-        ("decompression bomb",
-         {"files": {"image": ("a.png", zero_png(side, side), "image/png")}}, 413),
+        (
+            "decompression bomb",
+            {"files": {"image": ("a.png", zero_png(side, side), "image/png")}},
+            413,
+        ),
         ("image_size below a patch", {**one, "data": {"image_size": "4"}}, 400),
         ("unknown model", {**one, "data": {"model": "no_such_model"}}, 404),
         ("threshold 0", {**one, "data": {"threshold": "0"}}, 422),
@@ -90,11 +106,21 @@ def bad_input_cases(max_upload_bytes: int, max_pixels: int) -> list[tuple[str, d
         ("image_size 99999", {**one, "data": {"image_size": "99999"}}, 422),
         ("bad resize", {**one, "data": {"resize": "stretch"}}, 422),
         ("unknown field", {**one, "data": {"thresold": "0.5"}}, 422),
-        ("gt_mask size mismatch",
-         {"files": {"image": ("a.png", good, "image/png"),
-                    "gt_mask": ("m.png", zero_png(30, 60), "image/png")}}, 400),
-        ("missing image",
-         {"data": {"threshold": "0.5"}, "files": {"other": ("x", b"1", "text/plain")}}, 422),
+        (
+            "gt_mask size mismatch",
+            {
+                "files": {
+                    "image": ("a.png", good, "image/png"),
+                    "gt_mask": ("m.png", zero_png(30, 60), "image/png"),
+                }
+            },
+            400,
+        ),
+        (
+            "missing image",
+            {"data": {"threshold": "0.5"}, "files": {"other": ("x", b"1", "text/plain")}},
+            422,
+        ),
         ("bad base64", {"json": {"image": "!!!not base64!!!"}}, 400),
         ("json not object", {"json": [1, 2]}, 422),
         ("bad content type", {"content": b"abc", "headers": {"content-type": "text/plain"}}, 415),

@@ -22,8 +22,11 @@ HEADS = TINY["num_heads"]
 TIMEOUT_MS = 60_000
 
 pytestmark = [
-    pytest.mark.slow, pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"),
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"
+    ),
 ]
 
 
@@ -69,7 +72,9 @@ def _wait_for_heads(page, gallery: str, previous: list[str] | None = None) -> li
         """([sel, n, before]) => {
             const caps = [...document.querySelectorAll(sel)].map(e => e.innerText);
             return caps.length === n && JSON.stringify(caps) !== JSON.stringify(before);
-        }""", arg=[f"#{gallery} .caption-label", HEADS, previous or []])
+        }""",
+        arg=[f"#{gallery} .caption-label", HEADS, previous or []],
+    )
     return _captions(page, gallery)
 
 
@@ -94,12 +99,18 @@ def test_upload_threshold_download_and_screenshot(page, tmp_path):
     page.wait_for_function(f"() => document.querySelectorAll('#heads img').length === {HEADS}")
     masks_before = _wait_for_heads(page, "masks")
     status = page.locator("#status").inner_text()
-    assert f"Showing {MODEL_IDS[-1]}" in status and "threshold 0.6" in status and "grid 18×12" in status
+    assert (
+        f"Showing {MODEL_IDS[-1]}" in status
+        and "threshold 0.6" in status
+        and "grid 18×12" in status
+    )
     page.get_by_text("Best head: head").wait_for()
 
     slider = page.locator("#threshold input[type=range]")
     box = slider.bounding_box()
-    slider.click(position={"x": box["width"] * 0.8, "y": box["height"] / 2})  # pointerup -> release -> rerun
+    slider.click(
+        position={"x": box["width"] * 0.8, "y": box["height"] / 2}
+    )  # pointerup -> release -> rerun
     masks_after = _wait_for_heads(page, "masks", previous=masks_before)
     assert masks_after != masks_before
     new_threshold = float(page.locator("#threshold input[type=number]").input_value())
@@ -134,7 +145,9 @@ def test_compare_tab_shows_both_checkpoints_head_for_head(page, tmp_path):
     text = page.locator("#compare-status").inner_text()
     assert f"A: Showing {MODEL_IDS[-1]}" in text and f"B: Showing {MODEL_IDS[0]}" in text
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
-    shutil.copyfile(tmp_path / "compare.png", SCREENSHOT_COPY.with_name("app_screenshot_compare.png"))
+    shutil.copyfile(
+        tmp_path / "compare.png", SCREENSHOT_COPY.with_name("app_screenshot_compare.png")
+    )
 
 
 def test_a_built_in_example_is_analysed_when_clicked(page):
@@ -143,7 +156,9 @@ def test_a_built_in_example_is_analysed_when_clicked(page):
     # the ground-truth mask still uploaded is of the earlier 3:2 scene: the service rejects it, readably
     page.get_by_text("The service could not use the input").first.wait_for()
     assert "Traceback" not in page.content()
-    page.locator("#gt-input button[aria-label='Remove Image']").click()  # removing it re-runs the analysis
+    page.locator(
+        "#gt-input button[aria-label='Remove Image']"
+    ).click()  # removing it re-runs the analysis
     page.get_by_text("Image 96×96 px, grid 12×12 patches").wait_for()
     assert _captions(page, "heads") == [f"head {i}" for i in range(HEADS)]
     assert "Upload a ground-truth mask" in page.locator("#best-head").inner_text()

@@ -32,8 +32,11 @@ SHOTS = Path("/tmp")
 TIMINGS = Path("/tmp/app_explore_timings.json")
 
 pytestmark = [
-    pytest.mark.slow, pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"),
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"
+    ),
 ]
 
 
@@ -49,12 +52,25 @@ def vits16_backend(tmp: Path) -> Iterator[str]:
 
     torch.manual_seed(0)
     (tmp / "checkpoints").mkdir(parents=True, exist_ok=True)
-    export_backbone_safetensors(build_vit("vit_small", 16), tmp / "checkpoints" / f"{MODEL_ID}.safetensors",
-                                arch="vit_small", epoch=None, trained=False)
-    settings = Settings(checkpoint_dir=tmp / "checkpoints", cache_dir=tmp / "cache", allow_downloads=False,
-                        default_model=MODEL_ID, device="cpu", max_concurrency=2)
+    export_backbone_safetensors(
+        build_vit("vit_small", 16),
+        tmp / "checkpoints" / f"{MODEL_ID}.safetensors",
+        arch="vit_small",
+        epoch=None,
+        trained=False,
+    )
+    settings = Settings(
+        checkpoint_dir=tmp / "checkpoints",
+        cache_dir=tmp / "cache",
+        allow_downloads=False,
+        default_model=MODEL_ID,
+        device="cpu",
+        max_concurrency=2,
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, name="test-backend-vits16", daemon=True)
     thread.start()
     try:
@@ -74,7 +90,9 @@ def page(browser, tmp_path_factory):  # noqa: F811
 
 
 def _gallery_srcs(page, elem_id: str) -> list[str]:
-    return page.eval_on_selector_all(f"#{elem_id} .thumbnail-item img", "els => els.map(e => e.src)")
+    return page.eval_on_selector_all(
+        f"#{elem_id} .thumbnail-item img", "els => els.map(e => e.src)"
+    )
 
 
 def _wait_new_gallery(page, elem_id: str, before: list[str], count: int = HEADS) -> list[str]:
@@ -87,7 +105,10 @@ def _wait_new_gallery(page, elem_id: str, before: list[str], count: int = HEADS)
                 && JSON.stringify(imgs.map(i => i.src)) !== JSON.stringify(before);
             if (done) window.__galleryAt = performance.now();
             return done;
-        }""", arg=[f"#{elem_id} .thumbnail-item img", count, before], polling="raf")
+        }""",
+        arg=[f"#{elem_id} .thumbnail-item img", count, before],
+        polling="raf",
+    )
     return _gallery_srcs(page, elem_id)
 
 
@@ -104,14 +125,22 @@ def _set_number(page, elem_id: str, value: float) -> None:
 
 def _picture(page, selector: str) -> np.ndarray:
     src = page.locator(selector).first.get_attribute("src")
-    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")).astype(int)
+    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")).astype(
+        int
+    )
 
 
 def _outline_score(pixels: np.ndarray, row: int, col: int) -> float:
     """Mean distance from cyan of the 2 px outline of grid cell (row, col)."""
-    cell = pixels[row * PATCH:(row + 1) * PATCH, col * PATCH:(col + 1) * PATCH]
-    ring = np.concatenate([cell[:2].reshape(-1, 3), cell[-2:].reshape(-1, 3), cell[:, :2].reshape(-1, 3),
-                           cell[:, -2:].reshape(-1, 3)])
+    cell = pixels[row * PATCH : (row + 1) * PATCH, col * PATCH : (col + 1) * PATCH]
+    ring = np.concatenate(
+        [
+            cell[:2].reshape(-1, 3),
+            cell[-2:].reshape(-1, 3),
+            cell[:, :2].reshape(-1, 3),
+            cell[:, -2:].reshape(-1, 3),
+        ]
+    )
     return float(np.abs(ring - np.array([0, 255, 255])).mean())
 
 
@@ -146,7 +175,10 @@ def test_click_block_threshold_in_the_browser(page, tmp_path):
     scores = np.array([[_outline_score(pixels, r, c) for c in range(40)] for r in range(30)])
     best = np.unravel_index(scores.argmin(), scores.shape)
     second = np.partition(scores.ravel(), 1)[1]
-    assert best == (7, 12) and scores[7, 12] < 80 and second > scores[7, 12] + 40, (scores[7, 12], second)
+    assert best == (7, 12) and scores[7, 12] < 80 and second > scores[7, 12] + 40, (
+        scores[7, 12],
+        second,
+    )
     _shot(page, "explore_query", tmp_path)
 
     # another block: a model run for block 5, query kept
@@ -169,11 +201,19 @@ def test_click_block_threshold_in_the_browser(page, tmp_path):
         threshold = page.locator("#threshold input[type=number]").input_value()
         page.get_by_text(f"threshold {float(threshold)}").wait_for()
         assert "(maps from the cache: no model run)" in page.locator("#status").inner_text()
-    report = {"model": MODEL_ID, "image": "640x480 keep_aspect 480", "rethreshold_ms": [round(t) for t in timings],
-              "p50_ms": round(statistics.median(timings)), "max_ms": round(max(timings))}
+    report = {
+        "model": MODEL_ID,
+        "image": "640x480 keep_aspect 480",
+        "rethreshold_ms": [round(t) for t in timings],
+        "p50_ms": round(statistics.median(timings)),
+        "max_ms": round(max(timings)),
+    }
     TIMINGS.write_text(json.dumps(report, indent=2))
     print(f"\nre-threshold in the browser, release -> new mask gallery: {report}")
-    assert page.locator("#composite img").count() == 1 and "head 5" in page.locator("#composite-legend").inner_text()
+    assert (
+        page.locator("#composite img").count() == 1
+        and "head 5" in page.locator("#composite-legend").inner_text()
+    )
     _shot(page, "explore_threshold", tmp_path)
 
     # Clear: back to the CLS token

@@ -26,15 +26,30 @@ def dinov2_reply(model: str, registers: int, seed: int) -> dict:
     heads, n = 2, GRID[0] * GRID[1]
     logits = np.random.default_rng(seed).normal(size=(heads, 1 + registers + n))
     row = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    attn = row[:, 1 + registers:].reshape(heads, *GRID)
-    return {"model": model, "arch": "vit_small", "patch_size": PATCH, "num_heads": heads, "trained": True,
-            "family": "dinov2", "registers": registers, "grid": list(GRID),
-            "image_size": [GRID[0] * PATCH, GRID[1] * PATCH], "params": {"threshold": 0.6},
-            "attentions": attn.tolist(), "mean_attention": attn.mean(0).tolist(),
-            "masks": (attn > attn.mean()).astype(int).tolist(), "coverage": [0.5, 0.5],
-            "register_attention": row[:, 1:1 + registers].tolist() if registers else None,
-            "overlays": {"image": _png((9, 9, 9)), "mean": _png((1, 2, 3)), "heads": [_png((200, 0, 0))] * heads,
-                         "masks": [_png((0, 200, 0))] * heads}}
+    attn = row[:, 1 + registers :].reshape(heads, *GRID)
+    return {
+        "model": model,
+        "arch": "vit_small",
+        "patch_size": PATCH,
+        "num_heads": heads,
+        "trained": True,
+        "family": "dinov2",
+        "registers": registers,
+        "grid": list(GRID),
+        "image_size": [GRID[0] * PATCH, GRID[1] * PATCH],
+        "params": {"threshold": 0.6},
+        "attentions": attn.tolist(),
+        "mean_attention": attn.mean(0).tolist(),
+        "masks": (attn > attn.mean()).astype(int).tolist(),
+        "coverage": [0.5, 0.5],
+        "register_attention": row[:, 1 : 1 + registers].tolist() if registers else None,
+        "overlays": {
+            "image": _png((9, 9, 9)),
+            "mean": _png((1, 2, 3)),
+            "heads": [_png((200, 0, 0))] * heads,
+            "masks": [_png((0, 200, 0))] * heads,
+        },
+    }
 
 
 class DinoV2Client:
@@ -43,11 +58,29 @@ class DinoV2Client:
     def __init__(self) -> None:
         self.calls: list[dict] = []
         self.catalog = [
-            {"id": "dino_vits16", "patch_size": 16, "default_image_size": 480, "family": "dino", "registers": 0},
-            {"id": "dinov2_vits14", "patch_size": 14, "default_image_size": 518, "family": "dinov2", "registers": 0},
-            {"id": "dinov2_vits14_reg", "patch_size": 14, "default_image_size": 518, "family": "dinov2",
-             "registers": 4},
-            {"id": "old_service_entry", "patch_size": 8}]
+            {
+                "id": "dino_vits16",
+                "patch_size": 16,
+                "default_image_size": 480,
+                "family": "dino",
+                "registers": 0,
+            },
+            {
+                "id": "dinov2_vits14",
+                "patch_size": 14,
+                "default_image_size": 518,
+                "family": "dinov2",
+                "registers": 0,
+            },
+            {
+                "id": "dinov2_vits14_reg",
+                "patch_size": 14,
+                "default_image_size": 518,
+                "family": "dinov2",
+                "registers": 4,
+            },
+            {"id": "old_service_entry", "patch_size": 8},
+        ]
 
     def models(self) -> dict:
         return {"default": "dino_vits16", "models": self.catalog}
@@ -64,8 +97,14 @@ def photo(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("model,value,step,top", [
-    ("dinov2_vits14", 518, 14, 1022), ("dino_vits16", 480, 16, 1024), ("old_service_entry", 480, 8, 1024)])
+@pytest.mark.parametrize(
+    "model,value,step,top",
+    [
+        ("dinov2_vits14", 518, 14, 1022),
+        ("dino_vits16", 480, 16, 1024),
+        ("old_service_entry", 480, 8, 1024),
+    ],
+)
 def test_size_control_follows_the_model(model, value, step, top):
     slider = handlers.size_control(DinoV2Client(), model)
     assert (slider.value, slider.step, slider.minimum, slider.maximum) == (value, step, step, top)
@@ -74,13 +113,16 @@ def test_size_control_follows_the_model(model, value, step, top):
 
 def test_size_control_ignores_unknown_or_empty_models():
     for model in ("nope", None, ""):
-        assert handlers.size_control(DinoV2Client(), model) == {"__type__": "update"}  # gr.skip(): no change
+        assert handlers.size_control(DinoV2Client(), model) == {
+            "__type__": "update"
+        }  # gr.skip(): no change
 
 
 def test_compare_labels_the_register_columns(photo):
     client = DinoV2Client()
-    pairs, means, table, status = handlers.compare(client, photo, "dinov2_vits14", "dinov2_vits14_reg", 518,
-                                                   "keep_aspect", 0.6)
+    pairs, means, table, status = handlers.compare(
+        client, photo, "dinov2_vits14", "dinov2_vits14_reg", 518, "keep_aspect", 0.6
+    )
     assert [c["model"] for c in client.calls] == ["dinov2_vits14", "dinov2_vits14_reg"]
     assert "A to registers" not in table.columns and "B to registers" in table.columns
     reply_b = dinov2_reply("dinov2_vits14_reg", 4, seed=2)
@@ -95,4 +137,6 @@ def test_compare_labels_the_register_columns(photo):
 def test_column_titles_name_the_registers():
     assert model_info.model_title("B", dinov2_reply("m_reg", 4, 0)) == "B: m_reg (4 registers)"
     assert model_info.model_title("A", dinov2_reply("m", 0, 0)) == "A: m (no registers)"
-    assert model_info.model_title("A", {"model": "dino_vits16", "family": "dino"}) == "A: dino_vits16"
+    assert (
+        model_info.model_title("A", {"model": "dino_vits16", "family": "dino"}) == "A: dino_vits16"
+    )

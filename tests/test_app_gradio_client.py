@@ -49,10 +49,23 @@ def files(tmp_path_factory) -> dict[str, str]:
     return {"image": str(tmp / "scene.png"), "mask": str(tmp / "scene_mask.png")}
 
 
-def _analyse(client: Client, files: dict[str, str], threshold: float, model: str = MODEL_IDS[-1],
-             api_name: str = "/analyze", gt: bool = True) -> tuple:
-    return client.predict(handle_file(files["image"]), model, 64, "keep_aspect", threshold,
-                          handle_file(files["mask"]) if gt else None, api_name=api_name)
+def _analyse(
+    client: Client,
+    files: dict[str, str],
+    threshold: float,
+    model: str = MODEL_IDS[-1],
+    api_name: str = "/analyze",
+    gt: bool = True,
+) -> tuple:
+    return client.predict(
+        handle_file(files["image"]),
+        model,
+        64,
+        "keep_aspect",
+        threshold,
+        handle_file(files["mask"]) if gt else None,
+        api_name=api_name,
+    )
 
 
 def _download(client: Client) -> tuple[dict, dict[str, np.ndarray], set[str]]:
@@ -64,8 +77,18 @@ def _download(client: Client) -> tuple[dict, dict[str, np.ndarray], set[str]]:
 
 def test_every_event_has_a_stable_api_name(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/models", "/analyze", "/threshold", "/compare", "/download", "/block", "/heads", "/query", "/clear",
-            "/model_controls"} <= names
+    assert {
+        "/models",
+        "/analyze",
+        "/threshold",
+        "/compare",
+        "/download",
+        "/block",
+        "/heads",
+        "/query",
+        "/clear",
+        "/model_controls",
+    } <= names
 
 
 def test_models_come_from_the_service(client):
@@ -84,13 +107,18 @@ def test_analyze_shows_each_head_and_matches_the_paper_masks(client, files):
     assert Image.open(image).size == (64, 64) and Image.open(mean).size == (64, 64)
     assert "**tiny_ep1**" in status and "random-init placeholder" in status and "grid 8×8" in status
     summary, arrays, names = _download(client)
-    assert {f"overlays/head_{i:02d}.jpg" for i in range(HEADS)} <= names  # the app asks for JPEG overlays
+    assert {
+        f"overlays/head_{i:02d}.jpg" for i in range(HEADS)
+    } <= names  # the app asks for JPEG overlays
     attn = arrays["attentions"]
     assert attn.shape == (HEADS, 8, 8) and np.all(attn > 0)
-    assert np.all(attn.reshape(HEADS, -1).sum(1) < 1)  # softmax over CLS + 64 patches, CLS column dropped
+    assert np.all(
+        attn.reshape(HEADS, -1).sum(1) < 1
+    )  # softmax over CLS + 64 patches, CLS column dropped
     np.testing.assert_array_equal(arrays["masks"], reference_masks(attn, 0.6))
-    np.testing.assert_allclose([row[1] for row in table["data"]], arrays["masks"].reshape(HEADS, -1).mean(1),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        [row[1] for row in table["data"]], arrays["masks"].reshape(HEADS, -1).mean(1), atol=1e-4
+    )
     assert summary["model"] == "tiny_ep1" and summary["request"]["threshold"] == 0.6
 
 
@@ -111,13 +139,23 @@ def test_threshold_reruns_and_the_masks_grow_with_it(client, files):
     high = _analyse(client, files, 0.9, api_name="/threshold", gt=False)
     _, arrays_high, _ = _download(client)
     assert [m["caption"] for m in low[3]] != [m["caption"] for m in high[3]]
-    assert np.all(arrays_high["masks"] >= arrays_low["masks"])  # a larger mass needs a superset of patches
+    assert np.all(
+        arrays_high["masks"] >= arrays_low["masks"]
+    )  # a larger mass needs a superset of patches
     assert arrays_high["masks"].sum() > arrays_low["masks"].sum()
 
 
 def test_compare_two_checkpoints_head_for_head(client, files):
-    pairs, means, table, status = client.predict(handle_file(files["image"]), MODEL_IDS[0], MODEL_IDS[1], 64,
-                                                 "keep_aspect", 0.6, None, api_name="/compare")
+    pairs, means, table, status = client.predict(
+        handle_file(files["image"]),
+        MODEL_IDS[0],
+        MODEL_IDS[1],
+        64,
+        "keep_aspect",
+        0.6,
+        None,
+        api_name="/compare",
+    )
     assert [p["caption"] for p in pairs] == [f"head {i}" for i in range(HEADS)]
     width, height = Image.open(pairs[0]["image"]).size
     assert width > 2 * 64 and height > 64
@@ -125,18 +163,28 @@ def test_compare_two_checkpoints_head_for_head(client, files):
     assert "A: Showing **tiny_ep0**" in status and "B: Showing **tiny_ep1**" in status
 
 
-@pytest.mark.parametrize(("model", "bad_mask", "expected"), [
-    ("nope", False, "Unknown model: unknown model 'nope'; choose one of tiny_ep0"),
-    (MODEL_IDS[-1], True, "The service could not use the input"),
-])
+@pytest.mark.parametrize(
+    ("model", "bad_mask", "expected"),
+    [
+        ("nope", False, "Unknown model: unknown model 'nope'; choose one of tiny_ep0"),
+        (MODEL_IDS[-1], True, "The service could not use the input"),
+    ],
+)
 def test_rejected_input_is_a_readable_message(client, files, tmp_path, model, bad_mask, expected):
     mask = None
     if bad_mask:  # a ground truth whose aspect ratio cannot be the image's
         mask = tmp_path / "wide_mask.png"
         Image.new("L", (64, 8), 255).save(mask)
     with pytest.raises(Exception) as err:
-        client.predict(handle_file(files["image"]), model, 64, "keep_aspect", 0.6,
-                       handle_file(str(mask)) if mask else None, api_name="/analyze")
+        client.predict(
+            handle_file(files["image"]),
+            model,
+            64,
+            "keep_aspect",
+            0.6,
+            handle_file(str(mask)) if mask else None,
+            api_name="/analyze",
+        )
     text = str(err.value)
     assert expected in text and "Traceback" not in text
 
@@ -149,16 +197,35 @@ def test_service_down_is_a_readable_message():
     assert f"{down} is not reachable" in str(err.value) and "Traceback" not in str(err.value)
 
 
-def _explore(client: Client, files: dict[str, str], api_name: str, threshold: float = 0.6, layer: int = 1,
-             query: str = "", heads: list[int] | None = None) -> tuple:
-    return client.predict(handle_file(files["image"]), MODEL_IDS[-1], 64, "square", threshold, None, layer, query,
-                          list(range(HEADS)) if heads is None else heads, api_name=api_name)
+def _explore(
+    client: Client,
+    files: dict[str, str],
+    api_name: str,
+    threshold: float = 0.6,
+    layer: int = 1,
+    query: str = "",
+    heads: list[int] | None = None,
+) -> tuple:
+    return client.predict(
+        handle_file(files["image"]),
+        MODEL_IDS[-1],
+        64,
+        "square",
+        threshold,
+        None,
+        layer,
+        query,
+        list(range(HEADS)) if heads is None else heads,
+        api_name=api_name,
+    )
 
 
 def test_model_controls_give_the_block_range_and_the_heads(client):
     block, heads = client.predict(MODEL_IDS[-1], api_name="/model_controls")
     assert block["maximum"] == TINY["depth"] - 1 and block["value"] == TINY["depth"] - 1
-    assert [c[1] for c in heads["choices"]] == list(range(HEADS)) and heads["value"] == list(range(HEADS))
+    assert [c[1] for c in heads["choices"]] == list(range(HEADS)) and heads["value"] == list(
+        range(HEADS)
+    )
 
 
 def test_query_patch_then_threshold_without_a_model_run(client, files, live):
@@ -167,12 +234,26 @@ def test_query_patch_then_threshold_without_a_model_run(client, files, live):
     assert [item["caption"] for item in query_heads] == [f"head {i}" for i in range(HEADS)]
     assert Image.open(query_mean).size == (64, 64) and "row 3, col 5" in caption
     _, arrays, names = _download(client)
-    assert {f"overlays/query_head_{i:02d}.jpg" for i in range(HEADS)} <= names and "overlays/pca.jpg" in names
-    direct = httpx.post(f"{live.backend_url}/attention", files={"image": open(files["image"], "rb").read()},
-                        data={"image_size": "64", "resize": "square", "layer": "1", "query": "3,5",
-                              "overlays": "false"}).json()
+    assert {
+        f"overlays/query_head_{i:02d}.jpg" for i in range(HEADS)
+    } <= names and "overlays/pca.jpg" in names
+    direct = httpx.post(
+        f"{live.backend_url}/attention",
+        files={"image": open(files["image"], "rb").read()},
+        data={
+            "image_size": "64",
+            "resize": "square",
+            "layer": "1",
+            "query": "3,5",
+            "overlays": "false",
+        },
+    ).json()
     np.testing.assert_allclose(arrays["query_attentions"], direct["query_attentions"], rtol=1e-6)
-    assert arrays["query_attentions"].shape == (HEADS, 8, 8) and arrays["pca_rgb"].shape == (8, 8, 3)
+    assert arrays["query_attentions"].shape == (HEADS, 8, 8) and arrays["pca_rgb"].shape == (
+        8,
+        8,
+        3,
+    )
     status = _explore(client, files, "/threshold", threshold=0.3, query="3,5")[6]
     assert "no model run" in status and "threshold 0.3" in status
 

@@ -44,8 +44,15 @@ def head_color(i: int) -> tuple[int, int, int]:
     return (40 * i % 256, 255 - 40 * i % 256, 7)
 
 
-def fake_result(model: str, heads: int, grid: tuple[int, int], threshold: float, trained: bool,
-                gt: np.ndarray | None = None, seed: int = 0) -> dict:
+def fake_result(
+    model: str,
+    heads: int,
+    grid: tuple[int, int],
+    threshold: float,
+    trained: bool,
+    gt: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict:
     """A reply shaped like docs/API.md: softmax over 1+N tokens with the CLS column dropped."""
     gh, gw = grid
     logits = np.random.default_rng(seed).normal(size=(heads, 1 + gh * gw)) * 2
@@ -54,14 +61,25 @@ def fake_result(model: str, heads: int, grid: tuple[int, int], threshold: float,
     masks = reference_masks(attn, threshold)
     size = (gw * PATCH, gh * PATCH)
     result = {
-        "model": model, "arch": "vit_test", "patch_size": PATCH, "num_heads": heads, "trained": trained,
-        "source": "test", "grid": [gh, gw], "image_size": [gh * PATCH, gw * PATCH],
+        "model": model,
+        "arch": "vit_test",
+        "patch_size": PATCH,
+        "num_heads": heads,
+        "trained": trained,
+        "source": "test",
+        "grid": [gh, gw],
+        "image_size": [gh * PATCH, gw * PATCH],
         "params": {"image_size": gh * PATCH, "resize": "keep_aspect", "threshold": threshold},
-        "attentions": attn.tolist(), "mean_attention": attn.mean(0).tolist(), "masks": masks.tolist(),
+        "attentions": attn.tolist(),
+        "mean_attention": attn.mean(0).tolist(),
+        "masks": masks.tolist(),
         "coverage": masks.reshape(heads, -1).mean(1).tolist(),
-        "overlays": {"image": _png((9, 9, 9), size), "mean": _png((1, 2, 3), size),
-                     "heads": [_png(head_color(i), size) for i in range(heads)],
-                     "masks": [_png(head_color(i)[::-1], size) for i in range(heads)]},
+        "overlays": {
+            "image": _png((9, 9, 9), size),
+            "mean": _png((1, 2, 3), size),
+            "heads": [_png(head_color(i), size) for i in range(heads)],
+            "masks": [_png(head_color(i)[::-1], size) for i in range(heads)],
+        },
         "timings_ms": {"total": 12.5},
     }
     if gt is not None:
@@ -85,10 +103,14 @@ def add_explore(result: dict, explore: dict) -> dict:
         result["overlays"]["query_mean"] = _png((0, 250, 250), size)
     if explore.get("composite"):
         chosen = explore.get("heads") or list(range(heads))
-        result.update(composite_heads=chosen, composite_colors=[[255, 40 * i, 0] for i in range(len(chosen))])
+        result.update(
+            composite_heads=chosen, composite_colors=[[255, 40 * i, 0] for i in range(len(chosen))]
+        )
         result["overlays"]["composite"] = _png((255, 0, 255), size)
     if explore.get("pca"):
-        result.update(pca_rgb=np.full((gh, gw, 3), 0.5).tolist(), pca_fg=np.eye(gh, gw, dtype=int).tolist())
+        result.update(
+            pca_rgb=np.full((gh, gw, 3), 0.5).tolist(), pca_fg=np.eye(gh, gw, dtype=int).tolist()
+        )
         result["overlays"].update(pca=_png((128, 128, 128), size), pca_fg=_png((10, 10, 10), size))
     return result
 
@@ -96,21 +118,51 @@ def add_explore(result: dict, explore: dict) -> dict:
 class FakeClient:
     base_url = "http://fake:8000"
 
-    def __init__(self, heads: dict[str, int] | None = None, error: Exception | None = None, reply=None):
+    def __init__(
+        self, heads: dict[str, int] | None = None, error: Exception | None = None, reply=None
+    ):
         self.heads = heads or {"tiny": 3}
         self.error, self.reply, self.calls = error, reply, []
 
     def models(self) -> dict:
         if self.error:
             raise self.error
-        return {"default": next(iter(self.heads)), "models": [
-            {"id": m, "arch": "vit_test", "patch_size": PATCH, "num_heads": n, "trained": m != "tiny",
-             "available": True, "depth": DEPTH} for m, n in self.heads.items()]}
+        return {
+            "default": next(iter(self.heads)),
+            "models": [
+                {
+                    "id": m,
+                    "arch": "vit_test",
+                    "patch_size": PATCH,
+                    "num_heads": n,
+                    "trained": m != "tiny",
+                    "available": True,
+                    "depth": DEPTH,
+                }
+                for m, n in self.heads.items()
+            ],
+        }
 
-    def attention(self, image, model=None, image_size=480, resize="keep_aspect", threshold=0.6, overlays=True,
-                  gt_mask=None, **explore) -> dict:
-        self.calls.append({"model": model, "image_size": image_size, "threshold": threshold, "gt_mask": gt_mask,
-                           **explore})
+    def attention(
+        self,
+        image,
+        model=None,
+        image_size=480,
+        resize="keep_aspect",
+        threshold=0.6,
+        overlays=True,
+        gt_mask=None,
+        **explore,
+    ) -> dict:
+        self.calls.append(
+            {
+                "model": model,
+                "image_size": image_size,
+                "threshold": threshold,
+                "gt_mask": gt_mask,
+                **explore,
+            }
+        )
         if self.error:
             raise self.error
         if self.reply is not None:
@@ -118,8 +170,9 @@ class FakeClient:
         model = model or next(iter(self.heads))
         gt = np.zeros((6, 8), dtype=bool)
         gt[1:4, 2:6] = True
-        result = fake_result(model, self.heads[model], (6, 8), threshold, model != "tiny",
-                             gt=gt if gt_mask else None)
+        result = fake_result(
+            model, self.heads[model], (6, 8), threshold, model != "tiny", gt=gt if gt_mask else None
+        )
         return add_explore(result, explore)
 
 
@@ -137,13 +190,25 @@ def _pixel(image: Image.Image) -> tuple[int, int, int]:
 def test_analyse_shows_one_labelled_overlay_per_head_in_order(photo):
     client = FakeClient({"tiny": 3})
     image, heads, mean, masks, table, best, status, state = handlers.analyse(
-        client, photo, "tiny", 24, "keep_aspect", 0.6)[:8]
+        client, photo, "tiny", 24, "keep_aspect", 0.6
+    )[:8]
     assert [label for _, label in heads] == ["head 0", "head 1", "head 2"]
     assert [_pixel(im) for im, _ in heads] == [head_color(i) for i in range(3)]
     assert image.size == (32, 24) and mean.size == (32, 24)
-    assert client.calls == [{"model": "tiny", "image_size": 24, "threshold": 0.6, "gt_mask": None, "layer": -1,
-                             "query": None, "heads": None, "composite": True, "pca": True,
-                             "overlay_format": "jpeg"}]
+    assert client.calls == [
+        {
+            "model": "tiny",
+            "image_size": 24,
+            "threshold": 0.6,
+            "gt_mask": None,
+            "layer": -1,
+            "query": None,
+            "heads": None,
+            "composite": True,
+            "pca": True,
+            "overlay_format": "jpeg",
+        }
+    ]
     cov = np.asarray(state["result"]["coverage"])
     assert [label for _, label in masks] == [f"head {i} · {c:.0%} kept" for i, c in enumerate(cov)]
     assert "random-init placeholder" in status and "**tiny**" in status and "3 heads" in status
@@ -166,8 +231,9 @@ def test_coverage_table_matches_the_paper_masks(photo):
 
 def test_ground_truth_adds_iou_per_head_and_names_the_best_head(photo):
     client = FakeClient({"vits": 4})
-    *_, table, best, status, state = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6,
-                                                      gt_mask=photo)[:8]
+    *_, table, best, status, state = handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.6, gt_mask=photo
+    )[:8]
     iou = np.asarray(state["result"]["iou"])
     np.testing.assert_allclose(table["IoU"], iou, atol=1e-4)
     assert f"Best head: head {int(iou.argmax())}" in best and f"{iou.max():.3f}" in best
@@ -184,11 +250,14 @@ def test_missing_image_and_bad_threshold_are_readable(photo):
         handlers.compare(FakeClient(), photo, "tiny", None, 24, "keep_aspect", 0.6)
 
 
-@pytest.mark.parametrize("error", [
-    BackendError("The attention service at http://fake:8000 is not reachable (refused)."),
-    BackendError("Unknown model: unknown model 'x'; choose one of tiny", status=404),
-    BackendError("The service is not ready: busy (retry in 2 s)", status=503),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        BackendError("The attention service at http://fake:8000 is not reachable (refused)."),
+        BackendError("Unknown model: unknown model 'x'; choose one of tiny", status=404),
+        BackendError("The service is not ready: busy (retry in 2 s)", status=503),
+    ],
+)
 def test_service_errors_reach_the_page_verbatim(photo, error):
     with pytest.raises(gr.Error) as err:
         handlers.analyse(FakeClient(error=error), photo, "tiny", 24, "keep_aspect", 0.6)
@@ -198,13 +267,33 @@ def test_service_errors_reach_the_page_verbatim(photo, error):
     assert err.value.message == str(error)
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    ({"model": "m", "num_heads": 1, "coverage": [0.5], "masks": [[[1]]],
-      "overlays": {"heads": ["%%%"], "image": "%%%"}}, "not a readable image"),
-    ({"model": "m", "num_heads": 1, "coverage": [0.5], "masks": [[[1]]]}, "has no overlays"),
-    ({"model": "m", "overlays": {"heads": [_png((0, 0, 0), (4, 4))], "image": _png((0, 0, 0), (4, 4)),
-                                 "mean": _png((0, 0, 0), (4, 4))}}, "not what the app expects"),
-])
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            {
+                "model": "m",
+                "num_heads": 1,
+                "coverage": [0.5],
+                "masks": [[[1]]],
+                "overlays": {"heads": ["%%%"], "image": "%%%"},
+            },
+            "not a readable image",
+        ),
+        ({"model": "m", "num_heads": 1, "coverage": [0.5], "masks": [[[1]]]}, "has no overlays"),
+        (
+            {
+                "model": "m",
+                "overlays": {
+                    "heads": [_png((0, 0, 0), (4, 4))],
+                    "image": _png((0, 0, 0), (4, 4)),
+                    "mean": _png((0, 0, 0), (4, 4)),
+                },
+            },
+            "not what the app expects",
+        ),
+    ],
+)
 def test_replies_that_cannot_be_shown_become_readable_errors(photo, reply, expected):
     with pytest.raises(gr.Error, match=expected):
         handlers.analyse(FakeClient(reply=reply), photo, "m", 24, "keep_aspect", 0.6)
@@ -218,33 +307,51 @@ def test_threshold_change_without_an_image_changes_nothing():
 
 def test_threshold_change_with_an_image_reruns_with_the_new_threshold(photo):
     client = FakeClient()
-    low = handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.2)[7]["result"]["masks"]
-    high = handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.9)[7]["result"]["masks"]
+    low = handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.2)[7]["result"][
+        "masks"
+    ]
+    high = handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.9)[7]["result"][
+        "masks"
+    ]
     assert [c["threshold"] for c in client.calls] == [0.2, 0.9]
     assert np.sum(high) > np.sum(low)
 
 
 def test_download_zip_holds_overlays_arrays_and_parameters(photo, tmp_path):
-    state = handlers.analyse(FakeClient({"vits": 4}), photo, "vits", 24, "square", 0.7, gt_mask=photo)[7]
+    state = handlers.analyse(
+        FakeClient({"vits": 4}), photo, "vits", 24, "square", 0.7, gt_mask=photo
+    )[7]
     path = Path(handlers.download(state, out_dir=tmp_path / "out"))
     assert path.name == "attention_vits_photo.zip"
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
         expected_pngs = {f"overlays/{k}_{i:02d}.png" for k in ("head", "mask") for i in range(4)}
         assert expected_pngs | {"overlays/image.png", "overlays/mean.png"} <= names
-        assert _pixel(Image.open(io.BytesIO(archive.read("overlays/head_02.png"))).convert("RGB")) == head_color(2)
+        assert _pixel(
+            Image.open(io.BytesIO(archive.read("overlays/head_02.png"))).convert("RGB")
+        ) == head_color(2)
         arrays = np.load(io.BytesIO(archive.read("attention.npz")))
         summary = json.loads(archive.read("result.json"))
     result = state["result"]
     np.testing.assert_allclose(arrays["attentions"], np.asarray(result["attentions"]), rtol=1e-6)
-    np.testing.assert_array_equal(arrays["masks"], reference_masks(arrays["attentions"].astype(np.float64), 0.7))
+    np.testing.assert_array_equal(
+        arrays["masks"], reference_masks(arrays["attentions"].astype(np.float64), 0.7)
+    )
     np.testing.assert_allclose(arrays["iou"], result["iou"], rtol=1e-6)
     assert arrays["attentions"].shape == (4, 6, 8) and arrays["masks"].dtype == np.uint8
     assert json.loads(str(arrays["meta"]))["model"] == "vits"
     assert summary["model"] == "vits" and summary["num_heads"] == 4 and summary["trained"] is True
-    assert summary["request"] == {"image_name": "photo.png", "model": "vits", "image_size": 24, "resize": "square",
-                                  "threshold": 0.7, "gt_mask_name": "photo.png", "layer": -1, "query": None,
-                                  "heads": None}
+    assert summary["request"] == {
+        "image_name": "photo.png",
+        "model": "vits",
+        "image_size": 24,
+        "resize": "square",
+        "threshold": 0.7,
+        "gt_mask_name": "photo.png",
+        "layer": -1,
+        "query": None,
+        "heads": None,
+    }
 
 
 def test_download_before_any_analysis_says_what_to_do():
@@ -254,14 +361,21 @@ def test_download_before_any_analysis_says_what_to_do():
 
 def test_compare_puts_head_i_of_both_models_side_by_side(photo):
     client = FakeClient({"tiny": 3, "vits": 4})
-    pairs, means, table, status = handlers.compare(client, photo, "tiny", "vits", 24, "keep_aspect", 0.6)
+    pairs, means, table, status = handlers.compare(
+        client, photo, "tiny", "vits", 24, "keep_aspect", 0.6
+    )
     assert [label for _, label in pairs] == ["head 0", "head 1", "head 2", "head 3"]
     width, title_h = 32, 22
     for i, (im, _) in enumerate(pairs):
         assert im.size == (2 * width + 6, 24 + title_h)
-        left, right = im.getpixel((width // 2, title_h + 5)), im.getpixel((width + 6 + width // 2, title_h + 5))
+        left, right = (
+            im.getpixel((width // 2, title_h + 5)),
+            im.getpixel((width + 6 + width // 2, title_h + 5)),
+        )
         assert right == head_color(i)
-        assert left == (head_color(i) if i < 3 else (60, 60, 60))  # model A has no head 3: a grey placeholder
+        assert left == (
+            head_color(i) if i < 3 else (60, 60, 60)
+        )  # model A has no head 3: a grey placeholder
     assert means.size == (2 * width + 6, 24 + title_h)
     assert list(table.columns) == ["head", "A coverage", "B coverage"]
     assert np.isnan(table["A coverage"][3]) and not np.isnan(table["B coverage"][3])
@@ -279,9 +393,16 @@ def test_models_fill_the_three_dropdowns_and_say_what_the_default_is():
 
 
 def test_unavailable_models_are_labelled_and_an_empty_list_is_an_error():
-    assert handlers.model_label({"id": "x", "arch": "vit_small", "patch_size": 16, "trained": True,
-                                 "available": False, "error": "downloads are off"}).endswith(
-        "unavailable: downloads are off")
+    assert handlers.model_label(
+        {
+            "id": "x",
+            "arch": "vit_small",
+            "patch_size": 16,
+            "trained": True,
+            "available": False,
+            "error": "downloads are off",
+        }
+    ).endswith("unavailable: downloads are off")
 
     class Empty(FakeClient):
         def models(self) -> dict:
@@ -292,9 +413,16 @@ def test_unavailable_models_are_labelled_and_an_empty_list_is_an_error():
 
 
 def test_the_app_never_imports_torch():
-    code = ("import sys, app.ui, app.handlers, app.client, app.examples, app.dev_server, app.__main__; "
-            "bad = [m for m in ('torch', 'trainer', 'backend') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    code = (
+        "import sys, app.ui, app.handlers, app.client, app.examples, app.dev_server, app.__main__; "
+        "bad = [m for m in ('torch', 'trainer', 'backend') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
 
 
 def test_examples_are_written_once_from_the_installed_package(tmp_path, caplog):
@@ -314,11 +442,18 @@ def test_query_block_and_heads_reach_the_service_and_the_panels(photo):
     out = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 3, "2,5", [2, 0])
     assert len(out) == handlers.ANALYSIS_OUTPUTS
     call = client.calls[-1]
-    assert (call["layer"], call["query"], call["heads"], call["composite"], call["pca"]) == (3, [2, 5], [0, 2],
-                                                                                          True, True)
+    assert (call["layer"], call["query"], call["heads"], call["composite"], call["pca"]) == (
+        3,
+        [2, 5],
+        [0, 2],
+        True,
+        True,
+    )
     query_heads, query_mean, caption, composite, legend, pca, pca_fg = out[8:]
     assert [label for _, label in query_heads] == [f"head {i}" for i in range(4)]
-    assert _pixel(query_mean) == (0, 250, 250) and "row 2, col 5" in caption and "Block 3" in caption
+    assert (
+        _pixel(query_mean) == (0, 250, 250) and "row 2, col 5" in caption and "Block 3" in caption
+    )
     assert _pixel(composite) == (255, 0, 255) and "rgb(255, 40, 0)" in legend and "head 2" in legend
     assert _pixel(pca) == (128, 128, 128) and pca_fg.size == (32, 24)
 
@@ -333,16 +468,22 @@ def test_no_query_and_no_heads_ticked_show_empty_panels(photo):
 
 def test_a_block_or_heads_past_the_models_mean_the_last_block_and_are_left_out(photo):
     client = FakeClient({"vits": 4})
-    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 11)  # the slider's first default
+    handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.6, None, 11
+    )  # the slider's first default
     handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, DEPTH - 1)
     handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0)
     assert [c["layer"] for c in client.calls] == [-1, DEPTH - 1, 0]
     handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0, "", [0, 3, 5, 23])
-    assert client.calls[-1]["heads"] == [0, 3]  # the page's boxes before it learnt this model's 4 heads
+    assert client.calls[-1]["heads"] == [
+        0,
+        3,
+    ]  # the page's boxes before it learnt this model's 4 heads
 
 
-@pytest.mark.parametrize(("x", "y", "expected"), [(0, 0, "0,0"), (13, 9, "2,3"), (31.9, 23.9, "5,7"),
-                                                  (40, 30, "5,7")])
+@pytest.mark.parametrize(
+    ("x", "y", "expected"), [(0, 0, "0,0"), (13, 9, "2,3"), (31.9, 23.9, "5,7"), (40, 30, "5,7")]
+)
 def test_a_click_maps_to_the_patch_under_it(photo, x, y, expected):
     state = handlers.analyse(FakeClient({"vits": 4}), photo, "vits", 24, "keep_aspect", 0.6)[7]
     assert handlers.patch_at(state, x, y) == expected  # grid 6 x 8 of 4 px patches
@@ -362,17 +503,31 @@ def test_model_controls_follow_the_models_depth_and_heads():
 
 
 def test_download_holds_the_query_composite_and_pca(photo, tmp_path):
-    state = handlers.analyse(FakeClient({"vits": 4}), photo, "vits", 24, "square", 0.7, None, 2, "1,1", [1, 3])[7]
+    state = handlers.analyse(
+        FakeClient({"vits": 4}), photo, "vits", 24, "square", 0.7, None, 2, "1,1", [1, 3]
+    )[7]
     path = Path(handlers.download(state, out_dir=tmp_path))
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
         arrays = np.load(io.BytesIO(archive.read("attention.npz")))
         summary = json.loads(archive.read("result.json"))
     assert {f"overlays/query_head_{i:02d}.png" for i in range(4)} <= names
-    assert {"overlays/query_mean.png", "overlays/composite.png", "overlays/pca.png", "overlays/pca_fg.png"} <= names
+    assert {
+        "overlays/query_mean.png",
+        "overlays/composite.png",
+        "overlays/pca.png",
+        "overlays/pca_fg.png",
+    } <= names
     assert arrays["query_attentions"].shape == (4, 6, 8) and arrays["pca_rgb"].shape == (6, 8, 3)
-    assert arrays["pca_fg"].dtype == np.uint8 and arrays["composite_colors"].tolist() == [[255, 0, 0], [255, 40, 0]]
-    assert summary["layer"] == 2 and summary["query"] == [1, 1] and summary["composite_heads"] == [1, 3]
+    assert arrays["pca_fg"].dtype == np.uint8 and arrays["composite_colors"].tolist() == [
+        [255, 0, 0],
+        [255, 40, 0],
+    ]
+    assert (
+        summary["layer"] == 2
+        and summary["query"] == [1, 1]
+        and summary["composite_heads"] == [1, 3]
+    )
     assert summary["request"]["layer"] == 2 and summary["request"]["heads"] == [1, 3]
 
 
@@ -383,15 +538,25 @@ def _is_skip(value) -> bool:
 def test_a_cached_threshold_change_resends_only_what_changed(photo):
     client = FakeClient({"vits": 4})
     first = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 2, "1,1", [0, 1])
-    client.reply = add_explore(fake_result("vits", 4, (6, 8), 0.3, True), {"layer": 2, "query": [1, 1],
-                                                                           "composite": True, "pca": True})
+    client.reply = add_explore(
+        fake_result("vits", 4, (6, 8), 0.3, True),
+        {"layer": 2, "query": [1, 1], "composite": True, "pca": True},
+    )
     client.reply["cached"] = True
-    again = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7])
+    again = handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7]
+    )
     skipped = [i for i, out in enumerate(again) if _is_skip(out)]
-    assert skipped == list(handlers.STATIC_OUTPUTS)  # image, heat maps, query panel and PCA stay as they are
+    assert skipped == list(
+        handlers.STATIC_OUTPUTS
+    )  # image, heat maps, query panel and PCA stay as they are
     assert again[7]["request"]["threshold"] == 0.3 and len(again[3]) == 4 and again[11] is not None
-    moved = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.3, None, 1, "1,1", [0, 1], first[7])
+    moved = handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.3, None, 1, "1,1", [0, 1], first[7]
+    )
     assert not any(_is_skip(out) for out in moved)  # another block: everything is redrawn
     client.reply["cached"] = False
-    fresh = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7])
+    fresh = handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7]
+    )
     assert not any(_is_skip(out) for out in fresh)  # the service ran the model: redraw everything

@@ -8,7 +8,13 @@ import torch
 from PIL import Image
 
 from tests.reference_vit import ref_masks
-from trainer.model.attention_maps import heat_overlay, jaccard, mask_boundary, mask_overlay, threshold_masks
+from trainer.model.attention_maps import (
+    heat_overlay,
+    jaccard,
+    mask_boundary,
+    mask_overlay,
+    threshold_masks,
+)
 
 
 def test_masks_match_authors_procedure() -> None:

@@ -43,7 +43,9 @@ def constant_image(value: tuple[int, int, int], size: int = 32) -> Image.Image:
 
 
 def normalised(rgb: tuple[float, float, float]) -> torch.Tensor:
-    return torch.tensor([(c - m) / s for c, m, s in zip(rgb, IMAGENET_MEAN, IMAGENET_STD, strict=True)])
+    return torch.tensor(
+        [(c - m) / s for c, m, s in zip(rgb, IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    )
 
 
 def binomial_ok(successes: int, n: int, p: float, sds: float = 5.0) -> bool:
@@ -89,7 +91,11 @@ def test_grayscale_input_is_converted_to_rgb():
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, message):
-    args = {"global_crops_scale": (0.4, 1.0), "local_crops_scale": (0.05, 0.4), "local_crops_number": 2}
+    args = {
+        "global_crops_scale": (0.4, 1.0),
+        "local_crops_scale": (0.05, 0.4),
+        "local_crops_number": 2,
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         DataAugmentationDINO(**args)
@@ -109,7 +115,9 @@ def test_solarize_inverts_bright_pixels_exactly_when_recorded():
     aug = DataAugmentationDINO((0.3, 1.0), (0.1, 0.5), 1, 16, 8)
     aug.views = [replace(v, jitter_p=0.0, grayscale_p=0.0) for v in aug.views]
     decisions: list[bool] = []
-    aug.record = lambda view, op, value: decisions.append(value) if (view, op) == ("global2", "solarize") else None
+    aug.record = lambda view, op, value: (
+        decisions.append(value) if (view, op) == ("global2", "solarize") else None
+    )
     generator = torch.Generator().manual_seed(2)
     bright, inverted = normalised((200 / 255,) * 3), normalised((55 / 255,) * 3)
     for _ in range(40):
@@ -122,7 +130,10 @@ def test_solarize_inverts_bright_pixels_exactly_when_recorded():
 def test_flip_mirrors_the_crop():
     gradient = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))
     aug = DataAugmentationDINO((1.0, 1.0), (1.0, 1.0), 0, 32, 32)
-    off = [replace(v, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0) for v in aug.views]
+    off = [
+        replace(v, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+        for v in aug.views
+    ]
     aug.views = off
     plain = aug(Image.fromarray(gradient), torch.Generator().manual_seed(3))[0]
     aug.views = [replace(v, flip_p=1.0) for v in off]
@@ -142,7 +153,12 @@ def test_application_rates_match_the_recipe():
         for view, p in zip(("global1", "global2", "local"), probabilities, strict=True):
             decisions = counts[(view, op)]
             assert len(decisions) == (600 if view == "local" else 300)
-            assert binomial_ok(sum(decisions), len(decisions), p), (view, op, sum(decisions) / len(decisions), p)
+            assert binomial_ok(sum(decisions), len(decisions), p), (
+                view,
+                op,
+                sum(decisions) / len(decisions),
+                p,
+            )
 
 
 def test_views_share_module_probabilities():
@@ -160,8 +176,10 @@ def _binned(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def test_crop_sampler_matches_torchvision_random_resized_crop(height, width):
     scale, n = (0.08, 1.0), 1500
     torch.manual_seed(5)
-    reference = [RandomResizedCrop.get_params(torch.empty(3, height, width), list(scale), list(CROP_RATIO))
-                 for _ in range(n)]
+    reference = [
+        RandomResizedCrop.get_params(torch.empty(3, height, width), list(scale), list(CROP_RATIO))
+        for _ in range(n)
+    ]
     generator = torch.Generator().manual_seed(6)
     ours = [sample_crop_box(height, width, scale, CROP_RATIO, generator) for _ in range(n)]
     for boxes in (reference, ours):

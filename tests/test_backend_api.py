@@ -40,8 +40,10 @@ def _post(client, **kw):
 
 def _one(png=None, **data):
     data.setdefault("model", "tiny")
-    return {"files": {"image": ("a.png", png or image_bytes(64, 48), "image/png")},
-            "data": {k: str(v) for k, v in data.items()}}
+    return {
+        "files": {"image": ("a.png", png or image_bytes(64, 48), "image/png")},
+        "data": {k: str(v) for k, v in data.items()},
+    }
 
 
 @pytest.mark.parametrize("case", bad_input_cases(int(0.2 * 2**20), 1_000_000), ids=lambda c: c[0])
@@ -56,12 +58,19 @@ def test_bad_input_is_a_readable_4xx(client, case):
 
 def test_unknown_model_lists_ids(client):
     r = _post(client, **_one(model="nope"))
-    assert r.status_code == 404 and "tiny16" in r.json()["detail"] and "dino_vits16" in r.json()["detail"]
+    assert (
+        r.status_code == 404
+        and "tiny16" in r.json()["detail"]
+        and "dino_vits16" in r.json()["detail"]
+    )
 
 
 def test_empty_model_field_means_default(client):
-    r = client.post("/attention", files={"image": ("a.png", image_bytes(), "image/png")},
-                    data={"model": "", "image_size": "32", "overlays": "false"})
+    r = client.post(
+        "/attention",
+        files={"image": ("a.png", image_bytes(), "image/png")},
+        data={"model": "", "image_size": "32", "overlays": "false"},
+    )
     assert r.status_code == 200 and r.json()["model"] == client.get("/models").json()["default"]
 
 
@@ -74,7 +83,12 @@ def test_json_response_fields_and_invariants(client):
     r = _post(client, **_one(threshold=0.6))
     assert r.status_code == 200, r.text
     b = r.json()
-    assert b["model"] == "tiny" and b["patch_size"] == 8 and b["num_heads"] == 1 and b["trained"] is True
+    assert (
+        b["model"] == "tiny"
+        and b["patch_size"] == 8
+        and b["num_heads"] == 1
+        and b["trained"] is True
+    )
     # keep_aspect: short side 480 -> 640x480, already patch multiples
     assert b["image_size"] == [480, 640] and b["grid"] == [60, 80]
     att = np.asarray(b["attentions"])
@@ -85,14 +99,35 @@ def test_json_response_fields_and_invariants(client):
     kept_mass = (att * masks).sum() / att.sum()
     assert kept_mass >= 0.6 - 1e-6
     smallest_dropped = np.sort(att[masks == 0])
-    assert kept_mass - att[masks == 1].min() / att.sum() < 0.6 + 1e-6  # minimal: dropping one breaks it
+    assert (
+        kept_mass - att[masks == 1].min() / att.sum() < 0.6 + 1e-6
+    )  # minimal: dropping one breaks it
     assert smallest_dropped.size == 0 or smallest_dropped.max() <= att[masks == 1].min() + 1e-12
     assert b["coverage"] == pytest.approx([masks.mean()])
-    assert b["params"] == {"image_size": 480, "resize": "keep_aspect", "threshold": 0.6, "overlays": True,
-                           "format": "json", "layer": -1, "query": None, "composite": False, "heads": None,
-                           "pca": False, "overlay_format": "png"}
-    assert set(b["timings_ms"]) == {"decode", "preprocess", "model", "postprocess", "overlays", "total"}
-    assert b["layer"] == b["depth"] - 1 and b["cached"] is False and b["overlay_mime"] == "image/png"
+    assert b["params"] == {
+        "image_size": 480,
+        "resize": "keep_aspect",
+        "threshold": 0.6,
+        "overlays": True,
+        "format": "json",
+        "layer": -1,
+        "query": None,
+        "composite": False,
+        "heads": None,
+        "pca": False,
+        "overlay_format": "png",
+    }
+    assert set(b["timings_ms"]) == {
+        "decode",
+        "preprocess",
+        "model",
+        "postprocess",
+        "overlays",
+        "total",
+    }
+    assert (
+        b["layer"] == b["depth"] - 1 and b["cached"] is False and b["overlay_mime"] == "image/png"
+    )
     ov = b["overlays"]
     for png in [ov["image"], ov["mean"], *ov["heads"], *ov["masks"]]:
         assert Image.open(io.BytesIO(base64.b64decode(png))).size == (640, 480)
@@ -100,11 +135,24 @@ def test_json_response_fields_and_invariants(client):
 
 def test_json_body_with_base64_and_other_model(client):
     data = base64.b64encode(image_bytes(50, 50)).decode()
-    r = client.post("/attention", json={"image": f"data:image/png;base64,{data}", "model": "tiny16",
-                                        "image_size": 70, "resize": "square", "overlays": False})
+    r = client.post(
+        "/attention",
+        json={
+            "image": f"data:image/png;base64,{data}",
+            "model": "tiny16",
+            "image_size": 70,
+            "resize": "square",
+            "overlays": False,
+        },
+    )
     assert r.status_code == 200, r.text
     b = r.json()
-    assert b["model"] == "tiny16" and b["grid"] == [4, 4] and b["image_size"] == [64, 64] and "overlays" not in b
+    assert (
+        b["model"] == "tiny16"
+        and b["grid"] == [4, 4]
+        and b["image_size"] == [64, 64]
+        and "overlays" not in b
+    )
 
 
 def test_gt_mask_iou_and_best_head(client):
@@ -112,17 +160,23 @@ def test_gt_mask_iou_and_best_head(client):
     gt = np.zeros((64, 64), np.uint8)
     gt[:32] = 255
     buf = io.BytesIO()
-    Image.fromarray(gt).resize((32, 32), Image.Resampling.NEAREST).save(buf, format="PNG")  # same aspect
-    files = {"image": ("a.png", _png(img), "image/png"), "gt_mask": ("m.png", buf.getvalue(), "image/png")}
-    r = _post(client, files=files,
-              data={"image_size": "64", "overlays": "false", "model": "tiny"})
+    Image.fromarray(gt).resize((32, 32), Image.Resampling.NEAREST).save(
+        buf, format="PNG"
+    )  # same aspect
+    files = {
+        "image": ("a.png", _png(img), "image/png"),
+        "gt_mask": ("m.png", buf.getvalue(), "image/png"),
+    }
+    r = _post(client, files=files, data={"image_size": "64", "overlays": "false", "model": "tiny"})
     assert r.status_code == 200, r.text
     b = r.json()
     masks = np.asarray(b["masks"], bool).repeat(8, 1).repeat(8, 2)
     gt_bool = gt > 127
     expected = (masks & gt_bool).sum((1, 2)) / (masks | gt_bool).sum((1, 2))
     np.testing.assert_allclose(b["iou"], expected, atol=1e-6)
-    assert b["best_head"] == int(np.argmax(expected)) and b["best_iou"] == pytest.approx(expected.max())
+    assert b["best_head"] == int(np.argmax(expected)) and b["best_iou"] == pytest.approx(
+        expected.max()
+    )
 
 
 def _png(img):
@@ -143,26 +197,43 @@ def test_npz_download(client):
 
 
 def test_batch(client):
-    files = [("images", (f"{i}.png", image_bytes(40 + 20 * i, 40, seed=i), "image/png")) for i in range(3)]
-    r = client.post("/attention/batch", files=files, data={"image_size": "32", "overlays": "false", "model": "tiny"})
+    files = [
+        ("images", (f"{i}.png", image_bytes(40 + 20 * i, 40, seed=i), "image/png"))
+        for i in range(3)
+    ]
+    r = client.post(
+        "/attention/batch",
+        files=files,
+        data={"image_size": "32", "overlays": "false", "model": "tiny"},
+    )
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [res["grid"] for res in results] == [[4, 4], [4, 6], [4, 8]]
-    single = _post(client, files={"image": ("1.png", image_bytes(60, 40, seed=1), "image/png")},
-                   data={"image_size": "32", "overlays": "false", "model": "tiny"}).json()
+    single = _post(
+        client,
+        files={"image": ("1.png", image_bytes(60, 40, seed=1), "image/png")},
+        data={"image_size": "32", "overlays": "false", "model": "tiny"},
+    ).json()
     np.testing.assert_allclose(results[1]["attentions"], single["attentions"], atol=1e-6)
 
 
 def test_batch_limit_is_16(client):
     png = image_bytes(16, 16)
-    ok = client.post("/attention/batch", json={"images": [base64.b64encode(png).decode()] * 16,
-                                               "image_size": 16, "overlays": False})
+    ok = client.post(
+        "/attention/batch",
+        json={"images": [base64.b64encode(png).decode()] * 16, "image_size": 16, "overlays": False},
+    )
     assert ok.status_code == 200 and len(ok.json()["results"]) == 16
     files = [("images", (f"{i}.png", png, "image/png")) for i in range(17)]
     r = client.post("/attention/batch", files=files)
     assert r.status_code == 422 and "1 to 16" in r.json()["detail"]
-    bad = client.post("/attention/batch", files=[("images", ("a.png", png, "image/png")),
-                                                 ("images", ("b.png", b"junk", "image/png"))])
+    bad = client.post(
+        "/attention/batch",
+        files=[
+            ("images", ("a.png", png, "image/png")),
+            ("images", ("b.png", b"junk", "image/png")),
+        ],
+    )
     assert bad.status_code == 415 and bad.json()["detail"].startswith("images[1]")
 
 
@@ -170,18 +241,36 @@ def test_models_health_ready_metrics(client):
     models = client.get("/models").json()
     assert models["default"] == "tiny16"  # newest file in the folder
     by_id = {m["id"]: m for m in models["models"]}
-    assert by_id["tiny"]["available"] and by_id["tiny"]["arch"] == "vit_d64" and by_id["tiny"]["patch_size"] == 8
+    assert (
+        by_id["tiny"]["available"]
+        and by_id["tiny"]["arch"] == "vit_d64"
+        and by_id["tiny"]["patch_size"] == 8
+    )
     assert not by_id["broken"]["available"] and "broken.pth" in by_id["broken"]["error"]
     assert {"dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8"} <= set(by_id)
-    assert set(by_id["tiny"]) >= {"id", "arch", "patch_size", "num_heads", "source", "loaded", "available",
-                                  "trained", "error"}
+    assert set(by_id["tiny"]) >= {
+        "id",
+        "arch",
+        "patch_size",
+        "num_heads",
+        "source",
+        "loaded",
+        "available",
+        "trained",
+        "error",
+    }
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"ready": True, "default_model": "tiny16"}
     _post(client, **_one(image_size=32, overlays="false"))
     _post(client, **_one(threshold=7))
     text = client.get("/metrics").text
-    assert 'dino_requests_total{endpoint="/attention",method="POST",model="tiny",status="200"}' in text
-    assert "dino_request_latency_seconds_bucket" in text and 'dino_inference_seconds_count{model="tiny"}' in text
+    assert (
+        'dino_requests_total{endpoint="/attention",method="POST",model="tiny",status="200"}' in text
+    )
+    assert (
+        "dino_request_latency_seconds_bucket" in text
+        and 'dino_inference_seconds_count{model="tiny"}' in text
+    )
     assert 'dino_errors_total{code="invalid_parameter",endpoint="/attention",model=""}' in text
 
 
@@ -260,5 +349,9 @@ def test_saturated_service_answers_503_with_retry_after(tmp_path):
     with TestClient(app) as c:
         with app.state.service.engine.slot():  # someone else holds the only slot
             r = _post(c, **_one(image_size=32))
-        assert r.status_code == 503 and r.json()["code"] == "busy" and int(r.headers["retry-after"]) >= 1
+        assert (
+            r.status_code == 503
+            and r.json()["code"] == "busy"
+            and int(r.headers["retry-after"]) >= 1
+        )
         assert _post(c, **_one(image_size=32)).status_code == 200

@@ -56,7 +56,9 @@ def _reference_pos_embed(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
 
 def _reference_last_attention(state: dict[str, torch.Tensor], img: torch.Tensor) -> torch.Tensor:
     """Explicit attention in every block; returns the last block's full (heads, 1+N, 1+N) weights."""
-    x = F.conv2d(img, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=PATCH)
+    x = F.conv2d(
+        img, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=PATCH
+    )
     _, d, gh, gw = x.shape
     x = torch.cat([state["cls_token"], x.flatten(2).transpose(1, 2)], dim=1)
     x = x + _reference_pos_embed(state["pos_embed"], gh, gw)
@@ -64,9 +66,11 @@ def _reference_last_attention(state: dict[str, torch.Tensor], img: torch.Tensor)
     for i in range(DEPTH):
         p = f"blocks.{i}."
         h = F.layer_norm(x, (d,), state[p + "norm1.weight"], state[p + "norm1.bias"], eps=1e-6)
-        qkv = (h @ state[p + "attn.qkv.weight"].T + state[p + "attn.qkv.bias"]).reshape(1, n, 3, HEADS, hd)
+        qkv = (h @ state[p + "attn.qkv.weight"].T + state[p + "attn.qkv.bias"]).reshape(
+            1, n, 3, HEADS, hd
+        )
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * hd ** -0.5, dim=-1)
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * hd**-0.5, dim=-1)
         y = (attn @ v).transpose(1, 2).reshape(1, n, d)
         x = x + y @ state[p + "attn.proj.weight"].T + state[p + "attn.proj.bias"]
         h = F.layer_norm(x, (d,), state[p + "norm2.weight"], state[p + "norm2.bias"], eps=1e-6)
@@ -95,24 +99,40 @@ def setup(tmp_path_factory):
             blk.attn.qkv.weight.mul_(25.0)
         model.pos_embed.mul_(20.0)
     settings = isolated_settings(tmp_path_factory.mktemp("fid"), default_model="fid")
-    export_backbone_safetensors(model, settings.checkpoint_dir / "fid.safetensors", arch="vit_d128", epoch=1)
+    export_backbone_safetensors(
+        model, settings.checkpoint_dir / "fid.safetensors", arch="vit_d128", epoch=1
+    )
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with TestClient(create_app(settings)) as client:
         yield client, state
 
 
-@pytest.mark.parametrize(("size", "image_size", "threshold"), [((90, 70), 100, 0.6), ((64, 64), 56, 0.3),
-                                                                ((120, 80), 224, 0.9)])
+@pytest.mark.parametrize(
+    ("size", "image_size", "threshold"),
+    [((90, 70), 100, 0.6), ((64, 64), 56, 0.3), ((120, 80), 224, 0.9)],
+)
 def test_square_matches_authors_procedure(setup, size, image_size, threshold):
     client, state = setup
     scene = _scene(*size)
-    r = client.post("/attention", files={"image": ("s.png", _png(scene), "image/png")},
-                    data={"resize": "square", "image_size": str(image_size), "threshold": str(threshold),
-                          "overlays": "false"})
+    r = client.post(
+        "/attention",
+        files={"image": ("s.png", _png(scene), "image/png")},
+        data={
+            "resize": "square",
+            "image_size": str(image_size),
+            "threshold": str(threshold),
+            "overlays": "false",
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
-    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     img = transform(scene)
     w, h = img.shape[1] - img.shape[1] % PATCH, img.shape[2] - img.shape[2] % PATCH
     img = img[:, :w, :h].unsqueeze(0)
@@ -123,13 +143,17 @@ def test_square_matches_authors_procedure(setup, size, image_size, threshold):
     got = torch.tensor(body["attentions"]).reshape(HEADS, -1)
     assert got.shape == ref.shape
     assert torch.allclose(got, ref, atol=1e-5, rtol=0), (got - ref).abs().max()
-    assert ref.max() > 5.0 / ref.shape[1], "attention should be peaky for this test to mean something"
+    assert ref.max() > 5.0 / ref.shape[1], (
+        "attention should be peaky for this test to mean something"
+    )
     ref_masks, cum = _reference_masks(ref, threshold)
     masks = torch.tensor(body["masks"]).reshape(HEADS, -1).bool()
     differ = masks != ref_masks
     assert torch.all((cum[differ] - (1 - threshold)).abs() < 1e-4), "masks differ beyond ties"
     assert differ.sum() <= 2
-    np.testing.assert_allclose(body["mean_attention"], got.mean(0).reshape(gh, gw).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        body["mean_attention"], got.mean(0).reshape(gh, gw).numpy(), atol=1e-6
+    )
     np.testing.assert_allclose(body["coverage"], masks.float().mean(1).numpy(), atol=1e-6)
 
 
@@ -137,11 +161,19 @@ def test_keep_aspect_rectangular_grid_matches_reference(setup):
     """keep_aspect: the authors' ``transforms.Resize(int)`` (short side, bilinear), non-square grid."""
     client, state = setup
     scene = _scene(150, 100)
-    r = client.post("/attention", files={"image": ("s.png", _png(scene), "image/png")},
-                    data={"image_size": "60", "overlays": "false"})
+    r = client.post(
+        "/attention",
+        files={"image": ("s.png", _png(scene), "image/png")},
+        data={"image_size": "60", "overlays": "false"},
+    )
     assert r.status_code == 200, r.text
-    transform = transforms.Compose([transforms.Resize(60), transforms.ToTensor(),
-                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(60),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     img = transform(scene)
     assert tuple(img.shape) == (3, 60, 90)
     img = img[None, :, :56, :88]

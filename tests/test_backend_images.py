@@ -99,8 +99,15 @@ def test_limits_checked_before_decoding():
         decode_image(image_bytes(64, 64), 100, 10_000_000)
 
 
-@pytest.mark.parametrize(("data", "error"), [(b"", BadImage), (b"GIF89a-but-not-really", BadImage),
-                                             (b"%PDF-1.4 hello", NotAnImage), (b"\x00" * 100, NotAnImage)])
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", BadImage),
+        (b"GIF89a-but-not-really", BadImage),
+        (b"%PDF-1.4 hello", NotAnImage),
+        (b"\x00" * 100, NotAnImage),
+    ],
+)
 def test_broken_inputs(data, error):
     with pytest.raises((BadImage, NotAnImage)) as info:
         _decode(data)
@@ -126,8 +133,14 @@ def test_resize_geometry_and_crop():
     assert resized_size(640, 480, 100, "square") == (100, 100)
     img = Image.new("RGB", (300, 200), (124, 116, 104))
     p = prepare(img, 100, "keep_aspect", 16, IMAGENET_MEAN, IMAGENET_STD)
-    assert p.resized_size == (150, 100) and p.image.size == (144, 96) and p.tensor.shape == (1, 3, 96, 144)
-    expected = (torch.tensor([124, 116, 104]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert (
+        p.resized_size == (150, 100)
+        and p.image.size == (144, 96)
+        and p.tensor.shape == (1, 3, 96, 144)
+    )
+    expected = (torch.tensor([124, 116, 104]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(
+        IMAGENET_STD
+    )
     assert torch.allclose(p.tensor[0, :, 5, 5], expected.float(), atol=1e-5)
 
 

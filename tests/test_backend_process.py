@@ -28,9 +28,17 @@ def base_url(tmp_path_factory):
     ckpt, cache = tmp / "checkpoints", tmp / "cache"
     ckpt.mkdir()
     write_tiny_checkpoint(ckpt, "tiny")
-    env = {"DINO_CHECKPOINT_DIR": str(ckpt), "DINO_CACHE_DIR": str(cache), "DINO_ALLOW_DOWNLOADS": "false",
-           "DINO_DEVICE": "cpu", "DINO_MAX_UPLOAD_MB": "0.2", "DINO_MAX_PIXELS": str(MAX_PIXELS),
-           "DINO_MAX_IMAGE_SIZE": "1024", "DINO_MAX_REQUEST_MB": "8", "DINO_QUEUE_TIMEOUT_S": "60"}
+    env = {
+        "DINO_CHECKPOINT_DIR": str(ckpt),
+        "DINO_CACHE_DIR": str(cache),
+        "DINO_ALLOW_DOWNLOADS": "false",
+        "DINO_DEVICE": "cpu",
+        "DINO_MAX_UPLOAD_MB": "0.2",
+        "DINO_MAX_PIXELS": str(MAX_PIXELS),
+        "DINO_MAX_IMAGE_SIZE": "1024",
+        "DINO_MAX_REQUEST_MB": "8",
+        "DINO_QUEUE_TIMEOUT_S": "60",
+    }
     with uvicorn_process(env) as url:
         yield url
 
@@ -49,10 +57,14 @@ def test_every_bad_input_is_a_readable_4xx(base_url):
             assert r.status_code == status, (name, r.text)
             body = r.json()
             assert body["code"] and len(body["detail"]) > 10 and "Traceback" not in r.text, name
-        r = client.post("/attention/batch", files=[("images", (f"{i}", image_bytes(16, 16), "image/png"))
-                                                   for i in range(17)])
+        r = client.post(
+            "/attention/batch",
+            files=[("images", (f"{i}", image_bytes(16, 16), "image/png")) for i in range(17)],
+        )
         assert r.status_code == 422 and "1 to 16" in r.json()["detail"]
-        r = client.post("/attention", content=b"x" * (9 * 2**20), headers={"content-type": "application/json"})
+        r = client.post(
+            "/attention", content=b"x" * (9 * 2**20), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413 and r.json()["code"] == "request_too_large"
 
 
@@ -72,8 +84,11 @@ def test_image_modes_are_handled(base_url):
     }
     with httpx.Client(base_url=base_url, timeout=60) as client:
         for name, data in cases.items():
-            r = client.post("/attention", files={"image": ("x", data, "application/octet-stream")},
-                            data={"image_size": "16", "overlays": "false"})
+            r = client.post(
+                "/attention",
+                files={"image": ("x", data, "application/octet-stream")},
+                data={"image_size": "16", "overlays": "false"},
+            )
             assert r.status_code == 200, (name, r.text)
             expected = [16, 24] if name != "exif" else [24, 16]  # EXIF 6 turns 24x16 into 16x24
             assert r.json()["image_size"] == expected, name
@@ -82,8 +97,11 @@ def test_image_modes_are_handled(base_url):
 def test_sixteen_concurrent_clients(base_url):
     def one(i):
         with httpx.Client(base_url=base_url, timeout=120) as client:
-            return client.post("/attention", files={"image": ("a.png", image_bytes(48, 40, seed=i), "image/png")},
-                               data={"image_size": "64"}).status_code
+            return client.post(
+                "/attention",
+                files={"image": ("a.png", image_bytes(48, 40, seed=i), "image/png")},
+                data={"image_size": "64"},
+            ).status_code
 
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(one, range(16))) == [200] * 16

@@ -26,22 +26,39 @@ def _attn(model, x):
 def folder_with_every_format(tmp_path):
     settings = isolated_settings(tmp_path, max_loaded_models=2)
     d = settings.checkpoint_dir
-    teacher, student, plain, timm_model = tiny_vit(1), tiny_vit(2), tiny_vit(3), tiny_vit(4, embed_dim=128)
+    teacher, student, plain, timm_model = (
+        tiny_vit(1),
+        tiny_vit(2),
+        tiny_vit(3),
+        tiny_vit(4, embed_dim=128),
+    )
     torch.save(plain.state_dict(), d / "official.pth")  # (a)
     head = {"head.mlp.0.weight": torch.zeros(8, 64), "head.last_layer.weight_g": torch.ones(16, 1)}
-    torch.save({  # (b) the authors' layout: module./backbone. prefixes, heads, optimizer
-        "student": {**{f"module.backbone.{k}": v for k, v in student.state_dict().items()},
-                    **{f"module.{k}": v for k, v in head.items()}},
-        "teacher": {**{f"backbone.{k}": v for k, v in teacher.state_dict().items()}, **head},
-        "epoch": 7, "optimizer": {"state": {}}, "train_args": {"arch": "vit_d64", "lr": 0.1},
-    }, d / "full.pth")
+    torch.save(
+        {  # (b) the authors' layout: module./backbone. prefixes, heads, optimizer
+            "student": {
+                **{f"module.backbone.{k}": v for k, v in student.state_dict().items()},
+                **{f"module.{k}": v for k, v in head.items()},
+            },
+            "teacher": {**{f"backbone.{k}": v for k, v in teacher.state_dict().items()}, **head},
+            "epoch": 7,
+            "optimizer": {"state": {}},
+            "train_args": {"arch": "vit_d64", "lr": 0.1},
+        },
+        d / "full.pth",
+    )
     torch.save({"model": timm_model.state_dict(), "epoch": 1}, d / "timm_vit.pt")  # (c)
     write_tiny_checkpoint(d, "ours", seed=5)  # (d)
     (d / "corrupt.pth").write_bytes(b"\x00garbage")
     (d / "corrupt2.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad json")
     (d / "notes.txt").write_text("ignored")
-    models = {"official": plain, "full": teacher, "full:student": student, "timm_vit": timm_model,
-              "ours": tiny_vit(5)}
+    models = {
+        "official": plain,
+        "full": teacher,
+        "full:student": student,
+        "timm_vit": timm_model,
+        "ours": tiny_vit(5),
+    }
     return settings, models
 
 
@@ -50,13 +67,19 @@ def test_every_format_loads_with_the_right_weights(folder_with_every_format):
     reg = ModelRegistry(settings)
     entries = {e.id: e for e in reg.entries()}
     assert set(models) | {"corrupt", "corrupt2"} <= set(entries) and "notes" not in entries
-    assert entries["full"].layout == "training-teacher" and entries["full:student"].which == "student"
-    assert entries["timm_vit"].arch == "vit_d128" and entries["timm_vit"].num_heads == 2  # heads = dim / 64
+    assert (
+        entries["full"].layout == "training-teacher" and entries["full:student"].which == "student"
+    )
+    assert (
+        entries["timm_vit"].arch == "vit_d128" and entries["timm_vit"].num_heads == 2
+    )  # heads = dim / 64
     assert entries["official"].layout == "backbone" and entries["ours"].layout == "safetensors"
     x = torch.randn(1, 3, 40, 48)
     for model_id, reference in models.items():
         loaded = reg.get(model_id)
-        assert torch.allclose(_attn(loaded.model, x), _attn(reference.eval(), x), atol=1e-6), model_id
+        assert torch.allclose(_attn(loaded.model, x), _attn(reference.eval(), x), atol=1e-6), (
+            model_id
+        )
 
 
 def test_corrupt_files_are_unavailable_and_the_rest_works(folder_with_every_format):
@@ -121,7 +144,9 @@ def test_default_is_newest_file_then_placeholder(tmp_path):
     service = AttentionService(settings)
     service.start()
     assert service.ready and service.default_model == "old"
-    assert AttentionService(isolated_settings(tmp_path, default_model="new")).choose_default() == "new"
+    assert (
+        AttentionService(isolated_settings(tmp_path, default_model="new")).choose_default() == "new"
+    )
 
 
 def test_placeholder_when_nothing_else(tmp_path):

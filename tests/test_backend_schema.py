@@ -31,8 +31,14 @@ def api_schema(app):
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-OPERATIONS = [("get", "/healthz", 5), ("get", "/readyz", 5), ("get", "/models", 5), ("get", "/metrics", 5),
-              ("post", "/attention", 300), ("post", "/attention/batch", 200)]
+OPERATIONS = [
+    ("get", "/healthz", 5),
+    ("get", "/readyz", 5),
+    ("get", "/models", 5),
+    ("get", "/metrics", 5),
+    ("post", "/attention", 300),
+    ("post", "/attention/batch", 200),
+]
 
 
 @pytest.mark.parametrize(("method", "path", "examples"), OPERATIONS)
@@ -40,8 +46,13 @@ def test_no_server_error_from_schema_cases(api_schema, method, path, examples):
     operation = api_schema[path][method.upper()]
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     def run(case):
         response = case.call()
         CASES.append(response.status_code)
@@ -51,16 +62,26 @@ def test_no_server_error_from_schema_cases(api_schema, method, path, examples):
 
 
 @given(
-    size=st.integers(1, 70), width=st.integers(1, 90), height=st.integers(1, 90),
+    size=st.integers(1, 70),
+    width=st.integers(1, 90),
+    height=st.integers(1, 90),
     image_size=st.one_of(st.integers(-5, 200), st.text(max_size=4)),
     threshold=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just("0.5"), st.none()),
-    resize=st.sampled_from(["keep_aspect", "square", "bogus"]), fmt=st.sampled_from(["json", "npz", "xml"]),
-    overlays=st.sampled_from([True, False, "maybe"]), as_json=st.booleans(),
+    resize=st.sampled_from(["keep_aspect", "square", "bogus"]),
+    fmt=st.sampled_from(["json", "npz", "xml"]),
+    overlays=st.sampled_from([True, False, "maybe"]),
+    as_json=st.booleans(),
 )
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-          database=None)
-def test_valid_images_with_arbitrary_parameters(app, size, width, height, image_size, threshold, resize, fmt,
-                                                overlays, as_json):
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_valid_images_with_arbitrary_parameters(
+    app, size, width, height, image_size, threshold, resize, fmt, overlays, as_json
+):
     png = image_bytes(width, height, seed=size)
     params = {"image_size": image_size, "resize": resize, "format": fmt, "overlays": overlays}
     if threshold is not None:
@@ -69,8 +90,11 @@ def test_valid_images_with_arbitrary_parameters(app, size, width, height, image_
     if as_json:
         r = client.post("/attention", json={"image": base64.b64encode(png).decode(), **params})
     else:
-        r = client.post("/attention", files={"image": ("a.png", png, "image/png")},
-                        data={k: str(v) for k, v in params.items()})
+        r = client.post(
+            "/attention",
+            files={"image": ("a.png", png, "image/png")},
+            data={k: str(v) for k, v in params.items()},
+        )
     CASES.append(r.status_code)
     assert r.status_code < 500, r.text
     assert r.status_code in (200, 400, 413, 422), r.text

@@ -71,15 +71,23 @@ def _files(folder):
 
 def test_download_once_atomically_then_serve(server, tmp_path):
     server.mode, server.hits[:] = "ok", []
-    settings = isolated_settings(tmp_path, allow_downloads=True, download_base_url=server.url,
-                                 default_model="dino_vits16")
+    settings = isolated_settings(
+        tmp_path, allow_downloads=True, download_base_url=server.url, default_model="dino_vits16"
+    )
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").json() == {"ready": True, "default_model": "dino_vits16"}
         assert server.hits == ["/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"]
         assert _files(settings.cache_dir) == ["dino_deitsmall16_pretrain.pth"]  # no temp file left
-        r = client.post("/attention", files={"image": ("a.png", image_bytes(40, 40), "image/png")},
-                        data={"image_size": "32", "overlays": "false"})
-        assert r.status_code == 200 and r.json()["model"] == "dino_vits16" and r.json()["num_heads"] == 6
+        r = client.post(
+            "/attention",
+            files={"image": ("a.png", image_bytes(40, 40), "image/png")},
+            data={"image_size": "32", "overlays": "false"},
+        )
+        assert (
+            r.status_code == 200
+            and r.json()["model"] == "dino_vits16"
+            and r.json()["num_heads"] == 6
+        )
     ModelRegistry(settings).get("dino_vits16")  # cached: no second download
     assert len(server.hits) == 1
 
@@ -109,15 +117,20 @@ def test_downloads_off_gives_503_through_the_api(tmp_path):
     with TestClient(create_app(settings)) as client:
         models = {m["id"]: m for m in client.get("/models").json()["models"]}
         assert not models["dino_vitb16"]["available"]
-        r = client.post("/attention", files={"image": ("a.png", image_bytes(), "image/png")},
-                        data={"model": "dino_vitb16"})
+        r = client.post(
+            "/attention",
+            files={"image": ("a.png", image_bytes(), "image/png")},
+            data={"model": "dino_vitb16"},
+        )
         assert r.status_code == 503 and r.json()["code"] == "downloads_disabled"
         assert "DINO_ALLOW_DOWNLOADS" in r.json()["detail"]
 
 
 def test_offline_startup_falls_back_quickly(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/dino"  # nothing listens there
-    settings = isolated_settings(tmp_path, allow_downloads=True, download_base_url=dead, download_timeout_s=2)
+    settings = isolated_settings(
+        tmp_path, allow_downloads=True, download_base_url=dead, download_timeout_s=2
+    )
     write_tiny_checkpoint(settings.checkpoint_dir, "local")
     service = AttentionService(settings)
     start = time.monotonic()
@@ -128,6 +141,8 @@ def test_offline_startup_falls_back_quickly(tmp_path):
 
 def test_zoo_urls_are_the_authors():
     urls = {k: v.url("https://dl.fbaipublicfiles.com/dino") for k, v in ZOO.items()}
-    assert urls["dino_vits16"] == ("https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
-                                   "dino_deitsmall16_pretrain.pth")
+    assert urls["dino_vits16"] == (
+        "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
+        "dino_deitsmall16_pretrain.pth"
+    )
     assert urls["dino_vitb8"].endswith("/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth")

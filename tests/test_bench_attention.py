@@ -18,10 +18,16 @@ def bench():
 def test_tiny_in_process_run(bench, tmp_path, capsys):
     out = tmp_path / "rows.json"
     rows = bench.main(["--tiny", "--no-http", "--repeats", "2", "--json", str(out)])
-    assert [r.path for r in rows] == ["baseline (all explicit)", "fast path (model only)", "service in-process"]
+    assert [r.path for r in rows] == [
+        "baseline (all explicit)",
+        "fast path (model only)",
+        "service in-process",
+    ]
     assert all(r.n == 2 and r.p50_ms > 0 and r.p95_ms >= r.p50_ms for r in rows)
     assert rows[0].speedup_latency == pytest.approx(1.0)
-    assert out.exists() and "speedup_latency" in out.read_text() and "max_speedup" in out.read_text()
+    assert (
+        out.exists() and "speedup_latency" in out.read_text() and "max_speedup" in out.read_text()
+    )
     assert "summary" in capsys.readouterr().out
 
 
@@ -40,7 +46,9 @@ def test_bad_arch_is_refused(bench):
         bench.parse_args(["--archs", "vit_huge"])
 
 
-def test_roofline_counts_the_fast_path_as_the_full_forward_less_the_last_blocks_unneeded_work(bench, capsys):
+def test_roofline_counts_the_fast_path_as_the_full_forward_less_the_last_blocks_unneeded_work(
+    bench, capsys
+):
     from trainer.train.flops import vit_forward_flops
 
     model = bench.build_model("vit_small", 16)
@@ -48,11 +56,17 @@ def test_roofline_counts_the_fast_path_as_the_full_forward_less_the_last_blocks_
     n, d = (64 // 16) ** 2 + 1, 384
     full = vit_forward_flops(d, 12, 6, 16, 64)
     last_block = 2 * n * d * (4 * d + 2 * 4 * d) + 4 * n * n * d
-    kept_of_last = 2 * n * d * d + 2 * d * d + 4 * n * d  # K for every token, Q and attention for the CLS row
-    assert (r.linear_gflop + r.attention_gflop) * 1e9 == pytest.approx(full - last_block + kept_of_last, rel=1e-12)
+    kept_of_last = (
+        2 * n * d * d + 2 * d * d + 4 * n * d
+    )  # K for every token, Q and attention for the CLS row
+    assert (r.linear_gflop + r.attention_gflop) * 1e9 == pytest.approx(
+        full - last_block + kept_of_last, rel=1e-12
+    )
     assert r.gemm_gflops > 0 and r.sdpa_gflops > 0
     expected_floor = 1e3 * (r.linear_gflop / r.gemm_gflops + r.attention_gflop / r.sdpa_gflops)
-    assert r.floor_ms == pytest.approx(expected_floor) and r.max_speedup == pytest.approx(10.0 / r.floor_ms)
+    assert r.floor_ms == pytest.approx(expected_floor) and r.max_speedup == pytest.approx(
+        10.0 / r.floor_ms
+    )
     bench.print_roofline(r)
     assert "at most x" in capsys.readouterr().out
 
@@ -64,5 +78,7 @@ def test_first_request_and_rethreshold_over_http(bench, tmp_path, capsys):
     assert result["all_cached"] and result["n"] == 2 and result["overlay_format"] == "jpeg"
     assert result["first_p95_ms"] >= result["first_p50_ms"] > 0 and result["rethreshold_p95_ms"] > 0
     assert result["model_p50_ms"] > 0 and result["overlays_p50_ms"] > 0
-    assert result["ratio_p50"] == pytest.approx(result["rethreshold_p50_ms"] / result["first_p50_ms"])
+    assert result["ratio_p50"] == pytest.approx(
+        result["rethreshold_p50_ms"] / result["first_p50_ms"]
+    )
     assert "re-threshold p50=" in capsys.readouterr().out

@@ -25,7 +25,12 @@ def test_reports_throughput_speedup_and_per_op_profile(tmp_path, capsys):
     paper, ours = report["profile_ms"]["paper"], report["profile_ms"]["ours"]
     assert list(paper) == list(augment_throughput.PAPER_OPS)
     assert list(ours) == [*augment_throughput.PAPER_OPS, *(f"jitter.{op}" for op in JITTER_OPS)]
-    for op in ("decode", "crop", "blur", "to_tensor"):  # every image has these (global 1 is always blurred)
+    for op in (
+        "decode",
+        "crop",
+        "blur",
+        "to_tensor",
+    ):  # every image has these (global 1 is always blurred)
         assert paper[op] > 0 and ours[op] > 0, op
     assert all(value >= 0 for value in [*paper.values(), *ours.values()])
     for text in ("images/s", "speed-up", "per-op profile", "jitter.hue", "generated 120x90 photos"):
@@ -37,9 +42,22 @@ def test_reads_photos_from_a_folder(tmp_path, capsys):
     folder.mkdir(parents=True)
     for index, blob in enumerate(augment_throughput.generated_photos(2, (80, 60), seed=1)):
         (folder / f"{index}.jpg").write_bytes(blob)
-    report = augment_throughput.main(["--data_path", str(tmp_path / "photos"), "--images", "5", "--rounds", "1",
-                                      "--local_crops_number", "2", "--global_crops_size", "32",
-                                      "--local_crops_size", "16"])
+    report = augment_throughput.main(
+        [
+            "--data_path",
+            str(tmp_path / "photos"),
+            "--images",
+            "5",
+            "--rounds",
+            "1",
+            "--local_crops_number",
+            "2",
+            "--global_crops_size",
+            "32",
+            "--local_crops_size",
+            "16",
+        ]
+    )
     assert report["images"] == 2 and report["views"] == "2x32 + 2x16"
     assert report["source"] == str(tmp_path / "photos") and report["speedup"] > 0
     assert str(tmp_path / "photos") in capsys.readouterr().out

@@ -14,15 +14,47 @@ from trainer.data.jpeg_batch import collate_bytes
 from trainer.train import engine
 from trainer.train.flops import dino_step_flops_per_image
 
-TINY = ["--arch", "vit_tiny", "--patch_size", "8", "--global_crops_size", "32", "--local_crops_size", "16",
-        "--local_crops_number", "2", "--batch_size_per_gpu", "4", "--out_dim", "128", "--device", "cpu",
-        "--synthetic", "--synthetic_images", "8", "--synthetic_size", "64", "48", "--warmup", "1",
-        "--iters", "2", "--num_workers", "1", "--peak_tflops", "0.5", "--threads", "1"]
+TINY = [
+    "--arch",
+    "vit_tiny",
+    "--patch_size",
+    "8",
+    "--global_crops_size",
+    "32",
+    "--local_crops_size",
+    "16",
+    "--local_crops_number",
+    "2",
+    "--batch_size_per_gpu",
+    "4",
+    "--out_dim",
+    "128",
+    "--device",
+    "cpu",
+    "--synthetic",
+    "--synthetic_images",
+    "8",
+    "--synthetic_size",
+    "64",
+    "48",
+    "--warmup",
+    "1",
+    "--iters",
+    "2",
+    "--num_workers",
+    "1",
+    "--peak_tflops",
+    "0.5",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    threads = torch.get_num_threads()  # the benchmark's --threads 1 (fast on a shared machine) is undone after
+    threads = (
+        torch.get_num_threads()
+    )  # the benchmark's --threads 1 (fast on a shared machine) is undone after
     import benchmarks.train_throughput as module
 
     yield module
@@ -44,18 +76,32 @@ def test_compare_reports_every_field_for_both_paths(bench, tmp_path, capsys):
     for result in (default, baseline):
         rate = result["img_per_s"]
         b = result["breakdown_s"]
-        assert rate > 0 and rate == pytest.approx(8 / b["wall"])  # 2 steps x 4 images in the timed window
+        assert rate > 0 and rate == pytest.approx(
+            8 / b["wall"]
+        )  # 2 steps x 4 images in the timed window
         assert result["achieved_tflops"] == pytest.approx(flops * rate / 1e12)
         assert result["mfu"] == pytest.approx(result["achieved_tflops"] / 0.5)
         assert 0.0 <= result["data_wait_fraction"] <= 1.0
         assert result["data_wait_fraction"] == pytest.approx(b["data_wait_host"] / b["wall"])
         assert b["forward_backward_step"] > 0
-        assert b["data_wait_host"] + b["decode_and_augment"] + b["forward_backward_step"] <= b["wall"] * 1.001
+        assert (
+            b["data_wait_host"] + b["decode_and_augment"] + b["forward_backward_step"]
+            <= b["wall"] * 1.001
+        )
         assert result["peak_memory_gb"] > 0 and result["peak_memory_kind"] == "process_max_rss"
         assert math.isfinite(result["mean_loss"]) and result["mean_loss"] > 0
         assert f"[{result['path']}] " in printed
-    assert default["breakdown_s"]["decode_and_augment"] > 0  # crops made in the step, not in the workers
-    for text in ("img/s", "TFLOP/s", "MFU", "peak memory", "data wait", "speed-up default/baseline"):
+    assert (
+        default["breakdown_s"]["decode_and_augment"] > 0
+    )  # crops made in the step, not in the workers
+    for text in (
+        "img/s",
+        "TFLOP/s",
+        "MFU",
+        "peak memory",
+        "data wait",
+        "speed-up default/baseline",
+    ):
         assert text in printed
 
 
@@ -73,14 +119,18 @@ def test_the_benchmark_times_the_trainers_own_step_and_collates(bench):
     from benchmarks import train_data
 
     assert bench.train_step is engine.train_step and bench.batch_crops is engine.batch_crops
-    args = SimpleNamespace(synthetic=True, synthetic_images=3, synthetic_size=(40, 30), seed=0, data_path=None)
+    args = SimpleNamespace(
+        synthetic=True, synthetic_images=3, synthetic_size=(40, 30), seed=0, data_path=None
+    )
     cfg = bench.bench_config(bench.parse_args([*TINY]))
     assert train_data.build_dataset(args, True, True, cfg)[1] is collate_bytes
     assert train_data.build_dataset(args, False, False, cfg)[1] is collate_skip_none
     dataset, collate = train_data.build_dataset(args, True, False, cfg)  # decoded in the workers
     batch = collate([dataset[0], (b"", 1), dataset[2]])
     assert batch.skipped == 1 and batch.labels.tolist() == [0, 2]
-    assert [tuple(im.shape) for im in batch.images] == [(3, 30, 40)] * 2 and batch.images[0].dtype == torch.uint8
+    assert [tuple(im.shape) for im in batch.images] == [(3, 30, 40)] * 2 and batch.images[
+        0
+    ].dtype == torch.uint8
 
 
 def test_decoding_in_the_workers_runs_the_same_step(bench):

@@ -19,9 +19,14 @@ def bench():
 
 def test_tiny_run_reports_every_stage(bench, tmp_path, capsys):
     out = tmp_path / "results.json"
-    results = bench.main(["--tiny", "--archs", "vit_s16", "--frames", "6", "--batch", "4", "--json", str(out)])
-    assert [r.path for r in results] == ["authors' per-frame loop", "service stages (one at a time)",
-                                         "service end to end (overlapped)"]
+    results = bench.main(
+        ["--tiny", "--archs", "vit_s16", "--frames", "6", "--batch", "4", "--json", str(out)]
+    )
+    assert [r.path for r in results] == [
+        "authors' per-frame loop",
+        "service stages (one at a time)",
+        "service end to end (overlapped)",
+    ]
     assert all(r.frames == 6 and r.total_fps > 0 for r in results)
     assert all(r.decode_fps > 0 and r.model_fps > 0 and r.encode_fps > 0 for r in results[:2])
     assert results[0].speedup == pytest.approx(1.0)

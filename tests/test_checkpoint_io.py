@@ -38,7 +38,13 @@ def test_safetensors_export_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "teacher_backbone.safetensors"
     export_backbone_safetensors(model, path, arch="vit_tiny", epoch=3, trained=False)
     loaded, info = load_backbone(path)
-    assert (info.arch, info.patch_size, info.num_heads, info.epoch, info.trained) == ("vit_tiny", 16, 3, 3, False)
+    assert (info.arch, info.patch_size, info.num_heads, info.epoch, info.trained) == (
+        "vit_tiny",
+        16,
+        3,
+        3,
+        False,
+    )
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
 
@@ -71,11 +77,24 @@ def test_authors_full_checkpoint_loads_as_backbone(tmp_path: Path) -> None:
     wrapped = MultiCropWrapper(backbone, DINOHead(64, 10, hidden_dim=16, bottleneck_dim=8))
     student = {f"module.{k}": v for k, v in wrapped.state_dict().items()}
     path = tmp_path / "checkpoint.pth"
-    torch.save({"student": student, "teacher": wrapped.state_dict(), "epoch": 5,
-                "args": argparse.Namespace(arch="vit_small")}, path)
+    torch.save(
+        {
+            "student": student,
+            "teacher": wrapped.state_dict(),
+            "epoch": 5,
+            "args": argparse.Namespace(arch="vit_small"),
+        },
+        path,
+    )
     for which in ("teacher", "student"):
         model, info = load_backbone(path, which)
-        assert (info.patch_size, info.embed_dim, info.depth, info.num_heads, info.epoch) == (8, 64, 2, 1, 5)
+        assert (info.patch_size, info.embed_dim, info.depth, info.num_heads, info.epoch) == (
+            8,
+            64,
+            2,
+            1,
+            5,
+        )
         assert torch.equal(model.pos_embed, backbone.pos_embed)
 
 
@@ -88,8 +107,9 @@ def test_fp16_export_round_trips_to_float32_with_extra(tmp_path):
     torch.manual_seed(0)
     model = build_vit("vit_tiny", 16)
     path = tmp_path / "m.safetensors"
-    export_backbone_safetensors(model, path, "vit_tiny", 3, extra={"summary": "tiny test model"},
-                                dtype=torch.float16)
+    export_backbone_safetensors(
+        model, path, "vit_tiny", 3, extra={"summary": "tiny test model"}, dtype=torch.float16
+    )
     fp32_bytes = sum(v.numel() * 4 for v in model.state_dict().values())
     assert path.stat().st_size < 0.6 * fp32_bytes  # half-size tensors on disk
     loaded, info = load_backbone(path)

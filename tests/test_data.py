@@ -23,8 +23,13 @@ from trainer.data.dataset import (
 from trainer.data.images import scan_image_folder
 
 
-def make_image_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (20, 24), corrupt: int = 0,
-                      seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path,
+    classes: dict[str, int],
+    size: tuple[int, int] = (20, 24),
+    corrupt: int = 0,
+    seed: int = 0,
+) -> Path:
     """Random-noise JPEGs: ``classes`` maps class folder ('' = the root itself) to an image count."""
     rng = np.random.default_rng(seed)
     for name, count in classes.items():
@@ -136,6 +141,10 @@ def test_distributed_sampler_splits_ranks_without_overlap():
 def test_loader_uses_persistent_workers_and_prefetch_only_with_workers():
     dataset = list(range(8))
     with_workers = make_loader(dataset, 2, None, num_workers=2, pin_memory=False, drop_last=True)
-    assert with_workers.persistent_workers and with_workers.prefetch_factor == 4 and with_workers.drop_last
+    assert (
+        with_workers.persistent_workers
+        and with_workers.prefetch_factor == 4
+        and with_workers.drop_last
+    )
     without = make_loader(dataset, 2, None, num_workers=0, pin_memory=False, drop_last=False)
     assert not without.persistent_workers

@@ -38,12 +38,27 @@ GRID_518 = 37 * 37
 SIZES = [(224, 308), (700, 560)]  # a 16x22 grid (downsampled pos-embed) and 50x40 (upsampled)
 
 
-def timm_reference_model(sd: dict[str, torch.Tensor], registers: int, glu: bool) -> VisionTransformer:
+def timm_reference_model(
+    sd: dict[str, torch.Tensor], registers: int, glu: bool
+) -> VisionTransformer:
     """timm's own ViT configured like ``vit_*_patch14[_reg4]_dinov2``, loading ``sd`` strictly."""
-    kwargs = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU, "mlp_ratio": 2 * GLU_HIDDEN / DIM} if glu else {}
-    model = VisionTransformer(img_size=518, patch_size=14, embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
-                              init_values=1.0, num_classes=0, reg_tokens=registers, no_embed_class=registers > 0,
-                              **kwargs)
+    kwargs = (
+        {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU, "mlp_ratio": 2 * GLU_HIDDEN / DIM}
+        if glu
+        else {}
+    )
+    model = VisionTransformer(
+        img_size=518,
+        patch_size=14,
+        embed_dim=DIM,
+        depth=DEPTH,
+        num_heads=HEADS,
+        init_values=1.0,
+        num_classes=0,
+        reg_tokens=registers,
+        no_embed_class=registers > 0,
+        **kwargs,
+    )
     model.load_state_dict(sd, strict=True)
     return model.eval()
 
@@ -71,9 +86,13 @@ def variant(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"dinov2_reg{registers}")
     sd = authors_state(DIM, DEPTH, registers, seed=registers)
     timm_sd = timm_state(sd)
-    files = {"authors": folder / f"dinov2_vits14{'_reg4' if registers else ''}_pretrain.pth",
-             "timm-safetensors": folder / "timm.safetensors", "timm-pth": folder / "timm.pth",
-             "transformers-folder": folder / "hf_model", "transformers-file": folder / "hf.safetensors"}
+    files = {
+        "authors": folder / f"dinov2_vits14{'_reg4' if registers else ''}_pretrain.pth",
+        "timm-safetensors": folder / "timm.safetensors",
+        "timm-pth": folder / "timm.pth",
+        "transformers-folder": folder / "hf_model",
+        "transformers-file": folder / "hf.safetensors",
+    }
     torch.save(sd, files["authors"])
     save_file({k: v.contiguous() for k, v in timm_sd.items()}, str(files["timm-safetensors"]))
     torch.save({"state_dict": timm_sd}, files["timm-pth"])
@@ -81,23 +100,40 @@ def variant(request, tmp_path_factory):
     classifier = {"classifier.weight": torch.zeros(10, 2 * DIM), "classifier.bias": torch.zeros(10)}
     prefix = "dinov2_with_registers." if registers else "dinov2."
     save_file({**hf_state(sd, prefix), **classifier}, str(files["transformers-file"]))
-    return {"registers": registers, "sd": sd, "timm": timm_reference_model(timm_sd, registers, False),
-            "files": files}
+    return {
+        "registers": registers,
+        "sd": sd,
+        "timm": timm_reference_model(timm_sd, registers, False),
+        "files": files,
+    }
 
 
-LAYOUTS = {"authors": "authors", "timm-safetensors": "timm", "timm-pth": "timm",
-           "transformers-folder": "transformers", "transformers-file": "transformers"}
+LAYOUTS = {
+    "authors": "authors",
+    "timm-safetensors": "timm",
+    "timm-pth": "timm",
+    "transformers-folder": "transformers",
+    "transformers-file": "transformers",
+}
 
 
 @pytest.mark.parametrize("fmt", list(LAYOUTS))
 def test_each_format_loads_with_its_architecture(variant, fmt):
     model, info = load_backbone(variant["files"][fmt])
-    assert (info.family, info.registers, info.patch_size, info.num_heads, info.depth, info.embed_dim) == (
-        "dinov2", variant["registers"], 14, HEADS, DEPTH, DIM)
+    assert (
+        info.family,
+        info.registers,
+        info.patch_size,
+        info.num_heads,
+        info.depth,
+        info.embed_dim,
+    ) == ("dinov2", variant["registers"], 14, HEADS, DEPTH, DIM)
     assert info.source == LAYOUTS[fmt]
     assert model.num_prefix_tokens == 1 + variant["registers"]
     assert model.blocks[0].ls1.gamma.shape == (DIM,)  # LayerScale
-    torch.testing.assert_close(model.blocks[1].ls2.gamma, variant["sd"]["blocks.1.ls2.gamma"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.blocks[1].ls2.gamma, variant["sd"]["blocks.1.ls2.gamma"], rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("fmt", list(LAYOUTS))
@@ -131,11 +167,15 @@ def test_the_variants_interpolations_differ_from_each_other_and_from_timm(regist
     for h, w in SIZES:
         gh, gw = h // 14, w // 14
         ours = interpolate_pos_encoding(pos, gh, gw, 1, offset, antialias)
-        torch.testing.assert_close(ours, authors_interpolate(pos, h, w, offset, antialias), rtol=0, atol=0)
+        torch.testing.assert_close(
+            ours, authors_interpolate(pos, h, w, offset, antialias), rtol=0, atol=0
+        )
         other = authors_interpolate(pos, h, w, 0.1 if registers else 0.0, not antialias)
         timm_way = resample_abs_pos_embed(pos, (gh, gw), (37, 37), num_prefix_tokens=1)
         assert (ours - other).abs().max() > 1e-3
-        assert (ours - timm_way).abs().max() > 1e-3 or registers  # timm resamples like the register models
+        assert (
+            ours - timm_way
+        ).abs().max() > 1e-3 or registers  # timm resamples like the register models
 
 
 def test_swiglu_giant_layout_loads_and_matches(tmp_path):
@@ -148,40 +188,67 @@ def test_swiglu_giant_layout_loads_and_matches(tmp_path):
     small = torch.randn(1, 3, 238, 322, generator=torch.Generator().manual_seed(5))
     for path in (tmp_path / "giant_like.pth", tmp_path / "giant_hf"):
         model, info = load_backbone(path)
-        assert info.dinov2 is not None and info.dinov2.glu and info.dinov2.mlp_hidden == 2 * GLU_HIDDEN
+        assert (
+            info.dinov2 is not None and info.dinov2.glu and info.dinov2.mlp_hidden == 2 * GLU_HIDDEN
+        )
         with torch.no_grad():
-            torch.testing.assert_close(our_cls_row(model, img), timm_cls_row(timm_model, img), rtol=0, atol=1e-5)
-            torch.testing.assert_close(our_cls_row(model, small), ref_cls_row(sd, small, HEADS), rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                our_cls_row(model, img), timm_cls_row(timm_model, img), rtol=0, atol=1e-5
+            )
+            torch.testing.assert_close(
+                our_cls_row(model, small), ref_cls_row(sd, small, HEADS), rtol=0, atol=1e-5
+            )
 
 
 def _meta_authors_state(dim: int, depth: int, registers: int, glu: bool) -> dict[str, torch.Tensor]:
     """Shapes only (meta tensors) of a released-size checkpoint in the authors' layout."""
+
     def t(*shape: int) -> torch.Tensor:
         return torch.empty(*shape, device="meta")
 
     hidden = 4096 if glu else 4 * dim
-    sd = {"cls_token": t(1, 1, dim), "mask_token": t(1, dim), "pos_embed": t(1, 1370, dim),
-          "patch_embed.proj.weight": t(dim, 3, 14, 14), "patch_embed.proj.bias": t(dim)}
+    sd = {
+        "cls_token": t(1, 1, dim),
+        "mask_token": t(1, dim),
+        "pos_embed": t(1, 1370, dim),
+        "patch_embed.proj.weight": t(dim, 3, 14, 14),
+        "patch_embed.proj.bias": t(dim),
+    }
     if registers:
         sd["register_tokens"] = t(1, registers, dim)
     for i in range(depth):
         p = f"blocks.{i}."
         sd.update({p + "ls1.gamma": t(dim), p + "attn.qkv.weight": t(3 * dim, dim)})
         if glu:
-            sd.update({p + "mlp.w12.weight": t(2 * hidden, dim), p + "mlp.w3.weight": t(dim, hidden)})
+            sd.update(
+                {p + "mlp.w12.weight": t(2 * hidden, dim), p + "mlp.w3.weight": t(dim, hidden)}
+            )
         else:
             sd.update({p + "mlp.fc1.weight": t(hidden, dim), p + "mlp.fc2.weight": t(dim, hidden)})
     return sd
 
 
-@pytest.mark.parametrize("dim,depth,heads,name,glu", [
-    (384, 12, 6, "vit_small", False), (768, 12, 12, "vit_base", False),
-    (1024, 24, 16, "vit_large", False), (1536, 40, 24, "vit_giant2", True)])
+@pytest.mark.parametrize(
+    "dim,depth,heads,name,glu",
+    [
+        (384, 12, 6, "vit_small", False),
+        (768, 12, 12, "vit_base", False),
+        (1024, 24, 16, "vit_large", False),
+        (1536, 40, 24, "vit_giant2", True),
+    ],
+)
 @pytest.mark.parametrize("registers", [0, 4])
 def test_architecture_inference_for_the_released_sizes(dim, depth, heads, name, glu, registers):
     arch = infer_dinov2_arch(_meta_authors_state(dim, depth, registers, glu))
-    assert (arch.name, arch.embed_dim, arch.depth, arch.num_heads, arch.registers, arch.glu, arch.pos_grid) == (
-        name, dim, depth, heads, registers, glu, 37)
+    assert (
+        arch.name,
+        arch.embed_dim,
+        arch.depth,
+        arch.num_heads,
+        arch.registers,
+        arch.glu,
+        arch.pos_grid,
+    ) == (name, dim, depth, heads, registers, glu, 37)
     if glu:  # giant: SwiGLU hidden 4096, packed as timm's fc1 (8192 x 1536) and fc2 (1536 x 4096)
         with torch.device("meta"):
             model = build_dinov2(arch)
@@ -206,7 +273,9 @@ def test_transformers_mapping_is_the_inverse_of_the_hand_written_layout():
     assert set(mapped) == set(sd)
     for key, value in sd.items():
         torch.testing.assert_close(mapped[key], value, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="unexpected transformers key 'encoder.layer.0.extra.weight'"):
+    with pytest.raises(
+        ValueError, match="unexpected transformers key 'encoder.layer.0.extra.weight'"
+    ):
         hf_to_authors({**hf_state(sd), "encoder.layer.0.extra.weight": torch.zeros(1)})
 
 
@@ -237,4 +306,6 @@ def test_dinov2_arch_names_and_dino_is_untouched():
     img = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         row = our_cls_row(model, img)
-    assert row.shape == (6, 1 + 4 * 5) and math.isclose(float(row.sum(-1).mean()), 1.0, rel_tol=1e-5)
+    assert row.shape == (6, 1 + 4 * 5) and math.isclose(
+        float(row.sum(-1).mean()), 1.0, rel_tol=1e-5
+    )

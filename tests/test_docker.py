@@ -27,10 +27,19 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "cmake", "clang", "python3-dev", "-dev ")
 # import name -> distribution name, where they differ
-DIST_OF = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "multipart": "python-multipart",
-           "prometheus_client": "prometheus-client", "pydantic_settings": "pydantic-settings",
-           "gradio_client": "gradio_client"}
-PREINSTALLED = {"torch", "torchvision"}  # installed from the PyTorch index before the requirements file
+DIST_OF = {
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "skimage": "scikit-image",
+    "multipart": "python-multipart",
+    "prometheus_client": "prometheus-client",
+    "pydantic_settings": "pydantic-settings",
+    "gradio_client": "gradio_client",
+}
+PREINSTALLED = {
+    "torch",
+    "torchvision",
+}  # installed from the PyTorch index before the requirements file
 
 
 @dataclass
@@ -52,7 +61,9 @@ def parse_dockerfile(path: Path) -> list[Stage]:
         op, args = op.upper(), args.strip()
         if op == "FROM":
             parts = args.split()
-            stages.append(Stage(parts[0], parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None))
+            stages.append(
+                Stage(parts[0], parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None)
+            )
         elif stages:
             stages[-1].instructions.append((op, args))
     return stages
@@ -83,6 +94,7 @@ def stage_args(stage: Stage) -> dict[str, str]:
 
 def expand(text: str, values: dict[str, str]) -> str:
     """Docker's ``${NAME}`` / ``$NAME`` and compose's ``${NAME:-default}``, with the given defaults."""
+
     def one(match: re.Match) -> str:
         name, default = match.group(1) or match.group(3), match.group(2)
         return values.get(name, default if default is not None else "")
@@ -98,8 +110,11 @@ def dockerignore_patterns() -> list[str]:
 def ignored(path: str, patterns: list[str]) -> bool:
     parts = Path(path).parts
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/"))
-               for pat in patterns for p in prefixes)
+    return any(
+        fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/"))
+        for pat in patterns
+        for p in prefixes
+    )
 
 
 def dockerfile_of(service: str) -> Path:
@@ -154,32 +169,51 @@ def test_copy_sources_exist_and_are_in_the_build_context(service):
     local = []
     for stage in parse_dockerfile(path):
         values = {**global_args(path), **stage_args(stage), **build_arg_defaults(service)}
-        local += [expand(a, values) for op, a in stage.instructions if op == "COPY" and "--from" not in a]
+        local += [
+            expand(a, values) for op, a in stage.instructions if op == "COPY" and "--from" not in a
+        ]
     assert local, f"{service}: no COPY of sources"
     for args in local:
         *sources, _dest = shlex.split(args)
         for src in sources:
             assert (ROOT / src).exists(), f"{service}: COPY source {src} does not exist"
-            assert not ignored(src.rstrip("/"), patterns), f"{service}: COPY source {src} is in .dockerignore"
+            assert not ignored(src.rstrip("/"), patterns), (
+                f"{service}: COPY source {src} is in .dockerignore"
+            )
 
 
-@pytest.mark.parametrize(("service", "arg", "default"), [
-    ("backend", "BASE_IMAGE", "python:3.11-slim"), ("app", "BASE_IMAGE", "python:3.11-slim"),
-    ("trainer", "CUDA_IMAGE", "nvidia/cuda:")])
-def test_images_are_multi_stage_non_root_from_a_base_build_arg_without_build_tools(service, arg, default):
+@pytest.mark.parametrize(
+    ("service", "arg", "default"),
+    [
+        ("backend", "BASE_IMAGE", "python:3.11-slim"),
+        ("app", "BASE_IMAGE", "python:3.11-slim"),
+        ("trainer", "CUDA_IMAGE", "nvidia/cuda:"),
+    ],
+)
+def test_images_are_multi_stage_non_root_from_a_base_build_arg_without_build_tools(
+    service, arg, default
+):
     path = dockerfile_of(service)
     stages = parse_dockerfile(path)
     final = stages[-1]
-    assert len(stages) >= 2 and any(a.startswith("--from=build") for op, a in final.instructions if op == "COPY")
+    assert len(stages) >= 2 and any(
+        a.startswith("--from=build") for op, a in final.instructions if op == "COPY"
+    )
     assert {s.base for s in stages} == {f"${{{arg}}}"}, "every stage starts from the base build arg"
-    assert global_args(path)[arg].startswith(default), "the default is what a user with internet expects"
+    assert global_args(path)[arg].startswith(default), (
+        "the default is what a user with internet expects"
+    )
     if arg == "CUDA_IMAGE":
         assert "runtime" in global_args(path)[arg]
-    assert build_arg_defaults(service)[arg] == global_args(path)[arg], "compose and Dockerfile defaults differ"
+    assert build_arg_defaults(service)[arg] == global_args(path)[arg], (
+        "compose and Dockerfile defaults differ"
+    )
     users = [a for op, a in final.instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     final_runs = " ".join(a for op, a in final.instructions if op == "RUN") + " "
-    assert not [t for t in BUILD_TOOLS if t in final_runs], f"{service}: build tools in the final image"
+    assert not [t for t in BUILD_TOOLS if t in final_runs], (
+        f"{service}: build tools in the final image"
+    )
     assert SERVICES[service]["user"].split(":")[0] not in ("root", "0")
 
 
@@ -202,26 +236,39 @@ def test_no_buildkit_only_syntax_and_build_inputs_stay_in_the_build_stage(servic
 
 def test_backend_image_copies_only_the_model_package_and_the_service():
     final = parse_dockerfile(dockerfile_of("backend"))[-1]
-    sources = sorted(shlex.split(a)[0] for op, a in final.instructions if op == "COPY" and "--from" not in a)
+    sources = sorted(
+        shlex.split(a)[0] for op, a in final.instructions if op == "COPY" and "--from" not in a
+    )
     assert sources == ["backend/", "trainer/__init__.py", "trainer/model/"]
 
 
 # Requirements that the copied sources do not import by name but need at run time.
-RUNTIME_ONLY = {"backend": {"python-multipart": "FastAPI's form parser", "uvicorn": "uvicorn[standard]"},
-                "app": {}, "trainer": {}}
+RUNTIME_ONLY = {
+    "backend": {"python-multipart": "FastAPI's form parser", "uvicorn": "uvicorn[standard]"},
+    "app": {},
+    "trainer": {},
+}
 
 
-@pytest.mark.parametrize(("image", "folders"), [("backend", ["backend", "trainer/model"]), ("app", ["app"]),
-                                                ("trainer", ["trainer"])])
+@pytest.mark.parametrize(
+    ("image", "folders"),
+    [("backend", ["backend", "trainer/model"]), ("app", ["app"]), ("trainer", ["trainer"])],
+)
 def test_requirements_are_exactly_what_the_copied_sources_import(image, folders):
     """Every third-party import is provided, and nothing is installed that no copied source imports
     (the service image carries no training-only dependency such as tqdm)."""
     provided = {_dist(p) for p in _requirements(image)}
-    needed = {_dist(DIST_OF.get(n, n)) for n in set().union(*(_third_party_imports(ROOT / f) for f in folders))}
+    needed = {
+        _dist(DIST_OF.get(n, n))
+        for n in set().union(*(_third_party_imports(ROOT / f) for f in folders))
+    }
     extra = provided - needed - set(RUNTIME_ONLY[image])
-    assert not needed - provided - (PREINSTALLED if image != "app" else set()), \
+    assert not needed - provided - (PREINSTALLED if image != "app" else set()), (
         f"docker/requirements-{image}.txt lacks {sorted(needed - provided)}"
-    assert not extra, f"docker/requirements-{image}.txt installs {sorted(extra)}, which no copied source imports"
+    )
+    assert not extra, (
+        f"docker/requirements-{image}.txt installs {sorted(extra)}, which no copied source imports"
+    )
 
 
 def test_backend_uses_cpu_torch_wheels_and_trainer_cuda_wheels():
@@ -239,11 +286,21 @@ def test_backend_uses_cpu_torch_wheels_and_trainer_cuda_wheels():
 
 def test_build_context_holds_the_wheelhouse_but_no_data_weights_or_environments():
     patterns = dockerignore_patterns()
-    for path in ("docker/wheelhouse/torch-2.4.0+cpu-cp311-cp311-linux_x86_64.whl", "docker/certs/ca.crt",
-                 "docker/pip_install.sh", "docker/requirements-backend.txt"):
+    for path in (
+        "docker/wheelhouse/torch-2.4.0+cpu-cp311-cp311-linux_x86_64.whl",
+        "docker/certs/ca.crt",
+        "docker/pip_install.sh",
+        "docker/requirements-backend.txt",
+    ):
         assert not ignored(path, patterns), path
-    for path in (".venv/bin/python", "data/train/a.jpg", "checkpoints/x.safetensors", "runs/r/log.txt",
-                 ".git/HEAD", "trainer/__pycache__/x.pyc"):
+    for path in (
+        ".venv/bin/python",
+        "data/train/a.jpg",
+        "checkpoints/x.safetensors",
+        "runs/r/log.txt",
+        ".git/HEAD",
+        "trainer/__pycache__/x.pyc",
+    ):
         assert ignored(path, patterns), path
     gitignore = (ROOT / ".gitignore").read_text()
     assert "docker/wheelhouse*/*" in gitignore and "docker/certs/*" in gitignore
@@ -253,7 +310,9 @@ def test_build_context_holds_the_wheelhouse_but_no_data_weights_or_environments(
 def test_commands_and_modules_exist(service):
     final = parse_dockerfile(dockerfile_of(service))[-1]
     for op, args in final.instructions:
-        if op == "ENTRYPOINT" or (op == "CMD" and not any(o == "ENTRYPOINT" for o, _ in final.instructions)):
+        if op == "ENTRYPOINT" or (
+            op == "CMD" and not any(o == "ENTRYPOINT" for o, _ in final.instructions)
+        ):
             assert_command_exists(exec_form(args))
         if op == "WORKDIR":
             assert args == "/app", "commands are checked relative to WORKDIR /app = repository root"
@@ -273,7 +332,9 @@ def _healthcheck_url(test: list[str] | str) -> str:
 
 
 def _seconds(value: str) -> float:
-    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"([\d.]+)([smh])", value))
+    return sum(
+        float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"([\d.]+)([smh])", value)
+    )
 
 
 @pytest.mark.parametrize("service", ["backend", "app"])
@@ -282,13 +343,18 @@ def test_healthchecks_agree_and_report_within_seconds(service):
     soon after readiness, and the start period covers a cold start on a small CPU."""
     compose = SERVICES[service]["healthcheck"]
     final = parse_dockerfile(dockerfile_of(service))[-1]
-    image = dict(re.findall(r"--([\w-]+)=(\S+)", [a for op, a in final.instructions if op == "HEALTHCHECK"][0]))
+    image = dict(
+        re.findall(
+            r"--([\w-]+)=(\S+)", [a for op, a in final.instructions if op == "HEALTHCHECK"][0]
+        )
+    )
     assert _seconds(compose["interval"]) == _seconds(image["interval"]) <= 10
     assert _seconds(compose["timeout"]) == _seconds(image["timeout"]) < _seconds(image["interval"])
     assert _seconds(compose["start_period"]) == _seconds(image["start-period"]) >= 60
     assert compose["retries"] == int(image["retries"])
     assert _healthcheck_url(compose["test"]) == _healthcheck_url(
-        [a for op, a in final.instructions if op == "HEALTHCHECK"][0])
+        [a for op, a in final.instructions if op == "HEALTHCHECK"][0]
+    )
 
 
 @pytest.mark.parametrize("service", ["backend", "app", "backend-trained"])
@@ -298,20 +364,39 @@ def test_read_only_services_write_only_to_tmpfs_or_volumes(service):
     spec = SERVICES[service]
     assert spec["read_only"] is True and spec["user"] == "10001:10001"
     writable = [t.split(":")[0] for t in spec["tmpfs"]]
-    writable += [dest for dest, src in mounts_of(service).items() if src in COMPOSE["volumes"]
-                 and not [v for v in spec.get("volumes", []) if v.endswith(f"{dest}:ro")]]
+    writable += [
+        dest
+        for dest, src in mounts_of(service).items()
+        if src in COMPOSE["volumes"]
+        and not [v for v in spec.get("volumes", []) if v.endswith(f"{dest}:ro")]
+    ]
     image = service if service != "backend-trained" else "backend"
-    env = {**env_of(parse_dockerfile(dockerfile_of(image))), **{k: str(v) for k, v in spec["environment"].items()}}
-    dirs = {k: v for k, v in env.items() if k in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "GRADIO_TEMP_DIR",
-                                                  "DINO_APP_EXAMPLES_DIR", "DINO_CACHE_DIR", "HOME")}
+    env = {
+        **env_of(parse_dockerfile(dockerfile_of(image))),
+        **{k: str(v) for k, v in spec["environment"].items()},
+    }
+    dirs = {
+        k: v
+        for k, v in env.items()
+        if k
+        in (
+            "MPLCONFIGDIR",
+            "XDG_CACHE_HOME",
+            "GRADIO_TEMP_DIR",
+            "DINO_APP_EXAMPLES_DIR",
+            "DINO_CACHE_DIR",
+            "HOME",
+        )
+    }
     assert "MPLCONFIGDIR" in dirs and "XDG_CACHE_HOME" in dirs
     if image == "app":
         assert {"GRADIO_TEMP_DIR", "DINO_APP_EXAMPLES_DIR"} <= set(dirs)
     for key, folder in dirs.items():
         if key == "HOME":
             continue  # created by useradd; nothing is written there when the caches point elsewhere
-        assert any(folder == w or folder.startswith(w.rstrip("/") + "/") for w in writable), \
+        assert any(folder == w or folder.startswith(w.rstrip("/") + "/") for w in writable), (
             f"{service}: {key}={folder} is not on a tmpfs or volume ({writable})"
+        )
 
 
 def test_backend_ports_healthcheck_and_env_agree_with_its_settings(monkeypatch):
@@ -323,7 +408,9 @@ def test_backend_ports_healthcheck_and_env_agree_with_its_settings(monkeypatch):
     fields = set(Settings.model_fields)
     for key in env:
         if key.startswith("DINO_"):
-            assert key[5:].lower() in fields, f"{key} is not read by backend.settings (fields: {sorted(fields)})"
+            assert key[5:].lower() in fields, (
+                f"{key} is not read by backend.settings (fields: {sorted(fields)})"
+            )
     for key in list(__import__("os").environ):
         if key.startswith("DINO_"):
             monkeypatch.delenv(key)
@@ -333,13 +420,17 @@ def test_backend_ports_healthcheck_and_env_agree_with_its_settings(monkeypatch):
     assert settings.host == "0.0.0.0" and _container_ports("backend") == [settings.port]
     exposed = [int(a) for op, a in stages[-1].instructions if op == "EXPOSE"]
     assert exposed == [settings.port]
-    for url in (_healthcheck_url(service["healthcheck"]["test"]),
-                _healthcheck_url([a for op, a in stages[-1].instructions if op == "HEALTHCHECK"][0])):
+    for url in (
+        _healthcheck_url(service["healthcheck"]["test"]),
+        _healthcheck_url([a for op, a in stages[-1].instructions if op == "HEALTHCHECK"][0]),
+    ):
         assert urlparse(url).port == settings.port and urlparse(url).path == "/readyz"
     mounts = mounts_of("backend")
     assert mounts[str(settings.checkpoint_dir)] == "./checkpoints"
     assert f"./checkpoints:{settings.checkpoint_dir}:ro" in service["volumes"]
-    assert mounts[str(settings.cache_dir)] in COMPOSE["volumes"], "downloaded weights need a named volume"
+    assert mounts[str(settings.cache_dir)] in COMPOSE["volumes"], (
+        "downloaded weights need a named volume"
+    )
 
 
 def test_checkpoints_folder_with_the_shipped_model_is_mounted_readable():
@@ -350,12 +441,21 @@ def test_checkpoints_folder_with_the_shipped_model_is_mounted_readable():
     backend = SERVICES["backend"]
     folder = backend["environment"]["DINO_CHECKPOINT_DIR"]
     assert f"./checkpoints:{folder}:ro" in backend["volumes"]
-    assert Settings.model_fields["checkpoint_dir"].default == Path("checkpoints")  # the same folder locally
-    files = {p for p in (ROOT / "checkpoints").glob("*") if p.is_file() and not p.name.startswith(".")
-             and p.suffix in (".pth", ".pt", ".safetensors")}
+    assert Settings.model_fields["checkpoint_dir"].default == Path(
+        "checkpoints"
+    )  # the same folder locally
+    files = {
+        p
+        for p in (ROOT / "checkpoints").glob("*")
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix in (".pth", ".pt", ".safetensors")
+    }
     unreadable = sorted(p.name for p in files if not p.stat().st_mode & 0o004)
-    assert not unreadable, (f"the backend container (uid 10001) cannot read {unreadable}; "
-                            f"run: chmod a+r {' '.join('checkpoints/' + n for n in unreadable)}")
+    assert not unreadable, (
+        f"the backend container (uid 10001) cannot read {unreadable}; "
+        f"run: chmod a+r {' '.join('checkpoints/' + n for n in unreadable)}"
+    )
 
 
 def test_app_reaches_the_backend_and_publishes_its_port():
@@ -367,7 +467,10 @@ def test_app_reaches_the_backend_and_publishes_its_port():
     assert _container_ports("app") == [port] == [7860]
     assert urlparse(_healthcheck_url(app["healthcheck"]["test"])).port == port
     env = env_of(parse_dockerfile(dockerfile_of("app")))
-    assert env["GRADIO_SERVER_NAME"] == "0.0.0.0" and urlparse(env["BACKEND_URL"]).hostname == "backend"
+    assert (
+        env["GRADIO_SERVER_NAME"] == "0.0.0.0"
+        and urlparse(env["BACKEND_URL"]).hostname == "backend"
+    )
     assert "profiles" not in app and "profiles" not in backend
 
 
@@ -388,12 +491,28 @@ def test_compose_config_is_accepted_by_the_installed_compose(command, tmp_path):
     version = subprocess.run([*command, "version"], capture_output=True, text=True, cwd=ROOT)
     if version.returncode != 0:
         pytest.skip(f"{' '.join(command)} is not installed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DINO_", "BASE_IMAGE", "CUDA_IMAGE"))}
-    done = subprocess.run([*command, "-p", "dino", "--profile", "train", "--profile", "train-cpu",
-                           "config"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DINO_", "BASE_IMAGE", "CUDA_IMAGE"))
+    }
+    done = subprocess.run(
+        [*command, "-p", "dino", "--profile", "train", "--profile", "train-cpu", "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
-    assert set(config["services"]) == {"backend", "app", "trainer", "trainer-cpu", "backend-trained"}
+    assert set(config["services"]) == {
+        "backend",
+        "app",
+        "trainer",
+        "trainer-cpu",
+        "backend-trained",
+    }
     assert config["services"]["backend"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
 
 
@@ -406,15 +525,21 @@ def test_trainer_is_a_gpu_profile_with_data_and_runs_volumes():
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     mounts = mounts_of("trainer")
     assert mounts["/runs"] in COMPOSE["volumes"] and mounts["/data"] == "./data"
-    assert [v for v in trainer["volumes"] if v.endswith(":/data:ro")], "training data is mounted read-only"
+    assert [v for v in trainer["volumes"] if v.endswith(":/data:ro")], (
+        "training data is mounted read-only"
+    )
     assert trainer["entrypoint"] == ["python", "trainer/run.py"]
     args = build_parser().parse_args(trainer["command"])  # every flag is one trainer/run.py accepts
     assert args.data_path.startswith("/data") and args.output_dir.startswith("/runs")
 
 
 def _string_constants(folder: Path) -> set[str]:
-    return {node.value for path in folder.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return {
+        node.value
+        for path in folder.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
 
 
 def test_cpu_training_profile_trains_into_the_volume_the_trained_backend_serves():
@@ -424,13 +549,19 @@ def test_cpu_training_profile_trains_into_the_volume_the_trained_backend_serves(
     assert trainer["profiles"] == served["profiles"] == ["train-cpu"]
     assert "deploy" not in trainer, "the CPU service reserves no GPU"
     args = build_parser().parse_args(trainer["command"])
-    assert args.device == "cpu" and args.arch == "vit_tiny" and args.epochs <= 3 and args.num_workers == 0
+    assert (
+        args.device == "cpu"
+        and args.arch == "vit_tiny"
+        and args.epochs <= 3
+        and args.num_workers == 0
+    )
     runs = mounts_of("trainer-cpu")["/runs"]
     assert runs in COMPOSE["volumes"] and mounts_of("backend-trained")["/runs"] == runs
     env = served["environment"]
     assert env["DINO_CHECKPOINT_DIR"] == args.output_dir and env["DINO_ALLOW_DOWNLOADS"] == "false"
-    assert f"{env['DINO_DEFAULT_MODEL']}.safetensors" in _string_constants(ROOT / "trainer"), \
+    assert f"{env['DINO_DEFAULT_MODEL']}.safetensors" in _string_constants(ROOT / "trainer"), (
         "the served model id is the stem of the trainer's exported backbone"
+    )
     assert served["image"] == SERVICES["backend"]["image"]
     assert served["depends_on"]["trainer-cpu"]["condition"] == "service_completed_successfully"
 
@@ -453,7 +584,11 @@ def _dist(name: str) -> str:
 
 def _requirements(name: str) -> set[str]:
     lines = (ROOT / f"docker/requirements-{name}.txt").read_text().splitlines()
-    return {re.split(r"[<>=\[ ]", ln.strip())[0].lower() for ln in lines if ln.strip() and not ln.startswith("#")}
+    return {
+        re.split(r"[<>=\[ ]", ln.strip())[0].lower()
+        for ln in lines
+        if ln.strip() and not ln.startswith("#")
+    }
 
 
 def _fake_wheel(folder: Path, name: str, members: list[str]) -> None:
@@ -464,15 +599,30 @@ def _fake_wheel(folder: Path, name: str, members: list[str]) -> None:
             wheel.writestr(member, b"")
 
 
-@pytest.mark.parametrize(("vision_members", "ok"), [
-    (["torchvision/__init__.py", "torchvision.libs/libcudart.41118559.so.12"], False),
-    (["torchvision/__init__.py", "torchvision/_C.so"], True)])
-def test_wheelhouse_check_refuses_a_cuda_torchvision_next_to_cpu_torch(tmp_path, vision_members, ok):
+@pytest.mark.parametrize(
+    ("vision_members", "ok"),
+    [
+        (["torchvision/__init__.py", "torchvision.libs/libcudart.41118559.so.12"], False),
+        (["torchvision/__init__.py", "torchvision/_C.so"], True),
+    ],
+)
+def test_wheelhouse_check_refuses_a_cuda_torchvision_next_to_cpu_torch(
+    tmp_path, vision_members, ok
+):
     """The PyPI torchvision is a CUDA build: with CPU torch its operators do not load and
     ``import torchvision`` fails, so the offline build would make an image that cannot start."""
-    _fake_wheel(tmp_path, "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", ["torch/__init__.py"])
-    _fake_wheel(tmp_path, "torchvision-0.28.0-cp311-cp311-manylinux_2_28_x86_64.whl", vision_members)
-    done = subprocess.run(["bash", str(ROOT / "docker/fill_wheelhouse.sh"), "--check"], capture_output=True,
-                          text=True, env={**os.environ, "WHEELHOUSE": str(tmp_path)}, timeout=60)
+    _fake_wheel(
+        tmp_path, "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", ["torch/__init__.py"]
+    )
+    _fake_wheel(
+        tmp_path, "torchvision-0.28.0-cp311-cp311-manylinux_2_28_x86_64.whl", vision_members
+    )
+    done = subprocess.run(
+        ["bash", str(ROOT / "docker/fill_wheelhouse.sh"), "--check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WHEELHOUSE": str(tmp_path)},
+        timeout=60,
+    )
     assert (done.returncode == 0) == ok, done.stderr
     assert ("CUDA build" in done.stderr) != ok

@@ -49,7 +49,9 @@ def test_momentum_extremes():
     ema_update(teacher, student, 1.0)
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), frozen, strict=True))
     ema_update(teacher, student, 0.0)
-    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters(), strict=True)
+    )
 
 
 def test_wrapped_student_and_mismatch():

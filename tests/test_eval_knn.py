@@ -21,7 +21,10 @@ def reference_votes(train, labels, query, k, T, num_classes):
 
     A class without any vote is never counted as a top-5 guess.
     """
-    sims = [(sum(a * b for a, b in zip(query, t, strict=True)), int(c)) for t, c in zip(train, labels, strict=True)]
+    sims = [
+        (sum(a * b for a, b in zip(query, t, strict=True)), int(c))
+        for t, c in zip(train, labels, strict=True)
+    ]
     sims.sort(key=lambda sc: -sc[0])
     votes = [0.0] * num_classes
     for s, c in sims[:k]:
@@ -65,7 +68,9 @@ def test_matches_reference_on_random_features():
 
 def test_k_larger_than_the_bank_and_bad_k():
     train = F.normalize(torch.randn(3, 4), dim=1)
-    top1, top5 = knn_classify(train, torch.tensor([0, 1, 1]), train, torch.tensor([0, 1, 1]), 200, 0.07, 2)
+    top1, top5 = knn_classify(
+        train, torch.tensor([0, 1, 1]), train, torch.tensor([0, 1, 1]), 200, 0.07, 2
+    )
     assert 0.0 <= top1 <= 100.0 and top5 == 100.0
     with pytest.raises(ValueError, match="k must be"):
         knn_classify(train, torch.tensor([0, 1, 1]), train, torch.tensor([0, 1, 1]), 0, 0.07, 2)
@@ -73,8 +78,11 @@ def test_k_larger_than_the_bank_and_bad_k():
 
 def test_extract_features_normalises_and_skips_empty_batches():
     model = nn.Linear(4, 3)
-    batches = [Batch(torch.randn(2, 4), torch.tensor([1, 0]), 0), Batch([], torch.empty(0, dtype=torch.long), 2),
-               Batch(torch.randn(1, 4), torch.tensor([2]), 0)]
+    batches = [
+        Batch(torch.randn(2, 4), torch.tensor([1, 0]), 0),
+        Batch([], torch.empty(0, dtype=torch.long), 2),
+        Batch(torch.randn(1, 4), torch.tensor([2]), 0),
+    ]
     feats, labels = extract_features(model, batches, "cpu")
     assert feats.shape == (3, 3) and labels.tolist() == [1, 0, 2]
     assert torch.allclose(feats.norm(dim=1), torch.ones(3), atol=1e-6)
@@ -86,9 +94,29 @@ def test_cli_on_an_exported_backbone(tmp_path, capsys):
     make_image_folder(tmp_path / "val", {"cat": 2, "dog": 2}, size=(12, 12), seed=1)
     model = build_vit(embed_dim=48, depth=2, num_heads=3, patch_size=4)
     export_backbone_safetensors(model, tmp_path / "b.safetensors", "vit_d48", epoch=1)
-    results = main(["--checkpoint", str(tmp_path / "b.safetensors"), "--train_data", str(tmp_path / "train"),
-                    "--val_data", str(tmp_path / "val"), "--resize", "8", "--crop", "8", "--nb_knn", "1", "3",
-                    "--device", "cpu", "--num_workers", "0", "--batch_size", "4"])
+    results = main(
+        [
+            "--checkpoint",
+            str(tmp_path / "b.safetensors"),
+            "--train_data",
+            str(tmp_path / "train"),
+            "--val_data",
+            str(tmp_path / "val"),
+            "--resize",
+            "8",
+            "--crop",
+            "8",
+            "--nb_knn",
+            "1",
+            "3",
+            "--device",
+            "cpu",
+            "--num_workers",
+            "0",
+            "--batch_size",
+            "4",
+        ]
+    )
     assert set(results) == {"k1_top1", "k1_top5", "k3_top1", "k3_top5"}
     assert results["k3_top5"] == 100.0  # only 2 classes
     assert "1-NN classifier result" in capsys.readouterr().out

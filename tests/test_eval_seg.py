@@ -61,7 +61,7 @@ def gt_image(kind: str, size: tuple[int, int] = (96, 80)) -> Image.Image:
     if kind == "left":
         arr[:, : w // 2] = FG
     elif kind == "right":
-        arr[:, w // 2:] = FG
+        arr[:, w // 2 :] = FG
     elif kind == "patch":
         arr[: h // 4, : w // 4] = FG
     return Image.fromarray(arr, mode="L")
@@ -117,7 +117,9 @@ def test_image_smaller_than_a_patch_is_an_error() -> None:
 
 # -- folders -----------------------------------------------------------------------------------------
 def test_evaluate_folder_known_answers(tmp_path: Path) -> None:
-    images, masks = make_dataset(tmp_path, {"a_left": "left", "b_patch": "patch", "c_right": "right"})
+    images, masks = make_dataset(
+        tmp_path, {"a_left": "left", "b_patch": "patch", "c_right": "right"}
+    )
     noise_image(seed=9).save(images / "d_nomask.jpg")  # no mask: skipped
     (images / "e_corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # unreadable: skipped
     gt_image("left").save(masks / "e_corrupt.png")
@@ -140,7 +142,11 @@ def test_best_head_counts_and_limit(tmp_path: Path) -> None:
     assert res["best_head_counts"] == [2, 1, 1]
     assert res["jaccard"] == pytest.approx(100 * (3 + 1 / 3) / 4, abs=1e-4)
     res = evaluate_folder(StubModel(), images, masks, image_size=64, limit=2)
-    assert res["images"] == 2 and res["best_head_counts"] == [2, 0, 0] and res["jaccard"] == pytest.approx(100)
+    assert (
+        res["images"] == 2
+        and res["best_head_counts"] == [2, 0, 0]
+        and res["jaccard"] == pytest.approx(100)
+    )
 
 
 def test_pairing_by_stem(tmp_path: Path) -> None:
@@ -151,7 +157,11 @@ def test_pairing_by_stem(tmp_path: Path) -> None:
     (images / "notes.txt").write_text("not an image")
     (images / ".hidden.jpg").write_bytes(b"")
     pairs, missing = pair_images_and_masks(images, masks)
-    assert [(i.name, m.name) for i, m in pairs] == [("a.jpg", "a.png"), ("b.jpg", "b.png"), ("c.PNG", "c.png")]
+    assert [(i.name, m.name) for i, m in pairs] == [
+        ("a.jpg", "a.png"),
+        ("b.jpg", "b.png"),
+        ("c.PNG", "c.png"),
+    ]
     assert missing == 1
     pairs, missing = pair_images_and_masks(images, masks, limit=1)
     assert [i.name for i, _ in pairs] == ["a.jpg"] and missing == 1
@@ -173,10 +183,14 @@ def test_no_pairs_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # -- against an independent computation ---------------------------------------------------------------
-def reference_head_ious(sd: dict, heads: int, patch: int, image: Image.Image, gt: Image.Image, size: int,
-                        t: float) -> np.ndarray:
+def reference_head_ious(
+    sd: dict, heads: int, patch: int, image: Image.Image, gt: Image.Image, size: int, t: float
+) -> np.ndarray:
     """The protocol from its equations, with the tests' own ViT and no project mask/IoU code."""
-    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float64) / 255.0
+    rgb = (
+        np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float64)
+        / 255.0
+    )
     x = (rgb - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     x = torch.from_numpy(x.transpose(2, 0, 1)[None]).float()
     g = size // patch
@@ -222,9 +236,27 @@ def test_matches_an_independent_reference(tmp_path: Path, one_torch_thread) -> N
 def test_cli_random_init_writes_json(tmp_path: Path, capsys, one_torch_thread) -> None:
     images, masks = make_dataset(tmp_path / "data", {"a": "left", "b": "right"})
     out = tmp_path / "out" / "res.json"
-    res = main(["--random_init", "--arch", "vit_tiny", "--patch_size", "16", "--seed", "1",
-                "--images", str(images), "--masks", str(masks), "--image_size", "32", "--device", "cpu",
-                "--json", str(out)])
+    res = main(
+        [
+            "--random_init",
+            "--arch",
+            "vit_tiny",
+            "--patch_size",
+            "16",
+            "--seed",
+            "1",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--image_size",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved == res  # JSON round-trips floats exactly
     assert saved["images"] == 2 and saved["skipped"] == 0 and len(saved["per_head_jaccard"]) == 3
@@ -237,20 +269,41 @@ def test_cli_checkpoint(tmp_path: Path, capsys, one_torch_thread) -> None:
     images, masks = make_dataset(tmp_path / "data", {"a": "left", "b": "patch", "c": "right"})
     model = build_vit(embed_dim=48, depth=2, num_heads=4, patch_size=8)
     export_backbone_safetensors(model, tmp_path / "b.safetensors", "vit_d48", epoch=3)
-    res = main(["--checkpoint", str(tmp_path / "b.safetensors"), "--images", str(images), "--masks", str(masks),
-                "--image_size", "32", "--limit", "2", "--device", "cpu"])
-    assert res["images"] == 2 and len(res["per_head_jaccard"]) == 4 and sum(res["best_head_counts"]) == 2
+    res = main(
+        [
+            "--checkpoint",
+            str(tmp_path / "b.safetensors"),
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--image_size",
+            "32",
+            "--limit",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert (
+        res["images"] == 2
+        and len(res["per_head_jaccard"]) == 4
+        and sum(res["best_head_counts"]) == 2
+    )
     assert "epoch 3" in res["model"] and 0.0 <= res["jaccard"] <= 100.0
 
 
-@pytest.mark.parametrize("argv, expect", [
-    ([], "one of the arguments --checkpoint --random_init is required"),
-    (["--random_init", "--checkpoint", "x.pth"], "not allowed with"),
-    (["--random_init", "--arch", "vit_huge"], "vit_tiny"),
-    (["--checkpoint", "x.pth", "--arch", "vit_tiny"], "only apply with --random_init"),
-    (["--random_init", "--threshold", "0"], "(0, 1]"),
-    (["--random_init", "--device", "tpu"], "auto"),
-])
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        ([], "one of the arguments --checkpoint --random_init is required"),
+        (["--random_init", "--checkpoint", "x.pth"], "not allowed with"),
+        (["--random_init", "--arch", "vit_huge"], "vit_tiny"),
+        (["--checkpoint", "x.pth", "--arch", "vit_tiny"], "only apply with --random_init"),
+        (["--random_init", "--threshold", "0"], "(0, 1]"),
+        (["--random_init", "--device", "tpu"], "auto"),
+    ],
+)
 def test_cli_rejects_bad_arguments(argv: list[str], expect: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--images", "i", "--masks", "m"])

@@ -54,14 +54,23 @@ def _cache_counts(client) -> dict[str, float]:
     return counts
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    ({"layer": 3}, "use 0 to 2, or -3 to -1"), ({"layer": -4}, "use 0 to 2, or -3 to -1"),
-    ({"layer": "x"}, "layer"), ({"query": "6,0"}, "outside the 6x10 patch grid"),
-    ({"query": "0,10"}, "use row 0 to 5 and col 0 to 9"), ({"query": "-1,2"}, "outside the 6x10"),
-    ({"query": "1"}, "query"), ({"query": "a,b"}, 'integers like "row,col"'),
-    ({"heads": "0,3"}, "from 0 to 2"), ({"heads": "1,1"}, "a head twice"), ({"heads": "x"}, "heads"),
-    ({"overlay_format": "gif"}, "png, jpeg or webp"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"layer": 3}, "use 0 to 2, or -3 to -1"),
+        ({"layer": -4}, "use 0 to 2, or -3 to -1"),
+        ({"layer": "x"}, "layer"),
+        ({"query": "6,0"}, "outside the 6x10 patch grid"),
+        ({"query": "0,10"}, "use row 0 to 5 and col 0 to 9"),
+        ({"query": "-1,2"}, "outside the 6x10"),
+        ({"query": "1"}, "query"),
+        ({"query": "a,b"}, 'integers like "row,col"'),
+        ({"heads": "0,3"}, "from 0 to 2"),
+        ({"heads": "1,1"}, "a head twice"),
+        ({"heads": "x"}, "heads"),
+        ({"overlay_format": "gif"}, "png, jpeg or webp"),
+    ],
+)
 def test_out_of_range_fields_are_422_stating_the_range(service, data, expected):
     client, _ = service
     r = _post(client, **data)
@@ -70,12 +79,20 @@ def test_out_of_range_fields_are_422_stating_the_range(service, data, expected):
 
 def test_json_body_takes_query_and_heads_as_lists(service):
     client, _ = service
-    body = {"image": base64.b64encode(IMG).decode(), "image_size": 48, "query": [5, 9], "heads": [2, 0],
-            "composite": True, "overlays": False}
+    body = {
+        "image": base64.b64encode(IMG).decode(),
+        "image_size": 48,
+        "query": [5, 9],
+        "heads": [2, 0],
+        "composite": True,
+        "overlays": False,
+    }
     r = client.post("/attention", json=body)
     assert r.status_code == 200, r.text
     b = r.json()
-    assert b["query"] == [5, 9] and b["composite_heads"] == [2, 0] and len(b["composite_colors"]) == 2
+    assert (
+        b["query"] == [5, 9] and b["composite_heads"] == [2, 0] and len(b["composite_colors"]) == 2
+    )
     assert np.asarray(b["query_attentions"]).shape == (HEADS, 6, 10)
     r = client.post("/attention", json={**body, "query": [6, 9]})
     assert r.status_code == 422 and "6x10" in r.json()["detail"]
@@ -86,23 +103,49 @@ def test_a_new_threshold_heads_overlays_or_gt_mask_does_not_run_the_model(servic
     first = _post(client, layer=1, query="2,3", threshold=0.6).json()
     assert first["cached"] is False and first["timings_ms"]["model"] > 0
     mask = image_bytes(80, 48, mode="L", seed=4)
-    for change in ({"threshold": 0.3}, {"heads": "1", "composite": "true"}, {"overlays": "true"},
-                   {"overlay_format": "webp", "overlays": "true"}, {"layer": -2}):
-        r = _post(client, layer=1, query="2,3", **change) if "layer" not in change else _post(client, query="2,3",
-                                                                                                **change)
+    for change in (
+        {"threshold": 0.3},
+        {"heads": "1", "composite": "true"},
+        {"overlays": "true"},
+        {"overlay_format": "webp", "overlays": "true"},
+        {"layer": -2},
+    ):
+        r = (
+            _post(client, layer=1, query="2,3", **change)
+            if "layer" not in change
+            else _post(client, query="2,3", **change)
+        )
         b = r.json()
-        assert r.status_code == 200 and b["cached"] is True and b["timings_ms"]["model"] == 0, (change, b)
-        assert b["attentions"] == first["attentions"] and b["query_attentions"] == first["query_attentions"]
-    with_gt = client.post("/attention", files={"image": ("x.png", IMG, "image/png"), "gt_mask": ("m.png", mask)},
-                          data={"image_size": "48", "layer": "1", "query": "2,3", "overlays": "false"}).json()
+        assert r.status_code == 200 and b["cached"] is True and b["timings_ms"]["model"] == 0, (
+            change,
+            b,
+        )
+        assert (
+            b["attentions"] == first["attentions"]
+            and b["query_attentions"] == first["query_attentions"]
+        )
+    with_gt = client.post(
+        "/attention",
+        files={"image": ("x.png", IMG, "image/png"), "gt_mask": ("m.png", mask)},
+        data={"image_size": "48", "layer": "1", "query": "2,3", "overlays": "false"},
+    ).json()
     assert with_gt["cached"] is True and len(with_gt["iou"]) == HEADS
     low = _post(client, layer=1, query="2,3", threshold=0.3).json()
     assert np.all(np.asarray(low["masks"]) <= np.asarray(first["masks"]))
     assert _cache_counts(client) == {"miss": 1.0, "hit": 7.0}
 
 
-@pytest.mark.parametrize("change", [{"layer": 0}, {"query": "2,4"}, {"image_size": 56}, {"resize": "square"},
-                                    {"image": image_bytes(80, 48, seed=9)}, {"pca": "true"}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"layer": 0},
+        {"query": "2,4"},
+        {"image_size": 56},
+        {"resize": "square"},
+        {"image": image_bytes(80, 48, seed=9)},
+        {"pca": "true"},
+    ],
+)
 def test_what_the_model_output_depends_on_is_a_miss(service, change):
     client, _ = service
     assert _post(client, layer=1, query="2,3").json()["cached"] is False
@@ -117,7 +160,9 @@ def test_npz_meta_says_whether_the_maps_were_cached(service):
         r = _post(client, format="npz", composite="true", query="1,1")
         arrays = np.load(io.BytesIO(r.content), allow_pickle=False)
         metas.append(json.loads(str(arrays["meta"])))
-        assert arrays["query_attentions"].shape == (HEADS, 6, 10) and arrays["composite_colors"].shape == (3, 3)
+        assert arrays["query_attentions"].shape == (HEADS, 6, 10) and arrays[
+            "composite_colors"
+        ].shape == (3, 3)
     assert [m["cached"] for m in metas] == [False, True] and metas[1]["timings_ms"]["model"] == 0
 
 
@@ -163,7 +208,9 @@ def test_map_cache_is_lru_bounded_in_entries_and_bytes():
 
 def test_byte_bound_holds_in_the_service(tmp_path):
     one_entry_mb = 0.015  # the 80x48 or the 64x40 image with its maps fits (~12 kB), not both
-    settings = isolated_settings(tmp_path, default_model="m", cache_entries=32, cache_mb=one_entry_mb)
+    settings = isolated_settings(
+        tmp_path, default_model="m", cache_entries=32, cache_mb=one_entry_mb
+    )
     _write_model(settings.checkpoint_dir / "m.safetensors", 0)
     with TestClient(create_app(settings)) as client:
         _post(client)
@@ -178,15 +225,28 @@ def _decode(data: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(data)))
 
 
-@pytest.mark.parametrize(("fmt", "pil_format", "mime"), [("png", "PNG", "image/png"), ("jpeg", "JPEG", "image/jpeg"),
-                                                         ("webp", "WEBP", "image/webp")])
+@pytest.mark.parametrize(
+    ("fmt", "pil_format", "mime"),
+    [("png", "PNG", "image/png"), ("jpeg", "JPEG", "image/jpeg"), ("webp", "WEBP", "image/webp")],
+)
 def test_overlay_format_sets_the_encoding_and_the_mime(service, fmt, pil_format, mime):
     client, _ = service
-    b = _post(client, overlays="true", overlay_format=fmt, query="0,0", composite="true", pca="true").json()
+    b = _post(
+        client, overlays="true", overlay_format=fmt, query="0,0", composite="true", pca="true"
+    ).json()
     assert b["overlay_mime"] == mime
     ov = b["overlays"]
-    images = [ov["image"], ov["mean"], *ov["heads"], *ov["masks"], *ov["query_heads"], ov["query_mean"],
-              ov["composite"], ov["pca"], ov["pca_fg"]]
+    images = [
+        ov["image"],
+        ov["mean"],
+        *ov["heads"],
+        *ov["masks"],
+        *ov["query_heads"],
+        ov["query_mean"],
+        ov["composite"],
+        ov["pca"],
+        ov["pca_fg"],
+    ]
     assert len(ov["heads"]) == len(ov["masks"]) == len(ov["query_heads"]) == HEADS
     for data in images:
         pic = _decode(data)
@@ -204,7 +264,9 @@ def test_vectorised_overlays_equal_the_per_head_pictures():
     for h in range(3):
         ref = np.asarray(heat_overlay(image, upsample_nearest(maps[h], 8))).astype(int)
         assert np.abs(heats[h].astype(int) - ref).max() <= 1
-        np.testing.assert_array_equal(outlined[h], np.asarray(mask_overlay(image, upsample_nearest(masks[h], 8))))
+        np.testing.assert_array_equal(
+            outlined[h], np.asarray(mask_overlay(image, upsample_nearest(masks[h], 8)))
+        )
 
 
 def test_query_overlays_mark_the_chosen_patch(service):
@@ -214,8 +276,15 @@ def test_query_overlays_mark_the_chosen_patch(service):
         pixels = np.asarray(_decode(data).convert("RGB"))
         marked = np.all(pixels == QUERY_MARK_RGB, axis=-1)
         rows, cols = np.nonzero(marked)
-        assert (rows.min(), rows.max(), cols.min(), cols.max()) == (32, 39, 56, 63)  # the cell's 8x8 outline
-        assert not marked[34:38, 58:62].any()  # only the outline: the cell's inside still shows the map
+        assert (rows.min(), rows.max(), cols.min(), cols.max()) == (
+            32,
+            39,
+            56,
+            63,
+        )  # the cell's 8x8 outline
+        assert not marked[
+            34:38, 58:62
+        ].any()  # only the outline: the cell's inside still shows the map
 
 
 def test_composite_draws_each_chosen_head_in_its_colour(service):
@@ -238,18 +307,26 @@ def test_composite_draws_each_chosen_head_in_its_colour(service):
 
 def test_batch_takes_the_same_fields(service):
     client, _ = service
-    r = client.post("/attention/batch", files=[("images", ("a.png", IMG, "image/png"))] * 2,
-                    data={"image_size": "48", "layer": "0", "query": "1,2", "overlays": "false"})
+    r = client.post(
+        "/attention/batch",
+        files=[("images", ("a.png", IMG, "image/png"))] * 2,
+        data={"image_size": "48", "layer": "0", "query": "1,2", "overlays": "false"},
+    )
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert [x["layer"] for x in results] == [0, 0] and [x["cached"] for x in results] == [False, True]
+    assert [x["layer"] for x in results] == [0, 0] and [x["cached"] for x in results] == [
+        False,
+        True,
+    ]
     assert results[0]["query_attentions"] == results[1]["query_attentions"]
 
 
 def test_rethreshold_is_much_faster_than_the_first_request(service):
     client, _ = service
     first = _post(client, image=image_bytes(160, 96, seed=5), image_size=96, overlays="true").json()
-    again = _post(client, image=image_bytes(160, 96, seed=5), image_size=96, overlays="true", threshold=0.2).json()
+    again = _post(
+        client, image=image_bytes(160, 96, seed=5), image_size=96, overlays="true", threshold=0.2
+    ).json()
     assert again["cached"] is True and first["cached"] is False
     assert again["timings_ms"]["total"] < first["timings_ms"]["total"]
 

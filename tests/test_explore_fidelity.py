@@ -52,47 +52,77 @@ def setup(tmp_path_factory):
             for blk in model.blocks:
                 blk.attn.qkv.weight.mul_(6.0)
             model.pos_embed.mul_(10.0)
-        export_backbone_safetensors(model, settings.checkpoint_dir / f"{name}.safetensors", arch="vit_d64",
-                                    epoch=1)
+        export_backbone_safetensors(
+            model, settings.checkpoint_dir / f"{name}.safetensors", arch="vit_d64", epoch=1
+        )
         states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with TestClient(create_app(settings)) as client:
         yield client, states
 
 
 def _reference_input(scene: Image.Image, image_size: int, patch: int) -> torch.Tensor:
-    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     img = transform(scene)
     h, w = img.shape[1] - img.shape[1] % patch, img.shape[2] - img.shape[2] % patch
     return img[None, :, :h, :w]
 
 
-CASES = [("p8", (90, 60), 72, 0, [(0, 0), (4, 7)]), ("p8", (50, 80), 64, 1, [(7, 0), (3, 5)]),
-         ("p8", (70, 70), 56, -1, [(6, 6)]), ("p16", (120, 80), 96, 0, [(5, 5), (2, 3)]),
-         ("p16", (64, 100), 112, -2, [(0, 6)]), ("p16", (90, 90), 80, 2, [(4, 1)])]
+CASES = [
+    ("p8", (90, 60), 72, 0, [(0, 0), (4, 7)]),
+    ("p8", (50, 80), 64, 1, [(7, 0), (3, 5)]),
+    ("p8", (70, 70), 56, -1, [(6, 6)]),
+    ("p16", (120, 80), 96, 0, [(5, 5), (2, 3)]),
+    ("p16", (64, 100), 112, -2, [(0, 6)]),
+    ("p16", (90, 90), 80, 2, [(4, 1)]),
+]
 
 
 @pytest.mark.parametrize(("model", "size", "image_size", "layer", "queries"), CASES)
-def test_layer_and_query_maps_equal_the_explicit_reference(setup, model, size, image_size, layer, queries):
+def test_layer_and_query_maps_equal_the_explicit_reference(
+    setup, model, size, image_size, layer, queries
+):
     client, states = setup
     patch, _, heads = MODELS[model]
     scene = _scene(*size)
     with torch.no_grad():
-        ref_attn, _ = ref_block_readout(states[model], _reference_input(scene, image_size, patch), heads, layer)
+        ref_attn, _ = ref_block_readout(
+            states[model], _reference_input(scene, image_size, patch), heads, layer
+        )
     ref_attn = ref_attn[0]  # heads, 1+N, 1+N
     gh = gw = image_size // patch
     for row, col in queries:
-        r = client.post("/attention", files={"image": ("s.png", _png(scene), "image/png")},
-                        data={"model": model, "resize": "square", "image_size": str(image_size),
-                              "layer": str(layer), "query": f"{row},{col}", "overlays": "false"})
+        r = client.post(
+            "/attention",
+            files={"image": ("s.png", _png(scene), "image/png")},
+            data={
+                "model": model,
+                "resize": "square",
+                "image_size": str(image_size),
+                "layer": str(layer),
+                "query": f"{row},{col}",
+                "overlays": "false",
+            },
+        )
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["grid"] == [gh, gw] and body["layer"] == layer % DEPTH and body["query"] == [row, col]
+        assert (
+            body["grid"] == [gh, gw]
+            and body["layer"] == layer % DEPTH
+            and body["query"] == [row, col]
+        )
         cls = torch.tensor(body["attentions"]).reshape(heads, -1)
         torch.testing.assert_close(cls, ref_attn[:, 0, 1:], atol=1e-5, rtol=0)
         query = torch.tensor(body["query_attentions"]).reshape(heads, -1)
         torch.testing.assert_close(query, ref_attn[:, 1 + row * gw + col, 1:], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(body["query_mean"], query.mean(0).reshape(gh, gw).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            body["query_mean"], query.mean(0).reshape(gh, gw).numpy(), atol=1e-6
+        )
     other = ref_attn[:, 1 + ((queries[0][0] + 1) % gh) * gw + queries[0][1], 1:]
     assert (other - ref_attn[:, 1 + queries[0][0] * gw + queries[0][1], 1:]).abs().max() > 1e-3
 
@@ -101,7 +131,9 @@ def test_blocks_differ_so_the_layer_parity_means_something(setup):
     _, states = setup
     x = _reference_input(_scene(64, 64), 64, 8)
     with torch.no_grad():
-        rows = [ref_block_readout(states["p8"], x, 2, layer)[0][0, :, 0, 1:] for layer in range(DEPTH)]
+        rows = [
+            ref_block_readout(states["p8"], x, 2, layer)[0][0, :, 0, 1:] for layer in range(DEPTH)
+        ]
     assert min((rows[i] - rows[j]).abs().max() for i in range(DEPTH) for j in range(i)) > 1e-3
     assert max(r.max() for r in rows) > 5.0 / rows[0].shape[-1]  # peaky, not uniform
 
@@ -118,9 +150,19 @@ def _reference_pca(tokens: np.ndarray) -> np.ndarray:
 def test_pca_is_the_first_three_components_of_the_block_tokens(setup, layer):
     client, states = setup
     scene = _scene(100, 70)
-    r = client.post("/attention", files={"image": ("s.png", _png(scene), "image/png")},
-                    data={"model": "p8", "resize": "square", "image_size": "64", "layer": str(layer),
-                          "pca": "true", "overlays": "true", "overlay_format": "png"})
+    r = client.post(
+        "/attention",
+        files={"image": ("s.png", _png(scene), "image/png")},
+        data={
+            "model": "p8",
+            "resize": "square",
+            "image_size": "64",
+            "layer": str(layer),
+            "pca": "true",
+            "overlays": "true",
+            "overlay_format": "png",
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     rgb, fg = np.asarray(body["pca_rgb"]), np.asarray(body["pca_fg"])
@@ -135,7 +177,9 @@ def test_pca_is_the_first_three_components_of_the_block_tokens(setup, layer):
         got = rgb.reshape(-1, 3)[:, c]
         err = min(np.abs(got - ref[:, c]).max(), np.abs(got - (1 - ref[:, c])).max())
         assert err < 1e-3, (c, err)
-    assert set(np.unique(fg)) <= {0, 1} and 0 < fg.sum() <= fg.size / 2  # foreground: the smaller side
+    assert (
+        set(np.unique(fg)) <= {0, 1} and 0 < fg.sum() <= fg.size / 2
+    )  # foreground: the smaller side
     first = rgb[..., 0].reshape(-1)
     split = first[fg.reshape(-1) == 1].min()  # component 1 > 0 <=> foreground: one side of a cut
     assert np.all(first[fg.reshape(-1) == 0] < split)
@@ -158,7 +202,9 @@ def test_block_attention_runs_only_the_blocks_up_to_layer_and_equals_the_referen
         for layer in range(4):
             calls.clear()
             full = block_attention(model, x, layer, None).attention  # every query row
-            assert calls == list(range(layer))  # later blocks are not run; block `layer` only its Q/K
+            assert calls == list(
+                range(layer)
+            )  # later blocks are not run; block `layer` only its Q/K
             ref, _ = ref_block_readout(state, x, 2, layer)
             torch.testing.assert_close(full, ref, atol=1e-5, rtol=0)
             cls = model.get_cls_attention(x, layer=layer)

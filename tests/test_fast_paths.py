@@ -40,40 +40,74 @@ BATCH, GLOBAL, LOCAL, N_LOCAL, OUT_DIM, STEPS = 4, 32, 16, 2, 64, 3
 
 def tiny_pair(seed: int = 0) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     torch.manual_seed(seed)
-    student = MultiCropWrapper(build_vit(embed_dim=48, depth=2, num_heads=3, patch_size=4),
-                               DINOHead(48, OUT_DIM, hidden_dim=64, bottleneck_dim=32))
+    student = MultiCropWrapper(
+        build_vit(embed_dim=48, depth=2, num_heads=3, patch_size=4),
+        DINOHead(48, OUT_DIM, hidden_dim=64, bottleneck_dim=32),
+    )
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return student, teacher
 
 
-def make_ctx(student: MultiCropWrapper, teacher: MultiCropWrapper, precision: str = "fp32") -> TrainContext:
-    cfg = make_config(arch="vit_tiny", patch_size=4, out_dim=OUT_DIM, global_crops_size=GLOBAL,
-                      local_crops_size=LOCAL, local_crops_number=N_LOCAL, epochs=1, batch_size_per_gpu=BATCH,
-                      freeze_last_layer=0, clip_grad=3.0)
-    schedules = Schedules(lr=np.linspace(1e-3, 5e-4, STEPS), wd=np.linspace(0.04, 0.1, STEPS),
-                          momentum=np.linspace(0.9, 0.95, STEPS))
+def make_ctx(
+    student: MultiCropWrapper, teacher: MultiCropWrapper, precision: str = "fp32"
+) -> TrainContext:
+    cfg = make_config(
+        arch="vit_tiny",
+        patch_size=4,
+        out_dim=OUT_DIM,
+        global_crops_size=GLOBAL,
+        local_crops_size=LOCAL,
+        local_crops_number=N_LOCAL,
+        epochs=1,
+        batch_size_per_gpu=BATCH,
+        freeze_last_layer=0,
+        clip_grad=3.0,
+    )
+    schedules = Schedules(
+        lr=np.linspace(1e-3, 5e-4, STEPS),
+        wd=np.linspace(0.04, 0.1, STEPS),
+        momentum=np.linspace(0.9, 0.95, STEPS),
+    )
     loss = DINOLoss(OUT_DIM, N_LOCAL + 2, 0.04, 0.04, 0, 1)
     optimizer = build_optimizer("adamw", get_params_groups(student))
-    return TrainContext(cfg, student, teacher, student, teacher, loss, optimizer, schedules, torch.device("cpu"),
-                        precision)
+    return TrainContext(
+        cfg,
+        student,
+        teacher,
+        student,
+        teacher,
+        loss,
+        optimizer,
+        schedules,
+        torch.device("cpu"),
+        precision,
+    )
 
 
 def make_crops(seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return ([torch.randn(BATCH, 3, GLOBAL, GLOBAL, generator=g) for _ in range(2)]
-            + [torch.randn(BATCH, 3, LOCAL, LOCAL, generator=g) for _ in range(N_LOCAL)])
+    return [torch.randn(BATCH, 3, GLOBAL, GLOBAL, generator=g) for _ in range(2)] + [
+        torch.randn(BATCH, 3, LOCAL, LOCAL, generator=g) for _ in range(N_LOCAL)
+    ]
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()  # compiling in place keeps the checkpoint keys
     for key in sa:
-        torch.testing.assert_close(sa[key], sb[key], atol=atol, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+        torch.testing.assert_close(
+            sa[key], sb[key], atol=atol, rtol=0, msg=lambda m, k=key: f"{k}: {m}"
+        )
 
 
-EXPECTED_GRAPHS = {"student.backbone": 2, "student.head": 1, "teacher.backbone": 1, "teacher.head": 1}
+EXPECTED_GRAPHS = {
+    "student.backbone": 2,
+    "student.head": 1,
+    "teacher.backbone": 1,
+    "teacher.head": 1,
+}
 
 
 def test_compiled_step_matches_eager_and_compiles_once_per_resolution():
@@ -92,12 +126,19 @@ def test_compiled_step_matches_eager_and_compiles_once_per_resolution():
         torch.testing.assert_close(loss_fast, loss_eager, atol=1e-5, rtol=1e-5)
         # Adam divides by sqrt(v): float rounding of a near-zero gradient can move a weight by ~lr/10.
         assert_same_weights(fast.student, eager.student, atol=1e-4)
-        assert_same_weights(fast.teacher, eager.teacher, atol=1e-4)  # EMA through the compiled modules
+        assert_same_weights(
+            fast.teacher, eager.teacher, atol=1e-4
+        )  # EMA through the compiled modules
     assert report.graph_counts() == EXPECTED_GRAPHS
     dims = [d for g in report.counter.graphs for shape in g.input_shapes for d in shape]
     assert all(type(d) is int for d in dims)  # static graphs: no symbolic (dynamic) sizes
-    images = {s for g in report.counter.graphs if g.module == "student.backbone" for s in g.input_shapes
-              if len(s) == 4 and s[1] == 3 and s[-1] in (GLOBAL, LOCAL)}
+    images = {
+        s
+        for g in report.counter.graphs
+        if g.module == "student.backbone"
+        for s in g.input_shapes
+        if len(s) == 4 and s[1] == 3 and s[-1] in (GLOBAL, LOCAL)
+    }
     assert images == {(2 * BATCH, 3, GLOBAL, GLOBAL), (N_LOCAL * BATCH, 3, LOCAL, LOCAL)}
 
 
@@ -113,9 +154,13 @@ def test_compiled_step_matches_eager_under_bf16_autocast():
     torch.testing.assert_close(out_fast.float(), out_eager.float(), atol=5e-2, rtol=5e-2)
     # One AdamW step moves each weight by about lr; bf16 rounding may flip a few update signs.
     assert_same_weights(fast.student, eager.student, atol=2.5e-3)
-    moved = [(a - b).abs().max() for a, b in zip(fast.student.parameters(), tiny_pair(1)[0].parameters(),
-                                                   strict=True)]
-    assert max(moved) > 5e-4  # the step did change the weights, so the comparison above means something
+    moved = [
+        (a - b).abs().max()
+        for a, b in zip(fast.student.parameters(), tiny_pair(1)[0].parameters(), strict=True)
+    ]
+    assert (
+        max(moved) > 5e-4
+    )  # the step did change the weights, so the comparison above means something
 
 
 def test_fused_attention_step_matches_explicit_attention():
@@ -136,8 +181,15 @@ def test_fused_attention_step_matches_explicit_attention():
     assert_same_weights(model_f, model_e, atol=1e-4)  # Adam amplifies rounding of near-zero grads
 
 
-def reference_adamw(params: list[torch.Tensor], grads: list[list[torch.Tensor]], lrs: list[float],
-                    wds: list[float], decayed: list[bool], betas=(0.9, 0.999), eps=1e-8) -> list[torch.Tensor]:
+def reference_adamw(
+    params: list[torch.Tensor],
+    grads: list[list[torch.Tensor]],
+    lrs: list[float],
+    wds: list[float],
+    decayed: list[bool],
+    betas=(0.9, 0.999),
+    eps=1e-8,
+) -> list[torch.Tensor]:
     """Decoupled weight decay Adam, written from the paper: p -= lr*wd*p; p -= lr*m_hat/(sqrt(v_hat)+eps)."""
     params = [p.detach().clone().double() for p in params]
     m = [torch.zeros_like(p) for p in params]
@@ -163,7 +215,11 @@ def test_adamw_implementations_match_reference(impl: str):
     g = torch.Generator().manual_seed(0)
     grads = [[torch.randn(p.shape, generator=g) * 1e-2 for p in params] for _ in range(STEPS)]
     lrs, wds = [1e-3, 2e-3, 5e-4], [0.04, 0.2, 0.4]
-    kwargs = {"foreach": {"foreach": True}, "single_tensor": {"foreach": False}, "fused_cpu": {"fused": True}}[impl]
+    kwargs = {
+        "foreach": {"foreach": True},
+        "single_tensor": {"foreach": False},
+        "fused_cpu": {"fused": True},
+    }[impl]
     opt = torch.optim.AdamW(groups, lr=0.0, **kwargs)
     for step_grads, lr, wd in zip(grads, lrs, wds, strict=True):
         opt.param_groups[0]["weight_decay"] = wd  # as the trainer: only group 0 is regularised
@@ -184,7 +240,9 @@ def test_compile_models_is_lazy_keeps_keys_and_checks_arguments():
     report = compile_models(student, teacher, backend="aot_eager", count_graphs=True)
     assert list(student.state_dict()) == keys
     assert report.modules == list(EXPECTED_GRAPHS)
-    assert report.graph_counts() == dict.fromkeys(EXPECTED_GRAPHS, 0)  # nothing compiled before a call
+    assert report.graph_counts() == dict.fromkeys(
+        EXPECTED_GRAPHS, 0
+    )  # nothing compiled before a call
     with pytest.raises(ValueError, match="choose one of"):
         compile_models(student, teacher, mode="fastest")
     with pytest.raises(ValueError, match="needs backend 'inductor'"):

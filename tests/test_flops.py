@@ -21,7 +21,9 @@ def test_step_is_three_student_passes_plus_teacher():
     loc = vit_forward_flops(192, 12, 3, 16, 96) + dino_head_flops(192, 1000)
     got = dino_step_flops_per_image("vit_tiny", 16, 224, 96, 6, out_dim=1000)
     assert got == pytest.approx(3 * (2 * g + 6 * loc) + 2 * g)
-    no_head = dino_step_flops_per_image(embed_dim=192, depth=12, num_heads=3, out_dim=0, local_crops_number=0)
+    no_head = dino_step_flops_per_image(
+        embed_dim=192, depth=12, num_heads=3, out_dim=0, local_crops_number=0
+    )
     assert no_head == pytest.approx(4 * 2 * vit_forward_flops(192, 12, 3, 16, 224))
 
 
@@ -48,12 +50,23 @@ def test_backbone_plus_head_matches_flop_counter():
     crops = [torch.randn(1, 3, 16, 16)] * 2 + [torch.randn(1, 3, 8, 8)] * 3
     counted = counted_flops(model, crops)
     head = dino_head_flops(48, 64, 32, 16, 3)
-    expected = 2 * (vit_forward_flops(48, 2, 3, 4, 16) + head) + 3 * (vit_forward_flops(48, 2, 3, 4, 8) + head)
+    expected = 2 * (vit_forward_flops(48, 2, 3, 4, 16) + head) + 3 * (
+        vit_forward_flops(48, 2, 3, 4, 8) + head
+    )
     assert expected == pytest.approx(counted, rel=1e-9)
     student_fwd = expected
-    step = dino_step_flops_per_image(patch_size=4, global_crops_size=16, local_crops_size=8, local_crops_number=3,
-                                     embed_dim=48, depth=2, num_heads=3, out_dim=64, head_hidden_dim=32,
-                                     head_bottleneck_dim=16)
+    step = dino_step_flops_per_image(
+        patch_size=4,
+        global_crops_size=16,
+        local_crops_size=8,
+        local_crops_number=3,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+    )
     assert step == pytest.approx(3 * student_fwd + 2 * (vit_forward_flops(48, 2, 3, 4, 16) + head))
 
 

@@ -36,7 +36,13 @@ from trainer.data.gpu_augment import (
     sample_crop_boxes,
     sample_jitter,
 )
-from trainer.data.jpeg_batch import EncodedImageFolder, collate_bytes, decode_jpegs, decode_with_pil, drop_undecoded
+from trainer.data.jpeg_batch import (
+    EncodedImageFolder,
+    collate_bytes,
+    decode_jpegs,
+    decode_with_pil,
+    drop_undecoded,
+)
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -50,7 +56,11 @@ def smooth_images(count: int, height: int, width: int, seed: int) -> torch.Tenso
     """uint8 (count,3,H,W) images: random colour blobs (low-frequency, natural-ish statistics)."""
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand((count, 3, 4, 4), generator=generator) * 255
-    return torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear").round().to(torch.uint8)
+    return (
+        torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
+        .round()
+        .to(torch.uint8)
+    )
 
 
 def unnormalise(x: torch.Tensor) -> torch.Tensor:
@@ -58,12 +68,17 @@ def unnormalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def all_off(views):
-    return [replace(v, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0) for v in views]
+    return [
+        replace(v, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+        for v in views
+    ]
 
 
 def test_shapes_dtypes_and_view_order_for_list_and_batch_inputs():
     aug = GPUMultiCrop((0.4, 1.0), (0.05, 0.4), 3, global_crops_size=16, local_crops_size=8)
-    images = [torch.randint(0, 256, (3, 20 + 3 * i, 30 - 2 * i), dtype=torch.uint8) for i in range(5)]
+    images = [
+        torch.randint(0, 256, (3, 20 + 3 * i, 30 - 2 * i), dtype=torch.uint8) for i in range(5)
+    ]
     for source in (images, torch.stack([torch.zeros((3, 24, 24), dtype=torch.uint8)] * 5)):
         views = aug(source, torch.Generator().manual_seed(0))
         assert [tuple(v.shape) for v in views] == [(5, 3, 16, 16)] * 2 + [(5, 3, 8, 8)] * 3
@@ -73,9 +88,14 @@ def test_shapes_dtypes_and_view_order_for_list_and_batch_inputs():
 def test_crops_of_mixed_size_images_never_read_the_padding():
     aug = GPUMultiCrop((0.05, 1.0), (0.05, 0.4), 2, 16, 8)
     aug.views = all_off(aug.views)
-    images = [torch.full((3, h, w), 200, dtype=torch.uint8) for h, w in [(10, 60), (64, 12), (33, 35), (20, 20)] * 8]
+    images = [
+        torch.full((3, h, w), 200, dtype=torch.uint8)
+        for h, w in [(10, 60), (64, 12), (33, 35), (20, 20)] * 8
+    ]
     for view in aug(images, torch.Generator().manual_seed(20)):
-        torch.testing.assert_close(unnormalise(view), torch.full_like(view, 200 / 255), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            unnormalise(view), torch.full_like(view, 200 / 255), atol=1e-5, rtol=0
+        )
 
 
 def test_same_generator_seed_gives_the_same_views():
@@ -92,7 +112,9 @@ def test_runs_in_float32_inside_a_training_autocast():
     plain = aug(images, torch.Generator().manual_seed(24))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = aug(images, torch.Generator().manual_seed(24))
-    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(autocast, plain, strict=True))
+    assert all(
+        a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(autocast, plain, strict=True)
+    )
 
 
 def test_rejects_non_uint8_and_empty_inputs():
@@ -126,8 +148,15 @@ def test_parameters_are_independent_per_sample_and_per_view():
 def test_crop_sampler_matches_torchvision_histograms(height, width):
     scale, n_ref, n_ours = (0.08, 1.0), 1500, 6000
     torch.manual_seed(3)
-    reference = np.array([RandomResizedCrop.get_params(torch.empty(3, height, width), list(scale), list(CROP_RATIO))
-                          for _ in range(n_ref)], dtype=float)
+    reference = np.array(
+        [
+            RandomResizedCrop.get_params(
+                torch.empty(3, height, width), list(scale), list(CROP_RATIO)
+            )
+            for _ in range(n_ref)
+        ],
+        dtype=float,
+    )
     sizes = torch.full((n_ours,), height), torch.full((n_ours,), width)
     ours = sample_crop_boxes(*sizes, scale, CROP_RATIO, torch.Generator().manual_seed(4)).numpy()
     assert np.all(ours[:, 0] >= 0) and np.all(ours[:, 0] + ours[:, 2] <= height)
@@ -141,21 +170,31 @@ def test_crop_sampler_matches_torchvision_histograms(height, width):
     for feature, edges in features:
         p_ref = np.histogram(feature(reference), bins=edges)[0] / n_ref
         p_ours = np.histogram(feature(ours), bins=edges)[0] / n_ours
-        tolerance = 5 * np.sqrt(np.maximum(p_ref, 1 / n_ref) * (1 - p_ref) * (1 / n_ref + 1 / n_ours))
+        tolerance = 5 * np.sqrt(
+            np.maximum(p_ref, 1 / n_ref) * (1 - p_ref) * (1 / n_ref + 1 / n_ours)
+        )
         assert np.all(np.abs(p_ref - p_ours) <= tolerance), (p_ref, p_ours)
 
 
 def test_resized_crops_match_pil_crop_and_bicubic_resize():
     image = smooth_images(1, 37, 53, seed=5)[0]
-    image = (image.int() + torch.randint(-30, 31, image.shape, generator=torch.Generator().manual_seed(6)))
+    image = image.int() + torch.randint(
+        -30, 31, image.shape, generator=torch.Generator().manual_seed(6)
+    )
     image = image.clamp(0, 255).to(torch.uint8)
-    boxes = torch.tensor([[3.0, 5.0, 30.0, 41.0], [10.0, 0.0, 6.0, 7.0], [0.0, 0.0, 37.0, 53.0]], dtype=torch.float64)
+    boxes = torch.tensor(
+        [[3.0, 5.0, 30.0, 41.0], [10.0, 0.0, 6.0, 7.0], [0.0, 0.0, 37.0, 53.0]], dtype=torch.float64
+    )
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
     for size in (9, 16):
         ours = resized_crops(image[None], boxes, size)
         for row, (top, left, h, w) in enumerate(boxes.int().tolist()):
-            reference = TF.pil_to_tensor(TF.resized_crop(pil, top, left, h, w, [size, size],
-                                                         InterpolationMode.BICUBIC)).float() / 255
+            reference = (
+                TF.pil_to_tensor(
+                    TF.resized_crop(pil, top, left, h, w, [size, size], InterpolationMode.BICUBIC)
+                ).float()
+                / 255
+            )
             assert (ours[row] - reference).abs().max() < 3.5 / 255, (size, row)
             assert (ours[row] - reference).abs().mean() < 0.6 / 255, (size, row)
 
@@ -166,10 +205,16 @@ def test_colour_ops_match_torchvision_formulas_per_row():
     shifts = torch.tensor([-0.1, -0.02, 0.05, 0.1])
     for row in range(4):
         f, s = float(factors[row]), float(shifts[row])
-        torch.testing.assert_close(adjust_brightness(x, factors)[row], TF.adjust_brightness(x[row], f))
+        torch.testing.assert_close(
+            adjust_brightness(x, factors)[row], TF.adjust_brightness(x[row], f)
+        )
         torch.testing.assert_close(adjust_contrast(x, factors)[row], TF.adjust_contrast(x[row], f))
-        torch.testing.assert_close(adjust_saturation(x, factors)[row], TF.adjust_saturation(x[row], f))
-        torch.testing.assert_close(adjust_hue(x, shifts)[row], TF.adjust_hue(x[row], s), atol=2e-6, rtol=0)
+        torch.testing.assert_close(
+            adjust_saturation(x, factors)[row], TF.adjust_saturation(x[row], f)
+        )
+        torch.testing.assert_close(
+            adjust_hue(x, shifts)[row], TF.adjust_hue(x[row], s), atol=2e-6, rtol=0
+        )
 
 
 def _reference_jitter(image: torch.Tensor, factors: list[float], order: list[int]) -> torch.Tensor:
@@ -186,15 +231,23 @@ def test_colour_jitter_follows_each_samples_order_and_factors():
     n = len(orders)
     x = textured_images(n, 9, 11, seed=30).float() / 255
     generator = torch.Generator().manual_seed(31)
-    factors = torch.stack([torch.empty(n).uniform_(0.6, 1.4, generator=generator),
-                           torch.empty(n).uniform_(0.6, 1.4, generator=generator),
-                           torch.empty(n).uniform_(0.8, 1.2, generator=generator),
-                           torch.empty(n).uniform_(-0.1, 0.1, generator=generator)], dim=1)
+    factors = torch.stack(
+        [
+            torch.empty(n).uniform_(0.6, 1.4, generator=generator),
+            torch.empty(n).uniform_(0.6, 1.4, generator=generator),
+            torch.empty(n).uniform_(0.8, 1.2, generator=generator),
+            torch.empty(n).uniform_(-0.1, 0.1, generator=generator),
+        ],
+        dim=1,
+    )
     apply = torch.arange(n) % 5 != 0
     out = apply_color_jitter(x, apply, factors, orders)
     for row in range(n):
-        expected = (_reference_jitter(x[row], factors[row].tolist(), orders[row].tolist()) if apply[row]
-                    else x[row])
+        expected = (
+            _reference_jitter(x[row], factors[row].tolist(), orders[row].tolist())
+            if apply[row]
+            else x[row]
+        )
         torch.testing.assert_close(out[row], expected, atol=2e-6, rtol=0)
     # the order matters: running every row in one fixed order gives other pixels
     fixed = apply_color_jitter(x, apply, factors, torch.arange(4).expand(n, 4))
@@ -206,14 +259,18 @@ def test_jitter_parameters_are_uniform_per_sample():
     factors, order = sample_jitter(n, torch.device("cpu"), torch.Generator().manual_seed(32))
     for k, (low, high) in enumerate([(0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1)]):
         assert factors[:, k].min() >= low and factors[:, k].max() <= high
-        assert abs(factors[:, k].mean().item() - (low + high) / 2) < 5 * (high - low) / math.sqrt(12 * n)
+        assert abs(factors[:, k].mean().item() - (low + high) / 2) < 5 * (high - low) / math.sqrt(
+            12 * n
+        )
     counts = torch.unique(order, dim=0, return_counts=True)[1]
     assert len(counts) == 24 and (counts - n / 24).abs().max() < 5 * math.sqrt(n / 24)
     assert torch.corrcoef(factors.T).sub(torch.eye(4)).abs().max() < 0.05  # independent factors
     x = smooth_images(4, 6, 6, seed=33).float() / 255
     again = color_jitter(x, torch.ones(4, dtype=torch.bool), torch.Generator().manual_seed(34))
     factors, order = sample_jitter(4, torch.device("cpu"), torch.Generator().manual_seed(34))
-    torch.testing.assert_close(again, apply_color_jitter(x, torch.ones(4, dtype=torch.bool), factors, order))
+    torch.testing.assert_close(
+        again, apply_color_jitter(x, torch.ones(4, dtype=torch.bool), factors, order)
+    )
 
 
 def _recorded_run(aug: GPUMultiCrop, images: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
@@ -244,13 +301,16 @@ def test_recorded_decisions_are_the_applied_ops():
     reference_aug = GPUMultiCrop((1.0, 1.0), (1.0, 1.0), 0, 12, 12)
     reference_aug.views = all_off(reference_aug.views)
     plain = unnormalise(reference_aug(images[:1])[0])[0]
-    assert torch.allclose(plain * 255, image.float(), atol=1e-3)  # full-image box at full size is the identity
+    assert torch.allclose(
+        plain * 255, image.float(), atol=1e-3
+    )  # full-image box at full size is the identity
     for op, check in {
         "flip": lambda out: torch.isclose(out, plain.flip(-1), atol=1e-4).all(dim=(1, 2, 3)),
         "grayscale": lambda out: (out[:, 0] - out[:, 1]).abs().amax(dim=(1, 2)) < 1e-5,
         "blur": lambda out: ~torch.isclose(out, plain, atol=1e-6).all(dim=(1, 2, 3)),
-        "solarize": lambda out: torch.isclose(out, torch.where(plain >= 128 / 255, 1 - plain, plain),
-                                              atol=1e-4).all(dim=(1, 2, 3)),
+        "solarize": lambda out: torch.isclose(
+            out, torch.where(plain >= 128 / 255, 1 - plain, plain), atol=1e-4
+        ).all(dim=(1, 2, 3)),
     }.items():
         aug.views = [replace(v, **{f"{op}_p": 0.5}) for v in all_off(aug.views)]
         views, masks = _recorded_run(aug, images)
@@ -266,7 +326,9 @@ def test_recorded_decisions_are_the_applied_ops():
 
 def textured_images(count: int, height: int, width: int, seed: int) -> torch.Tensor:
     """Colour blobs plus pixel noise, so that blur and resampling change the statistics."""
-    noise = torch.randint(-40, 41, (count, 3, height, width), generator=torch.Generator().manual_seed(seed + 1))
+    noise = torch.randint(
+        -40, 41, (count, 3, height, width), generator=torch.Generator().manual_seed(seed + 1)
+    )
     return (smooth_images(count, height, width, seed).int() + noise).clamp(0, 255).to(torch.uint8)
 
 
@@ -288,9 +350,13 @@ def test_output_statistics_match_the_cpu_pipeline():
     images = textured_images(40, 30, 36, seed=10).repeat(8, 1, 1, 1)
     cpu_aug = DataAugmentationDINO((0.4, 1.0), (0.05, 0.4), 2, 16, 8)
     generator = torch.Generator().manual_seed(11)
-    cpu_views = [cpu_aug(Image.fromarray(image.permute(1, 2, 0).numpy()), generator) for image in images]
+    cpu_views = [
+        cpu_aug(Image.fromarray(image.permute(1, 2, 0).numpy()), generator) for image in images
+    ]
     cpu = _view_statistics([torch.stack([views[k] for views in cpu_views]) for k in range(4)])
-    gpu = _view_statistics(GPUMultiCrop((0.4, 1.0), (0.05, 0.4), 2, 16, 8)(images, torch.Generator().manual_seed(12)))
+    gpu = _view_statistics(
+        GPUMultiCrop((0.4, 1.0), (0.05, 0.4), 2, 16, 8)(images, torch.Generator().manual_seed(12))
+    )
     for key in cpu:
         a, b = cpu[key], gpu[key]
         mean_error = math.sqrt(a.var().item() / len(a) + b.var().item() / len(b))
@@ -313,7 +379,9 @@ def test_decode_jpegs_on_cpu_matches_pil_and_skips_corrupt_blobs():
     corrupt = [b"not an image at all", blobs[0][: len(blobs[0]) // 3], b""]
     decoded = decode_jpegs(blobs + [png.getvalue()] + corrupt, "cpu")
     for blob, image, original in zip(blobs, decoded, images, strict=False):
-        reference = torch.from_numpy(np.array(Image.open(io.BytesIO(blob)).convert("RGB"))).permute(2, 0, 1)
+        reference = torch.from_numpy(np.array(Image.open(io.BytesIO(blob)).convert("RGB"))).permute(
+            2, 0, 1
+        )
         assert image.dtype == torch.uint8 and torch.equal(image, reference)
         assert (image.float() - original.float()).abs().mean() < 3
     assert torch.equal(decoded[3], images[0])
@@ -357,13 +425,18 @@ def test_encoded_image_folder_yields_bytes_for_a_dataloader(tmp_path):
     blobs = batch.images
     assert batch.labels.tolist() == [0, 1, 2] and all(isinstance(b, bytes) for b in blobs)
     assert batch.skipped == 0
-    unreadable = collate_bytes([(blobs[0], 0), (b"", 1), (blobs[2], 2)])  # a file that could not be read
+    unreadable = collate_bytes(
+        [(blobs[0], 0), (b"", 1), (blobs[2], 2)]
+    )  # a file that could not be read
     assert unreadable.labels.tolist() == [0, 2] and unreadable.images == [blobs[0], blobs[2]]
     assert unreadable.skipped == 1
     assert all(image is not None for image in decode_jpegs(blobs, "cpu"))
     samples = [(path, 7) for path in dataset.paths[::-1]]
     from_samples = EncodedImageFolder(samples)
-    assert from_samples.paths == dataset.paths[::-1] and from_samples[0] == (dataset.paths[-1].read_bytes(), 0)
+    assert from_samples.paths == dataset.paths[::-1] and from_samples[0] == (
+        dataset.paths[-1].read_bytes(),
+        0,
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         EncodedImageFolder(tmp_path / "empty")

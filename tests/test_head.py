@@ -12,9 +12,14 @@ def test_official_key_names_and_shapes() -> None:
     head = DINOHead(384, 1000)
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     assert shapes == {
-        "mlp.0.weight": (2048, 384), "mlp.0.bias": (2048,), "mlp.2.weight": (2048, 2048), "mlp.2.bias": (2048,),
-        "mlp.4.weight": (256, 2048), "mlp.4.bias": (256,),
-        "last_layer.weight_g": (1000, 1), "last_layer.weight_v": (1000, 256),
+        "mlp.0.weight": (2048, 384),
+        "mlp.0.bias": (2048,),
+        "mlp.2.weight": (2048, 2048),
+        "mlp.2.bias": (2048,),
+        "mlp.4.weight": (256, 2048),
+        "mlp.4.bias": (256,),
+        "last_layer.weight_g": (1000, 1),
+        "last_layer.weight_v": (1000, 256),
     }
     bn = DINOHead(384, 10, use_bn=True)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in bn.mlp)

@@ -30,7 +30,10 @@ def test_list_images_flat_or_recursive_sorted_visible_and_any_case(tmp_path):
     (tmp_path / "folder.jpg").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["A.JPEG", "b.jpg"]
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)] == [
-        "A.JPEG", "b.jpg", "sub/c.jpg"]
+        "A.JPEG",
+        "b.jpg",
+        "sub/c.jpg",
+    ]
     assert [p.name for p in list_images(tmp_path, suffixes=(".jpeg",))] == ["A.JPEG"]
     assert not is_image_file(tmp_path / "notes.txt") and not is_image_file(tmp_path / "folder.jpg")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -61,8 +64,11 @@ def test_load_rgb_drafts_large_jpegs_only_down_to_the_requested_side(tmp_path):
 
 
 def _string_constants(path: Path) -> set[str]:
-    return {node.value for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return {
+        node.value
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
 
 
 def test_one_list_of_image_suffixes_in_trainer_and_benchmarks():

@@ -46,8 +46,10 @@ def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             source = _resolve(node, module, is_package)
-            found.extend((node.lineno, f"{source}.{alias.name}" if source else alias.name)
-                         for alias in node.names)
+            found.extend(
+                (node.lineno, f"{source}.{alias.name}" if source else alias.name)
+                for alias in node.names
+            )
     return sorted(found)
 
 
@@ -75,19 +77,23 @@ def test_trainer_model_imports_nothing_else_from_the_trainer():
 
 def test_no_library_module_imports_the_commands():
     commands = ("trainer.run", "trainer.export", "trainer.model_card")
-    bad = [f"{path.relative_to(ROOT)}:{line} {name}"
-           for package in ("model", "data", "train", "eval")
-           for path in sorted((ROOT / "trainer" / package).rglob("*.py"))
-           for line, name in imported_modules(path)
-           if any(_in_package(name, command) for command in commands)]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} {name}"
+        for package in ("model", "data", "train", "eval")
+        for path in sorted((ROOT / "trainer" / package).rglob("*.py"))
+        for line, name in imported_modules(path)
+        if any(_in_package(name, command) for command in commands)
+    ]
     assert bad == []
 
 
 def test_the_app_reaches_the_service_only_over_http():
-    bad = [f"{path.relative_to(ROOT)}:{line} {name}"
-           for path in sorted((ROOT / "app").rglob("*.py"))
-           for line, name in imported_modules(path)
-           if any(_in_package(name, pkg) for pkg in ("backend", "trainer", "torch"))]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} {name}"
+        for path in sorted((ROOT / "app").rglob("*.py"))
+        for line, name in imported_modules(path)
+        if any(_in_package(name, pkg) for pkg in ("backend", "trainer", "torch"))
+    ]
     assert bad == []
 
 
@@ -111,8 +117,10 @@ def test_the_walk_sees_every_kind_of_import(tmp_path):
     assert imported_modules(pkg / "a.py", tmp_path)[-1] == (9, "backend.b")
     assert imported_modules(pkg / "b.py", tmp_path) == [(1, "backend.a.f")]
     assert violations(pkg, "trainer.model", tmp_path) == [
-        "backend/a.py:4 trainer.train.loss", "backend/a.py:5 trainer.run",
-        "backend/a.py:8 trainer.data"]
+        "backend/a.py:4 trainer.train.loss",
+        "backend/a.py:5 trainer.run",
+        "backend/a.py:8 trainer.data",
+    ]
 
 
 @pytest.mark.parametrize("package", PRODUCT_PACKAGES)

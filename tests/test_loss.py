@@ -12,7 +12,11 @@ B, K = 2, 4
 
 def reference_dino_loss(student, teacher, center, ncrops, teacher_temp, student_temp):
     """Python loops: mean over pairs (q, v != q) of mean over batch of sum_k -p_t log p_s."""
-    s, t, c = student.double().tolist(), teacher.double().tolist(), center.double().flatten().tolist()
+    s, t, c = (
+        student.double().tolist(),
+        teacher.double().tolist(),
+        center.double().flatten().tolist(),
+    )
     batch = len(t) // 2
 
     def softmax(row):
@@ -27,7 +31,9 @@ def reference_dino_loss(student, teacher, center, ncrops, teacher_temp, student_
                 continue
             ce = 0.0
             for b in range(batch):
-                p_t = softmax([(x - ck) / teacher_temp for x, ck in zip(t[q * batch + b], c, strict=True)])
+                p_t = softmax(
+                    [(x - ck) / teacher_temp for x, ck in zip(t[q * batch + b], c, strict=True)]
+                )
                 p_s = softmax([x / student_temp for x in s[v * batch + b]])
                 ce += sum(-pt * math.log(ps) for pt, ps in zip(p_t, p_s, strict=True))
             total += ce / batch
@@ -36,8 +42,14 @@ def reference_dino_loss(student, teacher, center, ncrops, teacher_temp, student_
 
 
 def make_loss(ncrops=4, **kw):
-    args = dict(out_dim=K, ncrops=ncrops, warmup_teacher_temp=0.04, teacher_temp=0.07,
-                warmup_teacher_temp_epochs=3, nepochs=10)
+    args = dict(
+        out_dim=K,
+        ncrops=ncrops,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=3,
+        nepochs=10,
+    )
     args.update(kw)
     return DINOLoss(**args)
 
@@ -67,14 +79,19 @@ def test_two_crops_use_only_cross_pairs():
     loss_fn = make_loss(2, warmup_teacher_temp_epochs=0)
     got = loss_fn(student, t, epoch=0)
     p0, p1 = torch.softmax(t.chunk(2)[0] / 0.07, -1), torch.softmax(t.chunk(2)[1] / 0.07, -1)
-    ls0, ls1 = torch.log_softmax(student.chunk(2)[0] / 0.1, -1), torch.log_softmax(student.chunk(2)[1] / 0.1, -1)
+    ls0, ls1 = (
+        torch.log_softmax(student.chunk(2)[0] / 0.1, -1),
+        torch.log_softmax(student.chunk(2)[1] / 0.1, -1),
+    )
     cross = 0.5 * ((-p0 * ls1).sum(-1).mean() + (-p1 * ls0).sum(-1).mean())
     assert got.item() == pytest.approx(cross.item(), rel=1e-6)
 
 
 def test_center_ema_arithmetic():
     loss_fn = make_loss(2, center_momentum=0.9)
-    teacher = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 8.0], [4.0, 0.0, 0.0, 0.0]])
+    teacher = torch.tensor(
+        [[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 8.0], [4.0, 0.0, 0.0, 0.0]]
+    )
     loss_fn(torch.zeros(2 * B, K), teacher, 0)
     first = 0.1 * torch.tensor([[2.0, 1.0, 1.0, 3.0]])
     torch.testing.assert_close(loss_fn.center, first)
@@ -89,7 +106,9 @@ def test_center_buffer_initial_state():
 
 
 def test_temperature_schedule_endpoints():
-    loss_fn = make_loss(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, nepochs=10)
+    loss_fn = make_loss(
+        warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, nepochs=10
+    )
     assert loss_fn.teacher_temp_at(0) == pytest.approx(0.04)
     assert loss_fn.teacher_temp_at(1) == pytest.approx(0.055)
     assert loss_fn.teacher_temp_at(2) == pytest.approx(0.07)
@@ -98,12 +117,16 @@ def test_temperature_schedule_endpoints():
 
 
 def test_set_schedule_rebuilds_the_temperatures_and_keeps_the_centre():
-    loss_fn = make_loss(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, nepochs=10)
+    loss_fn = make_loss(
+        warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, nepochs=10
+    )
     student, teacher = torch.randn(4 * B, K), torch.randn(2 * B, K)
     loss_fn(student, teacher, epoch=0)
     center = loss_fn.center.clone()
     loss_fn.set_schedule(0.02, 0.05, 4, 5)  # a shorter run, a longer warm-up
-    assert [loss_fn.teacher_temp_at(e) for e in range(6)] == pytest.approx([0.02, 0.03, 0.04, 0.05, 0.05, 0.05])
+    assert [loss_fn.teacher_temp_at(e) for e in range(6)] == pytest.approx(
+        [0.02, 0.03, 0.04, 0.05, 0.05, 0.05]
+    )
     assert torch.equal(loss_fn.center, center)
     expected = reference_dino_loss(student, teacher, loss_fn.center, 4, 0.03, loss_fn.student_temp)
     assert float(loss_fn(student, teacher, epoch=1)) == pytest.approx(expected, rel=1e-5)
@@ -135,8 +158,9 @@ def test_half_precision_inputs_computed_in_float32():
     loss_fn = make_loss()
     got = loss_fn(student.bfloat16(), teacher.bfloat16(), 0)
     assert got.dtype == torch.float32 and loss_fn.center.dtype == torch.float32
-    expected = reference_dino_loss(student.bfloat16().float(), teacher.bfloat16().float(), torch.zeros(1, K), 4,
-                                   0.04, 0.1)
+    expected = reference_dino_loss(
+        student.bfloat16().float(), teacher.bfloat16().float(), torch.zeros(1, K), 4, 0.04, 0.1
+    )
     assert got.item() == pytest.approx(expected, rel=1e-5)
     assert got.item() == pytest.approx(ref.item(), rel=0.1)
 

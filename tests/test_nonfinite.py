@@ -123,8 +123,16 @@ def test_ema_and_skipped_step_have_no_host_sync():
 def _tiny_context(monkeypatch, optimizer: str) -> TrainContext:
     monkeypatch.setattr(build, "build_vit", _tiny_vit)
     monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
-    cfg = make_config(arch="vit_tiny", patch_size=4, global_crops_size=8, local_crops_size=4,
-                      local_crops_number=1, out_dim=16, epochs=1, optimizer=optimizer)
+    cfg = make_config(
+        arch="vit_tiny",
+        patch_size=4,
+        global_crops_size=8,
+        local_crops_size=4,
+        local_crops_number=1,
+        out_dim=16,
+        epochs=1,
+        optimizer=optimizer,
+    )
     torch.manual_seed(0)
     student, teacher = build.build_student_teacher(cfg)
     with torch.no_grad():  # teacher != student, so an EMA step would be visible
@@ -132,8 +140,18 @@ def _tiny_context(monkeypatch, optimizer: str) -> TrainContext:
             p.add_(0.01)
     schedules = Schedules(lr=np.full(3, 0.1), wd=np.full(3, 0.04), momentum=np.full(3, 0.9))
     opt = build_optimizer(optimizer, get_params_groups(student))
-    return TrainContext(cfg, student, teacher, student, teacher, DINOLoss(16, 3, 0.04, 0.04, 0, 1),
-                        opt, schedules, torch.device("cpu"), "fp32")
+    return TrainContext(
+        cfg,
+        student,
+        teacher,
+        student,
+        teacher,
+        DINOLoss(16, 3, 0.04, 0.04, 0, 1),
+        opt,
+        schedules,
+        torch.device("cpu"),
+        "fp32",
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lars"])
@@ -144,7 +162,9 @@ def test_nan_loss_in_a_train_step_changes_neither_student_nor_teacher(monkeypatc
     student = {k: v.clone() for k, v in ctx.student_module.state_dict().items()}
     teacher = {k: v.clone() for k, v in ctx.teacher_module.state_dict().items()}
     real_forward = DINOLoss.forward
-    monkeypatch.setattr(DINOLoss, "forward", lambda self, s, t, e: real_forward(self, s, t, e) * float("nan"))
+    monkeypatch.setattr(
+        DINOLoss, "forward", lambda self, s, t, e: real_forward(self, s, t, e) * float("nan")
+    )
     loss, _, _ = train_step(ctx, crops, epoch=0, it=1)
     assert torch.isnan(loss)
     for name, value in ctx.student_module.state_dict().items():
@@ -154,7 +174,9 @@ def test_nan_loss_in_a_train_step_changes_neither_student_nor_teacher(monkeypatc
     monkeypatch.setattr(DINOLoss, "forward", real_forward)
     loss, _, _ = train_step(ctx, crops, epoch=0, it=2)  # training goes on from the same weights
     assert torch.isfinite(loss)
-    assert not torch.equal(ctx.teacher_module.state_dict()["head.mlp.0.weight"], teacher["head.mlp.0.weight"])
+    assert not torch.equal(
+        ctx.teacher_module.state_dict()["head.mlp.0.weight"], teacher["head.mlp.0.weight"]
+    )
 
 
 def test_an_infinite_gradient_with_a_finite_loss_skips_the_step_too(monkeypatch):
@@ -174,7 +196,9 @@ def test_an_infinite_gradient_with_a_finite_loss_skips_the_step_too(monkeypatch)
         assert torch.equal(value, teacher[name]), name
 
 
-def test_a_nan_mid_epoch_stops_the_run_before_any_checkpoint_with_a_clear_error(tmp_path, monkeypatch):
+def test_a_nan_mid_epoch_stops_the_run_before_any_checkpoint_with_a_clear_error(
+    tmp_path, monkeypatch
+):
     """One NaN step in the middle of epoch 1, read back only at the end of the epoch."""
     monkeypatch.setattr(build, "build_vit", _tiny_vit)
     monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
@@ -215,12 +239,38 @@ def test_the_command_ends_with_the_message_and_status_1(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(build, "build_vit", _tiny_vit)
     monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
-    monkeypatch.setattr(DINOLoss, "forward", lambda self, s, t, e: (s.sum() + t.sum()) * float("nan"))
+    monkeypatch.setattr(
+        DINOLoss, "forward", lambda self, s, t, e: (s.sum() + t.sum()) * float("nan")
+    )
     data = make_image_folder(tmp_path / "data", {"": 4})
-    argv = ["--data_path", str(data), "--output_dir", str(tmp_path / "run"), "--device", "cpu",
-            "--arch", "vit_tiny", "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8",
-            "--local_crops_number", "1", "--out_dim", "16", "--epochs", "1", "--batch_size_per_gpu", "4",
-            "--num_workers", "0", "--warmup_epochs", "0"]
+    argv = [
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--arch",
+        "vit_tiny",
+        "--patch_size",
+        "4",
+        "--global_crops_size",
+        "16",
+        "--local_crops_size",
+        "8",
+        "--local_crops_number",
+        "1",
+        "--out_dim",
+        "16",
+        "--epochs",
+        "1",
+        "--batch_size_per_gpu",
+        "4",
+        "--num_workers",
+        "0",
+        "--warmup_epochs",
+        "0",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         run.cli(argv)
     assert exit_info.value.code == 1
@@ -229,8 +279,14 @@ def test_the_command_ends_with_the_message_and_status_1(tmp_path, monkeypatch, c
 
 
 def test_the_teacher_never_drops_paths_whatever_the_rate():
-    cfg = make_config(arch="vit_tiny", patch_size=4, global_crops_size=16, local_crops_size=8,
-                      out_dim=16, drop_path_rate=0.5)
+    cfg = make_config(
+        arch="vit_tiny",
+        patch_size=4,
+        global_crops_size=16,
+        local_crops_size=8,
+        out_dim=16,
+        drop_path_rate=0.5,
+    )
     student, teacher = build.build_student_teacher(cfg)
     rates = [getattr(m, "drop_prob", 0.0) for m in student.backbone.modules()]
     assert max(rates) == pytest.approx(0.5)  # the student's last block drops paths at the rate
@@ -239,7 +295,9 @@ def test_the_teacher_never_drops_paths_whatever_the_rate():
     teacher.train()
     student.train()
     with torch.no_grad():
-        assert torch.equal(teacher.backbone(x), teacher.backbone(x))  # no random paths in train mode
+        assert torch.equal(
+            teacher.backbone(x), teacher.backbone(x)
+        )  # no random paths in train mode
         torch.manual_seed(0)
         first = student.backbone(x)
         torch.manual_seed(1)

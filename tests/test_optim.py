@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.train.optim import LARS, build_optimizer, cancel_gradients_last_layer, clip_gradients, get_params_groups
+from trainer.train.optim import (
+    LARS,
+    build_optimizer,
+    cancel_gradients_last_layer,
+    clip_gradients,
+    get_params_groups,
+)
 
 
 class Toy(nn.Module):
@@ -30,7 +36,9 @@ def test_param_groups_split_decay_and_skip_frozen():
     assert plain["weight_decay"] == 0.0 and "weight_decay" not in regularized
 
 
-@pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD), ("LARS", LARS)])
+@pytest.mark.parametrize(
+    "name,cls", [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD), ("LARS", LARS)]
+)
 def test_build_optimizer_kinds(name, cls):
     opt = build_optimizer(name, get_params_groups(Toy()), lr=0.1)
     assert isinstance(opt, cls) and len(opt.param_groups) == 2
@@ -42,12 +50,16 @@ def test_build_optimizer_kinds(name, cls):
 def test_build_optimizer_fused_on_cpu_and_falls_back_elsewhere():
     assert build_optimizer("adamw", get_params_groups(Toy()), fused=True).defaults.get("fused")
     assert not build_optimizer("adamw", get_params_groups(Toy()), fused=False).defaults.get("fused")
-    opt = build_optimizer("adamw", get_params_groups(Toy().to("meta")), fused=True)  # no fused kernel there
+    opt = build_optimizer(
+        "adamw", get_params_groups(Toy().to("meta")), fused=True
+    )  # no fused kernel there
     assert not opt.defaults.get("fused")
 
 
 def test_unknown_optimizer_lists_choices():
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'; choose one of adamw, sgd, lars"):
+    with pytest.raises(
+        ValueError, match="unknown optimizer 'adam'; choose one of adamw, sgd, lars"
+    ):
         build_optimizer("adam", get_params_groups(Toy()))
 
 
@@ -63,20 +75,33 @@ def reference_lars_step(w, g, mu, lr, wd, momentum, eta, adapt):
 
 def test_lars_two_steps_match_reference():
     torch.manual_seed(0)
-    w, b = nn.Parameter(torch.randn(4, 3, dtype=torch.float64)), nn.Parameter(torch.randn(4, dtype=torch.float64))
+    w, b = (
+        nn.Parameter(torch.randn(4, 3, dtype=torch.float64)),
+        nn.Parameter(torch.randn(4, dtype=torch.float64)),
+    )
     zero = nn.Parameter(torch.zeros(2, 2, dtype=torch.float64))
     opt = LARS([{"params": [w, zero]}, {"params": [b], "weight_decay": 0.0}], lr=0.0)
-    ref = {"w": (w.detach().clone(), torch.zeros(4, 3, dtype=torch.float64)),
-           "b": (b.detach().clone(), torch.zeros(4, dtype=torch.float64))}
+    ref = {
+        "w": (w.detach().clone(), torch.zeros(4, 3, dtype=torch.float64)),
+        "b": (b.detach().clone(), torch.zeros(4, dtype=torch.float64)),
+    }
     for step in range(2):
-        grads = {"w": torch.randn(4, 3, dtype=torch.float64), "b": torch.randn(4, dtype=torch.float64)}
-        w.grad, b.grad, zero.grad = grads["w"].clone(), grads["b"].clone(), torch.ones(2, 2, dtype=torch.float64)
+        grads = {
+            "w": torch.randn(4, 3, dtype=torch.float64),
+            "b": torch.randn(4, dtype=torch.float64),
+        }
+        w.grad, b.grad, zero.grad = (
+            grads["w"].clone(),
+            grads["b"].clone(),
+            torch.ones(2, 2, dtype=torch.float64),
+        )
         opt.param_groups[0].update(lr=0.5 + step, weight_decay=0.04)
         opt.param_groups[1]["lr"] = 0.5 + step
         opt.step()
         for name, adapt, wd in (("w", True, 0.04), ("b", False, 0.0)):
-            ref[name] = reference_lars_step(*ref[name][:1], grads[name], ref[name][1], 0.5 + step, wd, 0.9,
-                                            0.001, adapt)
+            ref[name] = reference_lars_step(
+                *ref[name][:1], grads[name], ref[name][1], 0.5 + step, wd, 0.9, 0.001, adapt
+            )
         torch.testing.assert_close(w.detach(), ref["w"][0])
         torch.testing.assert_close(b.detach(), ref["b"][0])
         if step == 0:  # a zero-norm weight gets trust ratio 1: a plain momentum step from zero
@@ -86,8 +111,12 @@ def test_lars_two_steps_match_reference():
 def test_clip_gradients_matches_per_parameter_loop():
     torch.manual_seed(1)
     m = Toy()
-    grads = {"fc.weight": torch.randn(2, 3) * 10, "fc.bias": torch.tensor([0.1, -0.2]),
-             "token": torch.tensor([[[3.0, 4.0]]]), "last_layer.weight": torch.randn(2, 2) * 0.01}
+    grads = {
+        "fc.weight": torch.randn(2, 3) * 10,
+        "fc.bias": torch.tensor([0.1, -0.2]),
+        "token": torch.tensor([[[3.0, 4.0]]]),
+        "last_layer.weight": torch.randn(2, 2) * 0.01,
+    }
     for name, p in m.named_parameters():
         p.grad = grads[name].clone() if name in grads else None
     norms = clip_gradients(m, clip=2.0)

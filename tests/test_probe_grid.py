@@ -21,7 +21,9 @@ def test_grid_has_one_row_per_epoch_and_image_and_one_column_per_head(tmp_path):
     images.mkdir()
     rng = np.random.default_rng(0)
     for name in ("a", "b", "c"):
-        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+            images / f"{name}.jpg"
+        )
     torch.manual_seed(0)
     model = build_vit("vit_tiny", 16)  # 3 heads
     for epoch in (0, 4, 9):

@@ -21,15 +21,18 @@ def reference_cosine(base, final, epochs, niter, warmup_epochs, start):
 
 @pytest.mark.parametrize("warmup_epochs", [0, 1, 3])
 def test_cosine_matches_reference_formula(warmup_epochs):
-    sched = cosine_scheduler(0.5, 1e-3, epochs=5, niter_per_ep=7, warmup_epochs=warmup_epochs,
-                             start_warmup_value=0.01)
+    sched = cosine_scheduler(
+        0.5, 1e-3, epochs=5, niter_per_ep=7, warmup_epochs=warmup_epochs, start_warmup_value=0.01
+    )
     ref = reference_cosine(0.5, 1e-3, 5, 7, warmup_epochs, 0.01)
     assert sched.shape == (35,)
     np.testing.assert_allclose(sched, ref, rtol=0, atol=1e-12)
 
 
 def test_cosine_warmup_endpoints_and_monotonicity():
-    sched = cosine_scheduler(1.0, 0.1, epochs=10, niter_per_ep=4, warmup_epochs=2, start_warmup_value=0.0)
+    sched = cosine_scheduler(
+        1.0, 0.1, epochs=10, niter_per_ep=4, warmup_epochs=2, start_warmup_value=0.0
+    )
     warm, cos = sched[:8], sched[8:]
     assert warm[0] == 0.0 and warm[-1] == pytest.approx(1.0)
     np.testing.assert_allclose(np.diff(warm), 1.0 / 7)  # linear steps
@@ -56,7 +59,9 @@ def test_cosine_rejects_bad_arguments():
 
 
 def test_warmup_over_all_training_is_pure_warmup():
-    sched = cosine_scheduler(2.0, 0.0, epochs=2, niter_per_ep=3, warmup_epochs=2, start_warmup_value=1.0)
+    sched = cosine_scheduler(
+        2.0, 0.0, epochs=2, niter_per_ep=3, warmup_epochs=2, start_warmup_value=1.0
+    )
     np.testing.assert_allclose(sched, np.linspace(1.0, 2.0, 6))
 
 

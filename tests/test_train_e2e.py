@@ -25,12 +25,52 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(data: Path, out: Path, probes: Path, log_every: int) -> list[str]:
-    return ["--data_path", str(data), "--output_dir", str(out), "--device", "cpu", "--arch", "vit_tiny",
-            "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8", "--local_crops_number", "2",
-            "--out_dim", "32", "--epochs", "2", "--warmup_epochs", "1", "--batch_size_per_gpu", "4",
-            "--num_workers", "0", "--saveckp_freq", "0", "--log_every", str(log_every), "--probe_images", str(probes),
-            "--knn_every", "1", "--knn_train_data", str(data), "--knn_val_data", str(data), "--knn_resize", "16",
-            "--knn_crop", "16", "--knn_k", "3"]
+    return [
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--arch",
+        "vit_tiny",
+        "--patch_size",
+        "4",
+        "--global_crops_size",
+        "16",
+        "--local_crops_size",
+        "8",
+        "--local_crops_number",
+        "2",
+        "--out_dim",
+        "32",
+        "--epochs",
+        "2",
+        "--warmup_epochs",
+        "1",
+        "--batch_size_per_gpu",
+        "4",
+        "--num_workers",
+        "0",
+        "--saveckp_freq",
+        "0",
+        "--log_every",
+        str(log_every),
+        "--probe_images",
+        str(probes),
+        "--knn_every",
+        "1",
+        "--knn_train_data",
+        str(data),
+        "--knn_val_data",
+        str(data),
+        "--knn_resize",
+        "16",
+        "--knn_crop",
+        "16",
+        "--knn_k",
+        "3",
+    ]
 
 
 def test_cli_run_then_nan_stops_with_checkpoint_intact(tmp_path, monkeypatch):
@@ -45,7 +85,9 @@ def test_cli_run_then_nan_stops_with_checkpoint_intact(tmp_path, monkeypatch):
         return loss * float("nan") if epoch == 1 else loss
 
     monkeypatch.setattr(DINOLoss, "forward", nan_in_second_epoch)
-    with pytest.raises(NonFiniteLossError, match="NaN or infinite in epoch 1.*checkpoint.pth.*not overwritten"):
+    with pytest.raises(
+        NonFiniteLossError, match="NaN or infinite in epoch 1.*checkpoint.pth.*not overwritten"
+    ):
         run.main(_cli(data, out, probes, log_every=100))
 
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
@@ -62,30 +104,59 @@ def test_cli_run_then_nan_stops_with_checkpoint_intact(tmp_path, monkeypatch):
     assert len(lines) == 1
     stats = json.loads(lines[0])
     assert stats["epoch"] == 0 and stats["train_corrupt_files"] == 1
-    for key in ("train_loss", "train_lr", "train_wd", "train_teacher_entropy", "train_kl", "train_center_norm",
-                "knn_k3_top1", "knn_k3_top5"):
+    for key in (
+        "train_loss",
+        "train_lr",
+        "train_wd",
+        "train_teacher_entropy",
+        "train_kl",
+        "train_center_norm",
+        "knn_k3_top1",
+        "knn_k3_top5",
+    ):
         assert key in stats and stats[key] == stats[key], key  # present and not NaN
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[0]["epoch"] == 0 and {"loss", "lr", "wd", "momentum", "teacher_temp", "img_per_s"} <= set(metrics[0])
+    assert metrics[0]["epoch"] == 0 and {
+        "loss",
+        "lr",
+        "wd",
+        "momentum",
+        "teacher_temp",
+        "img_per_s",
+    } <= set(metrics[0])
     heads = 3
     assert len(list((out / "probes" / "epoch0000").glob("*.png"))) == 1 + 2 * heads
 
 
 def test_nan_is_caught_at_a_logging_step_too(tmp_path, monkeypatch):
     data = make_image_folder(tmp_path / "data", {"": 8})
-    monkeypatch.setattr(DINOLoss, "forward", lambda self, s, t, epoch: (s.sum() + t.sum()) * float("inf"))
+    monkeypatch.setattr(
+        DINOLoss, "forward", lambda self, s, t, epoch: (s.sum() + t.sum()) * float("inf")
+    )
     cli = _cli(data, tmp_path / "run", data, log_every=1)
-    cli = cli[:cli.index("--probe_images")]
+    cli = cli[: cli.index("--probe_images")]
     with pytest.raises(NonFiniteLossError, match="epoch 0 \\(by step 0\\)"):
         run.main(cli)
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
 
 
 def test_script_entry_point_help_lists_flags():
-    result = subprocess.run([sys.executable, str(ROOT / "trainer" / "run.py"), "--help"], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT.parent)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "trainer" / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT.parent,
+    )
     assert result.returncode == 0, result.stderr
-    for flag in ("--arch", "--out_dim", "--momentum_teacher", "--use_fp16", "--probe_images", "--config"):
+    for flag in (
+        "--arch",
+        "--out_dim",
+        "--momentum_teacher",
+        "--use_fp16",
+        "--probe_images",
+        "--config",
+    ):
         assert flag in result.stdout
 
 
@@ -98,7 +169,9 @@ def test_device_side_augmentation_path_runs_and_counts_corrupt_files(tmp_path, m
     monkeypatch.setattr(build, "build_vit", _tiny_vit)
     monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=64, bottleneck_dim=16))
     data = make_image_folder(tmp_path / "data", {"a": 4, "b": 3}, corrupt=1)
-    stats = loop.train(tiny_config(data, tmp_path / "run", epochs=1, warmup_epochs=0, gpu_augment=True))
+    stats = loop.train(
+        tiny_config(data, tmp_path / "run", epochs=1, warmup_epochs=0, gpu_augment=True)
+    )
     assert stats["train_corrupt_files"] == 1 and stats["train_loss"] == stats["train_loss"]
     assert (tmp_path / "run" / "teacher_backbone.safetensors").is_file()
 
@@ -116,16 +189,37 @@ def test_train_step_applies_schedules_ema_and_last_layer_freeze(monkeypatch):
 
     monkeypatch.setattr(build, "build_vit", _tiny_vit)
     monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
-    cfg = make_config(arch="vit_tiny", patch_size=4, global_crops_size=8, local_crops_size=4, local_crops_number=1,
-                      out_dim=16, epochs=2, freeze_last_layer=1, drop_path_rate=0.0)
+    cfg = make_config(
+        arch="vit_tiny",
+        patch_size=4,
+        global_crops_size=8,
+        local_crops_size=4,
+        local_crops_number=1,
+        out_dim=16,
+        epochs=2,
+        freeze_last_layer=1,
+        drop_path_rate=0.0,
+    )
     torch.manual_seed(0)
     student, teacher = build.build_student_teacher(cfg)
     with torch.no_grad():  # make the teacher differ from the student so the EMA is visible
         for p in teacher.parameters():
             p.add_(0.01)
-    schedules = Schedules(lr=np.array([0.1, 0.2]), wd=np.array([0.3, 0.5]), momentum=np.array([0.9, 0.8]))
-    ctx = TrainContext(cfg, student, teacher, student, teacher, DINOLoss(16, 3, 0.04, 0.04, 0, 2),
-                       build_optimizer("sgd", get_params_groups(student)), schedules, torch.device("cpu"), "fp32")
+    schedules = Schedules(
+        lr=np.array([0.1, 0.2]), wd=np.array([0.3, 0.5]), momentum=np.array([0.9, 0.8])
+    )
+    ctx = TrainContext(
+        cfg,
+        student,
+        teacher,
+        student,
+        teacher,
+        DINOLoss(16, 3, 0.04, 0.04, 0, 2),
+        build_optimizer("sgd", get_params_groups(student)),
+        schedules,
+        torch.device("cpu"),
+        "fp32",
+    )
     crops = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)]
     old_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
     old_last = student.head.last_layer.weight_v.clone()
@@ -139,4 +233,6 @@ def test_train_step_applies_schedules_ema_and_last_layer_freeze(monkeypatch):
     for name, value in teacher.named_parameters():
         expected = 0.8 * old_teacher[name] + 0.2 * new_student[name]
         assert torch.allclose(value, expected, atol=1e-6), name
-    assert not torch.equal(student.backbone.blocks[0].attn.qkv.weight, old_qkv)  # the student did learn
+    assert not torch.equal(
+        student.backbone.blocks[0].attn.qkv.weight, old_qkv
+    )  # the student did learn

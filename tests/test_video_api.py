@@ -19,8 +19,14 @@ from tests.service_helpers import isolated_settings, write_tiny_checkpoint
 from tests.video_clips import write_audio_only, write_clip
 
 FRAMES, W, H, SRC_FPS = 24, 64, 48, 12
-LIMITS = {"max_video_mb": 0.5, "video_max_frames": 40, "video_max_duration_s": 5.0, "video_max_pixels": 100_000,
-          "video_jobs_per_client": 2, "video_batch": 5}
+LIMITS = {
+    "max_video_mb": 0.5,
+    "video_max_frames": 40,
+    "video_max_duration_s": 5.0,
+    "video_max_pixels": 100_000,
+    "video_jobs_per_client": 2,
+    "video_batch": 5,
+}
 LIMITS_SCHEMA = {"max_video_mb": 0.5, "video_max_frames": 8, "video_max_duration_s": 5.0}
 
 
@@ -50,8 +56,11 @@ def client(settings):
 def submit(client, data: bytes, name: str = "clip.mp4", **params):
     params.setdefault("model", "tiny")
     params.setdefault("image_size", 48)
-    return client.post("/attention/video", files={"video": (name, data, "video/mp4")},
-                       data={k: str(v) for k, v in params.items() if v is not None})
+    return client.post(
+        "/attention/video",
+        files={"video": (name, data, "video/mp4")},
+        data={k: str(v) for k, v in params.items() if v is not None},
+    )
 
 
 def wait(client, job_id: str, timeout: float = 60.0) -> dict:
@@ -104,19 +113,33 @@ def test_every_frame_equals_the_image_endpoint(client, clips):
     assert arrays["attentions"].shape == (FRAMES, 1, 6, 8) and arrays["masks"].dtype == bool
     np.testing.assert_allclose(arrays["timestamps"], [t for t, _ in frames], atol=1e-6)
     np.testing.assert_allclose(arrays["timestamps"], np.arange(FRAMES) / SRC_FPS, atol=1e-6)
-    np.testing.assert_allclose(arrays["mean_attention"], arrays["attentions"].mean(1), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        arrays["mean_attention"], arrays["attentions"].mean(1), rtol=1e-6, atol=1e-8
+    )
     for i in (0, 7, FRAMES - 1):
         buf = io.BytesIO()
         frames[i][1].save(buf, format="PNG")
-        r = client.post("/attention", files={"image": ("f.png", buf.getvalue(), "image/png")},
-                        data={"model": "tiny", "image_size": "48", "threshold": "0.5", "format": "npz",
-                              "overlays": "false"})
+        r = client.post(
+            "/attention",
+            files={"image": ("f.png", buf.getvalue(), "image/png")},
+            data={
+                "model": "tiny",
+                "image_size": "48",
+                "threshold": "0.5",
+                "format": "npz",
+                "overlays": "false",
+            },
+        )
         assert r.status_code == 200, r.text
         single = np.load(io.BytesIO(r.content))
-        np.testing.assert_allclose(arrays["attentions"][i], single["attentions"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            arrays["attentions"][i], single["attentions"], rtol=1e-4, atol=1e-6
+        )
         assert (arrays["masks"][i] == reference_masks(arrays["attentions"][i], 0.5)).mean() > 0.99
     meta = json.loads(str(arrays["meta"]))
-    assert meta["model"] == "tiny" and meta["request"]["threshold"] == 0.5 and meta["grid"] == [6, 8]
+    assert (
+        meta["model"] == "tiny" and meta["request"]["threshold"] == 0.5 and meta["grid"] == [6, 8]
+    )
 
 
 def test_sampling_fps_timestamps_and_truncation(client, clips):
@@ -131,8 +154,9 @@ def test_sampling_fps_timestamps_and_truncation(client, clips):
     assert all(abs(t - k / 4) < 1 / SRC_FPS for k, t in enumerate(summary["timestamps"]))
 
 
-@pytest.mark.parametrize("render,size", [("mean", (W, H)), ("side", (2 * W, H)), ("masks", (W, H)),
-                                         ("heads", (W, H))])
+@pytest.mark.parametrize(
+    "render,size", [("mean", (W, H)), ("side", (2 * W, H)), ("masks", (W, H)), ("heads", (W, H))]
+)
 def test_mp4_result_has_the_requested_fps_and_size(client, clips, render, size):
     job, _ = run_job(client, clips["clip.mp4"], fps=6, render=render)
     r = client.get(f"/jobs/{job}/result", params={"format": "mp4"})
@@ -172,13 +196,15 @@ def _bad(settings, tmp_path):
     write_clip(long_clip, frames=70, width=32, height=32, fps=10)
     large = tmp_path / "large.mp4"
     write_clip(large, frames=2, width=400, height=300, fps=10)
-    return {"text": (b"hello, this is not a video at all" * 20, 415, "not_a_video"),
-            "png": (Image.new("RGB", (8, 8)).tobytes() + b"x" * 300, 415, "not_a_video"),
-            "empty": (b"", 400, "bad_video"),
-            "audio_only": (wav.read_bytes(), 400, "no_video_stream"),
-            "too_big": (big, 413, "upload_too_large"),
-            "too_long": (long_clip.read_bytes(), 413, "video_too_long"),
-            "too_many_pixels": (large.read_bytes(), 413, "video_too_large")}
+    return {
+        "text": (b"hello, this is not a video at all" * 20, 415, "not_a_video"),
+        "png": (Image.new("RGB", (8, 8)).tobytes() + b"x" * 300, 415, "not_a_video"),
+        "empty": (b"", 400, "bad_video"),
+        "audio_only": (wav.read_bytes(), 400, "no_video_stream"),
+        "too_big": (big, 413, "upload_too_large"),
+        "too_long": (long_clip.read_bytes(), 413, "video_too_long"),
+        "too_many_pixels": (large.read_bytes(), 413, "video_too_large"),
+    }
 
 
 def test_each_bad_input_is_a_clear_4xx(client, clips, settings, tmp_path):
@@ -189,9 +215,14 @@ def test_each_bad_input_is_a_clear_4xx(client, clips, settings, tmp_path):
         r = submit(client, payload)
         assert (r.status_code, r.json()["code"]) == (status, code), (name, r.text)
         assert len(r.json()["detail"]) > 20 and "Traceback" not in r.text
-    for params, needle in (({"render": "sparkles"}, "mean, heads, masks, side"), ({"fps": 0}, "fps"),
-                           ({"max_frames": 41}, "1 to 40"), ({"threshold": 2}, "threshold"),
-                           ({"colour": "red"}, "unknown field"), ({"layer": 9}, "0 to 1")):
+    for params, needle in (
+        ({"render": "sparkles"}, "mean, heads, masks, side"),
+        ({"fps": 0}, "fps"),
+        ({"max_frames": 41}, "1 to 40"),
+        ({"threshold": 2}, "threshold"),
+        ({"colour": "red"}, "unknown field"),
+        ({"layer": 9}, "0 to 1"),
+    ):
         r = submit(client, data, **params)
         assert r.status_code == 422 and needle in r.json()["detail"], (params, r.text)
     assert submit(client, data, model="nope").status_code == 404
@@ -283,7 +314,9 @@ def test_restart_fails_unfinished_jobs_and_keeps_finished_ones(tmp_path, clips):
     running = store.create("127.0.0.1", {"request": {}})
     store.start(running, 10)
     store.close()
-    assert json.loads((s.cache_dir / "jobs" / running.id / JOB_FILE).read_text())["state"] == "running"
+    assert (
+        json.loads((s.cache_dir / "jobs" / running.id / JOB_FILE).read_text())["state"] == "running"
+    )
     with TestClient(create_app(s)) as c:
         status = c.get(f"/jobs/{running.id}").json()
         assert status["state"] == "failed" and status["error"] == "service restarted"
@@ -298,7 +331,9 @@ def test_job_file_is_written_atomically(tmp_path):
         store.finish(job, "failed", "boom")
         files = sorted(p.name for p in (tmp_path / "jobs" / job.id).iterdir())
         assert files == [JOB_FILE]
-        assert Job(**json.loads((tmp_path / "jobs" / job.id / JOB_FILE).read_text())).error == "boom"
+        assert (
+            Job(**json.loads((tmp_path / "jobs" / job.id / JOB_FILE).read_text())).error == "boom"
+        )
     finally:
         store.close()
 
@@ -329,15 +364,23 @@ def test_batches_wait_for_a_slot_and_image_requests_interleave(tmp_path, clips):
         decoded_frames(clips["clip.mp4"])[0][1].save(image, format="PNG")
         answered = 0
         while c.get(f"/jobs/{job}").json()["state"] == "running":
-            r = c.post("/attention", files={"image": ("f.png", image.getvalue(), "image/png")},
-                       data={"model": "tiny", "image_size": "48", "overlays": "false"})
+            r = c.post(
+                "/attention",
+                files={"image": ("f.png", image.getvalue(), "image/png")},
+                data={"model": "tiny", "image_size": "48", "overlays": "false"},
+            )
             answered += r.status_code == 200
         status = wait(c, job)
         assert status["state"] == "done" and status["frames_done"] == FRAMES and answered >= 1
 
 
-VIDEO_OPERATIONS = [("post", "/attention/video", 25), ("get", "/jobs/{job_id}", 10), ("delete", "/jobs/{job_id}", 10),
-                    ("get", "/jobs/{job_id}/result", 10), ("get", "/jobs/{job_id}/source", 10)]
+VIDEO_OPERATIONS = [
+    ("post", "/attention/video", 25),
+    ("get", "/jobs/{job_id}", 10),
+    ("delete", "/jobs/{job_id}", 10),
+    ("get", "/jobs/{job_id}/result", 10),
+    ("get", "/jobs/{job_id}/source", 10),
+]
 
 
 @pytest.mark.parametrize(("method", "path", "examples"), VIDEO_OPERATIONS)
@@ -346,15 +389,22 @@ def test_no_server_error_from_schema_cases(tmp_path, method, path, examples):
     from hypothesis import HealthCheck, given
     from hypothesis import settings as hsettings
 
-    s = isolated_settings(tmp_path, video_jobs_per_client=1000, video_max_jobs=1000, **LIMITS_SCHEMA)
+    s = isolated_settings(
+        tmp_path, video_jobs_per_client=1000, video_max_jobs=1000, **LIMITS_SCHEMA
+    )
     write_tiny_checkpoint(s.checkpoint_dir, "tiny")
     app = create_app(s)
     with TestClient(app):
         operation = schemathesis.openapi.from_asgi("/openapi.json", app)[path][method.upper()]
 
         @given(case=operation.as_strategy())
-        @hsettings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                   database=None)
+        @hsettings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def run(case):
             response = case.call()
             assert response.status_code < 500, response.text
@@ -366,9 +416,13 @@ def test_the_video_path_has_its_own_body_limit(tmp_path, clips):
     """DINO_MAX_VIDEO_MB lets a clip through where DINO_MAX_REQUEST_MB stops other bodies."""
     s = isolated_settings(tmp_path, max_request_mb=0.01, max_video_mb=0.5)
     write_tiny_checkpoint(s.checkpoint_dir, "tiny")
-    padded = clips["clip.mp4"] + bytes(40_000)  # ~ 50 kB: over the request limit, under the video limit
+    padded = clips["clip.mp4"] + bytes(
+        40_000
+    )  # ~ 50 kB: over the request limit, under the video limit
     with TestClient(create_app(s)) as c:
-        r = c.post("/attention", files={"image": ("a.png", padded, "image/png")}, data={"model": "tiny"})
+        r = c.post(
+            "/attention", files={"image": ("a.png", padded, "image/png")}, data={"model": "tiny"}
+        )
         assert r.status_code == 413 and "DINO_MAX_REQUEST_MB" in r.json()["detail"]
         job, _ = run_job(c, padded, fps=2)
         r = submit(c, bytes(int(1.6 * 2**20)))
@@ -386,15 +440,37 @@ def test_a_register_model_uses_its_patch_size_and_prefix_tokens(tmp_path, clips)
     with TestClient(create_app(s)) as c:
         job, status = run_job(c, clips["clip.mp4"], model="v2reg", image_size=42, fps=3, layer=0)
         arrays = npz(c, job)
-        assert arrays["attentions"].shape == (6, 2, 3, 4)  # 64x48 -> 56x42 -> 4 x 3 patches of 14 px
-        assert (arrays["attentions"].sum((-2, -1)) < 1).all()  # the CLS and register columns are left out
+        assert arrays["attentions"].shape == (
+            6,
+            2,
+            3,
+            4,
+        )  # 64x48 -> 56x42 -> 4 x 3 patches of 14 px
+        assert (
+            arrays["attentions"].sum((-2, -1)) < 1
+        ).all()  # the CLS and register columns are left out
         buf = io.BytesIO()
-        decoded_frames(clips["clip.mp4"])[8][1].save(buf, format="PNG")  # sample 2 at 2/3 s = source frame 8
-        r = c.post("/attention", files={"image": ("f.png", buf.getvalue(), "image/png")},
-                   data={"model": "v2reg", "image_size": "42", "format": "npz", "overlays": "false", "layer": "0"})
+        decoded_frames(clips["clip.mp4"])[8][1].save(
+            buf, format="PNG"
+        )  # sample 2 at 2/3 s = source frame 8
+        r = c.post(
+            "/attention",
+            files={"image": ("f.png", buf.getvalue(), "image/png")},
+            data={
+                "model": "v2reg",
+                "image_size": "42",
+                "format": "npz",
+                "overlays": "false",
+                "layer": "0",
+            },
+        )
         assert r.status_code == 200, r.text
-        np.testing.assert_allclose(arrays["attentions"][2], np.load(io.BytesIO(r.content))["attentions"],
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            arrays["attentions"][2],
+            np.load(io.BytesIO(r.content))["attentions"],
+            rtol=1e-4,
+            atol=1e-6,
+        )
 
 
 def test_image_size_defaults_to_the_models_own(tmp_path, clips):
@@ -409,4 +485,7 @@ def test_image_size_defaults_to_the_models_own(tmp_path, clips):
         job, _ = run_job(c, clips["clip.mp4"], model="v2", image_size=None, fps=1, max_frames=1)
         meta = json.loads(str(npz(c, job)["meta"]))
         assert meta["request"]["image_size"] == 518
-        assert npz(c, job)["attentions"].shape[-2:] == (37, 49)  # 64x48 -> 690x518 -> 49 x 37 patches
+        assert npz(c, job)["attentions"].shape[-2:] == (
+            37,
+            49,
+        )  # 64x48 -> 690x518 -> 49 x 37 patches

@@ -49,7 +49,8 @@ def test_video_api_names_are_listed(client):
 
 def test_video_job_gives_both_videos_and_the_arrays(client, clip):
     progress, status, job, source, result, files = client.predict(
-        handle_file(clip), MODEL_IDS[-1], "side", 6, 0.6, 48, api_name="/video")
+        handle_file(clip), MODEL_IDS[-1], "side", 6, 0.6, 48, api_name="/video"
+    )
     assert f"{FRAMES // 2} / {FRAMES // 2} frames" in progress and job in status
     with av.open(_path(result)) as container:
         stream = container.streams.video[0]
@@ -71,15 +72,23 @@ def test_cancel_reaches_the_service(client, live, tmp_path):
     long_clip = tmp_path / "long.mp4"
     write_clip(long_clip, 120, 160, 128, fps=30)
     with open(long_clip, "rb") as fh:
-        job = httpx.post(f"{live.backend_url}/attention/video", files={"video": ("long.mp4", fh, "video/mp4")},
-                         data={"image_size": "128"}).json()["job"]
+        job = httpx.post(
+            f"{live.backend_url}/attention/video",
+            files={"video": ("long.mp4", fh, "video/mp4")},
+            data={"image_size": "128"},
+        ).json()["job"]
     message = client.predict(job, api_name="/video_cancel")
     assert job in message
     deadline = time.monotonic() + 30
-    while (r := httpx.get(f"{live.backend_url}/jobs/{job}")).status_code == 200 and \
-            r.json()["state"] in ("queued", "running") and time.monotonic() < deadline:
+    while (
+        (r := httpx.get(f"{live.backend_url}/jobs/{job}")).status_code == 200
+        and r.json()["state"] in ("queued", "running")
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    assert r.status_code == 404 or r.json()["state"] == "cancelled"  # cancelled, or finished first and deleted
+    assert (
+        r.status_code == 404 or r.json()["state"] == "cancelled"
+    )  # cancelled, or finished first and deleted
 
 
 def test_no_clip_is_a_readable_message(client):

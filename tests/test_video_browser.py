@@ -17,8 +17,11 @@ TIMEOUT_MS = 60_000
 FRAMES, W, H = 90, 192, 144
 
 pytestmark = [
-    pytest.mark.slow, pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"),
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"
+    ),
 ]
 
 # Records every state of the progress bar (Gradio replaces the element on each update).
@@ -39,8 +42,11 @@ VIDEO_READY = """() => {
 def page(tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api")
     tmp = tmp_path_factory.mktemp("video_browser")
-    with running_backend(tmp) as backend_url, running_app(backend_url) as app, \
-            sync_api.sync_playwright() as pw:
+    with (
+        running_backend(tmp) as backend_url,
+        running_app(backend_url) as app,
+        sync_api.sync_playwright() as pw,
+    ):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1400})
         page = context.new_page()
@@ -77,7 +83,8 @@ def test_upload_progress_and_playable_result(page, tmp_path):
     assert seen[-1] == [FRAMES, FRAMES]
     width, height, duration = page.evaluate(
         "(() => { const v = document.querySelector('#video-result video');"
-        " return [v.videoWidth, v.videoHeight, v.duration]; })()")
+        " return [v.videoWidth, v.videoHeight, v.duration]; })()"
+    )
     assert (width, height) == (2 * W, H) and abs(duration - FRAMES / 30) < 0.2
     source = page.evaluate("document.querySelector('#video-source video').videoWidth")
     assert source == W

@@ -12,20 +12,31 @@ from trainer.model.vit import ARCHS, build_vit, interpolate_pos_encoding
 def official_keys(dim: int, depth: int, patch: int) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the official DINO backbone checkpoints, written out by hand."""
     keys = {
-        "cls_token": (1, 1, dim), "pos_embed": (1, 1 + (224 // patch) ** 2, dim),
-        "patch_embed.proj.weight": (dim, 3, patch, patch), "patch_embed.proj.bias": (dim,),
-        "norm.weight": (dim,), "norm.bias": (dim,),
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 1 + (224 // patch) ** 2, dim),
+        "patch_embed.proj.weight": (dim, 3, patch, patch),
+        "patch_embed.proj.bias": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
     }
     for i in range(depth):
         p = f"blocks.{i}."
-        keys.update({
-            p + "norm1.weight": (dim,), p + "norm1.bias": (dim,),
-            p + "attn.qkv.weight": (3 * dim, dim), p + "attn.qkv.bias": (3 * dim,),
-            p + "attn.proj.weight": (dim, dim), p + "attn.proj.bias": (dim,),
-            p + "norm2.weight": (dim,), p + "norm2.bias": (dim,),
-            p + "mlp.fc1.weight": (4 * dim, dim), p + "mlp.fc1.bias": (4 * dim,),
-            p + "mlp.fc2.weight": (dim, 4 * dim), p + "mlp.fc2.bias": (dim,),
-        })
+        keys.update(
+            {
+                p + "norm1.weight": (dim,),
+                p + "norm1.bias": (dim,),
+                p + "attn.qkv.weight": (3 * dim, dim),
+                p + "attn.qkv.bias": (3 * dim,),
+                p + "attn.proj.weight": (dim, dim),
+                p + "attn.proj.bias": (dim,),
+                p + "norm2.weight": (dim,),
+                p + "norm2.bias": (dim,),
+                p + "mlp.fc1.weight": (4 * dim, dim),
+                p + "mlp.fc1.bias": (4 * dim,),
+                p + "mlp.fc2.weight": (dim, 4 * dim),
+                p + "mlp.fc2.bias": (dim,),
+            }
+        )
     return keys
 
 
@@ -77,7 +88,9 @@ def test_forward_and_attention_match_explicit_reference(small_model, size) -> No
     torch.testing.assert_close(cls_only[:, :, 0], ref_attn[:, :, 0], atol=1e-6, rtol=1e-5)
     gh, gw = size[0] // 8, size[1] // 8
     assert maps.shape == (2, 3, gh, gw)
-    torch.testing.assert_close(maps, ref_attn[:, :, 0, 1:].reshape(2, 3, gh, gw), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        maps, ref_attn[:, :, 0, 1:].reshape(2, 3, gh, gw), atol=1e-6, rtol=1e-5
+    )
     # softmax rows sum to one over CLS + patches
     torch.testing.assert_close(full.sum(-1), torch.ones(full.shape[:-1]), atol=1e-5, rtol=0)
 

@@ -52,8 +52,19 @@ def make_masked_images(folder: Path, count: int = 3, size: int = 40) -> tuple[Pa
     return images, masks
 
 
-def seg_result(jaccard: float, per_head: list[float], best_counts: list[int], images: int = 200,
-               image_size: int = 480) -> dict:
+def seg_result(
+    jaccard: float,
+    per_head: list[float],
+    best_counts: list[int],
+    images: int = 200,
+    image_size: int = 480,
+) -> dict:
     """A result of ``python -m trainer.eval.seg --json`` with the given figures."""
-    return {"images": images, "image_size": image_size, "threshold": 0.6, "jaccard": jaccard,
-            "per_head_jaccard": per_head, "best_head_counts": best_counts}
+    return {
+        "images": images,
+        "image_size": image_size,
+        "threshold": 0.6,
+        "jaccard": jaccard,
+        "per_head_jaccard": per_head,
+        "best_head_counts": best_counts,
+    }

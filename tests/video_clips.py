@@ -13,24 +13,35 @@ def clip_frames(frames: int, width: int, height: int, seed: int = 0) -> np.ndarr
     """``frames x h x w x 3`` uint8: a checkered square crossing a smooth background left to right."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    background = np.stack([60 + 40 * np.sin(xx / 6.0), 90 + 50 * np.cos(yy / 9.0), 70 + 20 * np.sin((xx + yy) / 11)],
-                          -1)
+    background = np.stack(
+        [60 + 40 * np.sin(xx / 6.0), 90 + 50 * np.cos(yy / 9.0), 70 + 20 * np.sin((xx + yy) / 11)],
+        -1,
+    )
     background = np.clip(background + rng.normal(0, 6, size=(height, width, 3)), 0, 255)
     side = max(4, min(width, height) // 3)
-    square = np.where(((np.arange(side)[:, None] // 3 + np.arange(side)[None, :] // 3) % 2)[..., None] == 1,
-                      np.array([250, 220, 40]), np.array([200, 40, 40]))
+    square = np.where(
+        ((np.arange(side)[:, None] // 3 + np.arange(side)[None, :] // 3) % 2)[..., None] == 1,
+        np.array([250, 220, 40]),
+        np.array([200, 40, 40]),
+    )
     out = np.empty((frames, height, width, 3), dtype=np.uint8)
     for i in range(frames):
         frame = background.copy()
         x = int(round((width - side) * i / max(frames - 1, 1)))
         y = (height - side) // 2 + int(round(0.2 * (height - side) * np.sin(i / 4.0)))
-        frame[y:y + side, x:x + side] = square
+        frame[y : y + side, x : x + side] = square
         out[i] = frame.astype(np.uint8)
     return out
 
 
-def write_clip(path: Path, frames: int = 24, width: int = 64, height: int = 48, fps: int = 12,
-               codec: str | None = None) -> np.ndarray:
+def write_clip(
+    path: Path,
+    frames: int = 24,
+    width: int = 64,
+    height: int = 48,
+    fps: int = 12,
+    codec: str | None = None,
+) -> np.ndarray:
     """Write the clip to ``path`` (the container follows the suffix: .mp4 H.264, .gif, .webm, .mov)."""
     suffix = Path(path).suffix.lower()
     codec = codec or {".gif": "gif", ".webm": "libvpx-vp9"}.get(suffix, "libx264")

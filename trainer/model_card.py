@@ -42,8 +42,10 @@ def run_checkpoint(run_dir: Path) -> Path:
     """``run_dir/checkpoint.pth``; an error saying what a run folder holds when it is missing."""
     path = Path(run_dir) / "checkpoint.pth"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: RUN_DIR must be a training --output_dir "
-                                "(it holds checkpoint.pth and log.txt)")
+        raise FileNotFoundError(
+            f"{path} does not exist: RUN_DIR must be a training --output_dir "
+            "(it holds checkpoint.pth and log.txt)"
+        )
     return path
 
 
@@ -76,12 +78,15 @@ def train_figures(run_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     first = [s["iter"] for s in steps if s.get("epoch") == 0 and "iter" in s]
     last = epochs[-1]
     return {
-        "epochs": len(epochs), "planned_epochs": args.get("epochs"),
+        "epochs": len(epochs),
+        "planned_epochs": args.get("epochs"),
         "steps_per_epoch": max(first) + 1 if first else None,
         "batch_size_per_gpu": args.get("batch_size_per_gpu"),
         "time_limit_minutes": args.get("time_limit_minutes") or 0.0,
-        "img_per_s": _img_per_s(steps), "precision": args.get("precision"),
-        "final_loss": last["train_loss"], "teacher_entropy": last.get("train_teacher_entropy"),
+        "img_per_s": _img_per_s(steps),
+        "precision": args.get("precision"),
+        "final_loss": last["train_loss"],
+        "teacher_entropy": last.get("train_teacher_entropy"),
         "log_out_dim": math.log(args["out_dim"]) if args.get("out_dim") else None,
     }
 
@@ -90,9 +95,14 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
     return None if path is None else json.loads(Path(path).read_text())
 
 
-def collect(run_dir: Path, seg: Path | None = None, seg_random: Path | None = None,
-            knn: Path | None = None, dataset: str | None = None,
-            hardware: str | None = None) -> dict[str, Any]:
+def collect(
+    run_dir: Path,
+    seg: Path | None = None,
+    seg_random: Path | None = None,
+    knn: Path | None = None,
+    dataset: str | None = None,
+    hardware: str | None = None,
+) -> dict[str, Any]:
     """Every fact of the card: the run's flags and figures, and the evaluation JSON files."""
     args = run_args(run_dir)
     data_path = str(args.get("data_path") or "").rstrip("/")
@@ -100,7 +110,8 @@ def collect(run_dir: Path, seg: Path | None = None, seg_random: Path | None = No
     return {
         "arch_label": label,
         "dataset": dataset or Path(data_path).name or "an image folder",
-        "hardware": hardware, "recipe": args.get("config"),
+        "hardware": hardware,
+        "recipe": args.get("config"),
         "train": train_figures(run_dir, args),
         "jaccard": {"trained": _read_json(seg), "random_init": _read_json(seg_random)},
         "knn": {"trained": _read_json(knn)},
@@ -119,8 +130,12 @@ def model_file_facts(path: Path) -> dict[str, Any]:
     with safe_open(str(path), "pt") as fh:
         dtype = str(fh.get_slice(next(iter(fh.keys()))).get_dtype()).lower()
     names = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest(),
-            "dtype": names.get(dtype, dtype)}
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+        "dtype": names.get(dtype, dtype),
+    }
 
 
 # -- the text -------------------------------------------------------------------------------
@@ -138,8 +153,10 @@ def summary(card: dict[str, Any]) -> str:
         figure += f" vs {_pct(random['jaccard'])} at random init" if random is not None else ""
     where = f" on {card['hardware']}" if card.get("hardware") else ""
     epochs = train["epochs"]
-    return (f"{card['arch_label']} pretrained with DINO on {card['dataset']} "
-            f"({epochs} epoch{'s' if epochs != 1 else ''}{where}); {figure}")
+    return (
+        f"{card['arch_label']} pretrained with DINO on {card['dataset']} "
+        f"({epochs} epoch{'s' if epochs != 1 else ''}{where}); {figure}"
+    )
 
 
 def _jaccard_lines(card: dict[str, Any]) -> list[str]:
@@ -148,12 +165,15 @@ def _jaccard_lines(card: dict[str, Any]) -> list[str]:
     if trained is None:
         return ["Not measured (no `python -m trainer.eval.seg --json` file given)."]
     side = trained["image_size"]
-    lines = [f"{trained['images']} images at {side}x{side}, last-block CLS attention, each head "
-             f"kept to {trained['threshold']:.0%} of its mass, best head per image: "
-             f"**{trained['jaccard']:.1f}** trained vs "
-             f"{_pct(random and random['jaccard'])} for the same architecture at random init.",
-             "", "| head | trained: mean IoU | trained: best head on | random init: mean IoU |",
-             "|---|---|---|---|"]
+    lines = [
+        f"{trained['images']} images at {side}x{side}, last-block CLS attention, each head "
+        f"kept to {trained['threshold']:.0%} of its mass, best head per image: "
+        f"**{trained['jaccard']:.1f}** trained vs "
+        f"{_pct(random and random['jaccard'])} for the same architecture at random init.",
+        "",
+        "| head | trained: mean IoU | trained: best head on | random init: mean IoU |",
+        "|---|---|---|---|",
+    ]
     random_heads = (random or {}).get("per_head_jaccard") or []
     for h, value in enumerate(trained["per_head_jaccard"]):
         rnd = random_heads[h] if h < len(random_heads) else None
@@ -168,9 +188,11 @@ def _knn_lines(card: dict[str, Any]) -> list[str]:
         return ["Not measured (no `python -m trainer.eval.knn --json` file given)."]
     keys = sorted((k for k in knn if k.endswith("_top1")), key=lambda k: int(k[1:-5]))
     scores = ", ".join(f"k={k[1:-5]}: **{knn[k]:.2f}%**" for k in keys)
-    return [f"Weighted k-NN (T={knn.get('temperature', 0.07)}) top-1 on `{knn.get('val_data')}` "
-            f"with `{knn.get('train_data')}` as the bank, resized to {knn.get('resize')} and "
-            f"cropped to {knn.get('crop')} px: {scores}."]
+    return [
+        f"Weighted k-NN (T={knn.get('temperature', 0.07)}) top-1 on `{knn.get('val_data')}` "
+        f"with `{knn.get('train_data')}` as the bank, resized to {knn.get('resize')} and "
+        f"cropped to {knn.get('crop')} px: {scores}."
+    ]
 
 
 def _training_lines(card: dict[str, Any]) -> list[str]:
@@ -178,10 +200,13 @@ def _training_lines(card: dict[str, Any]) -> list[str]:
     budget = train["time_limit_minutes"]
     fitted = f", fitted to a {budget:g}-minute budget" if budget else ""
     steps = train["steps_per_epoch"]
-    lines = [f"- Recipe: `{card['recipe'] or 'command-line flags only'}`; precision "
-             f"{train['precision']}; batch {train['batch_size_per_gpu']} per GPU.",
-             f"- {train['epochs']} epochs" + (f" of {steps} steps" if steps else "")
-             + f" (planned {train['planned_epochs']}{fitted})."]
+    lines = [
+        f"- Recipe: `{card['recipe'] or 'command-line flags only'}`; precision "
+        f"{train['precision']}; batch {train['batch_size_per_gpu']} per GPU.",
+        f"- {train['epochs']} epochs"
+        + (f" of {steps} steps" if steps else "")
+        + f" (planned {train['planned_epochs']}{fitted}).",
+    ]
     if card.get("hardware"):
         lines.append(f"- Hardware: {card['hardware']}.")
     if train["img_per_s"] is not None:
@@ -198,15 +223,32 @@ def _training_lines(card: dict[str, Any]) -> list[str]:
 def render(card: dict[str, Any], model: dict[str, Any]) -> str:
     """The Markdown card of ``model`` (:func:`model_file_facts`), e.g. ``checkpoints/README.md``."""
     lines = [
-        f"# {model['file']}", "", summary(card) + ".", "",
-        "## Data", "", f"{card['dataset']}, unlabelled: DINO uses no labels.", "",
-        "## Training", "", *_training_lines(card), "",
-        "## Emergent segmentation (the paper's protocol)", "", *_jaccard_lines(card), "",
-        "## k-NN", "", *_knn_lines(card), "",
-        "## File", "",
+        f"# {model['file']}",
+        "",
+        summary(card) + ".",
+        "",
+        "## Data",
+        "",
+        f"{card['dataset']}, unlabelled: DINO uses no labels.",
+        "",
+        "## Training",
+        "",
+        *_training_lines(card),
+        "",
+        "## Emergent segmentation (the paper's protocol)",
+        "",
+        *_jaccard_lines(card),
+        "",
+        "## k-NN",
+        "",
+        *_knn_lines(card),
+        "",
+        "## File",
+        "",
         f"`{model['file']}`: teacher backbone, {model['dtype']}, {model['bytes']:,} bytes, "
         f"sha256 `{model['sha256']}`. Loads with `trainer.model.checkpoint.load_backbone` "
-        "(a float32 model).", "",
+        "(a float32 model).",
+        "",
     ]
     return "\n".join(lines)
 
@@ -215,8 +257,10 @@ def readme_block(card: dict[str, Any], card_path: str, picture: str | None = Non
     """The README's shipped-model paragraph: the summary, the card's address, the picture."""
     text = f"{summary(card)}. Model card: [{card_path}]({card_path}).\n"
     if picture:
-        text += ("\nHeads emerging during training (rows: epochs; columns: the photo, then one "
-                 f"heat map per head):\n\n![attention heads emerging]({picture})\n")
+        text += (
+            "\nHeads emerging during training (rows: epochs; columns: the photo, then one "
+            f"heat map per head):\n\n![attention heads emerging]({picture})\n"
+        )
     return text
 
 
@@ -231,14 +275,26 @@ def replace_readme_block(readme: str, block: str) -> str:
 # -- the command ----------------------------------------------------------------------------
 def add_card_args(parser: argparse.ArgumentParser) -> None:
     """The card's inputs besides the run folder (shared by this CLI and ``trainer.export``)."""
-    parser.add_argument("--seg", type=Path, default=None,
-                        help="JSON of `python -m trainer.eval.seg --json` for the trained model")
-    parser.add_argument("--seg_random", type=Path, default=None,
-                        help="the same for the architecture at random init (the baseline)")
-    parser.add_argument("--knn", type=Path, default=None,
-                        help="JSON of `python -m trainer.eval.knn --json`")
-    parser.add_argument("--dataset", default=None,
-                        help="the training data's name (default: the --data_path folder's name)")
+    parser.add_argument(
+        "--seg",
+        type=Path,
+        default=None,
+        help="JSON of `python -m trainer.eval.seg --json` for the trained model",
+    )
+    parser.add_argument(
+        "--seg_random",
+        type=Path,
+        default=None,
+        help="the same for the architecture at random init (the baseline)",
+    )
+    parser.add_argument(
+        "--knn", type=Path, default=None, help="JSON of `python -m trainer.eval.knn --json`"
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="the training data's name (default: the --data_path folder's name)",
+    )
     parser.add_argument("--hardware", default=None, help="what it trained on, e.g. '1x H100 80GB'")
 
 
@@ -247,23 +303,35 @@ def card_from_args(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m trainer.model_card", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        "python -m trainer.model_card",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", type=Path, help="the training --output_dir")
-    p.add_argument("--model", type=Path, required=True,
-                   help="the file written by `python -m trainer.export`")
+    p.add_argument(
+        "--model", type=Path, required=True, help="the file written by `python -m trainer.export`"
+    )
     p.add_argument("--out", type=Path, required=True, help="where to write the card (Markdown)")
     add_card_args(p)
-    p.add_argument("--readme", type=Path, default=None,
-                   help="also fill this README's shipped-model block with the summary")
-    p.add_argument("--picture", default=None,
-                   help="with --readme: an image path (relative to the README) to show in it")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also fill this README's shipped-model block with the summary",
+    )
+    p.add_argument(
+        "--picture",
+        default=None,
+        help="with --readme: an image path (relative to the README) to show in it",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> str:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

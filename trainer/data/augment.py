@@ -93,9 +93,13 @@ def _check_positive_int(name: str, value: int, minimum: int) -> int:
     return value
 
 
-def dino_views(global_crops_scale: tuple[float, float], local_crops_scale: tuple[float, float],
-               local_crops_number: int, global_crops_size: int = 224,
-               local_crops_size: int = 96) -> list[ViewSpec]:
+def dino_views(
+    global_crops_scale: tuple[float, float],
+    local_crops_scale: tuple[float, float],
+    local_crops_number: int,
+    global_crops_size: int = 224,
+    local_crops_size: int = 96,
+) -> list[ViewSpec]:
     """The validated list of view specs, globals first: [global1, global2, local * N]."""
     global_scale = check_crop_scale("global_crops_scale", global_crops_scale)
     local_scale = check_crop_scale("local_crops_scale", local_crops_scale)
@@ -103,8 +107,13 @@ def dino_views(global_crops_scale: tuple[float, float], local_crops_scale: tuple
     _check_positive_int("global_crops_size", global_crops_size, 1)
     _check_positive_int("local_crops_size", local_crops_size, 1)
     global1 = ViewSpec("global1", global_crops_size, global_scale, blur_p=GLOBAL1_BLUR_P)
-    global2 = ViewSpec("global2", global_crops_size, global_scale, blur_p=GLOBAL2_BLUR_P,
-                       solarize_p=GLOBAL2_SOLARIZE_P)
+    global2 = ViewSpec(
+        "global2",
+        global_crops_size,
+        global_scale,
+        blur_p=GLOBAL2_BLUR_P,
+        solarize_p=GLOBAL2_SOLARIZE_P,
+    )
     local = ViewSpec("local", local_crops_size, local_scale, blur_p=LOCAL_BLUR_P)
     return [global1, global2] + [local] * local_crops_number
 
@@ -118,19 +127,31 @@ _FACTORS = _CROP_DRAWS + 5
 _ORDER_KEYS = _FACTORS + 4
 _SIGMA = _ORDER_KEYS + 4
 VIEW_DRAWS = _SIGMA + 1
-_JITTER_RANGES = ((1 - BRIGHTNESS, 1 + BRIGHTNESS), (1 - CONTRAST, 1 + CONTRAST),
-                  (1 - SATURATION, 1 + SATURATION), (-HUE, HUE))
-_JITTER_FUNCTIONS = (pil_ops.adjust_brightness, pil_ops.adjust_contrast, pil_ops.adjust_saturation,
-                     pil_ops.adjust_hue)
+_JITTER_RANGES = (
+    (1 - BRIGHTNESS, 1 + BRIGHTNESS),
+    (1 - CONTRAST, 1 + CONTRAST),
+    (1 - SATURATION, 1 + SATURATION),
+    (-HUE, HUE),
+)
+_JITTER_FUNCTIONS = (
+    pil_ops.adjust_brightness,
+    pil_ops.adjust_contrast,
+    pil_ops.adjust_saturation,
+    pil_ops.adjust_hue,
+)
 
 
 def _draws(count: int, generator: torch.Generator | None) -> list[float]:
     return torch.rand(count, generator=generator, dtype=torch.float64).tolist()
 
 
-def crop_box_from_draws(height: int, width: int, scale: tuple[float, float],
-                        ratio: tuple[float, float],
-                        draws: Sequence[float]) -> tuple[int, int, int, int]:
+def crop_box_from_draws(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    draws: Sequence[float],
+) -> tuple[int, int, int, int]:
     """(top, left, h, w): RandomResizedCrop's sampling and 10-try fallback, from U[0, 1) draws.
 
     ``draws`` holds ``2 * CROP_ATTEMPTS + 2`` numbers: (scale, log-ratio) per try, then top, left.
@@ -150,15 +171,20 @@ def crop_box_from_draws(height: int, width: int, scale: tuple[float, float],
     return fallback_crop_box(height, width, ratio)
 
 
-def sample_crop_box(height: int, width: int, scale: tuple[float, float],
-                    ratio: tuple[float, float] = CROP_RATIO,
-                    generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+def sample_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = CROP_RATIO,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of one random resized crop (see :func:`crop_box_from_draws`)."""
     return crop_box_from_draws(height, width, scale, ratio, _draws(_CROP_DRAWS, generator))
 
 
-def fallback_crop_box(height: int, width: int,
-                      ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+def fallback_crop_box(
+    height: int, width: int, ratio: tuple[float, float] = CROP_RATIO
+) -> tuple[int, int, int, int]:
     """Central crop used when all tries fail: the whole image, clipped to the allowed ratio."""
     in_ratio = width / height
     w = round(height * max(ratio)) if in_ratio > max(ratio) else width
@@ -219,11 +245,21 @@ class DataAugmentationDINO:
     ``profile`` (an :class:`OpProfile`) collects the time spent in each op.
     """
 
-    def __init__(self, global_crops_scale: tuple[float, float],
-                 local_crops_scale: tuple[float, float], local_crops_number: int,
-                 global_crops_size: int = 224, local_crops_size: int = 96) -> None:
-        self.views = dino_views(global_crops_scale, local_crops_scale, local_crops_number,
-                                global_crops_size, local_crops_size)
+    def __init__(
+        self,
+        global_crops_scale: tuple[float, float],
+        local_crops_scale: tuple[float, float],
+        local_crops_number: int,
+        global_crops_size: int = 224,
+        local_crops_size: int = 96,
+    ) -> None:
+        self.views = dino_views(
+            global_crops_scale,
+            local_crops_scale,
+            local_crops_number,
+            global_crops_size,
+            local_crops_size,
+        )
         self.record: Recorder | None = None
         self.profile: OpProfile | None = None
 
@@ -237,8 +273,9 @@ class DataAugmentationDINO:
         """
         return max(math.ceil(v.size / math.sqrt(v.scale[0] * min(CROP_RATIO))) for v in self.views)
 
-    def __call__(self, image: Image.Image,
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(
+        self, image: Image.Image, generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
         if image.mode != "RGB":
             image = image.convert("RGB")
         draws = _draws(VIEW_DRAWS * len(self.views), generator)
@@ -246,8 +283,10 @@ class DataAugmentationDINO:
         start = profile.clock()
         pixels = pil_ops.image_pixels(image)
         profile.lap("crop", start)
-        return [self._augment(image, pixels, view, draws[i * VIEW_DRAWS:(i + 1) * VIEW_DRAWS])
-                for i, view in enumerate(self.views)]
+        return [
+            self._augment(image, pixels, view, draws[i * VIEW_DRAWS : (i + 1) * VIEW_DRAWS])
+            for i, view in enumerate(self.views)
+        ]
 
     def _decide(self, view: ViewSpec, op: str, p: float, draws: list[float]) -> bool:
         applied = draws[_COIN[op]] < p
@@ -255,14 +294,16 @@ class DataAugmentationDINO:
             self.record(view.name, op, applied)
         return applied
 
-    def augment_view(self, image: Image.Image, view: ViewSpec,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+    def augment_view(
+        self, image: Image.Image, view: ViewSpec, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """One normalised (3, S, S) float view of the RGB ``image`` following ``view``."""
         pixels = pil_ops.image_pixels(image)
         return self._augment(image, pixels, view, _draws(VIEW_DRAWS, generator))
 
-    def _augment(self, image: Image.Image, pixels: torch.Tensor, view: ViewSpec,
-                 draws: list[float]) -> torch.Tensor:
+    def _augment(
+        self, image: Image.Image, pixels: torch.Tensor, view: ViewSpec, draws: list[float]
+    ) -> torch.Tensor:
         profile = self.profile if self.profile is not None else _NO_PROFILE
         start = profile.clock()
         box = crop_box_from_draws(image.height, image.width, view.scale, CROP_RATIO, draws)
@@ -274,7 +315,7 @@ class DataAugmentationDINO:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             start = profile.lap("flip", start)
         if self._decide(view, "jitter", view.jitter_p, draws):
-            for op in jitter_order(draws[_ORDER_KEYS:_ORDER_KEYS + 4]):
+            for op in jitter_order(draws[_ORDER_KEYS : _ORDER_KEYS + 4]):
                 low, high = _JITTER_RANGES[op]
                 out = _JITTER_FUNCTIONS[op](out, low + (high - low) * draws[_FACTORS + op])
                 start = profile.lap(JITTER_OPS[op], start)

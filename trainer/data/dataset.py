@@ -41,8 +41,13 @@ class SafeImageDataset(Dataset):
     ``draft_size`` (the CPU multi-crop has), large JPEGs are decoded at reduced size down to it.
     """
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[Image.Image], Any],
-                 loader: Callable[[Path], Image.Image] | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        transform: Callable[[Image.Image], Any],
+        loader: Callable[[Path], Image.Image] | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         draft_size = getattr(transform, "draft_size", None)
@@ -101,11 +106,18 @@ def collate_skip_none(items: list[tuple[Any, int] | None]) -> Batch:
     return Batch(stacked, labels, skipped)
 
 
-def make_sampler(dataset: Dataset, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False) -> DistributedSampler:
+def make_sampler(
+    dataset: Dataset,
+    shuffle: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+) -> DistributedSampler:
     """A DistributedSampler for every case (one process too), so the order depends only on seed+epoch."""
-    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                              drop_last=drop_last)
+    return DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
 
 
 class EpochIndexSampler(torch.utils.data.Sampler):
@@ -126,13 +138,28 @@ class EpochIndexSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
-def make_loader(dataset: Dataset, batch_size: int, sampler: torch.utils.data.Sampler | None, num_workers: int,
-                pin_memory: bool, drop_last: bool, collate_fn: Callable = collate_skip_none,
-                generator: torch.Generator | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: torch.utils.data.Sampler | None,
+    num_workers: int,
+    pin_memory: bool,
+    drop_last: bool,
+    collate_fn: Callable = collate_skip_none,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
     """DataLoader with persistent workers and prefetching when ``num_workers > 0``."""
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": 4}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate_fn, generator=generator,
-                      **extra)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        generator=generator,
+        **extra,
+    )

@@ -90,19 +90,34 @@ def solarize(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= SOLARIZE_THRESHOLD / 255.0, 1.0 - x, x)
 
 
-def _uniform(shape: tuple[int, ...], low: float, high: float, device: torch.device,
-             generator: torch.Generator | None) -> torch.Tensor:
+def _uniform(
+    shape: tuple[int, ...],
+    low: float,
+    high: float,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, device=device, generator=generator)
 
 
-def sample_crop_boxes(heights: torch.Tensor, widths: torch.Tensor, scale: tuple[float, float],
-                      ratio: tuple[float, float] = CROP_RATIO,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_crop_boxes(
+    heights: torch.Tensor,
+    widths: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = CROP_RATIO,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(N, 4) float64 boxes (top, left, h, w), one independent RandomResizedCrop draw per image size."""
     device, n = heights.device, heights.shape[0]
     height, width = heights.double()[:, None], widths.double()[:, None]
-    target_area = height * width * _uniform((n, CROP_ATTEMPTS), scale[0], scale[1], device, generator).double()
-    log_ratio = _uniform((n, CROP_ATTEMPTS), math.log(ratio[0]), math.log(ratio[1]), device, generator)
+    target_area = (
+        height
+        * width
+        * _uniform((n, CROP_ATTEMPTS), scale[0], scale[1], device, generator).double()
+    )
+    log_ratio = _uniform(
+        (n, CROP_ATTEMPTS), math.log(ratio[0]), math.log(ratio[1]), device, generator
+    )
     aspect = torch.exp(log_ratio.double())
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
@@ -113,11 +128,15 @@ def sample_crop_boxes(heights: torch.Tensor, widths: torch.Tensor, scale: tuple[
     top = torch.floor(torch.rand(n, device=device, generator=generator).double() * (height - h + 1))
     left = torch.floor(torch.rand(n, device=device, generator=generator).double() * (width - w + 1))
     fallback = _fallback_boxes(height, width, ratio)
-    random_box = torch.stack([torch.minimum(top, height - h), torch.minimum(left, width - w), h, w], dim=1)
+    random_box = torch.stack(
+        [torch.minimum(top, height - h), torch.minimum(left, width - w), h, w], dim=1
+    )
     return torch.where(valid.any(dim=1, keepdim=True), random_box, fallback)
 
 
-def _fallback_boxes(height: torch.Tensor, width: torch.Tensor, ratio: tuple[float, float]) -> torch.Tensor:
+def _fallback_boxes(
+    height: torch.Tensor, width: torch.Tensor, ratio: tuple[float, float]
+) -> torch.Tensor:
     in_ratio = width / height
     too_tall, too_wide = in_ratio < min(ratio), in_ratio > max(ratio)
     w = torch.where(too_wide, torch.round(height * max(ratio)), width)
@@ -132,11 +151,17 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def resample_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, axis_len: int) -> torch.Tensor:
+def resample_weights(
+    start: torch.Tensor, length: torch.Tensor, out_size: int, axis_len: int
+) -> torch.Tensor:
     """(N, out_size, axis_len) antialiased bicubic weights mapping [start, start+length) to out_size pixels."""
     start, length = start.float()[:, None, None], length.float()[:, None, None]
     step = length / out_size
-    centers = start + (torch.arange(out_size, device=start.device, dtype=torch.float32)[None, :, None] + 0.5) * step
+    centers = (
+        start
+        + (torch.arange(out_size, device=start.device, dtype=torch.float32)[None, :, None] + 0.5)
+        * step
+    )
     pixels = torch.arange(axis_len, device=start.device, dtype=torch.float32)[None, None, :]
     weights = _cubic((pixels + 0.5 - centers) / step.clamp(min=1.0))
     inside = (pixels >= start) & (pixels < start + length)
@@ -197,8 +222,11 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     gray = chroma == 0
     saturation = chroma / torch.where(gray, torch.ones_like(value), value)
     safe_chroma = torch.where(gray, torch.ones_like(chroma), chroma)
-    hue = torch.where(value == r, (g - b) / safe_chroma,
-                      torch.where(value == g, 2.0 + (b - r) / safe_chroma, 4.0 + (r - g) / safe_chroma))
+    hue = torch.where(
+        value == r,
+        (g - b) / safe_chroma,
+        torch.where(value == g, 2.0 + (b - r) / safe_chroma, 4.0 + (r - g) / safe_chroma),
+    )
     hue = torch.where(gray, torch.zeros_like(hue), hue)
     return torch.stack([torch.remainder(hue / 6.0, 1.0), saturation, value], dim=1)
 
@@ -227,43 +255,55 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def _coins(probabilities: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(probabilities.shape, device=probabilities.device, generator=generator) < probabilities
+    return (
+        torch.rand(probabilities.shape, device=probabilities.device, generator=generator)
+        < probabilities
+    )
 
 
 def _select(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.where(_per_row(new, mask), new, old)
 
 
-def sample_jitter(n: int, device: torch.device,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_jitter(
+    n: int, device: torch.device, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row ColorJitter(0.4, 0.4, 0.2, 0.1) parameters: ``(factors, order)``, both (n, 4).
 
     ``factors[:, k]`` is op k's factor (brightness, contrast, saturation: U[1-a, 1+a]; hue
     shift: U[-0.1, 0.1]); ``order[r]`` is a uniformly random permutation of the op indices.
     """
-    factors = torch.stack([
-        _uniform((n,), 1 - BRIGHTNESS, 1 + BRIGHTNESS, device, generator),
-        _uniform((n,), 1 - CONTRAST, 1 + CONTRAST, device, generator),
-        _uniform((n,), 1 - SATURATION, 1 + SATURATION, device, generator),
-        _uniform((n,), -HUE, HUE, device, generator),
-    ], dim=1)
+    factors = torch.stack(
+        [
+            _uniform((n,), 1 - BRIGHTNESS, 1 + BRIGHTNESS, device, generator),
+            _uniform((n,), 1 - CONTRAST, 1 + CONTRAST, device, generator),
+            _uniform((n,), 1 - SATURATION, 1 + SATURATION, device, generator),
+            _uniform((n,), -HUE, HUE, device, generator),
+        ],
+        dim=1,
+    )
     order = torch.rand((n, len(JITTER_OPS)), device=device, generator=generator).argsort(dim=1)
     return factors, order
 
 
-def _blend_step(x: torch.Tensor, ops: torch.Tensor, factors: torch.Tensor,
-                active: torch.Tensor) -> torch.Tensor:
+def _blend_step(
+    x: torch.Tensor, ops: torch.Tensor, factors: torch.Tensor, active: torch.Tensor
+) -> torch.Tensor:
     """Each active row blends with its own op's reference (black, grey mean or grey image)."""
     gray = grayscale(x)
     mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-    reference = torch.where(_per_row(gray, ops == BRIGHTNESS_OP), torch.zeros_like(mean),
-                            torch.where(_per_row(gray, ops == CONTRAST_OP), mean, gray))
+    reference = torch.where(
+        _per_row(gray, ops == BRIGHTNESS_OP),
+        torch.zeros_like(mean),
+        torch.where(_per_row(gray, ops == CONTRAST_OP), mean, gray),
+    )
     factor = factors.gather(1, ops[:, None])[:, 0]
     return _select(active, blend(x, reference, factor), x)
 
 
-def apply_color_jitter(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor,
-                       order: torch.Tensor) -> torch.Tensor:
+def apply_color_jitter(
+    x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor, order: torch.Tensor
+) -> torch.Tensor:
     """ColorJitter on the rows where ``apply``: row r runs op ``order[r, 0]``, then ``order[r, 1]``...
 
     Every op runs once per row and the hue shift (the costly op) once over the batch. The
@@ -283,14 +323,17 @@ def apply_color_jitter(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tens
     return x
 
 
-def color_jitter(x: torch.Tensor, apply: torch.Tensor,
-                 generator: torch.Generator | None) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor, apply: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) on the rows where ``apply``, per-row parameters."""
     factors, order = sample_jitter(x.shape[0], x.device, generator)
     return apply_color_jitter(x, apply, factors, order)
 
 
-def pad_to_batch(images: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_to_batch(
+    images: list[torch.Tensor] | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Zero-pad uint8 (3,H,W) images into one (B,3,Hmax,Wmax) batch; also return heights and widths."""
     if isinstance(images, torch.Tensor):
         _check_image(images, "images", batched=True)
@@ -316,7 +359,9 @@ def pad_to_batch(images: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tenso
 def _check_image(image: torch.Tensor, name: str, batched: bool) -> None:
     want = "(B,3,H,W)" if batched else "(3,H,W)"
     if image.dtype != torch.uint8 or image.dim() != (4 if batched else 3) or image.shape[-3] != 3:
-        raise ValueError(f"{name} must be a uint8 {want} tensor, got {image.dtype} of shape {tuple(image.shape)}")
+        raise ValueError(
+            f"{name} must be a uint8 {want} tensor, got {image.dtype} of shape {tuple(image.shape)}"
+        )
 
 
 def _group_views(views: list[ViewSpec]) -> list[list[int]]:
@@ -334,32 +379,58 @@ class GPUMultiCrop(nn.Module):
     crop boxes for ``"crop"``) of each view.
     """
 
-    def __init__(self, global_crops_scale: tuple[float, float], local_crops_scale: tuple[float, float],
-                 local_crops_number: int, global_crops_size: int = 224, local_crops_size: int = 96) -> None:
+    def __init__(
+        self,
+        global_crops_scale: tuple[float, float],
+        local_crops_scale: tuple[float, float],
+        local_crops_number: int,
+        global_crops_size: int = 224,
+        local_crops_size: int = 96,
+    ) -> None:
         super().__init__()
-        self.views = dino_views(global_crops_scale, local_crops_scale, local_crops_number,
-                                global_crops_size, local_crops_size)
+        self.views = dino_views(
+            global_crops_scale,
+            local_crops_scale,
+            local_crops_number,
+            global_crops_size,
+            local_crops_size,
+        )
         self.record: Recorder | None = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
-    def forward(self, images: list[torch.Tensor] | torch.Tensor,
-                generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, images: list[torch.Tensor] | torch.Tensor, generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
         batch, heights, widths = pad_to_batch(images)
         outputs: list[torch.Tensor] = [torch.empty(0)] * len(self.views)
-        with torch.autocast(batch.device.type, enabled=False):  # float32 even inside a training autocast
+        with torch.autocast(
+            batch.device.type, enabled=False
+        ):  # float32 even inside a training autocast
             for group in _group_views(self.views):
-                crops = self._augment_group(batch, heights, widths, [self.views[i] for i in group], generator)
+                crops = self._augment_group(
+                    batch, heights, widths, [self.views[i] for i in group], generator
+                )
                 for view_index, crop in zip(group, crops.chunk(len(group)), strict=True):
                     outputs[view_index] = crop
         return outputs
 
-    def _probabilities(self, views: list[ViewSpec], attribute: str, b: int, device: torch.device) -> torch.Tensor:
-        return torch.cat([torch.full((b,), float(getattr(v, attribute)), device=device) for v in views])
+    def _probabilities(
+        self, views: list[ViewSpec], attribute: str, b: int, device: torch.device
+    ) -> torch.Tensor:
+        return torch.cat(
+            [torch.full((b,), float(getattr(v, attribute)), device=device) for v in views]
+        )
 
-    def _decide(self, views: list[ViewSpec], op: str, b: int, device: torch.device,
-                generator: torch.Generator | None) -> torch.Tensor:
+    def _decide(
+        self,
+        views: list[ViewSpec],
+        op: str,
+        b: int,
+        device: torch.device,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         mask = _coins(self._probabilities(views, f"{op}_p", b, device), generator)
         self._report(views, op, mask, b)
         return mask
@@ -369,11 +440,19 @@ class GPUMultiCrop(nn.Module):
             for view, chunk in zip(views, values.split(b), strict=True):
                 self.record(view.name, op, chunk)
 
-    def _augment_group(self, batch: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
-                       views: list[ViewSpec], generator: torch.Generator | None) -> torch.Tensor:
+    def _augment_group(
+        self,
+        batch: torch.Tensor,
+        heights: torch.Tensor,
+        widths: torch.Tensor,
+        views: list[ViewSpec],
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         b, device, size = batch.shape[0], batch.device, views[0].size
         repeat = len(views)
-        boxes = sample_crop_boxes(heights.repeat(repeat), widths.repeat(repeat), views[0].scale, CROP_RATIO, generator)
+        boxes = sample_crop_boxes(
+            heights.repeat(repeat), widths.repeat(repeat), views[0].scale, CROP_RATIO, generator
+        )
         self._report(views, "crop", boxes, b)
         x = resized_crops(batch, boxes, size)
         x = _select(self._decide(views, "flip", b, device, generator), x.flip(-1), x)

@@ -13,8 +13,13 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
-                 Image.DecompressionBombError)
+DECODE_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+)
 
 
 def is_image_file(path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> bool:
@@ -22,8 +27,9 @@ def is_image_file(path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> boo
     return path.suffix.lower() in suffixes and not path.name.startswith(".") and path.is_file()
 
 
-def list_images(folder: str | Path, recursive: bool = False,
-                suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+def list_images(
+    folder: str | Path, recursive: bool = False, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+) -> list[Path]:
     """The image files in ``folder`` (at any depth with ``recursive``), sorted by path."""
     folder = Path(folder)
     if not folder.is_dir():

@@ -71,8 +71,9 @@ def _decode_one_cuda(data: torch.Tensor, device: torch.device) -> torch.Tensor |
         return None
 
 
-def decode_jpegs(blobs: list[bytes], device: torch.device | str,
-                 draft_size: int | None = None) -> list[torch.Tensor | None]:
+def decode_jpegs(
+    blobs: list[bytes], device: torch.device | str, draft_size: int | None = None
+) -> list[torch.Tensor | None]:
     """Decode encoded images to uint8 (3,H,W) RGB tensors on ``device`` (None: undecodable).
 
     On CUDA the JPEGs are decoded together by nvjpeg, other formats and nvjpeg failures by
@@ -85,8 +86,9 @@ def decode_jpegs(blobs: list[bytes], device: torch.device | str,
     return [None if image is None else image.to(device) for image in decoded]
 
 
-def drop_undecoded(images: list[torch.Tensor | None],
-                   indices: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+def drop_undecoded(
+    images: list[torch.Tensor | None], indices: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor, int]:
     """Remove the ``None`` entries: (images, their dataset indices, how many were dropped)."""
     keep = [i for i, image in enumerate(images) if image is not None]
     dropped = len(images) - len(keep)

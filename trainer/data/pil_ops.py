@@ -37,8 +37,9 @@ def image_pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)
 
 
-def resized_crop(image: Image.Image, pixels: torch.Tensor, box: tuple[int, int, int, int],
-                 size: int) -> Image.Image:
+def resized_crop(
+    image: Image.Image, pixels: torch.Tensor, box: tuple[int, int, int, int], size: int
+) -> Image.Image:
     """The ``(top, left, h, w)`` box of ``image`` resized to ``size`` x ``size`` (bicubic).
 
     torchvision's ``resized_crop`` on a PIL image (crop, then PIL's antialiased bicubic),
@@ -55,7 +56,7 @@ def resized_crop(image: Image.Image, pixels: torch.Tensor, box: tuple[int, int, 
         reduced = image.reduce((reduce_x, reduce_y), box=(left, top, left + w, top + h))
         crop = image_pixels(reduced)
     else:
-        crop = pixels[:, :, top:top + h, left:left + w]
+        crop = pixels[:, :, top : top + h, left : left + w]
         crop = crop.contiguous(memory_format=torch.channels_last)
     out = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True)
     return Image.fromarray(out[0].permute(1, 2, 0).numpy())

@@ -32,9 +32,16 @@ DEFAULT_TEMPERATURE = 0.07
 logger = logging.getLogger(__name__)
 
 
-def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                 test_labels: torch.Tensor, k: int, T: float, num_classes: int,
-                 chunk: int = 1024) -> tuple[float, float]:
+def knn_classify(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int,
+    T: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (%) of the exp(sim/T)-weighted k-NN vote; features already normalised."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -43,8 +50,8 @@ def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     n_top5 = min(5, k, num_classes)
     correct1 = correct5 = 0
     for start in range(0, test_feats.shape[0], chunk):
-        feats = test_feats[start:start + chunk].to(train_feats.device)
-        labels = test_labels[start:start + chunk].to(train_feats.device)
+        feats = test_feats[start : start + chunk].to(train_feats.device)
+        labels = test_labels[start : start + chunk].to(train_feats.device)
         sims, idx = (feats @ train_feats.T).topk(k, dim=1)
         neighbours = train_labels[idx]  # (n, k)
         votes = torch.zeros(feats.shape[0], num_classes, device=feats.device, dtype=sims.dtype)
@@ -52,15 +59,18 @@ def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
         ranked = votes.argsort(dim=1, descending=True)
         correct1 += int((ranked[:, 0] == labels).sum())
         top = ranked[:, :n_top5]
-        hits5 = (top == labels[:, None]) & (votes.gather(1, top) > 0)  # a class with no vote is no guess
+        hits5 = (top == labels[:, None]) & (
+            votes.gather(1, top) > 0
+        )  # a class with no vote is no guess
         correct5 += int(hits5.any(dim=1).sum())
     total = max(test_feats.shape[0], 1)
     return 100.0 * correct1 / total, 100.0 * correct5 / total
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader: torch.utils.data.DataLoader,
-                     device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised CLS features (float32, CPU) and labels of every readable image."""
     was_training = model.training
     model.eval()
@@ -80,79 +90,132 @@ def extract_features(model: nn.Module, loader: torch.utils.data.DataLoader,
 
 def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
     """Resize the short side (bicubic), centre-crop, ImageNet-normalise."""
-    return transforms.Compose([
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(crop),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
-def _folder_loader(folder: str | Path, resize: int, crop: int, batch_size: int, num_workers: int,
-                   pin_memory: bool) -> tuple[torch.utils.data.DataLoader, int]:
+def _folder_loader(
+    folder: str | Path, resize: int, crop: int, batch_size: int, num_workers: int, pin_memory: bool
+) -> tuple[torch.utils.data.DataLoader, int]:
     samples, classes = scan_image_folder(folder)
     dataset = SafeImageDataset(samples, eval_transform(resize, crop))
     loader = make_loader(dataset, batch_size, None, num_workers, pin_memory, drop_last=False)
     return loader, len(classes)
 
 
-def knn_evaluate(model: nn.Module, train_data: str | Path, val_data: str | Path, device: torch.device | str,
-                 ks: Sequence[int] = DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE, resize: int = 256,
-                 crop: int = 224, batch_size: int = 128, num_workers: int = 4) -> dict[str, float]:
+def knn_evaluate(
+    model: nn.Module,
+    train_data: str | Path,
+    val_data: str | Path,
+    device: torch.device | str,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperature: float = DEFAULT_TEMPERATURE,
+    resize: int = 256,
+    crop: int = 224,
+    batch_size: int = 128,
+    num_workers: int = 4,
+) -> dict[str, float]:
     """``{"k20_top1": ..., "k20_top5": ...}`` for every k, on two ImageFolder trees."""
     pin = torch.device(device).type == "cuda"
-    train_loader, n_train_classes = _folder_loader(train_data, resize, crop, batch_size, num_workers, pin)
+    train_loader, n_train_classes = _folder_loader(
+        train_data, resize, crop, batch_size, num_workers, pin
+    )
     val_loader, n_val_classes = _folder_loader(val_data, resize, crop, batch_size, num_workers, pin)
     if n_train_classes != n_val_classes:
-        raise ValueError(f"train data has {n_train_classes} classes but val data has {n_val_classes}")
+        raise ValueError(
+            f"train data has {n_train_classes} classes but val data has {n_val_classes}"
+        )
     train_feats, train_labels = extract_features(model, train_loader, device)
     val_feats, val_labels = extract_features(model, val_loader, device)
     results = {}
     for k in ks:
-        top1, top5 = knn_classify(train_feats, train_labels, val_feats, val_labels, k, temperature, n_train_classes)
+        top1, top5 = knn_classify(
+            train_feats, train_labels, val_feats, val_labels, k, temperature, n_train_classes
+        )
         results[f"k{k}_top1"], results[f"k{k}_top5"] = top1, top5
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("trainer.eval.knn", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint.pth, teacher_backbone.safetensors or an official backbone .pth")
+    p = argparse.ArgumentParser(
+        "trainer.eval.knn",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint.pth, teacher_backbone.safetensors or an official backbone .pth",
+    )
     p.add_argument("--train_data", required=True, help="labelled ImageFolder used as the k-NN bank")
     p.add_argument("--val_data", required=True, help="labelled ImageFolder to classify")
-    p.add_argument("--which", default="teacher", choices=("teacher", "student"),
-                   help="network of a training checkpoint")
+    p.add_argument(
+        "--which",
+        default="teacher",
+        choices=("teacher", "student"),
+        help="network of a training checkpoint",
+    )
     p.add_argument("--resize", type=int, default=256, help="short side after resizing")
     p.add_argument("--crop", type=int, default=224, help="centre-crop side")
     p.add_argument("--nb_knn", type=int, nargs="+", default=list(DEFAULT_KS), help="k values")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="vote temperature T")
+    p.add_argument(
+        "--temperature", type=float, default=DEFAULT_TEMPERATURE, help="vote temperature T"
+    )
     p.add_argument("--batch_size", type=int, default=128, help="images per forward pass")
     p.add_argument("--num_workers", type=int, default=4, help="data-loading workers")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
-    p.add_argument("--json", type=Path, default=None,
-                   help="also write the results and settings to this JSON file (for the model card)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the results and settings to this JSON file (for the model card)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from trainer.model.device import pick_device
 
     device = pick_device(args.device)
     model, info = load_backbone(args.checkpoint, args.which)
     model.to(device)
     logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.source, info.epoch)
-    results = knn_evaluate(model, args.train_data, args.val_data, device, args.nb_knn, args.temperature,
-                           args.resize, args.crop, args.batch_size, args.num_workers)
+    results = knn_evaluate(
+        model,
+        args.train_data,
+        args.val_data,
+        device,
+        args.nb_knn,
+        args.temperature,
+        args.resize,
+        args.crop,
+        args.batch_size,
+        args.num_workers,
+    )
     for k in args.nb_knn:
-        print(f"{k}-NN classifier result: Top1: {results[f'k{k}_top1']:.2f}, Top5: {results[f'k{k}_top5']:.2f}")
+        print(
+            f"{k}-NN classifier result: Top1: {results[f'k{k}_top1']:.2f}, Top5: {results[f'k{k}_top5']:.2f}"
+        )
     print(json.dumps(results))
     if args.json is not None:
-        settings = {"model": f"{args.checkpoint} ({info.arch}/{info.patch_size}, {args.which})",
-                    "train_data": str(args.train_data), "val_data": str(args.val_data),
-                    "resize": args.resize, "crop": args.crop, "temperature": args.temperature}
+        settings = {
+            "model": f"{args.checkpoint} ({info.arch}/{info.patch_size}, {args.which})",
+            "train_data": str(args.train_data),
+            "val_data": str(args.val_data),
+            "resize": args.resize,
+            "crop": args.crop,
+            "temperature": args.temperature,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**settings, **results}, indent=2) + "\n")
     return results

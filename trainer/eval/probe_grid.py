@@ -24,7 +24,9 @@ GAP = 4
 def probe_epochs(probes_root: str | Path) -> dict[int, Path]:
     """``{epoch: folder}`` for every ``epochNNNN`` folder under ``probes_root``."""
     root = Path(probes_root)
-    found = {int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _EPOCH_DIR.match(p.name))}
+    found = {
+        int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _EPOCH_DIR.match(p.name))
+    }
     if not found:
         raise FileNotFoundError(f"no epochNNNN probe folders in {root}")
     return dict(sorted(found.items()))
@@ -43,27 +45,37 @@ def _stems(folder: Path) -> list[str]:
 
 
 def _row(folder: Path, stem: str, cell: int, label: str) -> Image.Image:
-    heads = sorted(folder.glob(f"{stem}_head*_heat.png"), key=lambda p: int(p.stem.split("_head")[1].split("_")[0]))
+    heads = sorted(
+        folder.glob(f"{stem}_head*_heat.png"),
+        key=lambda p: int(p.stem.split("_head")[1].split("_")[0]),
+    )
     tiles = [folder / f"{stem}.png", *heads]
     row = Image.new("RGB", (LABEL_WIDTH + len(tiles) * (cell + GAP), cell + GAP), "white")
     for i, path in enumerate(tiles):
         with Image.open(path) as tile:
-            row.paste(tile.convert("RGB").resize((cell, cell), Image.Resampling.BILINEAR),
-                      (LABEL_WIDTH + i * (cell + GAP), 0))
+            row.paste(
+                tile.convert("RGB").resize((cell, cell), Image.Resampling.BILINEAR),
+                (LABEL_WIDTH + i * (cell + GAP), 0),
+            )
     ImageDraw.Draw(row).text((6, cell // 2 - 6), label, fill="black")
     return row
 
 
-def make_probe_grid(probes_root: str | Path, out: str | Path, rows: int = 5, images: int = 2,
-                    cell: int = 128) -> Path:
+def make_probe_grid(
+    probes_root: str | Path, out: str | Path, rows: int = 5, images: int = 2, cell: int = 128
+) -> Path:
     """Write the grid to ``out`` (PNG) and return its path."""
     epochs = probe_epochs(probes_root)
     chosen = pick_evenly(list(epochs), rows)
     stems = _stems(epochs[chosen[-1]])[:images]
     if not stems:
         raise FileNotFoundError(f"no probe images in {epochs[chosen[-1]]}")
-    strips = [_row(epochs[e], stem, cell, f"epoch {e + 1}") for stem in stems for e in chosen
-              if (epochs[e] / f"{stem}.png").exists()]
+    strips = [
+        _row(epochs[e], stem, cell, f"epoch {e + 1}")
+        for stem in stems
+        for e in chosen
+        if (epochs[e] / f"{stem}.png").exists()
+    ]
     width = max(s.width for s in strips)
     grid = Image.new("RGB", (width, sum(s.height for s in strips)), "white")
     y = 0
@@ -77,7 +89,9 @@ def make_probe_grid(probes_root: str | Path, out: str | Path, rows: int = 5, ima
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("probes_root", help="a run's probes/ folder (holding epochNNNN/ folders)")
     ap.add_argument("--out", required=True, help="PNG file to write")
     ap.add_argument("--rows", type=int, default=5, help="epochs shown per image")

@@ -15,7 +15,12 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from trainer.data.images import DECODE_ERRORS, list_images, load_rgb
-from trainer.model.attention_maps import heat_overlay, mask_overlay, threshold_masks, upsample_nearest
+from trainer.model.attention_maps import (
+    heat_overlay,
+    mask_overlay,
+    threshold_masks,
+    upsample_nearest,
+)
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT
 
 DEFAULT_THRESHOLD = 0.6
@@ -35,21 +40,32 @@ def _prepare(image: Image.Image, size: int, patch: int) -> tuple[Image.Image, to
     return resized, tensor.unsqueeze(0)
 
 
-def _save_heads(resized: Image.Image, attn: torch.Tensor, patch: int, out_dir: Path, stem: str,
-                threshold: float) -> None:
+def _save_heads(
+    resized: Image.Image, attn: torch.Tensor, patch: int, out_dir: Path, stem: str, threshold: float
+) -> None:
     """``attn`` is ``(heads, gh, gw)``; writes one heat and one mask overlay per head."""
     masks = threshold_masks(attn, threshold).numpy()
     maps = attn.float().numpy()
     resized.save(out_dir / f"{stem}.png")
     for h in range(attn.shape[0]):
-        heat_overlay(resized, upsample_nearest(maps[h], patch)).save(out_dir / f"{stem}_head{h}_heat.png")
-        mask_overlay(resized, upsample_nearest(masks[h], patch)).save(out_dir / f"{stem}_head{h}_mask.png")
+        heat_overlay(resized, upsample_nearest(maps[h], patch)).save(
+            out_dir / f"{stem}_head{h}_heat.png"
+        )
+        mask_overlay(resized, upsample_nearest(masks[h], patch)).save(
+            out_dir / f"{stem}_head{h}_mask.png"
+        )
 
 
 @torch.no_grad()
-def save_attention_probes(backbone: DinoViT, image_dir: str | Path, out_dir: str | Path, size: int,
-                          device: torch.device | str = "cpu", threshold: float = DEFAULT_THRESHOLD,
-                          limit: int = DEFAULT_LIMIT) -> list[Path]:
+def save_attention_probes(
+    backbone: DinoViT,
+    image_dir: str | Path,
+    out_dir: str | Path,
+    size: int,
+    device: torch.device | str = "cpu",
+    threshold: float = DEFAULT_THRESHOLD,
+    limit: int = DEFAULT_LIMIT,
+) -> list[Path]:
     """Write per-head overlays of the images in ``image_dir``; returns the images probed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

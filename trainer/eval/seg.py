@@ -51,8 +51,9 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return list_images(folder, suffixes=suffixes)
 
 
-def pair_images_and_masks(images_dir: str | Path, masks_dir: str | Path,
-                          limit: int | None = None) -> tuple[list[tuple[Path, Path]], int]:
+def pair_images_and_masks(
+    images_dir: str | Path, masks_dir: str | Path, limit: int | None = None
+) -> tuple[list[tuple[Path, Path]], int]:
     """``(pairs, missing)``: ``(image, mask)`` pairs sorted by stem, and how many images had no mask.
 
     Images are files with a suffix in ``IMAGE_SUFFIXES``; masks are ``<stem>.png``. With
@@ -79,8 +80,12 @@ def load_gray(path: str | Path) -> Image.Image:
         return img.convert("L")
 
 
-def image_tensor(image: Image.Image, image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def image_tensor(
+    image: Image.Image,
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
     """``(1, 3, S, S)`` float input: RGB, bicubic resize to ``S x S``, scaled to [0, 1], normalised."""
     resized = image.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
     t = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -95,9 +100,16 @@ def gt_tensor(gt: Image.Image, image_size: int) -> torch.Tensor:
     return torch.from_numpy(arr >= GT_THRESHOLD)
 
 
-def image_head_ious(model: Any, image: Image.Image, gt: Image.Image, image_size: int = 480,
-                    threshold: float = 0.6, device: torch.device | str = "cpu",
-                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def image_head_ious(
+    model: Any,
+    image: Image.Image,
+    gt: Image.Image,
+    image_size: int = 480,
+    threshold: float = 0.6,
+    device: torch.device | str = "cpu",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
     """Per-head IoU (float32, CPU, shape ``(heads,)``) of one image's attention masks with ``gt``.
 
     ``model`` (already on ``device``, in eval mode) needs ``patch_size`` and ``get_cls_attention``.
@@ -114,14 +126,19 @@ def image_head_ious(model: Any, image: Image.Image, gt: Image.Image, image_size:
     return jaccard(masks, gt_tensor(gt, image_size)[:h, :w])
 
 
-def _no_pairs_error(images_dir: str | Path, masks_dir: str | Path, missing: int, unreadable: int) -> ValueError:
+def _no_pairs_error(
+    images_dir: str | Path, masks_dir: str | Path, missing: int, unreadable: int
+) -> ValueError:
     return ValueError(
         f"no readable image/mask pair: looked for images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} "
         f"and masks (<image stem>{MASK_SUFFIX}) in {masks_dir}; "
-        f"{missing} image(s) without a mask, {unreadable} unreadable")
+        f"{missing} image(s) without a mask, {unreadable} unreadable"
+    )
 
 
-def _summarise(ious: list[torch.Tensor], missing: int, unreadable: int, seconds: float) -> dict[str, Any]:
+def _summarise(
+    ious: list[torch.Tensor], missing: int, unreadable: int, seconds: float
+) -> dict[str, Any]:
     table = torch.stack(ious)  # images, heads
     best = table.argmax(dim=1)
     return {
@@ -137,9 +154,17 @@ def _summarise(ious: list[torch.Tensor], missing: int, unreadable: int, seconds:
     }
 
 
-def evaluate_folder(model: Any, images_dir: str | Path, masks_dir: str | Path, image_size: int = 480,
-                    threshold: float = 0.6, limit: int | None = None, device: torch.device | str = "cpu",
-                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
+def evaluate_folder(
+    model: Any,
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    image_size: int = 480,
+    threshold: float = 0.6,
+    limit: int | None = None,
+    device: torch.device | str = "cpu",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, Any]:
     """Jaccard (%) of the best head, per-head means and best-head counts over a folder pair.
 
     Images without a mask and unreadable files are skipped (logged, counted in ``skipped``).
@@ -188,23 +213,46 @@ def summary_lines(results: dict[str, Any], model_name: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("trainer.eval.seg", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        "trainer.eval.seg",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="checkpoint.pth, teacher_backbone.safetensors or an official .pth")
-    source.add_argument("--random_init", action="store_true", help="a randomly initialised --arch/--patch_size")
-    p.add_argument("--which", default=None, choices=("teacher", "student"),
-                   help="network of a training checkpoint (default teacher)")
-    p.add_argument("--arch", default=None, choices=tuple(ARCHS), help="with --random_init (default vit_small)")
+    source.add_argument(
+        "--checkpoint", help="checkpoint.pth, teacher_backbone.safetensors or an official .pth"
+    )
+    source.add_argument(
+        "--random_init", action="store_true", help="a randomly initialised --arch/--patch_size"
+    )
+    p.add_argument(
+        "--which",
+        default=None,
+        choices=("teacher", "student"),
+        help="network of a training checkpoint (default teacher)",
+    )
+    p.add_argument(
+        "--arch", default=None, choices=tuple(ARCHS), help="with --random_init (default vit_small)"
+    )
     p.add_argument("--patch_size", type=int, default=None, help="with --random_init (default 16)")
-    p.add_argument("--seed", type=int, default=None, help="with --random_init: torch seed (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="with --random_init: torch seed (default 0)"
+    )
     p.add_argument("--images", required=True, type=Path, help="folder of images (<id>.jpg, ...)")
     p.add_argument("--masks", required=True, type=Path, help="folder of gray masks (<id>.png)")
-    p.add_argument("--image_size", type=int, default=480, help="side of the square the images are resized to")
-    p.add_argument("--threshold", type=float, default=0.6, help="attention mass each head's mask keeps")
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many image/mask pairs")
+    p.add_argument(
+        "--image_size", type=int, default=480, help="side of the square the images are resized to"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.6, help="attention mass each head's mask keeps"
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="evaluate at most this many image/mask pairs"
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
-    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--json", type=Path, default=None, help="also write the results to this JSON file"
+    )
     return p
 
 
@@ -221,13 +269,17 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--limit must be positive, got {args.limit}")
 
 
-def _load_model(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[nn.Module, str, tuple, tuple]:
+def _load_model(
+    p: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[nn.Module, str, tuple, tuple]:
     """``(model, description, mean, std)`` from the parsed source arguments."""
     if args.checkpoint:
         from trainer.model.checkpoint import load_backbone
 
         model, info = load_backbone(args.checkpoint, args.which or "teacher")
-        name = f"{args.checkpoint} ({info.arch}/{info.patch_size}, {info.source}, epoch {info.epoch})"
+        name = (
+            f"{args.checkpoint} ({info.arch}/{info.patch_size}, {info.source}, epoch {info.epoch})"
+        )
         return model, name, tuple(info.mean), tuple(info.std)
     from trainer.model.vit import build_vit
 
@@ -246,16 +298,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from trainer.model.device import pick_device
 
     device = pick_device(args.device)
     model, name, mean, std = _load_model(parser, args)
     model.to(device)
     if args.image_size < model.patch_size:
-        parser.error(f"--image_size {args.image_size} is smaller than the patch size {model.patch_size}")
-    results = evaluate_folder(model, args.images, args.masks, args.image_size, args.threshold, args.limit,
-                              device, mean, std)
+        parser.error(
+            f"--image_size {args.image_size} is smaller than the patch size {model.patch_size}"
+        )
+    results = evaluate_folder(
+        model,
+        args.images,
+        args.masks,
+        args.image_size,
+        args.threshold,
+        args.limit,
+        device,
+        mean,
+        std,
+    )
     results = {"model": name, **results}
     for line in summary_lines(results, name):
         print(line)

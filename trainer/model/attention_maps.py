@@ -45,8 +45,9 @@ def upsample_nearest(maps: np.ndarray, factor: int) -> np.ndarray:
     return maps.repeat(factor, axis=-2).repeat(factor, axis=-1)
 
 
-def heat_overlay(image: Image.Image, attn_map: np.ndarray, alpha: float = 0.55,
-                 cmap: str = DEFAULT_COLORMAP) -> Image.Image:
+def heat_overlay(
+    image: Image.Image, attn_map: np.ndarray, alpha: float = 0.55, cmap: str = DEFAULT_COLORMAP
+) -> Image.Image:
     """Blend a min-max-normalised map (already at image resolution) over ``image``."""
     a = attn_map.astype(np.float32)
     a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
@@ -63,8 +64,13 @@ def mask_boundary(mask: np.ndarray) -> np.ndarray:
     return mask.astype(bool) & ~interior
 
 
-def mask_overlay(image: Image.Image, mask: np.ndarray, dim: float = 0.35,
-                 color: tuple[int, int, int] = OUTLINE_RGB, width: int = 2) -> Image.Image:
+def mask_overlay(
+    image: Image.Image,
+    mask: np.ndarray,
+    dim: float = 0.35,
+    color: tuple[int, int, int] = OUTLINE_RGB,
+    width: int = 2,
+) -> Image.Image:
     """Show the kept part of ``image`` at full brightness, the rest dimmed, with an outline."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     keep = mask.astype(bool)

@@ -32,8 +32,10 @@ class BlockReadout:
 def resolve_layer(depth: int, layer: int) -> int:
     """``layer`` as a block index ``0 .. depth-1`` (negative counts from the end), or ValueError."""
     if not -depth <= layer < depth:
-        raise ValueError(f"layer {layer} is out of range for a model with {depth} blocks; "
-                         f"use 0 to {depth - 1}, or -{depth} to -1 counting from the last block")
+        raise ValueError(
+            f"layer {layer} is out of range for a model with {depth} blocks; "
+            f"use 0 to {depth - 1}, or -{depth} to -1 counting from the last block"
+        )
     return layer % depth
 
 
@@ -42,7 +44,9 @@ def prefix_tokens(model: nn.Module) -> int:
     return int(getattr(model, "num_prefix_tokens", 1))
 
 
-def query_logits(attn: nn.Module, h: torch.Tensor, query_index: Sequence[int] | None) -> torch.Tensor:
+def query_logits(
+    attn: nn.Module, h: torch.Tensor, query_index: Sequence[int] | None
+) -> torch.Tensor:
     """Scaled ``q k^T`` of one timm ``Attention`` for the chosen query rows, ``(B, heads, Q, T)``.
 
     Only the Q projection of the chosen tokens and the K projection of all tokens are computed.
@@ -54,14 +58,19 @@ def query_logits(attn: nn.Module, h: torch.Tensor, query_index: Sequence[int] | 
     w, bias = attn.qkv.weight, attn.qkv.bias
     q_in = h if query_index is None else h[:, list(query_index)]
     q = F.linear(q_in, w[:inner], None if bias is None else bias[:inner])
-    k = F.linear(h, w[inner:2 * inner], None if bias is None else bias[inner:2 * inner])
+    k = F.linear(h, w[inner : 2 * inner], None if bias is None else bias[inner : 2 * inner])
     q = attn.q_norm(q.reshape(b, -1, heads, head_dim).transpose(1, 2))
     k = attn.k_norm(k.reshape(b, n, heads, head_dim).transpose(1, 2))
     return (q.float() * attn.scale) @ k.float().transpose(-2, -1)
 
 
-def block_attention(model: nn.Module, x: torch.Tensor, layer: int,
-                    query_index: Sequence[int] | None = (0,), with_tokens: bool = False) -> BlockReadout:
+def block_attention(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: int,
+    query_index: Sequence[int] | None = (0,),
+    with_tokens: bool = False,
+) -> BlockReadout:
     """Block ``layer``'s attention rows for ``query_index`` (None: every token) of images ``x``.
 
     ``x`` is a normalised image batch ``(B, 3, H, W)``; ``model`` a :class:`DinoViT`-like module

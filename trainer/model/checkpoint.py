@@ -47,8 +47,10 @@ from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_di
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 HF_WEIGHTS = "model.safetensors"  # the weights file of a transformers model folder
-FORMATS = ("DINO backbone or training checkpoint (.pth/.pt), timm ViT state dict, exported .safetensors, "
-           "DINOv2 (authors' hub .pth, timm, transformers model.safetensors or its folder)")
+FORMATS = (
+    "DINO backbone or training checkpoint (.pth/.pt), timm ViT state dict, exported .safetensors, "
+    "DINOv2 (authors' hub .pth, timm, transformers model.safetensors or its folder)"
+)
 _DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _NON_BACKBONE = ("head.", "fc_norm.", "last_layer.")
 
@@ -114,9 +116,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
-def export_backbone_safetensors(backbone: DinoViT, path: str | Path, arch: str, epoch: int | None,
-                                trained: bool = True, extra: dict[str, Any] | None = None,
-                                dtype: torch.dtype = torch.float32) -> None:
+def export_backbone_safetensors(
+    backbone: DinoViT,
+    path: str | Path,
+    arch: str,
+    epoch: int | None,
+    trained: bool = True,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> None:
     """Write the backbone weights with metadata (arch, patch, dims, epoch, mean/std), atomically.
 
     ``dtype`` (float32, float16 or bfloat16) is the dtype of the stored floating-point tensors;
@@ -124,17 +132,27 @@ def export_backbone_safetensors(backbone: DinoViT, path: str | Path, arch: str, 
     as :attr:`BackboneInfo.extra`, e.g. a model card ``summary``.
     """
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"unsupported export dtype {dtype}; choose one of float32, float16, bfloat16")
+        raise ValueError(
+            f"unsupported export dtype {dtype}; choose one of float32, float16, bfloat16"
+        )
     blk = backbone.blocks[0].attn
     meta = {
-        "format": "dino-backbone", "arch": arch, "patch_size": str(backbone.patch_size),
-        "embed_dim": str(backbone.embed_dim), "depth": str(len(backbone.blocks)),
-        "num_heads": str(blk.num_heads), "epoch": "" if epoch is None else str(epoch),
-        "mean": json.dumps(list(IMAGENET_MEAN)), "std": json.dumps(list(IMAGENET_STD)),
-        "trained": "true" if trained else "false", "extra": json.dumps(extra or {}),
+        "format": "dino-backbone",
+        "arch": arch,
+        "patch_size": str(backbone.patch_size),
+        "embed_dim": str(backbone.embed_dim),
+        "depth": str(len(backbone.blocks)),
+        "num_heads": str(blk.num_heads),
+        "epoch": "" if epoch is None else str(epoch),
+        "mean": json.dumps(list(IMAGENET_MEAN)),
+        "std": json.dumps(list(IMAGENET_STD)),
+        "trained": "true" if trained else "false",
+        "extra": json.dumps(extra or {}),
     }
-    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in backbone.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in backbone.state_dict().items()
+    }
     _atomic_write(Path(path), lambda tmp: save_safetensors(state, tmp, metadata=meta))
 
 
@@ -150,7 +168,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reason becomes one readable message
         hint = "" if zipfile.is_zipfile(path) else " (truncated, or not a torch archive)"
-        raise CheckpointError(f"cannot read {Path(path).name} as a weights-only torch file{hint}: {exc}") from exc
+        raise CheckpointError(
+            f"cannot read {Path(path).name} as a weights-only torch file{hint}: {exc}"
+        ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{Path(path).name} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -162,18 +182,22 @@ def _strip(key: str) -> str:
         changed = False
         for p in _DROP_PREFIXES:
             if key.startswith(p):
-                key, changed = key[len(p):], True
+                key, changed = key[len(p) :], True
     return key
 
 
-def extract_backbone_state(obj: dict[str, Any], which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
+def extract_backbone_state(
+    obj: dict[str, Any], which: str = "teacher"
+) -> tuple[dict[str, torch.Tensor], str]:
     """Backbone tensors from any supported layout, and a word naming the layout found."""
     if which not in ("teacher", "student"):
         raise ValueError(f"unknown checkpoint part {which!r}; choose one of teacher, student")
     source = "backbone"
     if "teacher" in obj or "student" in obj:
         if which not in obj:
-            raise CheckpointError(f"training checkpoint has no {which!r} entry (has {sorted(obj)[:8]})")
+            raise CheckpointError(
+                f"training checkpoint has no {which!r} entry (has {sorted(obj)[:8]})"
+            )
         obj, source = obj[which], f"training-{which}"
     else:
         for key in ("state_dict", "model"):
@@ -188,8 +212,10 @@ def extract_backbone_state(obj: dict[str, Any], which: str = "teacher") -> tuple
         if not k.startswith(_NON_BACKBONE):
             state[k] = v
     if "pos_embed" not in state or "patch_embed.proj.weight" not in state:
-        raise CheckpointError("no ViT backbone found: missing pos_embed / patch_embed.proj.weight; "
-                              f"supported: {FORMATS}")
+        raise CheckpointError(
+            "no ViT backbone found: missing pos_embed / patch_embed.proj.weight; "
+            f"supported: {FORMATS}"
+        )
     return state, source
 
 
@@ -218,8 +244,10 @@ def _from_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str], int | None]:
     """The file's top-level dict, its safetensors metadata and its epoch (when recorded)."""
     if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise CheckpointError(f"unsupported file type {path.suffix!r}; use one of {', '.join(CHECKPOINT_SUFFIXES)} "
-                              f"or a transformers folder with {HF_WEIGHTS}")
+        raise CheckpointError(
+            f"unsupported file type {path.suffix!r}; use one of {', '.join(CHECKPOINT_SUFFIXES)} "
+            f"or a transformers folder with {HF_WEIGHTS}"
+        )
     if path.suffix == ".safetensors":
         raw, meta = _from_safetensors(path)
         return raw, meta, int(meta["epoch"]) if meta.get("epoch") else None
@@ -237,12 +265,16 @@ def _weights_path(path: Path) -> tuple[Path, dict[str, Any] | None]:
         raise CheckpointError(str(exc)) from exc
     weights = path / HF_WEIGHTS
     if not weights.is_file():
-        raise CheckpointError(f"folder {path.name} has no {HF_WEIGHTS}; a model folder holds {HF_WEIGHTS} "
-                              "and config.json (transformers Dinov2Model / Dinov2WithRegistersModel)")
+        raise CheckpointError(
+            f"folder {path.name} has no {HF_WEIGHTS}; a model folder holds {HF_WEIGHTS} "
+            "and config.json (transformers Dinov2Model / Dinov2WithRegistersModel)"
+        )
     return weights, config
 
 
-def read_backbone(path: str | Path, which: str = "teacher") -> tuple[dict[str, torch.Tensor], BackboneInfo]:
+def read_backbone(
+    path: str | Path, which: str = "teacher"
+) -> tuple[dict[str, torch.Tensor], BackboneInfo]:
     """Backbone state and its :class:`BackboneInfo` from a file or folder, without building a model."""
     path, config = _weights_path(Path(path))
     raw, meta, epoch = _read_raw(path)
@@ -260,8 +292,9 @@ def read_backbone(path: str | Path, which: str = "teacher") -> tuple[dict[str, t
     else:
         patch, dim, depth, heads = infer_arch(state)
         arch = meta.get("arch") or arch_from_dims(dim) or f"vit_d{dim}"
-        info = BackboneInfo(arch=arch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
-                            source=source)
+        info = BackboneInfo(
+            arch=arch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, source=source
+        )
     if meta.get("num_heads"):
         info.num_heads = int(meta["num_heads"])
     info.epoch, info.trained = epoch, meta.get("trained", "true") != "false"
@@ -271,13 +304,16 @@ def read_backbone(path: str | Path, which: str = "teacher") -> tuple[dict[str, t
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
 
 
-def _dinov2_info(state: dict[str, torch.Tensor], source: str,
-                 config: dict[str, Any] | None) -> tuple[dict[str, torch.Tensor], BackboneInfo]:
+def _dinov2_info(
+    state: dict[str, torch.Tensor], source: str, config: dict[str, Any] | None
+) -> tuple[dict[str, torch.Tensor], BackboneInfo]:
     """DINOv2 weights in timm's layout and their info; ``source`` names the layout found."""
     try:
         arch = infer_dinov2_arch(state)
         if config is not None:
-            heads = check_config(config, arch.embed_dim, arch.depth, arch.patch_size, arch.registers)
+            heads = check_config(
+                config, arch.embed_dim, arch.depth, arch.patch_size, arch.registers
+            )
             arch = dataclasses.replace(arch, num_heads=heads)
         if source != "transformers" and is_authors_layout(state):
             source = "authors"
@@ -287,8 +323,15 @@ def _dinov2_info(state: dict[str, torch.Tensor], source: str,
     except (ValueError, KeyError, RuntimeError) as exc:
         reason = str(exc) if "supported:" in str(exc) else f"{exc}; supported: {DINOV2_SUPPORTED}"
         raise CheckpointError(f"not a supported DINOv2 checkpoint: {reason}") from exc
-    info = BackboneInfo(arch=arch.name, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
-                        num_heads=arch.num_heads, source=source, dinov2=arch)
+    info = BackboneInfo(
+        arch=arch.name,
+        patch_size=arch.patch_size,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        source=source,
+        dinov2=arch,
+    )
     return state, info
 
 
@@ -310,12 +353,19 @@ def load_backbone(path: str | Path, which: str = "teacher") -> tuple[DinoViT, Ba
             model = build_dinov2(dataclasses.replace(info.dinov2, num_heads=info.num_heads))
         grid = f"{info.dinov2.pos_grid * info.patch_size} px grid"
     else:
-        model = build_vit(info.arch, info.patch_size, embed_dim=info.embed_dim, depth=info.depth,
-                          num_heads=info.num_heads)
+        model = build_vit(
+            info.arch,
+            info.patch_size,
+            embed_dim=info.embed_dim,
+            depth=info.depth,
+            num_heads=info.num_heads,
+        )
         grid = "224 px grid"
     if state["pos_embed"].shape != model.pos_embed.shape:
-        raise CheckpointError(f"pos_embed has shape {tuple(state['pos_embed'].shape)}, "
-                              f"expected {tuple(model.pos_embed.shape)} ({grid})")
+        raise CheckpointError(
+            f"pos_embed has shape {tuple(state['pos_embed'].shape)}, "
+            f"expected {tuple(model.pos_embed.shape)} ({grid})"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

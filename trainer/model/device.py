@@ -11,11 +11,15 @@ PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> cuda:LOCAL_RANK when a GPU is visible, else cpu; ``cuda`` without a GPU is an error."""
     if preference not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        raise ValueError(
+            f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}"
+        )
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible; choose cpu or auto")
+        raise RuntimeError(
+            "device 'cuda' was asked for but no CUDA GPU is visible; choose cpu or auto"
+        )
     index = local_rank % torch.cuda.device_count()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
@@ -28,13 +32,17 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def resolve_precision(requested: str, device_type: str, bf16_ok: bool, use_fp16: bool | None = None) -> str:
+def resolve_precision(
+    requested: str, device_type: str, bf16_ok: bool, use_fp16: bool | None = None
+) -> str:
     """The effective precision: an explicit one, else the legacy ``use_fp16`` flag, else auto.
 
     Auto is bf16 (or fp16 where bf16 is slow) on CUDA and fp32 elsewhere.
     """
     if requested not in PRECISION_CHOICES:
-        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        raise ValueError(
+            f"unknown precision {requested!r}; choose one of {', '.join(PRECISION_CHOICES)}"
+        )
     if requested != "auto":
         return requested
     if use_fp16 is not None:

@@ -26,8 +26,10 @@ from trainer.model.vit import DinoViT
 DINOV2_PATCH = 14
 DINOV2_IMG_SIZE = 518  # the authors' pretraining resolution (37 x 37 patches)
 SIZE_NAMES = {384: "vit_small", 768: "vit_base", 1024: "vit_large", 1536: "vit_giant2"}
-SUPPORTED = ("DINOv2 ViT-S/B/L/g with patch 14, LayerScale and 0 or 4 registers (MLP or, for "
-             "giant, SwiGLU FFN) in the authors', timm's or transformers' key layout")
+SUPPORTED = (
+    "DINOv2 ViT-S/B/L/g with patch 14, LayerScale and 0 or 4 registers (MLP or, for "
+    "giant, SwiGLU FFN) in the authors', timm's or transformers' key layout"
+)
 
 
 @dataclass(frozen=True)
@@ -59,21 +61,33 @@ def build_dinov2(arch: Dinov2Arch) -> DinoViT:
     offset, antialias = interpolation_settings(arch.registers)
     # +0.5: timm sizes the MLP as int(dim * ratio); keep that exactly ``mlp_hidden``
     ratio = (arch.mlp_hidden + 0.5) / arch.embed_dim
-    return DinoViT(patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
-                   num_heads=arch.num_heads, img_size=arch.pos_grid * arch.patch_size,
-                   reg_tokens=arch.registers, init_values=1.0, mlp_ratio=ratio, glu_mlp=arch.glu,
-                   interp_offset=offset, interp_antialias=antialias)
+    return DinoViT(
+        patch_size=arch.patch_size,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        img_size=arch.pos_grid * arch.patch_size,
+        reg_tokens=arch.registers,
+        init_values=1.0,
+        mlp_ratio=ratio,
+        glu_mlp=arch.glu,
+        interp_offset=offset,
+        interp_antialias=antialias,
+    )
 
 
 def is_authors_layout(state: dict[str, torch.Tensor]) -> bool:
     """Whether ``state`` uses the DINOv2 authors' keys (which timm must convert)."""
-    return ("mask_token" in state or "register_tokens" in state
-            or any(k.endswith((".mlp.w12.weight", ".mlp.w3.weight")) for k in state))
+    return (
+        "mask_token" in state
+        or "register_tokens" in state
+        or any(k.endswith((".mlp.w12.weight", ".mlp.w3.weight")) for k in state)
+    )
 
 
 def is_dinov2_state(state: dict[str, torch.Tensor]) -> bool:
     """DINOv2 in any layout: LayerScale or registers (DINO's ViTs have neither)."""
-    return ("blocks.0.ls1.gamma" in state or "reg_token" in state or is_authors_layout(state))
+    return "blocks.0.ls1.gamma" in state or "reg_token" in state or is_authors_layout(state)
 
 
 def _mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, bool]:
@@ -81,8 +95,9 @@ def _mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, bool]:
         return int(state["blocks.0.mlp.w12.weight"].shape[0]), True
     fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
     if fc1 is None or fc2 is None:
-        raise ValueError("no MLP weights in block 0 (blocks.0.mlp.fc1/fc2 or w12/w3); "
-                         f"supported: {SUPPORTED}")
+        raise ValueError(
+            f"no MLP weights in block 0 (blocks.0.mlp.fc1/fc2 or w12/w3); supported: {SUPPORTED}"
+        )
     return int(fc1.shape[0]), int(fc1.shape[0]) == 2 * int(fc2.shape[1])
 
 
@@ -98,11 +113,13 @@ def infer_dinov2_arch(state: dict[str, torch.Tensor]) -> Dinov2Arch:
     patches = int(state["pos_embed"].shape[1]) - prefix
     side = math.isqrt(patches)
     if side * side != patches:
-        raise ValueError(f"pos_embed holds {patches} patch positions, not a square grid; "
-                         f"supported: {SUPPORTED}")
+        raise ValueError(
+            f"pos_embed holds {patches} patch positions, not a square grid; supported: {SUPPORTED}"
+        )
     if dim % 64:
-        raise ValueError(f"embed dim {dim} is not a multiple of the 64-wide heads; "
-                         f"supported: {SUPPORTED}")
+        raise ValueError(
+            f"embed dim {dim} is not a multiple of the 64-wide heads; supported: {SUPPORTED}"
+        )
     hidden, glu = _mlp_shape(state)
     return Dinov2Arch(dim, depth, dim // 64, registers, hidden, glu, side, patch)
 

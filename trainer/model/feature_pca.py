@@ -56,5 +56,8 @@ def patch_pca(tokens: torch.Tensor, grid: tuple[int, int]) -> PatchPCA:
     proj = _fix_signs(_leading_components(tokens, 3))
     lo, hi = proj.min(0).values, proj.max(0).values
     rgb = (proj - lo) / (hi - lo).clamp(min=1e-12)
-    return PatchPCA(rgb.float().reshape(gh, gw, 3), (proj[:, 0] > 0).reshape(gh, gw),
-                    proj.float().reshape(gh, gw, 3))
+    return PatchPCA(
+        rgb.float().reshape(gh, gw, 3),
+        (proj[:, 0] > 0).reshape(gh, gw),
+        proj.float().reshape(gh, gw, 3),
+    )

@@ -35,8 +35,16 @@ class WeightNormLinear(nn.Module):
 class DINOHead(nn.Module):
     """MLP (hidden 2048, GELU, optional BN) -> bottleneck -> L2 norm -> weight-normed layer."""
 
-    def __init__(self, in_dim: int, out_dim: int, use_bn: bool = False, norm_last_layer: bool = True,
-                 nlayers: int = 3, hidden_dim: int = 2048, bottleneck_dim: int = 256) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+        nlayers: int = 3,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+    ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)
         if nlayers == 1:

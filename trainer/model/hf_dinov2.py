@@ -30,15 +30,22 @@ _EMBEDDINGS = {
     "layernorm.bias": "norm.bias",
 }
 _LAYER = {
-    "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
-    "norm2.weight": "norm2.weight", "norm2.bias": "norm2.bias",
+    "norm1.weight": "norm1.weight",
+    "norm1.bias": "norm1.bias",
+    "norm2.weight": "norm2.weight",
+    "norm2.bias": "norm2.bias",
     "attention.output.dense.weight": "attn.proj.weight",
     "attention.output.dense.bias": "attn.proj.bias",
-    "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
-    "mlp.fc1.weight": "mlp.fc1.weight", "mlp.fc1.bias": "mlp.fc1.bias",
-    "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias",
-    "mlp.weights_in.weight": "mlp.w12.weight", "mlp.weights_in.bias": "mlp.w12.bias",
-    "mlp.weights_out.weight": "mlp.w3.weight", "mlp.weights_out.bias": "mlp.w3.bias",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
+    "mlp.fc1.weight": "mlp.fc1.weight",
+    "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.weight": "mlp.fc2.weight",
+    "mlp.fc2.bias": "mlp.fc2.bias",
+    "mlp.weights_in.weight": "mlp.w12.weight",
+    "mlp.weights_in.bias": "mlp.w12.bias",
+    "mlp.weights_out.weight": "mlp.w3.weight",
+    "mlp.weights_out.bias": "mlp.w3.bias",
 }
 _QKV = ("query", "key", "value")
 _LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)")
@@ -53,8 +60,12 @@ def hf_prefix(state: dict[str, Any]) -> str | None:
     return None
 
 
-def _rename(name: str, value: torch.Tensor, out: dict[str, torch.Tensor],
-            qkv: dict[tuple[int, str], dict[str, torch.Tensor]]) -> None:
+def _rename(
+    name: str,
+    value: torch.Tensor,
+    out: dict[str, torch.Tensor],
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]],
+) -> None:
     if name in _EMBEDDINGS:
         out[_EMBEDDINGS[name]] = value
         return
@@ -77,12 +88,13 @@ def hf_to_authors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str,
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if key.startswith(prefix) and isinstance(value, torch.Tensor):
-            _rename(key[len(prefix):], value, out, qkv)
+            _rename(key[len(prefix) :], value, out, qkv)
     for (index, kind), parts in sorted(qkv.items()):
         missing = [n for n in _QKV if n not in parts]
         if missing:
-            raise ValueError(f"encoder.layer.{index}.attention.attention lacks "
-                             f"{', '.join(missing)}.{kind}")
+            raise ValueError(
+                f"encoder.layer.{index}.attention.attention lacks {', '.join(missing)}.{kind}"
+            )
         out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts[n] for n in _QKV], dim=0)
     if "cls_token" in out and "mask_token" not in out:  # marks the authors' layout for timm
         out["mask_token"] = torch.zeros(1, out["cls_token"].shape[-1], dtype=out["cls_token"].dtype)
@@ -100,15 +112,20 @@ def read_config(folder: Path) -> dict[str, Any] | None:
         raise ValueError(f"cannot read {path.name}: {exc}") from exc
     if not isinstance(config, dict) or config.get("model_type") not in MODEL_TYPES:
         kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"{path.name} describes a {kind!r} model; "
-                         f"supported: {', '.join(MODEL_TYPES)}")
+        raise ValueError(
+            f"{path.name} describes a {kind!r} model; supported: {', '.join(MODEL_TYPES)}"
+        )
     return config
 
 
 def check_config(config: dict[str, Any], dim: int, depth: int, patch: int, registers: int) -> int:
     """Compare ``config.json`` with the weights; returns its ``num_attention_heads``."""
-    expected = {"hidden_size": dim, "num_hidden_layers": depth, "patch_size": patch,
-                "num_register_tokens": registers}
+    expected = {
+        "hidden_size": dim,
+        "num_hidden_layers": depth,
+        "patch_size": patch,
+        "num_register_tokens": registers,
+    }
     for field, value in expected.items():
         got = config.get(field, 0 if field == "num_register_tokens" else value)
         if got != value:
@@ -118,6 +135,7 @@ def check_config(config: dict[str, Any], dim: int, depth: int, patch: int, regis
         raise ValueError(f"config.json layer_norm_eps={eps} is not supported; DINOv2 uses 1e-6")
     heads = int(config.get("num_attention_heads", max(dim // 64, 1)))
     if heads < 1 or dim % heads:
-        raise ValueError(f"config.json num_attention_heads={heads} does not divide "
-                         f"hidden_size {dim}")
+        raise ValueError(
+            f"config.json num_attention_heads={heads} does not divide hidden_size {dim}"
+        )
     return heads

@@ -63,8 +63,14 @@ def arch_from_dims(embed_dim: int) -> str | None:
     return None
 
 
-def interpolate_pos_encoding(pos_embed: torch.Tensor, grid_h: int, grid_w: int, num_prefix: int = 1,
-                             offset: float = 0.1, antialias: bool = False) -> torch.Tensor:
+def interpolate_pos_encoding(
+    pos_embed: torch.Tensor,
+    grid_h: int,
+    grid_w: int,
+    num_prefix: int = 1,
+    offset: float = 0.1,
+    antialias: bool = False,
+) -> torch.Tensor:
     """Resize a ``(1, num_prefix + N, D)`` positional embedding to a ``grid_h x grid_w`` patch grid.
 
     The authors' arithmetic (DINO, and DINOv2's ``interpolate_pos_encoding``): bicubic in float32,
@@ -81,13 +87,20 @@ def interpolate_pos_encoding(pos_embed: torch.Tensor, grid_h: int, grid_w: int, 
     dim = pos_embed.shape[-1]
     grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
     if offset:
-        scale = ((grid_h + offset) / math.sqrt(num_patches), (grid_w + offset) / math.sqrt(num_patches))
+        scale = (
+            (grid_h + offset) / math.sqrt(num_patches),
+            (grid_w + offset) / math.sqrt(num_patches),
+        )
         grid = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", antialias=antialias)
     else:
-        grid = F.interpolate(grid.float(), size=(grid_h, grid_w), mode="bicubic", antialias=antialias)
+        grid = F.interpolate(
+            grid.float(), size=(grid_h, grid_w), mode="bicubic", antialias=antialias
+        )
     grid = grid.to(pos_embed.dtype)
     if grid.shape[-2:] != (grid_h, grid_w):
-        raise RuntimeError(f"pos-embed interpolation gave {tuple(grid.shape[-2:])}, wanted {(grid_h, grid_w)}")
+        raise RuntimeError(
+            f"pos-embed interpolation gave {tuple(grid.shape[-2:])}, wanted {(grid_h, grid_w)}"
+        )
     patch_pos = grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
     return torch.cat([prefix_pos, patch_pos], dim=1)
 
@@ -95,20 +108,43 @@ def interpolate_pos_encoding(pos_embed: torch.Tensor, grid_h: int, grid_w: int, 
 class DinoViT(VisionTransformer):
     """timm ViT with DINO's positional interpolation and last-block attention read-out."""
 
-    def __init__(self, patch_size: int = 16, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
-                 drop_path_rate: float = 0.0, img_size: int = PRETRAIN_IMG_SIZE, *, reg_tokens: int = 0,
-                 init_values: float | None = None, mlp_ratio: float = 4.0, glu_mlp: bool = False,
-                 interp_offset: float = 0.1, interp_antialias: bool = False) -> None:
+    def __init__(
+        self,
+        patch_size: int = 16,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        drop_path_rate: float = 0.0,
+        img_size: int = PRETRAIN_IMG_SIZE,
+        *,
+        reg_tokens: int = 0,
+        init_values: float | None = None,
+        mlp_ratio: float = 4.0,
+        glu_mlp: bool = False,
+        interp_offset: float = 0.1,
+        interp_antialias: bool = False,
+    ) -> None:
         """The defaults are DINO's ViT. DINOv2 (see :mod:`trainer.model.dinov2`) adds LayerScale
         (``init_values``), ``reg_tokens`` registers (whose pos-embed holds patches only, as in
         timm), a SwiGLU MLP for giant (``glu_mlp``) and its own interpolation settings."""
         mlp_kwargs = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU} if glu_mlp else {}
         super().__init__(
-            img_size=img_size, patch_size=patch_size, num_classes=0, global_pool="token",
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-            drop_path_rate=drop_path_rate, dynamic_img_size=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=init_values,
-            reg_tokens=reg_tokens, no_embed_class=reg_tokens > 0, **mlp_kwargs,
+            img_size=img_size,
+            patch_size=patch_size,
+            num_classes=0,
+            global_pool="token",
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            drop_path_rate=drop_path_rate,
+            dynamic_img_size=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            init_values=init_values,
+            reg_tokens=reg_tokens,
+            no_embed_class=reg_tokens > 0,
+            **mlp_kwargs,
         )
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -154,8 +190,14 @@ class DinoViT(VisionTransformer):
 
     def interpolate_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """This model's pos embed resized to ``grid_h x grid_w`` with its interpolation settings."""
-        return interpolate_pos_encoding(self.pos_embed, grid_h, grid_w, 0 if self.no_embed_class else 1,
-                                        self.interp_offset, self.interp_antialias)
+        return interpolate_pos_encoding(
+            self.pos_embed,
+            grid_h,
+            grid_w,
+            0 if self.no_embed_class else 1,
+            self.interp_offset,
+            self.interp_antialias,
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x = self.prepare_tokens(x)
@@ -189,7 +231,7 @@ class DinoViT(VisionTransformer):
         w, bias = attn.qkv.weight, attn.qkv.bias
         q_in = h[:, :1] if cls_only else h
         q = F.linear(q_in, w[:d], None if bias is None else bias[:d])
-        k = F.linear(h, w[d:2 * d], None if bias is None else bias[d:2 * d])
+        k = F.linear(h, w[d : 2 * d], None if bias is None else bias[d : 2 * d])
         heads = attn.num_heads
         q = attn.q_norm(q.reshape(b, -1, heads, d // heads).transpose(1, 2))
         k = attn.k_norm(k.reshape(b, n, heads, d // heads).transpose(1, 2))
@@ -218,12 +260,17 @@ class DinoViT(VisionTransformer):
             attn = self.get_last_selfattention(x, cls_only=True)  # B, H, 1, prefix+N
         else:
             attn = block_attention(self, x, layer, (0,)).attention
-        return attn[:, :, 0, self.num_prefix_tokens:].reshape(x.shape[0], -1, gh, gw)
+        return attn[:, :, 0, self.num_prefix_tokens :].reshape(x.shape[0], -1, gh, gw)
 
 
-def build_vit(arch: str = "vit_small", patch_size: int = 16, drop_path_rate: float = 0.0,
-              embed_dim: int | None = None, depth: int | None = None,
-              num_heads: int | None = None) -> DinoViT:
+def build_vit(
+    arch: str = "vit_small",
+    patch_size: int = 16,
+    drop_path_rate: float = 0.0,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+) -> DinoViT:
     """Build a DINO backbone by name, or with explicit dims (for inferred checkpoints)."""
     if patch_size < 1 or patch_size > PRETRAIN_IMG_SIZE:
         raise ValueError(f"patch_size must be between 1 and {PRETRAIN_IMG_SIZE}, got {patch_size}")
@@ -231,5 +278,10 @@ def build_vit(arch: str = "vit_small", patch_size: int = 16, drop_path_rate: flo
         spec = arch_spec(arch)
         embed_dim, depth, num_heads = spec.embed_dim, spec.depth, spec.num_heads
     assert depth is not None and num_heads is not None
-    return DinoViT(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                   drop_path_rate=drop_path_rate)
+    return DinoViT(
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        drop_path_rate=drop_path_rate,
+    )

@@ -66,18 +66,26 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCrop
 def build_loss(cfg: TrainConfig, length: RunLength | None = None) -> DINOLoss:
     """The DINO loss over the 2 global and ``local_crops_number`` local views."""
     length = length or RunLength.of(cfg)
-    return DINOLoss(cfg.out_dim, cfg.local_crops_number + N_TEACHER_VIEWS, cfg.warmup_teacher_temp,
-                    cfg.teacher_temp, length.warmup_teacher_temp_epochs, length.epochs)
+    return DINOLoss(
+        cfg.out_dim,
+        cfg.local_crops_number + N_TEACHER_VIEWS,
+        cfg.warmup_teacher_temp,
+        cfg.teacher_temp,
+        length.warmup_teacher_temp_epochs,
+        length.epochs,
+    )
 
 
-def build_schedules(cfg: TrainConfig, niter: int, world_size: int,
-                    length: RunLength | None = None) -> Schedules:
+def build_schedules(
+    cfg: TrainConfig, niter: int, world_size: int, length: RunLength | None = None
+) -> Schedules:
     """Per-iteration lr, weight decay and teacher momentum over ``length`` (default: as asked)."""
     length = length or RunLength.of(cfg)
     base_lr = scaled_lr(cfg.lr, cfg.batch_size_per_gpu, world_size)
     return Schedules(
-        lr=cosine_scheduler(base_lr, cfg.min_lr, length.epochs, niter,
-                            warmup_epochs=length.warmup_epochs),
+        lr=cosine_scheduler(
+            base_lr, cfg.min_lr, length.epochs, niter, warmup_epochs=length.warmup_epochs
+        ),
         wd=cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, length.epochs, niter),
         momentum=cosine_scheduler(cfg.momentum_teacher, 1.0, length.epochs, niter),
     )
@@ -85,8 +93,13 @@ def build_schedules(cfg: TrainConfig, niter: int, world_size: int,
 
 def crop_arguments(cfg: TrainConfig) -> tuple:
     """The multi-crop settings, in the order both multi-crop classes take them."""
-    return (cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number,
-            cfg.global_crops_size, cfg.local_crops_size)
+    return (
+        cfg.global_crops_scale,
+        cfg.local_crops_scale,
+        cfg.local_crops_number,
+        cfg.global_crops_size,
+        cfg.local_crops_size,
+    )
 
 
 def build_gpu_multicrop(cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -104,15 +117,18 @@ def use_gpu_augment(cfg: TrainConfig, device: torch.device) -> bool:
 
 def _check_enough_images(count: int, cfg: TrainConfig, world_size: int) -> None:
     if count < cfg.batch_size_per_gpu * world_size:
-        raise ValueError(f"{count} images is fewer than one batch ({cfg.batch_size_per_gpu} x "
-                         f"{world_size} processes); lower --batch_size_per_gpu")
+        raise ValueError(
+            f"{count} images is fewer than one batch ({cfg.batch_size_per_gpu} x "
+            f"{world_size} processes); lower --batch_size_per_gpu"
+        )
 
 
 def build_train_loader(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device):
     """(loader, sampler, gpu_multicrop or None) for the training images."""
     samples, classes = scan_image_folder(cfg.data_path)
-    logger.info("data: %d images in %d class folder(s) from %s", len(samples), len(classes),
-                cfg.data_path)
+    logger.info(
+        "data: %d images in %d class folder(s) from %s", len(samples), len(classes), cfg.data_path
+    )
     _check_enough_images(len(samples), cfg, env.world_size)
     gpu_multicrop = None
     if use_gpu_augment(cfg, device):  # workers read bytes; decoding and crops happen on the device
@@ -127,8 +143,15 @@ def build_train_loader(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.
         dataset = SafeImageDataset(samples, augment, seed=cfg.seed)
         collate = collate_skip_none
         sampler = EpochIndexSampler(make_sampler(dataset, True, cfg.seed, env.rank, env.world_size))
-    loader = make_loader(dataset, cfg.batch_size_per_gpu, sampler, cfg.num_workers,
-                         device.type == "cuda", drop_last=True, collate_fn=collate)
+    loader = make_loader(
+        dataset,
+        cfg.batch_size_per_gpu,
+        sampler,
+        cfg.num_workers,
+        device.type == "cuda",
+        drop_last=True,
+        collate_fn=collate,
+    )
     return loader, sampler, gpu_multicrop
 
 
@@ -160,8 +183,13 @@ class ContextOptions:
     metrics: MetricsWriter | None = None
 
 
-def build_context(cfg: TrainConfig, device: torch.device, precision: str, niter: int,
-                  options: ContextOptions | None = None) -> TrainContext:
+def build_context(
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+    niter: int,
+    options: ContextOptions | None = None,
+) -> TrainContext:
     """Models, loss, optimizer, loss scaler (fp16) and schedules on ``device``, seeded."""
     options = options or ContextOptions()
     seed_everything(cfg.seed)
@@ -169,13 +197,26 @@ def build_context(cfg: TrainConfig, device: torch.device, precision: str, niter:
     student, teacher = student.to(device), teacher.to(device)
     prepare = options.prepare or (lambda s, t: (s, t))
     student_run, teacher_run = prepare(student, teacher)
-    optimizer = build_optimizer(cfg.optimizer, get_params_groups(student),
-                                fused=options.fused_optimizer)
+    optimizer = build_optimizer(
+        cfg.optimizer, get_params_groups(student), fused=options.fused_optimizer
+    )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     schedules = build_schedules(cfg, niter, options.world_size)
-    return TrainContext(cfg, student_run, teacher_run, student, teacher, build_loss(cfg).to(device),
-                        optimizer, schedules, device, precision, scaler, options.metrics,
-                        options.gpu_multicrop)
+    return TrainContext(
+        cfg,
+        student_run,
+        teacher_run,
+        student,
+        teacher,
+        build_loss(cfg).to(device),
+        optimizer,
+        schedules,
+        device,
+        precision,
+        scaler,
+        options.metrics,
+        options.gpu_multicrop,
+    )
 
 
 @dataclass
@@ -191,9 +232,20 @@ def build_run(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device) -
     precision = resolve_precision(cfg.precision, device.type, bf16_supported(device), cfg.use_fp16)
     loader, sampler, gpu_multicrop = build_train_loader(cfg, env, device)
     metrics = MetricsWriter(cfg.output_dir, dist_utils.is_main_process())
-    options = ContextOptions(env.world_size, wrap_for_training(cfg, env, device),
-                             gpu_multicrop=gpu_multicrop, metrics=metrics)
+    options = ContextOptions(
+        env.world_size,
+        wrap_for_training(cfg, env, device),
+        gpu_multicrop=gpu_multicrop,
+        metrics=metrics,
+    )
     ctx = build_context(cfg, device, precision, len(loader), options)
-    logger.info("%s/%d on %s, precision %s, %d process(es), %d steps per epoch", cfg.arch,
-                cfg.patch_size, device, precision, env.world_size, len(loader))
+    logger.info(
+        "%s/%d on %s, precision %s, %d process(es), %d steps per epoch",
+        cfg.arch,
+        cfg.patch_size,
+        device,
+        precision,
+        env.world_size,
+        len(loader),
+    )
     return RunParts(ctx, loader, sampler, env)

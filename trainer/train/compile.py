@@ -64,8 +64,9 @@ class CountingBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         shapes = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)]
         self.graphs.append(GraphRecord(self.module, shapes))
-        logger.info("compiling graph %d (%s) with %s", len(self.graphs), self.module,
-                    self.inner_name)
+        logger.info(
+            "compiling graph %d (%s) with %s", len(self.graphs), self.module, self.inner_name
+        )
         return self.inner(gm, example_inputs)
 
     def count(self, module: str | None = None) -> int:
@@ -99,8 +100,10 @@ def raise_recompile_limit(limit: int = _MIN_RECOMPILE_LIMIT) -> None:
 
 def _check_mode(backend: Backend, mode: str | None) -> str | None:
     if mode not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {mode!r}; choose one of "
-                         f"{', '.join(str(m) for m in COMPILE_MODES)}")
+        raise ValueError(
+            f"unknown compile mode {mode!r}; choose one of "
+            f"{', '.join(str(m) for m in COMPILE_MODES)}"
+        )
     if mode in (None, "default"):
         return None
     if backend != "inductor":
@@ -108,8 +111,13 @@ def _check_mode(backend: Backend, mode: str | None) -> str | None:
     return mode
 
 
-def compile_models(student: nn.Module, teacher: nn.Module, backend: str = "inductor",
-                   mode: str | None = None, count_graphs: bool = False) -> CompileReport:
+def compile_models(
+    student: nn.Module,
+    teacher: nn.Module,
+    backend: str = "inductor",
+    mode: str | None = None,
+    count_graphs: bool = False,
+) -> CompileReport:
     """Compile ``backbone`` and ``head`` of both multi-crop wrappers in place (``dynamic=False``).
 
     ``student``/``teacher`` are :class:`~trainer.model.head.MultiCropWrapper` (unwrapped: pass the
@@ -125,14 +133,19 @@ def compile_models(student: nn.Module, teacher: nn.Module, backend: str = "induc
         for part in ("backbone", "head"):
             module = getattr(owner, part, None)
             if not isinstance(module, nn.Module):
-                raise TypeError(f"{owner_name} has no '{part}' module; pass the unwrapped "
-                                "MultiCropWrapper")
+                raise TypeError(
+                    f"{owner_name} has no '{part}' module; pass the unwrapped MultiCropWrapper"
+                )
             name = f"{owner_name}.{part}"
             chosen = report.counter.for_module(name) if report.counter is not None else backend
             module.compile(backend=chosen, mode=mode, dynamic=False, fullgraph=False)
             report.modules.append(name)
-    logger.info("compiled %s with backend %s, mode %s", ", ".join(report.modules), backend,
-                mode or "default")
+    logger.info(
+        "compiled %s with backend %s, mode %s",
+        ", ".join(report.modules),
+        backend,
+        mode or "default",
+    )
     return report
 
 

@@ -56,25 +56,39 @@ def read_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     """Parse torchrun or SLURM variables (torchrun wins when both are present)."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                       "torchrun", env.get("MASTER_ADDR"), env.get("MASTER_PORT"))
+        return DistEnv(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", 0)),
+            "torchrun",
+            env.get("MASTER_ADDR"),
+            env.get("MASTER_PORT"),
+        )
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         addr = env.get("MASTER_ADDR")
         if not addr:
             names = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
             nodes = next((env[name] for name in names if env.get(name)), None)
             if not nodes:
-                raise RuntimeError("SLURM job with several tasks but neither MASTER_ADDR nor "
-                                   "SLURM_JOB_NODELIST set")
+                raise RuntimeError(
+                    "SLURM job with several tasks but neither MASTER_ADDR nor "
+                    "SLURM_JOB_NODELIST set"
+                )
             addr = first_slurm_host(nodes)
-        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
-                       int(env.get("SLURM_LOCALID", 0)), "slurm", addr,
-                       env.get("MASTER_PORT", DEFAULT_MASTER_PORT))
+        return DistEnv(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            "slurm",
+            addr,
+            env.get("MASTER_PORT", DEFAULT_MASTER_PORT),
+        )
     return DistEnv()
 
 
-def init_distributed(device_preference: str = "auto", dist_url: str = "env://",
-                     env: Mapping[str, str] | None = None) -> tuple[DistEnv, torch.device]:
+def init_distributed(
+    device_preference: str = "auto", dist_url: str = "env://", env: Mapping[str, str] | None = None
+) -> tuple[DistEnv, torch.device]:
     """Read the launcher, choose the device and, with several processes, join the process group."""
     info = read_dist_env(env)
     device = pick_device(device_preference, info.local_rank)
@@ -83,10 +97,16 @@ def init_distributed(device_preference: str = "auto", dist_url: str = "env://",
             os.environ.setdefault("MASTER_ADDR", info.master_addr)
             os.environ.setdefault("MASTER_PORT", info.master_port or DEFAULT_MASTER_PORT)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method=dist_url, rank=info.rank,
-                                world_size=info.world_size)
-        logger.info("joined process group: rank %d of %d (%s, %s)", info.rank, info.world_size,
-                    info.launcher, backend)
+        dist.init_process_group(
+            backend=backend, init_method=dist_url, rank=info.rank, world_size=info.world_size
+        )
+        logger.info(
+            "joined process group: rank %d of %d (%s, %s)",
+            info.rank,
+            info.world_size,
+            info.launcher,
+            backend,
+        )
     return info, device
 
 

@@ -27,22 +27,26 @@ def make_teacher(student: nn.Module) -> nn.Module:
     return teacher
 
 
-def _paired_params(teacher: nn.Module,
-                   student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _paired_params(
+    teacher: nn.Module, student: nn.Module
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     t_params = dict(unwrap_model(teacher).named_parameters())
     s_params = dict(unwrap_model(student).named_parameters())
     if t_params.keys() != s_params.keys():
         only_t = sorted(t_params.keys() - s_params.keys())[:5]
         only_s = sorted(s_params.keys() - t_params.keys())[:5]
-        raise ValueError(f"teacher and student parameters differ: only in teacher {only_t}, "
-                         f"only in student {only_s}")
+        raise ValueError(
+            f"teacher and student parameters differ: only in teacher {only_t}, "
+            f"only in student {only_s}"
+        )
     names = list(t_params)
     return [t_params[n] for n in names], [s_params[n].detach() for n in names]
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float,
-               finite: torch.Tensor | None = None) -> None:
+def ema_update(
+    teacher: nn.Module, student: nn.Module, momentum: float, finite: torch.Tensor | None = None
+) -> None:
     """``teacher = m * teacher + (1 - m) * student`` for every same-named parameter.
 
     Fused ``torch._foreach`` launches, no host sync. Buffers (e.g. BatchNorm statistics)

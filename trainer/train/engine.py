@@ -111,8 +111,9 @@ def _set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, wd: float)
             group["weight_decay"] = wd
 
 
-def batch_crops(ctx: TrainContext, batch: Batch,
-                step_seed: int) -> tuple[list[torch.Tensor], int, int]:
+def batch_crops(
+    ctx: TrainContext, batch: Batch, step_seed: int
+) -> tuple[list[torch.Tensor], int, int]:
     """(crops on the device, images in the batch, files that failed to decode here).
 
     Without ``ctx.gpu_multicrop`` the batch holds the crops already (CPU multi-crop). With
@@ -124,8 +125,10 @@ def batch_crops(ctx: TrainContext, batch: Batch,
     from trainer.data.jpeg_batch import decode_jpegs, drop_undecoded
 
     if batch.images and not isinstance(batch.images[0], (bytes, bytearray)):
-        decoded = [None if image is None else image.to(ctx.device, non_blocking=True)
-                   for image in batch.images]
+        decoded = [
+            None if image is None else image.to(ctx.device, non_blocking=True)
+            for image in batch.images
+        ]
     else:
         decoded = decode_jpegs(batch.images, ctx.device)
     images, _, dropped = drop_undecoded(decoded, batch.labels)
@@ -162,8 +165,9 @@ def _backward_and_step(ctx: TrainContext, loss: torch.Tensor, epoch: int) -> tor
     return finite
 
 
-def train_step(ctx: TrainContext, crops: list[torch.Tensor], epoch: int,
-               it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def train_step(
+    ctx: TrainContext, crops: list[torch.Tensor], epoch: int, it: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimisation step at global iteration ``it``.
 
     Returns the detached (loss, student output, teacher output). A NaN or infinite loss
@@ -221,18 +225,26 @@ def _raise_non_finite(epoch: int, step: int) -> None:
         f"(by step {step}). Non-finite steps changed neither the student nor the teacher, "
         "and the last good checkpoint (output_dir/checkpoint.pth, from the end of the "
         "previous epoch) was not overwritten. Try a lower --lr, a smaller --clip_grad, "
-        "--precision fp32 or bf16, or a higher --teacher_temp.")
+        "--precision fp32 or bf16, or a higher --teacher_temp."
+    )
 
 
-def _read_back(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor,
-               outputs: tuple[torch.Tensor, ...], epoch: int, step: int) -> dict[str, float]:
+def _read_back(
+    ctx: TrainContext,
+    tally: _EpochTally,
+    loss: torch.Tensor,
+    outputs: tuple[torch.Tensor, ...],
+    epoch: int,
+    step: int,
+) -> dict[str, float]:
     """The step's loss and health values on the host (one sync); stops on a non-finite flag.
 
     ``outputs`` is (student output, teacher output, the centre the loss used at this step).
     """
     loss_fn = ctx.dino_loss
-    health = dino_health(*outputs, loss_fn.teacher_temp_at(epoch), loss_fn.student_temp,
-                         loss_fn.ncrops)
+    health = dino_health(
+        *outputs, loss_fn.teacher_temp_at(epoch), loss_fn.student_temp, loss_fn.ncrops
+    )
     nonfinite = all_reduce_sum(tally.nonfinite.float().reshape(1))[0]  # all ranks stop together
     stacked = torch.stack([loss.float(), nonfinite, *[h.float() for h in health.values()]])
     values = dict(zip(["loss", "nonfinite", *health], stacked.tolist(), strict=True))
@@ -243,8 +255,14 @@ def _read_back(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor,
     return values
 
 
-def _log_step(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor,
-              outputs: tuple[torch.Tensor, ...], epoch: int, step: int) -> dict[str, float]:
+def _log_step(
+    ctx: TrainContext,
+    tally: _EpochTally,
+    loss: torch.Tensor,
+    outputs: tuple[torch.Tensor, ...],
+    epoch: int,
+    step: int,
+) -> dict[str, float]:
     """Read the step's values back, check them, warn of collapse, write metrics.jsonl."""
     values = _read_back(ctx, tally, loss, outputs, epoch, step)
     warning = collapse_warning(values, ctx.config.out_dim)
@@ -254,12 +272,20 @@ def _log_step(ctx: TrainContext, tally: _EpochTally, loss: torch.Tensor,
     return values
 
 
-def _record(ctx: TrainContext, values: dict[str, float], epoch: int, step: int, it: int,
-            rate: float) -> dict[str, float]:
+def _record(
+    ctx: TrainContext, values: dict[str, float], epoch: int, step: int, it: int, rate: float
+) -> dict[str, float]:
     schedules = ctx.schedules
-    record = {"epoch": epoch, "iter": step, **values, "lr": float(schedules.lr[it]),
-              "wd": float(schedules.wd[it]), "momentum": float(schedules.momentum[it]),
-              "teacher_temp": ctx.dino_loss.teacher_temp_at(epoch), "img_per_s": rate}
+    record = {
+        "epoch": epoch,
+        "iter": step,
+        **values,
+        "lr": float(schedules.lr[it]),
+        "wd": float(schedules.wd[it]),
+        "momentum": float(schedules.momentum[it]),
+        "teacher_temp": ctx.dino_loss.teacher_temp_at(epoch),
+        "img_per_s": rate,
+    }
     if ctx.metrics is not None:
         ctx.metrics.write(it, record)
     return record
@@ -268,18 +294,29 @@ def _record(ctx: TrainContext, values: dict[str, float], epoch: int, step: int, 
 def _progress(total: int, epoch: int, epochs: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not is_main_process(),
-                dynamic_ncols=True, mininterval=1.0)
+    return tqdm(
+        total=total,
+        desc=f"epoch {epoch}/{epochs}",
+        disable=not is_main_process(),
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
 
 
 def _show(bar: Any, rec: dict[str, float]) -> None:
-    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", wd=f"{rec['wd']:.3f}",
-                    mom=f"{rec['momentum']:.4f}", t_temp=f"{rec['teacher_temp']:.3f}",
-                    img_s=f"{rec['img_per_s']:.1f}")
+    bar.set_postfix(
+        loss=f"{rec['loss']:.4f}",
+        lr=f"{rec['lr']:.2e}",
+        wd=f"{rec['wd']:.3f}",
+        mom=f"{rec['momentum']:.4f}",
+        t_temp=f"{rec['teacher_temp']:.3f}",
+        img_s=f"{rec['img_per_s']:.1f}",
+    )
 
 
-def train_one_epoch(ctx: TrainContext, loader: torch.utils.data.DataLoader,
-                    epoch: int) -> dict[str, float]:
+def train_one_epoch(
+    ctx: TrainContext, loader: torch.utils.data.DataLoader, epoch: int
+) -> dict[str, float]:
     """Train for one epoch; returns the epoch's averages (loss, lr, wd, ...) over all ranks."""
     cfg = ctx.config
     ctx.student.train()
@@ -299,18 +336,21 @@ def train_one_epoch(ctx: TrainContext, loader: torch.utils.data.DataLoader,
         loss, student_out, teacher_out = train_step(ctx, crops, epoch, it)
         tally.add(loss, n_images)
         if log_now:
-            values = _log_step(ctx, tally, loss, (student_out, teacher_out, center_used), epoch,
-                               step)
+            values = _log_step(
+                ctx, tally, loss, (student_out, teacher_out, center_used), epoch, step
+            )
             _show(bar, _record(ctx, values, epoch, step, it, tally.rate()))
     bar.close()
     return _epoch_summary(ctx, tally, epoch, niter)
 
 
-def _epoch_summary(ctx: TrainContext, tally: _EpochTally, epoch: int,
-                   niter: int) -> dict[str, float]:
+def _epoch_summary(
+    ctx: TrainContext, tally: _EpochTally, epoch: int, niter: int
+) -> dict[str, float]:
     counts = torch.tensor([float(tally.steps), float(tally.skipped)], device=ctx.device)
-    totals = torch.cat([tally.loss_sum.float().reshape(1), counts,
-                        tally.nonfinite.float().reshape(1)])
+    totals = torch.cat(
+        [tally.loss_sum.float().reshape(1), counts, tally.nonfinite.float().reshape(1)]
+    )
     loss_sum, steps, skipped, nonfinite = all_reduce_sum(totals).tolist()
     if nonfinite > 0:
         _raise_non_finite(epoch, niter - 1)

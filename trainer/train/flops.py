@@ -21,8 +21,14 @@ def _linear_flops(tokens: int, in_features: int, out_features: int) -> float:
     return 2.0 * tokens * in_features * out_features
 
 
-def vit_forward_flops(embed_dim: int, depth: int, num_heads: int, patch_size: int, image_size: int,
-                      mlp_ratio: float = 4.0) -> float:
+def vit_forward_flops(
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    patch_size: int,
+    image_size: int,
+    mlp_ratio: float = 4.0,
+) -> float:
     """FLOPs of one ViT backbone forward on one square ``image_size`` image (no head).
 
     With ``N = (image_size // patch_size)^2 + 1`` tokens and width ``D``, each block costs
@@ -30,25 +36,34 @@ def vit_forward_flops(embed_dim: int, depth: int, num_heads: int, patch_size: in
     for ``QK^T`` and ``AV`` (summed over heads, so ``num_heads`` does not change the total).
     """
     if min(embed_dim, depth, num_heads, patch_size) < 1 or image_size < patch_size:
-        raise ValueError(f"need positive dims and image_size >= patch_size; got "
-                         f"embed_dim={embed_dim}, depth={depth}, num_heads={num_heads}, "
-                         f"patch_size={patch_size}, image_size={image_size}")
+        raise ValueError(
+            f"need positive dims and image_size >= patch_size; got "
+            f"embed_dim={embed_dim}, depth={depth}, num_heads={num_heads}, "
+            f"patch_size={patch_size}, image_size={image_size}"
+        )
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
     patches = (image_size // patch_size) ** 2
     tokens = patches + 1
     hidden = int(embed_dim * mlp_ratio)
     patch_embed = _linear_flops(patches, IMAGE_CHANNELS * patch_size * patch_size, embed_dim)
-    linear = (_linear_flops(tokens, embed_dim, 3 * embed_dim)
-              + _linear_flops(tokens, embed_dim, embed_dim)
-              + _linear_flops(tokens, embed_dim, hidden)
-              + _linear_flops(tokens, hidden, embed_dim))
+    linear = (
+        _linear_flops(tokens, embed_dim, 3 * embed_dim)
+        + _linear_flops(tokens, embed_dim, embed_dim)
+        + _linear_flops(tokens, embed_dim, hidden)
+        + _linear_flops(tokens, hidden, embed_dim)
+    )
     attention = 2 * 2.0 * tokens * tokens * embed_dim  # QK^T and AV
     return patch_embed + depth * (linear + attention)
 
 
-def dino_head_flops(in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
-                    bottleneck_dim: int = 256, nlayers: int = 3) -> float:
+def dino_head_flops(
+    in_dim: int,
+    out_dim: int = 65536,
+    hidden_dim: int = 2048,
+    bottleneck_dim: int = 256,
+    nlayers: int = 3,
+) -> float:
     """FLOPs of one DINO head forward on one embedding (MLP -> bottleneck -> last layer)."""
     if out_dim <= 0:
         return 0.0
@@ -57,13 +72,22 @@ def dino_head_flops(in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
     return sum(_linear_flops(1, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
 
 
-def dino_step_flops_per_image(arch: str = "vit_small", patch_size: int = 16,
-                              global_crops_size: int = 224, local_crops_size: int = 96,
-                              local_crops_number: int = 10, n_global: int = N_TEACHER_VIEWS,
-                              embed_dim: int | None = None, depth: int | None = None,
-                              num_heads: int | None = None, out_dim: int = 65536,
-                              head_hidden_dim: int = 2048, head_bottleneck_dim: int = 256,
-                              head_nlayers: int = 3, mlp_ratio: float = 4.0) -> float:
+def dino_step_flops_per_image(
+    arch: str = "vit_small",
+    patch_size: int = 16,
+    global_crops_size: int = 224,
+    local_crops_size: int = 96,
+    local_crops_number: int = 10,
+    n_global: int = N_TEACHER_VIEWS,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    out_dim: int = 65536,
+    head_hidden_dim: int = 2048,
+    head_bottleneck_dim: int = 256,
+    head_nlayers: int = 3,
+    mlp_ratio: float = 4.0,
+) -> float:
     """FLOPs per source image of one DINO step: ``3 * student(all crops) + teacher(globals)``.
 
     The model is named by ``arch`` (``vit_tiny|vit_small|vit_base``) unless ``embed_dim``,
@@ -73,8 +97,9 @@ def dino_step_flops_per_image(arch: str = "vit_small", patch_size: int = 16,
         spec = arch_spec(arch)
         embed_dim, depth, num_heads = spec.embed_dim, spec.depth, spec.num_heads
     if local_crops_number < 0 or n_global < 1:
-        raise ValueError(f"need n_global >= 1 and local_crops_number >= 0, got {n_global}, "
-                         f"{local_crops_number}")
+        raise ValueError(
+            f"need n_global >= 1 and local_crops_number >= 0, got {n_global}, {local_crops_number}"
+        )
     head = dino_head_flops(embed_dim, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers)
 
     def backbone(size: int) -> float:

@@ -33,8 +33,14 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dino_health(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
-                teacher_temp: float, student_temp: float, ncrops: int) -> dict[str, torch.Tensor]:
+def dino_health(
+    student_output: torch.Tensor,
+    teacher_output: torch.Tensor,
+    center: torch.Tensor,
+    teacher_temp: float,
+    student_temp: float,
+    ncrops: int,
+) -> dict[str, torch.Tensor]:
     """0-d float32 tensors (no host sync) describing the teacher targets of one step.
 
     * ``teacher_entropy``: mean over teacher rows of ``H(P_t)``;
@@ -49,8 +55,9 @@ def dino_health(student_output: torch.Tensor, teacher_output: torch.Tensor, cent
     teacher_p = teacher_logp.exp()
     student_logp = F.log_softmax(student_output.float() / student_temp, dim=-1).chunk(ncrops)
     kl_terms = []
-    teacher_views = zip(teacher_p.chunk(N_TEACHER_VIEWS), teacher_logp.chunk(N_TEACHER_VIEWS),
-                        strict=True)
+    teacher_views = zip(
+        teacher_p.chunk(N_TEACHER_VIEWS), teacher_logp.chunk(N_TEACHER_VIEWS), strict=True
+    )
     for iq, (p, logp) in enumerate(teacher_views):
         for v, student_view in enumerate(student_logp):
             if v != iq:
@@ -76,16 +83,21 @@ def collapse_warning(metrics: dict[str, float], out_dim: int) -> str | None:
     per_image = metrics.get("teacher_entropy")
     batch_mean = metrics.get("teacher_batch_entropy", per_image)
     if per_image is None and batch_mean is None:
-        raise KeyError("metrics need 'teacher_entropy' and/or 'teacher_batch_entropy' "
-                       "(see dino_health)")
+        raise KeyError(
+            "metrics need 'teacher_entropy' and/or 'teacher_batch_entropy' (see dino_health)"
+        )
     kl_note = f"; KL(teacher||student) = {metrics['kl']:.4f}" if "kl" in metrics else ""
     if batch_mean is not None and batch_mean < ONE_HOT_FRACTION * max_entropy:
-        return (f"possible one-hot collapse: the batch-mean teacher entropy is {batch_mean:.4f} "
-                f"nats, below {ONE_HOT_FRACTION:.0%} of log K = {max_entropy:.3f} (every image "
-                f"targets the same dimension){kl_note}. Try a lower center_momentum (faster "
-                "centring) or a higher teacher_temp.")
+        return (
+            f"possible one-hot collapse: the batch-mean teacher entropy is {batch_mean:.4f} "
+            f"nats, below {ONE_HOT_FRACTION:.0%} of log K = {max_entropy:.3f} (every image "
+            f"targets the same dimension){kl_note}. Try a lower center_momentum (faster "
+            "centring) or a higher teacher_temp."
+        )
     if per_image is not None and per_image > UNIFORM_FRACTION * max_entropy:
-        return (f"possible uniform collapse: the per-image teacher entropy is {per_image:.4f} "
-                f"nats, above {UNIFORM_FRACTION:.0%} of log K = {max_entropy:.3f} (teacher targets "
-                f"are near uniform){kl_note}. Try a lower teacher_temp (stronger sharpening).")
+        return (
+            f"possible uniform collapse: the per-image teacher entropy is {per_image:.4f} "
+            f"nats, above {UNIFORM_FRACTION:.0%} of log K = {max_entropy:.3f} (teacher targets "
+            f"are near uniform){kl_note}. Try a lower teacher_temp (stronger sharpening)."
+        )
     return None

@@ -57,8 +57,10 @@ def resume_if_possible(ctx: TrainContext, output_dir: Path) -> int:
     for key in ARCHITECTURE_KEYS:
         ours = getattr(ctx.config, key)
         if key in old and old[key] != ours:
-            raise ValueError(f"{path} was trained with {key}={old[key]!r} but this run has "
-                             f"{key}={ours!r}; use another --output_dir or the same {key}")
+            raise ValueError(
+                f"{path} was trained with {key}={old[key]!r} but this run has "
+                f"{key}={ours!r}; use another --output_dir or the same {key}"
+            )
     ctx.student_module.load_state_dict(ckpt["student"])
     ctx.teacher_module.load_state_dict(ckpt["teacher"])
     ctx.optimizer.load_state_dict(ckpt["optimizer"])
@@ -77,10 +79,17 @@ def _epoch_extras(ctx: TrainContext, epoch: int, last_epoch: bool) -> dict[str, 
     if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
         from trainer.eval.knn import knn_evaluate
 
-        results = knn_evaluate(backbone, cfg.knn_train_data, cfg.knn_val_data, ctx.device,
-                               cfg.knn_k, resize=cfg.knn_resize, crop=cfg.knn_crop,
-                               batch_size=cfg.batch_size_per_gpu,
-                               num_workers=min(cfg.num_workers, 4))
+        results = knn_evaluate(
+            backbone,
+            cfg.knn_train_data,
+            cfg.knn_val_data,
+            ctx.device,
+            cfg.knn_k,
+            resize=cfg.knn_resize,
+            crop=cfg.knn_crop,
+            batch_size=cfg.batch_size_per_gpu,
+            num_workers=min(cfg.num_workers, 4),
+        )
         extras.update({f"knn_{k}": v for k, v in results.items()})
     if cfg.probe_images and (epoch % cfg.probe_every == 0 or last_epoch):
         from trainer.eval.probes import save_attention_probes
@@ -91,8 +100,9 @@ def _epoch_extras(ctx: TrainContext, epoch: int, last_epoch: bool) -> dict[str, 
     return extras
 
 
-def save_epoch_outputs(ctx: TrainContext, epoch: int, stats: dict[str, Any],
-                       length: RunLength) -> dict[str, Any]:
+def save_epoch_outputs(
+    ctx: TrainContext, epoch: int, stats: dict[str, Any], length: RunLength
+) -> dict[str, Any]:
     """checkpoint.pth, checkpointNNNN.pth, teacher_backbone.safetensors, extras, a log.txt line."""
     cfg = ctx.config
     out = Path(cfg.output_dir)
@@ -102,17 +112,27 @@ def save_epoch_outputs(ctx: TrainContext, epoch: int, stats: dict[str, Any],
         atomic_torch_save(state, out / CHECKPOINT_NAME)
         if cfg.saveckp_freq and epoch % cfg.saveckp_freq == 0:
             atomic_torch_save(state, out / f"checkpoint{epoch:04d}.pth")
-        export_backbone_safetensors(ctx.teacher_module.backbone, out / BACKBONE_EXPORT_NAME,
-                                    cfg.arch, epoch + 1)
-    log_stats = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch,
-                 **_epoch_extras(ctx, epoch, last_epoch)}
+        export_backbone_safetensors(
+            ctx.teacher_module.backbone, out / BACKBONE_EXPORT_NAME, cfg.arch, epoch + 1
+        )
+    log_stats = {
+        **{f"train_{k}": v for k, v in stats.items()},
+        "epoch": epoch,
+        **_epoch_extras(ctx, epoch, last_epoch),
+    }
     with open(out / "log.txt", "a") as fh:
         fh.write(json.dumps(log_stats) + "\n")
     return log_stats
 
 
-def fit_to_budget(parts: RunParts, budget: TimeBudget, length: RunLength, done: int,
-                  epoch_s: float, pending_s: float) -> RunLength:
+def fit_to_budget(
+    parts: RunParts,
+    budget: TimeBudget,
+    length: RunLength,
+    done: int,
+    epoch_s: float,
+    pending_s: float,
+) -> RunLength:
     """The run's length after ``done`` epochs (rank 0 decides for all).
 
     When it changes, the schedules and the loss's teacher temperatures are rebuilt for it;
@@ -123,18 +143,25 @@ def fit_to_budget(parts: RunParts, budget: TimeBudget, length: RunLength, done: 
     total = dist_utils.broadcast_int(total, ctx.device)
     if total == length.epochs:
         return length
-    logger.info("time budget (%.1f min): %d epochs in all instead of %d (last epoch took %.1f s)",
-                budget.limit_s / 60, total, length.epochs, epoch_s)
+    logger.info(
+        "time budget (%.1f min): %d epochs in all instead of %d (last epoch took %.1f s)",
+        budget.limit_s / 60,
+        total,
+        length.epochs,
+        epoch_s,
+    )
     if total <= done:
         if budget.warmup_epochs >= done:
-            logger.warning("the time budget ends the run within its lr warm-up: "
-                           "the weights are not annealed")
+            logger.warning(
+                "the time budget ends the run within its lr warm-up: the weights are not annealed"
+            )
         return RunLength(done, length.warmup_epochs, length.warmup_teacher_temp_epochs)
     fitted = budget.fit(total)
     cfg = ctx.config
     ctx.schedules = build_schedules(cfg, len(parts.loader), parts.env.world_size, fitted)
-    ctx.dino_loss.set_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp,
-                               fitted.warmup_teacher_temp_epochs, fitted.epochs)
+    ctx.dino_loss.set_schedule(
+        cfg.warmup_teacher_temp, cfg.teacher_temp, fitted.warmup_teacher_temp_epochs, fitted.epochs
+    )
     return fitted
 
 
@@ -151,11 +178,13 @@ def _train_epochs(parts: RunParts, epoch: int, budget: TimeBudget | None) -> dic
         t0 = time.time()
         stats = train_one_epoch(ctx, parts.loader, epoch)
         if budget is not None:  # decided before saving, so the probes know the last epoch
-            length = fit_to_budget(parts, budget, length, epoch + 1, time.time() - t0 + save_s,
-                                   save_s)
+            length = fit_to_budget(
+                parts, budget, length, epoch + 1, time.time() - t0 + save_s, save_s
+            )
         if stats["corrupt_files"]:
-            logger.warning("epoch %d: skipped %d unreadable image file(s)", epoch,
-                           stats["corrupt_files"])
+            logger.warning(
+                "epoch %d: skipped %d unreadable image file(s)", epoch, stats["corrupt_files"]
+            )
         t1 = time.time()
         if dist_utils.is_main_process():
             last = save_epoch_outputs(ctx, epoch, stats, length)

@@ -31,13 +31,22 @@ def _distributed_world_size() -> int:
 class DINOLoss(nn.Module):
     """Cross-entropy between the centred, sharpened teacher and the student, over view pairs."""
 
-    def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
-                 warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
-                 center_momentum: float = 0.9) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        ncrops: int,
+        warmup_teacher_temp: float,
+        teacher_temp: float,
+        warmup_teacher_temp_epochs: int,
+        nepochs: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+    ) -> None:
         super().__init__()
         if ncrops < N_TEACHER_VIEWS:
-            raise ValueError(f"ncrops must be >= {N_TEACHER_VIEWS} (the global crops), "
-                             f"got {ncrops}")
+            raise ValueError(
+                f"ncrops must be >= {N_TEACHER_VIEWS} (the global crops), got {ncrops}"
+            )
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
         self.out_dim = out_dim
@@ -48,15 +57,21 @@ class DINOLoss(nn.Module):
         self.set_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
         self.last_teacher_temp = float(self.teacher_temps[0])
 
-    def set_schedule(self, warmup_teacher_temp: float, teacher_temp: float,
-                     warmup_teacher_temp_epochs: int, nepochs: int) -> None:
+    def set_schedule(
+        self,
+        warmup_teacher_temp: float,
+        teacher_temp: float,
+        warmup_teacher_temp_epochs: int,
+        nepochs: int,
+    ) -> None:
         """(Re)build the per-epoch teacher temperatures: a linear warm-up, then constant.
 
         Called by the constructor, and again when a run's length changes (the time budget);
         the centre and the other state are kept.
         """
-        self.teacher_temps = teacher_temp_schedule(warmup_teacher_temp, teacher_temp,
-                                                   warmup_teacher_temp_epochs, nepochs)
+        self.teacher_temps = teacher_temp_schedule(
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs
+        )
 
     def teacher_temp_at(self, epoch: int) -> float:
         """Teacher temperature for ``epoch`` (epochs past the schedule keep its last value)."""
@@ -67,16 +82,21 @@ class DINOLoss(nn.Module):
     def _check_shapes(self, student_output: torch.Tensor, teacher_output: torch.Tensor) -> None:
         rows = teacher_output.shape[0]
         if rows % N_TEACHER_VIEWS or teacher_output.shape[-1] != self.out_dim:
-            raise ValueError(f"teacher_output must be ({N_TEACHER_VIEWS}*B, {self.out_dim}), "
-                             f"got {tuple(teacher_output.shape)}")
+            raise ValueError(
+                f"teacher_output must be ({N_TEACHER_VIEWS}*B, {self.out_dim}), "
+                f"got {tuple(teacher_output.shape)}"
+            )
         batch = rows // N_TEACHER_VIEWS
         if tuple(student_output.shape) != (self.ncrops * batch, self.out_dim):
-            raise ValueError(f"student_output must be (ncrops*B, out_dim) = "
-                             f"({self.ncrops * batch}, {self.out_dim}), "
-                             f"got {tuple(student_output.shape)}")
+            raise ValueError(
+                f"student_output must be (ncrops*B, out_dim) = "
+                f"({self.ncrops * batch}, {self.out_dim}), "
+                f"got {tuple(student_output.shape)}"
+            )
 
-    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
-                epoch: int) -> torch.Tensor:
+    def forward(
+        self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int
+    ) -> torch.Tensor:
         """Mean cross-view cross-entropy (float32 scalar); also updates the centre."""
         self._check_shapes(student_output, teacher_output)
         temp = self.teacher_temp_at(epoch)

@@ -48,16 +48,25 @@ class LARS(torch.optim.Optimizer):
     arithmetic stays on the device (``torch.where``), so a step has no host sync.
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.0, weight_decay: float = 0.0,
-                 momentum: float = SGD_MOMENTUM, eta: float = 0.001) -> None:
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = SGD_MOMENTUM,
+        eta: float = 0.001,
+    ) -> None:
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or eta <= 0:
-            raise ValueError(f"invalid LARS settings: lr={lr}, weight_decay={weight_decay}, "
-                             f"momentum={momentum} (must be in [0, 1)), eta={eta} (must be > 0)")
+            raise ValueError(
+                f"invalid LARS settings: lr={lr}, weight_decay={weight_decay}, "
+                f"momentum={momentum} (must be in [0, 1)), eta={eta} (must be > 0)"
+            )
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
 
     @staticmethod
-    def _adapt(params: list[torch.Tensor], updates: list[torch.Tensor], weight_decay: float,
-               eta: float) -> list[torch.Tensor]:
+    def _adapt(
+        params: list[torch.Tensor], updates: list[torch.Tensor], weight_decay: float, eta: float
+    ) -> list[torch.Tensor]:
         if weight_decay != 0:
             updates = torch._foreach_add(updates, params, alpha=weight_decay)
         w_norm = torch.stack(torch._foreach_norm(params))
@@ -106,8 +115,9 @@ def _fused_adamw_device(param_groups: list[dict]) -> bool:
     return len(kinds) == 1 and kinds <= set(FUSED_ADAMW_DEVICES)
 
 
-def build_optimizer(name: str, param_groups: list[dict], lr: float = 0.0,
-                    fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, param_groups: list[dict], lr: float = 0.0, fused: bool = False
+) -> torch.optim.Optimizer:
     """``adamw`` (torch AdamW), ``sgd`` (momentum 0.9) or ``lars`` (:class:`LARS`).
 
     ``fused=True`` asks for AdamW's fused kernel (CUDA or CPU); it is used only when every
@@ -120,8 +130,11 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float = 0.0,
         if fused and _fused_adamw_device(param_groups):
             return torch.optim.AdamW(param_groups, lr=lr, fused=True)
         if fused:
-            logger.warning("fused AdamW needs every parameter on one %s device; using the "
-                           "foreach implementation", " or ".join(FUSED_ADAMW_DEVICES))
+            logger.warning(
+                "fused AdamW needs every parameter on one %s device; using the "
+                "foreach implementation",
+                " or ".join(FUSED_ADAMW_DEVICES),
+            )
         return torch.optim.AdamW(param_groups, lr=lr)
     if key == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=SGD_MOMENTUM)

@@ -22,8 +22,14 @@ def _check_count(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
-                     warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+def cosine_scheduler(
+    base_value: float,
+    final_value: float,
+    epochs: int,
+    niter_per_ep: int,
+    warmup_epochs: int = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
     """Linear warm-up then cosine schedule, one value per iteration (``epochs * niter_per_ep``).
 
     Warm-up: ``warmup_epochs * niter_per_ep`` values from ``start_warmup_value`` to
@@ -34,8 +40,10 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
     _check_count("niter_per_ep", niter_per_ep, 1)
     _check_count("warmup_epochs", warmup_epochs, 0)
     if warmup_epochs > epochs:
-        raise ValueError(f"warmup_epochs ({warmup_epochs}) is longer than training "
-                         f"(epochs={epochs}); choose warmup_epochs between 0 and {epochs}")
+        raise ValueError(
+            f"warmup_epochs ({warmup_epochs}) is longer than training "
+            f"(epochs={epochs}); choose warmup_epochs between 0 and {epochs}"
+        )
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
     steps = np.arange(epochs * niter_per_ep - warmup_iters)
@@ -53,8 +61,9 @@ def scaled_lr(lr: float, batch_size_per_gpu: int, world_size: int) -> float:
     return lr * batch_size_per_gpu * world_size / 256.0
 
 
-def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmup_epochs: int,
-                          nepochs: int) -> np.ndarray:
+def teacher_temp_schedule(
+    warmup_teacher_temp: float, teacher_temp: float, warmup_epochs: int, nepochs: int
+) -> np.ndarray:
     """Teacher temperature per epoch: ``linspace(warmup, final, warmup_epochs)`` then constant.
 
     The last warm-up epoch already uses ``teacher_temp`` (``np.linspace`` includes its end),
@@ -63,11 +72,15 @@ def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmu
     _check_count("nepochs", nepochs, 1)
     _check_count("warmup_epochs", warmup_epochs, 0)
     if warmup_epochs > nepochs:
-        raise ValueError(f"warmup_teacher_temp_epochs ({warmup_epochs}) is longer than training "
-                         f"(epochs={nepochs}); choose a value between 0 and {nepochs}")
+        raise ValueError(
+            f"warmup_teacher_temp_epochs ({warmup_epochs}) is longer than training "
+            f"(epochs={nepochs}); choose a value between 0 and {nepochs}"
+        )
     if warmup_teacher_temp <= 0 or teacher_temp <= 0:
-        raise ValueError(f"teacher temperatures must be > 0, got "
-                         f"warmup_teacher_temp={warmup_teacher_temp}, teacher_temp={teacher_temp}")
+        raise ValueError(
+            f"teacher temperatures must be > 0, got "
+            f"warmup_teacher_temp={warmup_teacher_temp}, teacher_temp={teacher_temp}"
+        )
     warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs)
     constant = np.full(nepochs - warmup_epochs, teacher_temp, dtype=np.float64)
     return np.concatenate((warmup, constant))

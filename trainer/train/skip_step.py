@@ -45,8 +45,9 @@ def grads_finite(model: nn.Module, norms: torch.Tensor | None = None) -> torch.T
         if not grads:
             return torch.ones((), dtype=torch.bool)
         device = grads[0].device
-        norms = torch.stack([n.to(device=device, dtype=torch.float32)
-                             for n in torch._foreach_norm(grads)])
+        norms = torch.stack(
+            [n.to(device=device, dtype=torch.float32) for n in torch._foreach_norm(grads)]
+        )
     return torch.isfinite(norms).all()
 
 
@@ -61,8 +62,9 @@ def _fused_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
 _SAVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> reused copies
 
 
-def _save(optimizer: torch.optim.Optimizer,
-          tensors: dict[tuple[int, str], torch.Tensor]) -> dict[tuple[int, str], torch.Tensor]:
+def _save(
+    optimizer: torch.optim.Optimizer, tensors: dict[tuple[int, str], torch.Tensor]
+) -> dict[tuple[int, str], torch.Tensor]:
     """Copies of ``tensors`` in buffers kept from step to step (no allocation per step)."""
     buffers = _SAVED.setdefault(optimizer, {})
     for key, tensor in tensors.items():

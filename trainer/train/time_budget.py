@@ -25,8 +25,9 @@ from trainer.train.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 
-def affordable_epochs(done: int, planned: int, elapsed_s: float, epoch_s: float,
-                      limit_s: float) -> int:
+def affordable_epochs(
+    done: int, planned: int, elapsed_s: float, epoch_s: float, limit_s: float
+) -> int:
     """Total epochs that fit: ``done`` plus as many ``epoch_s``-long epochs as the time left allows.
 
     Clamped to ``[done, planned]``; no limit (``limit_s <= 0``) gives ``planned``.
@@ -66,8 +67,13 @@ class TimeBudget:
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, started_s: float) -> TimeBudget:
-        return cls(cfg.time_limit_minutes * 60.0, started_s, cfg.epochs, cfg.warmup_epochs,
-                   cfg.warmup_teacher_temp_epochs)
+        return cls(
+            cfg.time_limit_minutes * 60.0,
+            started_s,
+            cfg.epochs,
+            cfg.warmup_epochs,
+            cfg.warmup_teacher_temp_epochs,
+        )
 
     def epochs_after(self, done: int, now_s: float, epoch_s: float, pending_s: float = 0.0) -> int:
         """Total epochs to run, given ``done`` finished epochs and the last one's duration.
@@ -91,5 +97,8 @@ class TimeBudget:
         last epoch follows the cosine (the lr warm-up never takes the whole run)."""
         if not 1 <= epochs <= self.planned_epochs:
             raise ValueError(f"epochs must be in [1, {self.planned_epochs}], got {epochs}")
-        return RunLength(epochs, min(self.warmup_epochs, epochs - 1),
-                         min(self.warmup_teacher_temp_epochs, epochs))
+        return RunLength(
+            epochs,
+            min(self.warmup_epochs, epochs - 1),
+            min(self.warmup_teacher_temp_epochs, epochs),
+        )
