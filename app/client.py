@@ -229,7 +229,8 @@ class BackendClient:
         gt_mask: ImageInput | None = None,
         **explore: Any,
     ) -> dict[str, Any]:
-        """``POST /attention`` (JSON): per-head maps, masks, coverage, overlays, IoU with ``gt_mask``.
+        """``POST /attention`` (JSON): per-head maps, masks, coverage, overlays, IoU with
+        ``gt_mask``.
 
         ``explore`` takes the explorer fields of docs/API.md: ``layer``, ``query`` ((row, col) or
         "row,col"), ``composite``, ``heads`` (list of ints), ``pca``, ``overlay_format``.
@@ -244,7 +245,8 @@ class BackendClient:
         for key in ("model", "num_heads", "attentions", "masks", "coverage"):
             if key not in body:
                 raise BackendError(
-                    f"The service's /attention reply lacks {key!r}; is it the DINO attention service?"
+                    f"The service's /attention reply lacks {key!r}; "
+                    "is it the DINO attention service?"
                 )
         return body
 

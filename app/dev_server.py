@@ -1,4 +1,5 @@
-"""``python -m app.dev_server`` (what ``make run`` calls): the service and the web app, together, on loopback.
+"""``python -m app.dev_server`` (what ``make run`` calls): the service and the web app,
+together, on loopback.
 
 Starts ``python -m backend`` on 127.0.0.1:8000 and ``python -m app`` on 127.0.0.1:7860 as child
 processes, waits until the service answers ``/readyz`` and the page answers, prints both addresses,
@@ -45,7 +46,8 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def start_children(host: str, backend_port: int, app_port: int) -> dict[str, subprocess.Popen]:
-    """Both servers in their own sessions, so Ctrl-C reaches only this process, which then stops them."""
+    """Both servers in their own sessions, so Ctrl-C reaches only this process, which then stops
+    them."""
     backend_env = {**os.environ, "DINO_HOST": host, "DINO_PORT": str(backend_port)}
     app_env = {
         **os.environ,
@@ -97,8 +99,11 @@ def wait_until_ready(
     timeout: float,
     stopping: Callable[[], bool],
 ) -> str | None:
-    """None once every url answers 200; else why not (a child exited, timeout, or stop requested)."""
-    deadline, last_note, pending = time.monotonic() + timeout, 0.0, dict(urls)
+    """None once every url answers 200; else why not (a child exited, timeout, or stop
+    requested)."""
+    deadline = time.monotonic() + timeout
+    last_note = 0.0
+    pending = dict(urls)
     while pending:
         for name, proc in children.items():
             if proc.poll() is not None:
@@ -129,21 +134,27 @@ def _install_stop_handlers() -> Callable[[], bool]:
     return lambda: flag["stop"]
 
 
-def run(args: argparse.Namespace) -> int:
+def _ports_free(args: argparse.Namespace) -> bool:
+    """Whether both ports are free; else say which one is taken and how to pick another."""
     for name, port in (("service", args.backend_port), ("web app", args.app_port)):
         if port_in_use(args.host, port):
             print(
-                f"port {port} on {args.host} is already in use (wanted for the {name}); stop what uses it "
+                f"port {port} on {args.host} is already in use (wanted for the {name}); "
+                "stop what uses it "
                 f"or pass --{'backend' if name == 'service' else 'app'}-port",
                 file=sys.stderr,
             )
-            return 2
+            return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    if not _ports_free(args):
+        return 2
     stopping = _install_stop_handlers()
     children = start_children(args.host, args.backend_port, args.app_port)
-    backend_url, app_url = (
-        f"http://{args.host}:{args.backend_port}",
-        f"http://{args.host}:{args.app_port}",
-    )
+    backend_url = f"http://{args.host}:{args.backend_port}"
+    app_url = f"http://{args.host}:{args.app_port}"
     try:
         problem = wait_until_ready(
             children,

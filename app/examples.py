@@ -1,4 +1,5 @@
-"""Built-in example photos that work offline: scikit-image's bundled sample images, saved as files."""
+"""Built-in example photos that work offline: scikit-image's bundled sample images, saved as
+files."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-# Photos shipped inside the scikit-image wheel (no download), each with an obvious foreground object.
+# Photos shipped inside the scikit-image wheel (no download), each with an obvious foreground
+# object.
 EXAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
 

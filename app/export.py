@@ -4,15 +4,17 @@ The arrays are rebuilt from the JSON reply the page is showing, so the download 
 screen exactly and needs no second trip to the service. Layout of the archive::
 
     overlays/image.png  overlays/mean.png  overlays/head_00.png ..  overlays/mask_00.png ..
-                        [overlays/query_head_00.png .. overlays/query_mean.png] [overlays/composite.png]
-                        [overlays/pca.png overlays/pca_fg.png]  (.jpg / .webp when the service sent those)
+                        [overlays/query_head_00.png .. overlays/query_mean.png]
+                        [overlays/composite.png] [overlays/pca.png overlays/pca_fg.png]
+                        (.jpg / .webp when the service sent those)
     attention.npz       attentions (heads, gh, gw) float32, mean_attention (gh, gw) float32,
                         masks (heads, gh, gw) uint8, coverage (heads,) float32, [iou (heads,)],
                         [query_attentions (heads, gh, gw), query_mean (gh, gw)] float32,
-                        [pca_rgb (gh, gw, 3) float32, pca_fg (gh, gw) uint8], [composite_colors (k, 3) uint8],
+                        [pca_rgb (gh, gw, 3) float32, pca_fg (gh, gw) uint8],
+                        [composite_colors (k, 3) uint8],
                         meta (JSON string of the scalar fields)
-    result.json         model, arch, trained, source, grid, image size, block, query patch, composite heads
-                        and colours, parameters, per-head numbers
+    result.json         model, arch, trained, source, grid, image size, block, query patch,
+                        composite heads and colours, parameters, per-head numbers
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def safe_name(text: str) -> str:
 def build_zip(
     result: dict[str, Any], request: dict[str, Any], out_dir: str | Path | None = None
 ) -> Path:
-    """Write the archive for one analysis and return its path (in a fresh temp folder by default)."""
+    """Write the archive for one analysis and return its path (in a fresh temp folder by
+    default)."""
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="dino-app-"))
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_name(Path(str(request.get("image_name") or "image")).stem)

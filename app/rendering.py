@@ -52,7 +52,8 @@ def head_label(index: int) -> str:
 
 
 def processed_image(result: dict[str, Any]) -> Image.Image:
-    """The input image as the model saw it (resized and cropped), so every overlay aligns with it."""
+    """The input image as the model saw it (resized and cropped), so every overlay aligns with
+    it."""
     return decode_png(_overlays(result)["image"])
 
 
@@ -76,7 +77,8 @@ def mask_gallery(result: dict[str, Any]) -> GalleryItems:
 
 
 def query_gallery(result: dict[str, Any]) -> GalleryItems:
-    """The query patch's attention per head (patch outlined by the service), or nothing without a query."""
+    """The query patch's attention per head (patch outlined by the service), or nothing without a
+    query."""
     overlays = _overlays(result)
     return [
         (decode_png(png), head_label(i)) for i, png in enumerate(overlays.get("query_heads") or [])
@@ -94,17 +96,25 @@ def query_text(result: dict[str, Any]) -> str:
     query = result.get("query")
     layer = result.get("layer", "?")
     if not query:
-        return f"Block {layer}: click a patch of the image to see what it attends to (the CLS token is shown above)."
-    return f"Block {layer}: attention **from patch row {query[0]}, col {query[1]}** (outlined in cyan) to every patch."
+        return (
+            f"Block {layer}: click a patch of the image to see what it attends to "
+            "(the CLS token is shown above)."
+        )
+    return (
+        f"Block {layer}: attention **from patch row {query[0]}, col {query[1]}** "
+        "(outlined in cyan) to every patch."
+    )
 
 
 def composite_legend(result: dict[str, Any]) -> str:
     """HTML swatches naming the colour of each head in the composite."""
-    heads, colors = result.get("composite_heads") or [], result.get("composite_colors") or []
+    heads = result.get("composite_heads") or []
+    colors = result.get("composite_colors") or []
     if not colors:
         return "<div class='composite-legend'>Tick at least one head to draw the composite.</div>"
     items = "".join(
-        f"<span class='swatch-item'><span class='swatch' style='background: rgb({r}, {g}, {b})'></span>"
+        "<span class='swatch-item'>"
+        f"<span class='swatch' style='background: rgb({r}, {g}, {b})'></span>"
         f"{head_label(h)}</span>"
         for h, (r, g, b) in zip(heads, colors, strict=False)
     )
@@ -112,7 +122,8 @@ def composite_legend(result: dict[str, Any]) -> str:
 
 
 def coverage_table(result: dict[str, Any]) -> pd.DataFrame:
-    """Per head: fraction of patches kept, number kept, and IoU against the ground truth when given."""
+    """Per head: fraction of patches kept, number kept, and IoU against the ground truth when
+    given."""
     masks = np.asarray(result["masks"])
     table = pd.DataFrame(
         {
@@ -131,7 +142,10 @@ def best_head_text(result: dict[str, Any]) -> str:
     if result.get("iou") is None:
         return "Upload a ground-truth mask to see the IoU of each head and the best head."
     best = int(result["best_head"])
-    return f"**Best head: {head_label(best)}** (IoU {float(result['best_iou']):.3f} against the ground-truth mask)"
+    return (
+        f"**Best head: {head_label(best)}** (IoU {float(result['best_iou']):.3f} "
+        "against the ground-truth mask)"
+    )
 
 
 def weights_word(trained: bool | None) -> str:
@@ -143,7 +157,8 @@ def weights_word(trained: bool | None) -> str:
 
 
 def card_text(summary: object, limit: int | None = None) -> str:
-    """A model card summary on one line ("" when absent), cut to ``limit`` characters ending in "…"."""
+    """A model card summary on one line ("" when absent), cut to ``limit`` characters ending in
+    "…"."""
     if not isinstance(summary, str):
         return ""
     text = " ".join(summary.split())
@@ -168,8 +183,9 @@ def status_text(result: dict[str, Any]) -> str:
     if result.get("cached"):
         took += " (maps from the cache: no model run)"
     return (
-        f"Showing **{result['model']}** ({result.get('arch', '?')}, patch {result.get('patch_size', '?')}, "
-        f"{result['num_heads']} heads): {weights_text(result.get('trained'), result.get('summary'))}. "
+        f"Showing **{result['model']}** ({result.get('arch', '?')}, "
+        f"patch {result.get('patch_size', '?')}, {result['num_heads']} heads): "
+        f"{weights_text(result.get('trained'), result.get('summary'))}. "
         f"Image {w}×{h} px, grid {gw}×{gh} patches, block {result.get('layer', 'last')}, "
         f"threshold {params.get('threshold', '?')}{took}." + register_note(result)
     )
@@ -183,7 +199,8 @@ def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _titled(image: Image.Image | None, title: str, height: int, width: int) -> Image.Image:
-    """``image`` scaled to ``height`` with a title strip above; a grey panel when ``image`` is None."""
+    """``image`` scaled to ``height`` with a title strip above; a grey panel when ``image`` is
+    None."""
     if image is None:
         body = Image.new("RGB", (width, height), (60, 60, 60))
     else:
@@ -198,7 +215,8 @@ def _titled(image: Image.Image | None, title: str, height: int, width: int) -> I
 def side_by_side(
     left: Image.Image | None, right: Image.Image | None, left_title: str, right_title: str
 ) -> Image.Image:
-    """Two panels at the same height, titled, with a white gap; a missing one is a grey placeholder."""
+    """Two panels at the same height, titled, with a white gap; a missing one is a grey
+    placeholder."""
     present = [im for im in (left, right) if im is not None]
     if not present:
         raise RenderError("nothing to compare: both panels are empty")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import html
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from app import handlers, video_client
+from app import handlers, model_handlers, video_client
 from app.client import BackendClient
 
 VIDEO_TYPES = [".mp4", ".webm", ".mov", ".gif", ".mkv", ".m4v", ".avi"]
@@ -32,17 +32,23 @@ VideoView = tuple[str, str, str, Any, Any, Any]
 
 
 def progress_html(status: dict[str, Any] | None) -> str:
-    """A ``<progress>`` bar with ``frames_done`` of ``frames_total`` and the job's state and times."""
+    """A ``<progress>`` bar with ``frames_done`` of ``frames_total`` and the job's state and
+    times."""
     if not status:
-        return '<div id="video-progress-box"><progress id="video-progress" max="1" value="0"></progress></div>'
-    done, total = int(status.get("frames_done") or 0), max(int(status.get("frames_total") or 0), 1)
+        return (
+            '<div id="video-progress-box">'
+            '<progress id="video-progress" max="1" value="0"></progress></div>'
+        )
+    done = int(status.get("frames_done") or 0)
+    total = max(int(status.get("frames_total") or 0), 1)
     text = f"{status.get('state', '?')}: {done} / {total} frames"
     if status.get("eta_s") is not None and status.get("state") == "running":
         text += f", about {float(status['eta_s']):.0f} s left"
     if status.get("state") == "done":
         text += f" in {float(status.get('elapsed_s') or 0):.1f} s"
     return (
-        f'<div id="video-progress-box"><progress id="video-progress" max="{total}" value="{done}"></progress>'
+        '<div id="video-progress-box">'
+        f'<progress id="video-progress" max="{total}" value="{done}"></progress>'
         f' <span id="video-progress-text">{html.escape(text)}</span></div>'
     )
 
@@ -115,6 +121,25 @@ def _finished(client: BackendClient, status: dict[str, Any], out_dir: Path) -> V
     return progress_html(status), text, job, str(source), str(result), [str(result), str(arrays)]
 
 
+def _follow_job(client: BackendClient, job: str) -> Generator[VideoView, None, dict[str, Any]]:
+    """Yield progress while the job is queued or running; return its final status."""
+    while True:
+        status = handlers.readable_errors(
+            "follow the video job", lambda: video_client.job_status(client, job)
+        )
+        if status["state"] not in ("queued", "running"):
+            return status
+        yield (
+            progress_html(status),
+            f"Job `{job}` is {status['state']}.",
+            job,
+            gr.skip(),
+            gr.skip(),
+            gr.skip(),
+        )
+        time.sleep(POLL_S)
+
+
 def run_video(
     client: BackendClient,
     video: str | None,
@@ -139,21 +164,7 @@ def run_video(
             int(image_size),
         ),
     )
-    while True:
-        status = handlers.readable_errors(
-            "follow the video job", lambda: video_client.job_status(client, job)
-        )
-        if status["state"] not in ("queued", "running"):
-            break
-        yield (
-            progress_html(status),
-            f"Job `{job}` is {status['state']}.",
-            job,
-            gr.skip(),
-            gr.skip(),
-            gr.skip(),
-        )
-        time.sleep(POLL_S)
+    status = yield from _follow_job(client, job)
     if status["state"] == "cancelled":
         yield progress_html(status), f"Job `{job}` was cancelled.", job, None, None, None
         return
@@ -186,7 +197,7 @@ def build_video_tab(demo: gr.Blocks, client: BackendClient) -> dict[str, Any]:
             outs = video_outputs()
 
     def models() -> Any:
-        return handlers.list_models(client)[0]
+        return model_handlers.list_models(client)[0]
 
     def run(
         video: str | None,

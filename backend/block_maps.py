@@ -19,7 +19,8 @@ from trainer.model.feature_pca import patch_pca
 
 @dataclass
 class RawMaps:
-    """Block ``layer``'s CLS row (and a query patch's row) over all tokens, and optionally the PCA."""
+    """Block ``layer``'s CLS row (and a query patch's row) over all tokens, and optionally the
+    PCA."""
 
     layer: int
     grid: tuple[int, int]
@@ -59,7 +60,8 @@ def compute_block_maps(
     query: tuple[int, int] | None,
     pca: bool,
 ) -> RawMaps:
-    """Run ``model`` on one normalised image ``(1, 3, h, w)`` up to block ``layer`` (already resolved).
+    """Run ``model`` on one normalised image ``(1, 3, h, w)`` up to block ``layer`` (already
+    resolved).
 
     The caller provides ``inference_mode``, autocast and the device placement.
     """
@@ -74,12 +76,14 @@ def compute_block_maps(
         raw.query_rows = np.ascontiguousarray(attn[:, 1])
     if pca and out.tokens is not None:
         picture = patch_pca(out.tokens[0, num_prefix:].float().cpu(), grid)
-        raw.pca_rgb, raw.pca_fg = picture.rgb.numpy(), picture.foreground.numpy()
+        raw.pca_rgb = picture.rgb.numpy()
+        raw.pca_fg = picture.foreground.numpy()
     return raw
 
 
 def composite_colors(count: int) -> list[list[int]]:
-    """``count`` distinct saturated colours, hues evenly spaced (as the authors' ``random_colors``, unshuffled)."""
+    """``count`` distinct saturated colours, hues evenly spaced (as the authors' ``random_colors``,
+    unshuffled)."""
     colors = []
     for i in range(count):
         hsv = Image.new("HSV", (1, 1), (round(255 * i / max(count, 1)) % 256, 255, 255))

@@ -28,35 +28,43 @@ class ServiceError(Exception):
 
 
 class BadImage(ServiceError):
-    status, code = 400, "bad_image"
+    status = 400
+    code = "bad_image"
 
 
 class BadRequest(ServiceError):
-    status, code = 400, "bad_request"
+    status = 400
+    code = "bad_request"
 
 
 class UnknownModel(ServiceError):
-    status, code = 404, "unknown_model"
+    status = 404
+    code = "unknown_model"
 
 
 class TooLarge(ServiceError):
-    status, code = 413, "too_large"
+    status = 413
+    code = "too_large"
 
 
 class NotAnImage(ServiceError):
-    status, code = 415, "not_an_image"
+    status = 415
+    code = "not_an_image"
 
 
 class InvalidParameter(ServiceError):
-    status, code = 422, "invalid_parameter"
+    status = 422
+    code = "invalid_parameter"
 
 
 class ModelUnavailable(ServiceError):
-    status, code = 503, "model_unavailable"
+    status = 503
+    code = "model_unavailable"
 
 
 class Busy(ServiceError):
-    status, code = 503, "busy"
+    status = 503
+    code = "busy"
 
 
 def error_response(

@@ -1,4 +1,5 @@
-"""The explorer's extra views of one analysis: the query patch's maps, the colour composite, the PCA.
+"""The explorer's extra views of one analysis: the query patch's maps, the colour composite, the
+PCA.
 
 All are derived from a cached :class:`~backend.block_maps.RawMaps` and the thresholded masks, so a
 new threshold or head choice redraws them without running the model.
@@ -67,7 +68,8 @@ def check_heads(heads: list[int] | None, num_heads: int) -> list[int]:
 def derive_extras(raw: RawMaps, heads: list[int], with_composite: bool, with_pca: bool) -> Extras:
     out = Extras(heads=heads, query=raw.query)
     if with_pca:
-        out.pca_rgb, out.pca_fg = raw.pca_rgb, raw.pca_fg
+        out.pca_rgb = raw.pca_rgb
+        out.pca_fg = raw.pca_fg
     query_maps = raw.query_maps()
     if query_maps is not None:
         out.query_attentions = query_maps
@@ -81,7 +83,8 @@ def static_overlays(
     image: np.ndarray, maps: MapSet, extras: Extras, patch: int, fmt: str
 ) -> dict[str, object]:
     """The pictures a new threshold or head choice leaves as they are (the map cache keeps them):
-    the image, CLS heat maps and mean, query heat maps and mean (patch outlined), PCA and its foreground."""
+    the image, CLS heat maps and mean, query heat maps and mean (patch outlined), PCA and its
+    foreground."""
     stack = [maps.attentions, maps.mean_attention[None]]
     if extras.query_attentions is not None and extras.query_mean is not None:
         stack += [extras.query_attentions, extras.query_mean[None]]

@@ -61,18 +61,21 @@ def open_checked(data: bytes, max_bytes: int, max_pixels: int, what: str = "imag
         raise BadImage(f"{what} has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise TooLarge(
-            f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels",
+            f"{what} is {width}x{height} = {width * height} pixels; "
+            f"the limit is {max_pixels} pixels",
             code="too_many_pixels",
         )
     return img
 
 
 def _wide_to_uint8(arr: np.ndarray, sixteen_bit: bool) -> np.ndarray:
-    """16-bit / 32-bit / float grey levels -> 0..255 (integers by their bit range, floats min-max)."""
+    """16-bit / 32-bit / float grey levels -> 0..255 (integers by their bit range, floats
+    min-max)."""
     is_float = np.issubdtype(arr.dtype, np.floating)
     arr = arr.astype(np.float64)
     if is_float:
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        lo = float(np.nanmin(arr))
+        hi = float(np.nanmax(arr))
         arr = (np.nan_to_num(arr, nan=lo) - lo) / max(hi - lo, 1e-12)
     else:
         arr = arr / (65535.0 if sixteen_bit or arr.max(initial=0) > 255 else 255.0)
@@ -115,7 +118,8 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, what: str = "imag
 
 
 def resized_size(width: int, height: int, image_size: int, resize: str) -> tuple[int, int]:
-    """(w, h) after the resize step: square, or short side = ``image_size`` (torchvision's rounding)."""
+    """(w, h) after the resize step: square, or short side = ``image_size`` (torchvision's
+    rounding)."""
     if resize == "square":
         return image_size, image_size
     if resize != "keep_aspect":
@@ -145,7 +149,8 @@ def check_processed_size(
     if rw * rh > max_side * max_side:
         raise TooLarge(
             f"the resized image would be {rw}x{rh} = {rw * rh} pixels; the limit is "
-            f"{max_side}x{max_side} (DINO_MAX_IMAGE_SIZE); use a smaller image_size or resize=square",
+            f"{max_side}x{max_side} (DINO_MAX_IMAGE_SIZE); "
+            "use a smaller image_size or resize=square",
             code="processed_too_large",
         )
 
@@ -161,7 +166,8 @@ def prepare(
     """Resize (bilinear, like the authors' ``transforms.Resize`` in both modes), crop, normalise."""
     rw, rh = resized_size(img.width, img.height, image_size, resize)
     resized = img.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != img.size else img
-    w, h = rw - rw % patch, rh - rh % patch
+    w = rw - rw % patch
+    h = rh - rh % patch
     cropped = resized.crop((0, 0, w, h)) if (w, h) != (rw, rh) else resized
     arr = np.asarray(cropped, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
@@ -172,7 +178,8 @@ def prepare(
 def decode_mask(
     data: bytes, max_bytes: int, max_pixels: int, image_wh: tuple[int, int]
 ) -> Image.Image:
-    """A ground-truth mask as mode "L"; same size as the image or the same aspect (1 % tolerance)."""
+    """A ground-truth mask as mode "L"; same size as the image or the same aspect (1 %
+    tolerance)."""
     mask = decode_image(data, max_bytes, max_pixels, what="gt_mask").convert("L")
     (mw, mh), (iw, ih) = mask.size, image_wh
     if (mw, mh) != (iw, ih) and abs(mw * ih - mh * iw) > 0.01 * iw * mh:

@@ -1,4 +1,5 @@
-"""Background jobs of ``POST /attention/video``: their state, their folder on disk, limits and expiry.
+"""Background jobs of ``POST /attention/video``: their state, their folder on disk, limits and
+expiry.
 
 Each job lives in ``<cache_dir>/jobs/<id>/``: ``job.json`` (its public state, rewritten atomically
 at every state change), the upload, and once done the results. A service that starts finds the
@@ -31,15 +32,18 @@ JOB_FILE = "job.json"
 
 
 class JobNotFound(ServiceError):
-    status, code = 404, "unknown_job"
+    status = 404
+    code = "unknown_job"
 
 
 class JobNotDone(ServiceError):
-    status, code = 409, "job_not_done"
+    status = 409
+    code = "job_not_done"
 
 
 class TooManyJobs(ServiceError):
-    status, code = 429, "too_many_jobs"
+    status = 429
+    code = "too_many_jobs"
 
 
 @dataclass
@@ -104,7 +108,9 @@ class JobStore:
         self, root: Path, ttl_s: float, per_client: int, max_jobs: int, workers: int = 1
     ) -> None:
         self.root = Path(root)
-        self.ttl_s, self.per_client, self.max_jobs = ttl_s, per_client, max_jobs
+        self.ttl_s = ttl_s
+        self.per_client = per_client
+        self.max_jobs = max_jobs
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="video-job")
@@ -139,7 +145,9 @@ class JobStore:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             if job.state in ACTIVE:
-                job.state, job.error, job.finished_at = "failed", RESTARTED, time.time()
+                job.state = "failed"
+                job.error = RESTARTED
+                job.finished_at = time.time()
                 self.save(job)
             self._jobs[job.id] = job
         self.sweep()
@@ -196,16 +204,20 @@ class JobStore:
         return job
 
     def start(self, job: Job, frames_total: int) -> None:
-        job.state, job.started_at, job.frames_total = "running", time.time(), frames_total
+        job.state = "running"
+        job.started_at = time.time()
+        job.frames_total = frames_total
         self.save(job)
 
     def finish(self, job: Job, state: str, error: str | None = None) -> None:
-        """Record the end of a job; while the service stops, unfinished jobs keep their state on disk
-        (the next start marks them failed)."""
+        """Record the end of a job; while the service stops, unfinished jobs keep their state on
+        disk (the next start marks them failed)."""
         with self._lock:
             if job.state in FINISHED or self._stopping.is_set():
                 return
-            job.state, job.error, job.finished_at = state, error, time.time()
+            job.state = state
+            job.error = error
+            job.finished_at = time.time()
             if job.id in self._jobs:
                 self.save(job)
 

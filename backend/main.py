@@ -38,7 +38,8 @@ def _add_ops_routes(app: FastAPI, service: AttentionService) -> None:
     def readyz() -> Response:
         if service.ready:
             return JSONResponse({"ready": True, "default_model": service.default_model})
-        detail = f"default model {service.default_model!r} is not loaded: {service.default_error or 'starting'}"
+        reason = service.default_error or "starting"
+        detail = f"default model {service.default_model!r} is not loaded: {reason}"
         return JSONResponse(
             {
                 "ready": False,
@@ -77,7 +78,8 @@ def _add_attention_routes(app: FastAPI, service: AttentionService) -> None:
         openapi_extra=request_body_schema(False, settings.max_batch),
     )
     def attention(request: Request, parsed: ParsedRequest = Depends(parse_single)) -> Response:
-        """Per-head last-block CLS attention, masks, overlays and IoU for one image (see docs/API.md)."""
+        """Per-head last-block CLS attention, masks, overlays and IoU for one image (see
+        docs/API.md)."""
         loaded = service.model_for(parsed.params)
         request.state.model = loaded.entry.id
         result = service.analyse(loaded, parsed.params, parsed.images[0], parsed.gt_mask)

@@ -69,7 +69,8 @@ class ServiceMetrics:
 class MetricsMiddleware:
     """Pure ASGI (so exceptions keep their handlers): counts and times every HTTP request.
 
-    The route template is the ``endpoint`` label; handlers put the model id in ``request.state.model``.
+    The route template is the ``endpoint`` label; handlers put the model id in
+    ``request.state.model``.
     """
 
     def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
@@ -80,7 +81,8 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, seen = time.perf_counter(), {"status": 500, "code": ""}
+        start = time.perf_counter()
+        seen = {"status": 500, "code": ""}
 
         async def observing_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

@@ -60,9 +60,11 @@ def upsample(maps: np.ndarray, patch: int) -> np.ndarray:
 def heat_batch(
     base: np.ndarray, maps: np.ndarray, patch: int, cmap: str = DEFAULT_COLORMAP
 ) -> np.ndarray:
-    """``(n, h, w, 3)`` uint8: each min-max-normalised map of ``(n, gh, gw)`` blended over ``base``."""
+    """``(n, h, w, 3)`` uint8: each min-max-normalised map of ``(n, gh, gw)`` blended over
+    ``base``."""
     flat = maps.reshape(maps.shape[0], -1).astype(np.float32)
-    lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    lo = flat.min(1, keepdims=True)
+    hi = flat.max(1, keepdims=True)
     norm = (flat - lo) / np.maximum(hi - lo, 1e-12)
     idx = np.clip((norm * 256).astype(np.int64), 0, 255).reshape(maps.shape)
     colored = _lut(cmap)[idx] * HEAT_ALPHA  # n, gh, gw, 3
@@ -73,7 +75,8 @@ def heat_batch(
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Pixels of each ``(..., h, w)`` mask touching a pixel outside it (the border counts as outside)."""
+    """Pixels of each ``(..., h, w)`` mask touching a pixel outside it (the border counts as
+    outside)."""
     pad = [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]
     m = np.pad(mask, pad, constant_values=False)
     interior = (
@@ -88,10 +91,10 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _outline_templates(patch: int) -> np.ndarray:
-    """``(256, patch, patch)`` 2-pixel outlines of one kept patch, indexed by which neighbours are dropped
-    (or beyond the border): bits 0-3 the top, bottom, left, right sides (a 2-pixel band inwards), bits 4-7
-    the top-left, top-right, bottom-left, bottom-right diagonals (that corner pixel), as
-    :func:`~trainer.model.attention_maps.mask_overlay` draws them."""
+    """``(256, patch, patch)`` 2-pixel outlines of one kept patch, indexed by which neighbours are
+    dropped (or beyond the border): bits 0-3 the top, bottom, left, right sides (a 2-pixel band
+    inwards), bits 4-7 the top-left, top-right, bottom-left, bottom-right diagonals (that corner
+    pixel), as :func:`~trainer.model.attention_maps.mask_overlay` draws them."""
     out = np.zeros((256, patch, patch), dtype=bool)
     corners = ((0, 0), (0, patch - 1), (patch - 1, 0), (patch - 1, patch - 1))
     for flags in range(256):
@@ -106,7 +109,8 @@ def _outline_templates(patch: int) -> np.ndarray:
 
 
 def _grid_outline(masks: np.ndarray, patch: int) -> np.ndarray:
-    """The 2-pixel outline of upsampled patch masks ``(n, gh, gw)``, built patch by patch (``patch >= 4``)."""
+    """The 2-pixel outline of upsampled patch masks ``(n, gh, gw)``, built patch by patch (``patch
+    >= 4``)."""
     m = np.pad(masks, [(0, 0), (1, 1), (1, 1)], constant_values=False)
     inner = m[:, 1:-1, 1:-1]
     near = (
@@ -132,7 +136,8 @@ def mask_batch(
     width: int = 2,
     color: tuple[int, int, int] = OUTLINE_RGB,
 ) -> np.ndarray:
-    """``(n, h, w, 3)`` uint8: the kept part of ``base`` at full brightness, the rest dimmed, outlined."""
+    """``(n, h, w, 3)`` uint8: the kept part of ``base`` at full brightness, the rest dimmed,
+    outlined."""
     masks = masks.astype(bool)
     keep = upsample(masks, patch)
     dimmed = (base.astype(np.float32) * MASK_DIM).astype(np.uint8)
@@ -150,8 +155,10 @@ def mask_batch(
 def mark_patch(
     pictures: np.ndarray, cell: tuple[int, int], patch: int, width: int = 2
 ) -> np.ndarray:
-    """Outline grid cell ``cell`` = (row, col) in ``QUERY_MARK_RGB`` on ``(..., h, w, 3)`` pictures."""
-    r0, c0 = cell[0] * patch, cell[1] * patch
+    """Outline grid cell ``cell`` = (row, col) in ``QUERY_MARK_RGB`` on ``(..., h, w, 3)``
+    pictures."""
+    r0 = cell[0] * patch
+    c0 = cell[1] * patch
     w = max(1, min(width, patch // 2))
     out = pictures.copy()
     for rows, cols in (
@@ -171,7 +178,8 @@ def composite(
     patch: int,
     alpha: float = COMPOSITE_ALPHA,
 ) -> np.ndarray:
-    """The paper's Figure 3: each mask of ``(k, gh, gw)`` blended in its colour, one after the other."""
+    """The paper's Figure 3: each mask of ``(k, gh, gw)`` blended in its colour, one after the
+    other."""
     out = base.astype(np.float32)
     keep = upsample(masks.astype(bool), patch)
     for mask, color in zip(keep, colors, strict=True):
@@ -181,6 +189,7 @@ def composite(
 
 
 def pca_picture(rgb: np.ndarray, patch: int) -> np.ndarray:
-    """``(h, w, 3)`` uint8 of the PCA colours ``(gh, gw, 3)`` in [0, 1], one flat square per patch."""
+    """``(h, w, 3)`` uint8 of the PCA colours ``(gh, gw, 3)`` in [0, 1], one flat square per
+    patch."""
     pixels = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
     return pixels.repeat(patch, axis=0).repeat(patch, axis=1)

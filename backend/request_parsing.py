@@ -19,7 +19,8 @@ FILE_FIELDS = ("image", "images", "gt_mask")
 
 
 class UnsupportedMediaType(ServiceError):
-    status, code = 415, "unsupported_media_type"
+    status = 415
+    code = "unsupported_media_type"
 
 
 @dataclass

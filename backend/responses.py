@@ -16,7 +16,8 @@ from backend.service import Analysis, best_head
 
 
 def _meta(a: Analysis) -> dict[str, Any]:
-    info, entry = a.loaded.info, a.loaded.entry
+    info = a.loaded.info
+    entry = a.loaded.entry
     w, h = a.prepared.image.size
     return {
         "model": entry.id,
@@ -60,13 +61,16 @@ def analysis_dict(a: Analysis) -> dict[str, Any]:
 
 def _extras_arrays(a: Analysis) -> dict[str, np.ndarray]:
     """The optional arrays of the reply: query maps, PCA picture and foreground."""
-    e, out = a.extras, {}
+    e = a.extras
+    out = {}
     if e is None:
         return out
     if e.query_attentions is not None and e.query_mean is not None:
-        out["query_attentions"], out["query_mean"] = e.query_attentions, e.query_mean
+        out["query_attentions"] = e.query_attentions
+        out["query_mean"] = e.query_mean
     if e.pca_rgb is not None and e.pca_fg is not None:
-        out["pca_rgb"], out["pca_fg"] = e.pca_rgb, e.pca_fg.astype(np.uint8)
+        out["pca_rgb"] = e.pca_rgb
+        out["pca_fg"] = e.pca_fg.astype(np.uint8)
     return out
 
 
@@ -99,7 +103,8 @@ def _arrays(a: Analysis, prefix: str = "") -> dict[str, np.ndarray]:
         meta["composite_heads"] = a.extras.heads
     if a.iou is not None:
         arrays["iou"] = np.asarray(a.iou, dtype=np.float32)
-        meta["best_head"], meta["best_iou"] = best_head(a.iou), a.iou[best_head(a.iou)]
+        meta["best_head"] = best_head(a.iou)
+        meta["best_iou"] = a.iou[best_head(a.iou)]
     arrays["meta"] = np.asarray(json.dumps(meta))
     return {prefix + k: v for k, v in arrays.items()}
 

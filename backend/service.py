@@ -99,7 +99,8 @@ class AttentionService:
 
         1. ``DINO_DEFAULT_MODEL`` when set (not checked here: ``start()`` reports a bad one);
         2. with downloads allowed, ``dino_vits16`` from the zoo when cached or downloadable;
-        3. the shipped model ``SHIPPED_DEFAULT_ID`` when its file is in the checkpoint folder and readable;
+        3. the shipped model ``SHIPPED_DEFAULT_ID`` when its file is in the checkpoint folder and
+           readable;
         4. the newest available file in the checkpoint folder;
         5. the random-init placeholder (created on first use).
         """
@@ -166,7 +167,8 @@ class AttentionService:
         query: tuple[int, int] | None = None,
         pca: bool = False,
     ) -> RawMaps:
-        """Block ``layer``'s attention rows (CLS, and ``query``) for one prepared image ``(1, 3, h, w)``.
+        """Block ``layer``'s attention rows (CLS, and ``query``) for one prepared image ``(1, 3, h,
+        w)``.
 
         The model step of every analysis: holds an inference slot and records the inference time.
         """
@@ -207,7 +209,8 @@ class AttentionService:
         layer: int,
         times: dict[str, float],
     ) -> CachedImage:
-        s, patch = self.settings, loaded.info.patch_size
+        s = self.settings
+        patch = loaded.info.patch_size
         t0 = time.perf_counter()
         img = decode_image(image, s.max_upload_bytes, s.max_pixels)
         check_processed_size(
@@ -231,8 +234,11 @@ class AttentionService:
     def analyse(
         self, loaded: LoadedModel, params: AttentionParams, image: bytes, gt_mask: bytes | None
     ) -> Analysis:
-        """Decode, preprocess, run the model (unless the map cache has it), derive masks / IoU / overlays."""
-        s, patch, t0 = self.settings, loaded.info.patch_size, time.perf_counter()
+        """Decode, preprocess, run the model (unless the map cache has it), derive masks / IoU /
+        overlays."""
+        s = self.settings
+        patch = loaded.info.patch_size
+        t0 = time.perf_counter()
         if params.image_size is None:  # the model's default: DINO 480, DINOv2 518
             params = params.model_copy(
                 update={"image_size": default_image_size(loaded.info.family)}
@@ -261,7 +267,8 @@ class AttentionService:
             self.cache.put(key, entry)
         t1 = time.perf_counter()
         out = self._derive(loaded, params, entry, gt_mask, heads)
-        out.layer, out.cached = layer, cached
+        out.layer = layer
+        out.cached = cached
         if params.overlays:
             out.overlays = self._overlays(key, entry, out)
         t2 = time.perf_counter()
@@ -284,7 +291,8 @@ class AttentionService:
         gt_mask: bytes | None,
         heads: list[int],
     ) -> Analysis:
-        s, patch = self.settings, loaded.info.patch_size
+        s = self.settings
+        patch = loaded.info.patch_size
         prepared = Prepared(torch.empty(0), entry.image, entry.resized_size)
         gt = (
             None
@@ -301,8 +309,11 @@ class AttentionService:
     def _overlays(
         self, key: tuple[object, ...], entry: CachedImage, out: Analysis
     ) -> dict[str, object]:
-        """The pictures; those a threshold does not change come from the cache entry after the first time."""
-        t0, fmt, patch = time.perf_counter(), out.params.overlay_format, out.loaded.info.patch_size
+        """The pictures; those a threshold does not change come from the cache entry after the first
+        time."""
+        t0 = time.perf_counter()
+        fmt = out.params.overlay_format
+        patch = out.loaded.info.patch_size
         assert out.extras is not None
         base = np.asarray(entry.image)
         static = entry.static.get(fmt)

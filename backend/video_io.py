@@ -25,17 +25,20 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi")
 DEFAULT_FPS_CAP = 30.0
 TIME_TOLERANCE_S = 0.01  # container timestamps are rounded (GIF: centiseconds, WebM: ms)
-# File signatures of the containers we accept: a file that starts like one but will not open is truncated.
+# File signatures of the containers we accept: a file that starts like one but will not open is
+# truncated.
 _SIGNATURES = (b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3", b"RIFF")
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 
 
 class NotAVideo(ServiceError):
-    status, code = 415, "not_a_video"
+    status = 415
+    code = "not_a_video"
 
 
 class BadVideo(ServiceError):
-    status, code = 400, "bad_video"
+    status = 400
+    code = "bad_video"
 
 
 @dataclass
@@ -87,7 +90,8 @@ def _stream_duration(
 
 
 def probe(path: Path, max_duration_s: float, max_pixels: int) -> VideoInfo:
-    """Open ``path``, check its limits and decode its first frame; the 4xx errors say what is wrong."""
+    """Open ``path``, check its limits and decode its first frame; the 4xx errors say what is
+    wrong."""
     with _open(path) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -97,7 +101,8 @@ def probe(path: Path, max_duration_s: float, max_pixels: int) -> VideoInfo:
                 code="no_video_stream",
             )
         stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
+        width = stream.codec_context.width
+        height = stream.codec_context.height
         if width * height > max_pixels:
             raise TooLarge(
                 f"the video frames are {width}x{height} = {width * height} pixels; the limit is "
@@ -155,7 +160,10 @@ def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[flo
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start, taken, next_t, eps = None, 0, 0.0, TIME_TOLERANCE_S
+        start = None
+        taken = 0
+        next_t = 0.0
+        eps = TIME_TOLERANCE_S
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else taken / fps
@@ -177,7 +185,8 @@ def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[flo
 
 
 def even_rgb(frame: np.ndarray) -> np.ndarray:
-    """Pad an ``h x w x 3`` uint8 frame by one edge pixel where a side is odd (yuv420p needs even sides)."""
+    """Pad an ``h x w x 3`` uint8 frame by one edge pixel where a side is odd (yuv420p needs even
+    sides)."""
     h, w = frame.shape[:2]
     if h % 2 == 0 and w % 2 == 0:
         return frame
@@ -185,10 +194,13 @@ def even_rgb(frame: np.ndarray) -> np.ndarray:
 
 
 class Mp4Writer:
-    """Writes RGB frames as H.264 yuv420p MP4 at a constant ``fps``, moov atom first (plays while loading)."""
+    """Writes RGB frames as H.264 yuv420p MP4 at a constant ``fps``, moov atom first (plays while
+    loading)."""
 
     def __init__(self, path: Path, fps: float, crf: int = 20) -> None:
-        self.path, self.fps, self.crf = Path(path), fps, crf
+        self.path = Path(path)
+        self.fps = fps
+        self.crf = crf
         self._container = av.open(
             str(path), mode="w", format="mp4", options={"movflags": "+faststart"}
         )
@@ -198,7 +210,9 @@ class Mp4Writer:
     def _open_stream(self, width: int, height: int) -> av.video.stream.VideoStream:
         rate = Fraction(self.fps).limit_denominator(1001)
         stream = self._container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = 1 / rate
         stream.options = {"crf": str(self.crf), "preset": "veryfast"}
         return stream

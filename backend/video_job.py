@@ -78,7 +78,8 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
 
 @contextmanager
 def waiting_slot(service: Any, cancel: threading.Event) -> Iterator[None]:
-    """An inference slot for one batch: wait (in ``queue_timeout_s`` steps) instead of failing busy."""
+    """An inference slot for one batch: wait (in ``queue_timeout_s`` steps) instead of failing
+    busy."""
     while True:
         if cancel.is_set():
             raise Cancelled
@@ -104,7 +105,8 @@ def batch_attention(
     The model step of ``POST /attention`` (``block_attention`` under the engine's inference mode and
     precision), on ``B`` frames at once; the prefix columns (CLS, registers) are dropped.
     """
-    model, device = loaded.model, loaded.device
+    model = loaded.model
+    device = loaded.device
     use_bf16 = service.engine.precision == "bf16"
     with (
         torch.inference_mode(),
@@ -112,7 +114,8 @@ def batch_attention(
     ):
         rows = block_attention(model, tensor.to(device, non_blocking=True), layer, (0,)).attention
     patch = model.patch_size
-    gh, gw = tensor.shape[-2] // patch, tensor.shape[-1] // patch
+    gh = tensor.shape[-2] // patch
+    gw = tensor.shape[-1] // patch
     cls = rows[:, :, 0, prefix_tokens(model) :].float().cpu()
     return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
 
@@ -121,7 +124,9 @@ class VideoJobRunner:
     """Callable run by the job store's worker for each job."""
 
     def __init__(self, service: Any, store: JobStore, batch: int) -> None:
-        self.service, self.store, self.batch = service, store, batch
+        self.service = service
+        self.store = store
+        self.batch = batch
 
     def __call__(self, job: Job) -> None:
         folder = self.store.folder(job)
@@ -144,7 +149,8 @@ class VideoJobRunner:
 
     # -- the three stages --------------------------------------------------------------
     def _decode(self, job: Job, params: VideoParams, loaded: LoadedModel, out: queue.Queue) -> None:
-        info, stop = loaded.info, job.cancel
+        info = loaded.info
+        stop = job.cancel
         src = self.store.folder(job) / job.input_name
         cap = int(job.params["max_frames"])
         try:
@@ -165,7 +171,8 @@ class VideoJobRunner:
     def _encode(
         self, job: Job, params: VideoParams, patch: int, inbox: queue.Queue, errors: list
     ) -> None:
-        folder, fps = self.store.folder(job), float(job.params["fps_used"])
+        folder = self.store.folder(job)
+        fps = float(job.params["fps_used"])
         try:
             with (
                 Mp4Writer(folder / ".result.mp4.tmp", fps) as result,

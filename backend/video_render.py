@@ -1,4 +1,5 @@
-"""One output frame per analysed frame, for the four ``render`` choices of ``POST /attention/video``.
+"""One output frame per analysed frame, for the four ``render`` choices of ``POST
+/attention/video``.
 
 * ``mean``: the mean over heads alone, inferno colormap, min-max scaled per frame (the authors'
   video_generation.py picture);
@@ -48,7 +49,8 @@ _INFERNO = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np
 def inferno(values: np.ndarray) -> np.ndarray:
     """``h x w`` floats -> ``h x w x 3`` uint8, min-max scaled (as ``plt.imsave`` does)."""
     v = values.astype(np.float32)
-    lo, hi = float(v.min()), float(v.max())
+    lo = float(v.min())
+    hi = float(v.max())
     idx = np.clip((v - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return _INFERNO[idx]
 
@@ -56,7 +58,8 @@ def inferno(values: np.ndarray) -> np.ndarray:
 def _fit(maps: np.ndarray, patch: int, height: int, width: int) -> np.ndarray:
     """Upsample ``(..., gh, gw)`` by ``patch`` and pad (edge) or crop to ``height x width``."""
     up = upsample_nearest(maps, patch)[..., :height, :width]
-    pad_h, pad_w = height - up.shape[-2], width - up.shape[-1]
+    pad_h = height - up.shape[-2]
+    pad_w = width - up.shape[-1]
     if pad_h or pad_w:
         pad = [(0, 0)] * (up.ndim - 2) + [(0, pad_h), (0, pad_w)]
         up = np.pad(up, pad, mode="edge")

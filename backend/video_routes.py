@@ -1,4 +1,5 @@
-"""``POST /attention/video`` and ``/jobs/...``: video attention as background jobs (see docs/API.md).
+"""``POST /attention/video`` and ``/jobs/...``: video attention as background jobs (see
+docs/API.md).
 
 ``VideoFeature`` owns the job store; the app's lifespan calls ``start()`` (which recovers the jobs
 of a previous run) and ``close()``.
@@ -64,7 +65,8 @@ class VideoFeature:
 
 
 async def _save_upload(part: Any, dest: Path, max_bytes: int) -> str:
-    """Copy the ``video`` part to ``dest`` in chunks; 413 past ``max_bytes``; returns its file name."""
+    """Copy the ``video`` part to ``dest`` in chunks; 413 past ``max_bytes``; returns its file
+    name."""
     if not isinstance(part, UploadFile):
         raise InvalidParameter(
             "video must be a file part (curl -F video=@clip.mp4), not a text field"
@@ -86,8 +88,10 @@ async def _save_upload(part: Any, dest: Path, max_bytes: int) -> str:
 
 
 def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, Any]:
-    """Probe the upload and check every limit before the job is queued; the job's saved parameters."""
-    s, service = feature.settings, feature.service
+    """Probe the upload and check every limit before the job is queued; the job's saved
+    parameters."""
+    s = feature.settings
+    service = feature.service
     info = probe(path, s.video_max_duration_s, s.video_max_pixels)
     max_frames = params.max_frames or s.video_max_frames
     if max_frames > s.video_max_frames:

@@ -44,7 +44,8 @@ class ZooModel:
     full_url: str | None = None  # DINOv2: the authors' URL (under DINOV2_BASE_URL)
 
     def url(self, base_url: str, dinov2_base_url: str = DINOV2_BASE_URL) -> str:
-        """Where to download from: DINO under ``base_url``, DINOv2 its URL re-rooted on ``dinov2_base_url``."""
+        """Where to download from: DINO under ``base_url``, DINOv2 its URL re-rooted on
+        ``dinov2_base_url``."""
         if self.full_url is not None:
             return dinov2_base_url.rstrip("/") + self.full_url[len(DINOV2_BASE_URL) :]
         return f"{base_url.rstrip('/')}/{self.name}/{self.name}.pth"
@@ -58,7 +59,10 @@ class ZooModel:
         arch = _ARCH_NAMES.get(self.arch, self.arch)
         if self.family == "dinov2":
             regs = f", {self.registers} registers (Darcet et al. 2023)" if self.registers else ""
-            return f"Official DINOv2 weights (Oquab et al. 2023), {arch}/{self.patch_size}{regs}, LVD-142M"
+            return (
+                f"Official DINOv2 weights (Oquab et al. 2023), {arch}/{self.patch_size}{regs}, "
+                "LVD-142M"
+            )
         return f"Official DINO weights (Caron et al. 2021), {arch}/{self.patch_size}, ImageNet-1k"
 
 

@@ -1,10 +1,11 @@
 """Attention-map latency: the service's fast path against the straightforward all-explicit path.
 
-    python -m benchmarks.attention_latency                     # ViT-S/16 and ViT-S/8 at 480x480, fp32
-    python -m benchmarks.attention_latency --precision bf16    # the service with bf16 autocast
-    python -m benchmarks.attention_latency --quick             # fewer repeats, 1 and 4 clients
-    python -m benchmarks.attention_latency --tiny --no-http    # a seconds-long smoke run
-    python -m benchmarks.attention_latency --explore --archs vit_s16   # first request vs re-threshold only
+    python -m benchmarks.attention_latency                   # ViT-S/16 and ViT-S/8, 480x480, fp32
+    python -m benchmarks.attention_latency --precision bf16  # the service with bf16 autocast
+    python -m benchmarks.attention_latency --quick           # fewer repeats, 1 and 4 clients
+    python -m benchmarks.attention_latency --tiny --no-http  # a seconds-long smoke run
+    # first request vs re-threshold only:
+    python -m benchmarks.attention_latency --explore --archs vit_s16
 
 Measured in one run, per architecture (random init: timing does not depend on the weights):
 
@@ -16,18 +17,19 @@ Measured in one run, per architecture (random init: timing does not depend on th
 * **in-process**: the whole service path without HTTP: PNG decode, resize, model, masks, JSON;
 * **HTTP**: a real ``uvicorn backend.main:app`` on loopback, multipart upload, 1 / 4 / 16
   concurrent clients (``overlays=false``);
-* **first request vs re-threshold** (``benchmarks/explore_latency.py``): over HTTP with overlays in the
-  app's format (JPEG), a new image each time (the model runs) against the same image with another
-  threshold (answered from the map cache), p50 / p95, and overlay time against model time.
+* **first request vs re-threshold** (``benchmarks/explore_latency.py``): over HTTP with overlays in
+  the app's format (JPEG), a new image each time (the model runs) against the same image with
+  another threshold (answered from the map cache), p50 / p95, and overlay time against model time.
 
 Printed: p50 / p95 latency, throughput, and the speed-up over the baseline (p50 latency ratio,
 and the throughput ratio for concurrent clients). ``--json PATH`` writes the rows.
 
-Also printed, per architecture, the **roofline** of the fast path: its FLOPs (linear layers and
-attention, counted as in ``trainer/train/flops.py``), the rates this CPU reaches in the same run for a
-plain GEMM of the model's shapes and for fused SDPA at its sequence length, the resulting floor
-(the fast path's time if every op ran at those rates) and so the largest speed-up over the
-measured baseline that any implementation of the fast path could reach on this machine.
+Also printed, per architecture, the **roofline** of the fast path (``benchmarks/roofline.py``): its
+FLOPs (linear layers and attention, counted as in ``trainer/train/flops.py``), the rates this CPU
+reaches in the same run for a plain GEMM of the model's shapes and for fused SDPA at its sequence
+length, the resulting floor (the fast path's time if every op ran at those rates) and so the largest
+speed-up over the measured baseline that any implementation of the fast path could reach on this
+machine.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from backend.schemas import AttentionParams
 from backend.service import AttentionService
 from backend.settings import Settings
 from benchmarks.explore_latency import ExploreResult, explore_latency, print_explore
+from benchmarks.roofline import print_roofline, roofline
 from benchmarks.serving import uvicorn_process
 from trainer.model.checkpoint import export_backbone_safetensors
 from trainer.model.vit import DinoViT, build_vit
@@ -121,7 +124,8 @@ def sample_png(size: int) -> bytes:
 
 
 def baseline_fn(model: DinoViT, x: torch.Tensor) -> Callable[[], object]:
-    """The authors' way: explicit attention everywhere, full last-block weights, no inference_mode."""
+    """The authors' way: explicit attention everywhere, full last-block weights, no
+    inference_mode."""
 
     def run() -> torch.Tensor:
         model.set_fused_attention(False)
@@ -192,70 +196,6 @@ def http_rows(arch: str, url: str, png: bytes, args) -> list[Row]:
         rows.append(make_row(arch, "HTTP", clients, lat, time.perf_counter() - start))
         print_row(rows[-1], flush=True)
     return rows
-
-
-def _rate(fn: Callable[[], object], flops: float, repeats: int = 5) -> float:
-    """FLOP/s of ``fn`` (best of ``repeats`` after a warm-up)."""
-    fn()
-    best = min(time_calls(fn, 1, warmup=0)[1] for _ in range(repeats))
-    return flops / best
-
-
-def kernel_rates(tokens: int, dim: int, heads: int, dtype: torch.dtype) -> tuple[float, float]:
-    """(GEMM FLOP/s on a ``tokens x dim x 4 dim`` product, fused SDPA FLOP/s at ``tokens``)."""
-    a, b = torch.randn(tokens, dim, dtype=dtype), torch.randn(dim, 4 * dim, dtype=dtype)
-    q, k, v = (torch.randn(1, heads, tokens, dim // heads, dtype=dtype) for _ in range(3))
-    with torch.inference_mode():
-        gemm = _rate(lambda: a @ b, 2.0 * tokens * dim * 4 * dim)
-        sdpa = _rate(
-            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 4.0 * tokens**2 * dim
-        )
-    return gemm, sdpa
-
-
-@dataclass
-class Roofline:
-    arch: str
-    linear_gflop: float
-    attention_gflop: float
-    gemm_gflops: float
-    sdpa_gflops: float
-    floor_ms: float
-    baseline_p50_ms: float
-    max_speedup: float
-
-
-def roofline(arch: str, model: DinoViT, size: int, precision: str, baseline_ms: float) -> Roofline:
-    """The fast path's floor at this run's measured kernel rates, and the speed-up ceiling it implies."""
-    d, depth, heads, p = model.embed_dim, len(model.blocks), model.num_heads, model.patch_size
-    n = (size // p) ** 2 + 1
-    block_linear = 2.0 * n * d * (4 * d + 2 * model.blocks[0].mlp.fc1.out_features)
-    linear = (
-        2.0 * (n - 1) * 3 * p * p * d + (depth - 1) * block_linear + 2.0 * n * d * d + 2.0 * d * d
-    )
-    attention = (depth - 1) * 4.0 * n * n * d + 4.0 * n * d
-    gemm, sdpa = kernel_rates(n, d, heads, torch.bfloat16 if precision == "bf16" else torch.float32)
-    floor_ms = 1e3 * (linear / gemm + attention / sdpa)
-    return Roofline(
-        arch,
-        linear / 1e9,
-        attention / 1e9,
-        gemm / 1e9,
-        sdpa / 1e9,
-        floor_ms,
-        baseline_ms,
-        baseline_ms / floor_ms,
-    )
-
-
-def print_roofline(r: Roofline) -> None:
-    print(
-        f"{r.arch:8s} roofline: fast path {r.linear_gflop:.1f} GFLOP linear + {r.attention_gflop:.1f} GFLOP "
-        f"attention; measured here GEMM {r.gemm_gflops:.0f} GFLOP/s, fused SDPA {r.sdpa_gflops:.0f} GFLOP/s "
-        f"-> floor {r.floor_ms:.0f} ms, so at most x{r.max_speedup:.2f} over the {r.baseline_p50_ms:.0f} ms "
-        "baseline on this machine",
-        flush=True,
-    )
 
 
 def add_speedups(rows: list[Row]) -> None:

@@ -1,8 +1,9 @@
-"""First request against re-threshold over HTTP, with overlays: what the explorer's threshold slider costs.
+"""First request against re-threshold over HTTP, with overlays: what the explorer's threshold slider
+costs.
 
-Used by ``benchmarks/attention_latency.py`` (``--explore``). Each first request sends a new image (a map
-cache miss: the model runs); each re-threshold sends an image already analysed with another threshold
-(a hit: no model run). Both ask for overlays in the app's format. The first requests' own
+Used by ``benchmarks/attention_latency.py`` (``--explore``). Each first request sends a new image (a
+map cache miss: the model runs); each re-threshold sends an image already analysed with another
+threshold (a hit: no model run). Both ask for overlays in the app's format. The first requests' own
 ``timings_ms`` also give overlay time against model time in the same request.
 """
 
@@ -120,9 +121,11 @@ def print_explore(r: ExploreResult) -> None:
     print(
         f"{r.arch:8s} HTTP overlays={r.overlay_format}: first request p50={r.first_p50_ms:.0f} ms "
         f"p95={r.first_p95_ms:.0f} ms (n={r.n}); re-threshold p50={r.rethreshold_p50_ms:.0f} ms "
-        f"p95={r.rethreshold_p95_ms:.0f} ms (n={2 * r.n}, server {r.rethreshold_server_p50_ms:.0f} ms) "
+        f"p95={r.rethreshold_p95_ms:.0f} ms (n={2 * r.n}, "
+        f"server {r.rethreshold_server_p50_ms:.0f} ms) "
         f"= {100 * r.ratio_p50:.0f}% of the first request; in the first requests overlays "
-        f"{r.overlays_p50_ms:.0f} ms = {100 * r.overlays_over_model:.0f}% of the model's {r.model_p50_ms:.0f} ms; "
+        f"{r.overlays_p50_ms:.0f} ms = {100 * r.overlays_over_model:.0f}% of the model's "
+        f"{r.model_p50_ms:.0f} ms; "
         f"cache {'hit on every re-threshold' if r.all_cached else 'NOT as expected'}",
         flush=True,
     )

@@ -19,7 +19,7 @@ from trainer.data.dataset import Batch, SafeImageDataset, collate_skip_none
 from trainer.data.images import load_rgb, scan_image_folder
 from trainer.data.jpeg_batch import EncodedImageFolder, collate_bytes, decode_with_pil
 from trainer.train.build import crop_arguments
-from trainer.train.config import TrainConfig
+from trainer.train.flags import TrainConfig
 
 SYNTHETIC_SIZE = (500, 375)  # about the mean ImageNet image
 

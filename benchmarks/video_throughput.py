@@ -1,8 +1,8 @@
 """Video attention throughput: the service's video job against the authors' per-frame loop.
 
-    python benchmarks/video_throughput.py                      # ViT-S/16 and ViT-S/8, short side 480, fp32
+    python benchmarks/video_throughput.py         # ViT-S/16 and ViT-S/8, short side 480, fp32
     python benchmarks/video_throughput.py --frames 16 --archs vit_s16
-    python benchmarks/video_throughput.py --tiny               # a seconds-long smoke run
+    python benchmarks/video_throughput.py --tiny  # a seconds-long smoke run
 
 One generated 640x480 clip (a textured square moving over a textured background), random weights
 (timing does not depend on them), fp32, the same torch threads on both sides. Per architecture:
@@ -27,7 +27,6 @@ import argparse
 import glob
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -39,13 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from backend.images import prepare  # noqa: E402
-from backend.video_io import Mp4Writer, sample_frames  # noqa: E402
-from backend.video_render import render_frame  # noqa: E402
-from trainer.model.checkpoint import export_backbone_safetensors  # noqa: E402
-from trainer.model.vit import DinoViT, build_vit  # noqa: E402
+from backend.images import prepare
+from backend.video_io import Mp4Writer, sample_frames
+from backend.video_render import render_frame
+from trainer.model.checkpoint import export_backbone_safetensors
+from trainer.model.vit import DinoViT, build_vit
 
 ARCHS = {"vit_s16": ("vit_small", 16), "vit_s8": ("vit_small", 8)}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -81,7 +78,8 @@ def build_model(name: str, patch: int, tiny: bool) -> DinoViT:
 def authors_model(
     model: DinoViT, img: Image.Image, patch: int, short_side: int, threshold: float
 ) -> np.ndarray:
-    """One frame of the authors' ``_inference``: tensor resize, full attention, masks, inferno mean map."""
+    """One frame of the authors' ``_inference``: tensor resize, full attention, masks, inferno mean
+    map."""
     from torchvision import transforms as T
 
     x = T.Compose([T.ToTensor(), T.Resize(short_side), T.Normalize(MEAN, STD)])(img)
@@ -108,7 +106,8 @@ def authors_model(
 
 
 def authors_loop(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, args) -> Result:
-    """The authors' three steps, timed one by one (frames -> JPEGs, JPEG -> attention JPEG, JPEGs -> MP4)."""
+    """The authors' three steps, timed one by one (frames -> JPEGs, JPEG -> attention JPEG, JPEGs ->
+    MP4)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,7 +264,8 @@ def run(args: argparse.Namespace) -> list[Result]:
         torch.set_num_threads(args.threads)
     results: list[Result] = []
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, clip {args.width}x{args.height}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"clip {args.width}x{args.height}, "
         f"{args.frames} frames, short side {args.short_side}, fp32, batch {args.batch}",
         flush=True,
     )
@@ -308,7 +308,8 @@ def print_result(r: Result) -> None:
     )
     speed = f"  x{r.speedup:4.2f}" if r.speedup else ""
     print(
-        f"{r.arch:8s} {r.path:34s} n={r.frames:<4d} {stages}total {r.total_fps:8.3g} frames/s{speed}",
+        f"{r.arch:8s} {r.path:34s} n={r.frames:<4d} {stages}"
+        f"total {r.total_fps:8.3g} frames/s{speed}",
         flush=True,
     )
 

@@ -1,4 +1,5 @@
-"""The page in a real browser (headless Debian Chromium via Playwright), with the real service behind it."""
+"""The page in a real browser (headless Debian Chromium via Playwright), with the real service
+behind it."""
 
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ def test_compare_tab_shows_both_checkpoints_head_for_head(page, tmp_path):
 def test_a_built_in_example_is_analysed_when_clicked(page):
     page.get_by_role("tab", name="Explore").click()
     page.locator("#examples").get_by_text("astronaut").click()
-    # the ground-truth mask still uploaded is of the earlier 3:2 scene: the service rejects it, readably
+    # the ground-truth mask still uploaded is of the earlier 3:2 scene: the service rejects it,
+    # readably
     page.get_by_text("The service could not use the input").first.wait_for()
     assert "Traceback" not in page.content()
     page.locator(

@@ -1,4 +1,5 @@
-"""The explorer's panels in real Chromium, with the real service and a random-init ViT-S/16 at 480 px.
+"""The explorer's panels in real Chromium, with the real service and a random-init ViT-S/16 at 480
+px.
 
 A click on the image picks the query patch (its maps appear, with the patch outlined in the right
 cell); the Block slider changes the block; a threshold move is answered from the service's map
@@ -42,7 +43,8 @@ pytestmark = [
 
 @contextmanager
 def vits16_backend(tmp: Path) -> Iterator[str]:
-    """The real service over one random-init ViT-S/16 (marked untrained), on a free loopback port."""
+    """The real service over one random-init ViT-S/16 (marked untrained), on a free loopback
+    port."""
     import uvicorn
 
     from backend.main import create_app
@@ -96,8 +98,8 @@ def _gallery_srcs(page, elem_id: str) -> list[str]:
 
 
 def _wait_new_gallery(page, elem_id: str, before: list[str], count: int = HEADS) -> list[str]:
-    """Wait until ``elem_id`` shows ``count`` loaded pictures, not the ones in ``before``; the page's
-    clock at that moment is left in ``window.__galleryAt``."""
+    """Wait until ``elem_id`` shows ``count`` loaded pictures, not the ones in ``before``; the
+    page's clock at that moment is left in ``window.__galleryAt``."""
     page.wait_for_function(
         """([sel, n, before]) => {
             const imgs = [...document.querySelectorAll(sel)];

@@ -1,4 +1,5 @@
-"""BackendClient: what it sends (docs/API.md) and how every failure becomes a readable BackendError."""
+"""BackendClient: what it sends (docs/API.md) and how every failure becomes a readable
+BackendError."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``python -m app.dev_server`` (``make run``): both servers up, addresses printed, both stopped on a signal."""
+"""``python -m app.dev_server`` (``make run``): both servers up, addresses printed, both stopped on
+a signal."""
 
 from __future__ import annotations
 

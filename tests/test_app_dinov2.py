@@ -1,4 +1,5 @@
-"""The explorer with DINOv2: the size control follows the model, the compare view labels registers."""
+"""The explorer with DINOv2: the size control follows the model, the compare view labels
+registers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import handlers, model_info
+from app import compare_handlers, model_handlers, model_info
 
 PATCH, GRID = 14, (4, 5)
 
@@ -22,7 +23,8 @@ def _png(color: tuple[int, int, int]) -> str:
 
 
 def dinov2_reply(model: str, registers: int, seed: int) -> dict:
-    """A reply shaped like docs/API.md: a softmax row over CLS, registers, patches, split the service's way."""
+    """A reply shaped like docs/API.md: a softmax row over CLS, registers, patches, split the
+    service's way."""
     heads, n = 2, GRID[0] * GRID[1]
     logits = np.random.default_rng(seed).normal(size=(heads, 1 + registers + n))
     row = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -106,21 +108,21 @@ def photo(tmp_path: Path) -> str:
     ],
 )
 def test_size_control_follows_the_model(model, value, step, top):
-    slider = handlers.size_control(DinoV2Client(), model)
+    slider = model_handlers.size_control(DinoV2Client(), model)
     assert (slider.value, slider.step, slider.minimum, slider.maximum) == (value, step, step, top)
     assert slider.value % step == 0
 
 
 def test_size_control_ignores_unknown_or_empty_models():
     for model in ("nope", None, ""):
-        assert handlers.size_control(DinoV2Client(), model) == {
+        assert model_handlers.size_control(DinoV2Client(), model) == {
             "__type__": "update"
         }  # gr.skip(): no change
 
 
 def test_compare_labels_the_register_columns(photo):
     client = DinoV2Client()
-    pairs, means, table, status = handlers.compare(
+    pairs, means, table, status = compare_handlers.compare(
         client, photo, "dinov2_vits14", "dinov2_vits14_reg", 518, "keep_aspect", 0.6
     )
     assert [c["model"] for c in client.calls] == ["dinov2_vits14", "dinov2_vits14_reg"]

@@ -1,4 +1,5 @@
-"""The page's event handlers against a fake service: what is shown, what is downloaded, how errors read."""
+"""The page's event handlers against a fake service: what is shown, what is downloaded, how errors
+read."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import handlers
+from app import compare_handlers, explore_handlers, model_handlers, view_reuse
 from app.client import BackendError
 
 PATCH = 4
@@ -23,7 +24,8 @@ DEPTH = 5
 
 
 def reference_masks(attn: np.ndarray, threshold: float) -> np.ndarray:
-    """The paper's masks, written out: per head keep the largest patches holding ``threshold`` of the mass."""
+    """The paper's masks, written out: per head keep the largest patches holding ``threshold`` of
+    the mass."""
     heads, gh, gw = attn.shape
     masks = np.zeros((heads, gh * gw), dtype=np.uint8)
     for h in range(heads):
@@ -189,7 +191,7 @@ def _pixel(image: Image.Image) -> tuple[int, int, int]:
 
 def test_analyse_shows_one_labelled_overlay_per_head_in_order(photo):
     client = FakeClient({"tiny": 3})
-    image, heads, mean, masks, table, best, status, state = handlers.analyse(
+    image, heads, mean, masks, table, best, status, state = explore_handlers.analyse(
         client, photo, "tiny", 24, "keep_aspect", 0.6
     )[:8]
     assert [label for _, label in heads] == ["head 0", "head 1", "head 2"]
@@ -217,12 +219,15 @@ def test_analyse_shows_one_labelled_overlay_per_head_in_order(photo):
 
 def test_coverage_table_matches_the_paper_masks(photo):
     client = FakeClient({"tiny": 3})
-    *_, table, _, _, state = handlers.analyse(client, photo, "tiny", 24, "keep_aspect", 0.45)[:8]
+    *_, table, _, _, state = explore_handlers.analyse(
+        client, photo, "tiny", 24, "keep_aspect", 0.45
+    )[:8]
     attn = np.asarray(state["result"]["attentions"])
     ref = reference_masks(attn, 0.45)
     np.testing.assert_allclose(table["coverage"], ref.reshape(3, -1).mean(1), atol=1e-4)
     assert list(table["kept patches"]) == list(ref.reshape(3, -1).sum(1))
-    # each kept set holds at least `threshold` of its head's mass, and dropping its smallest patch would not
+    # each kept set holds at least `threshold` of its head's mass, and dropping its smallest patch
+    # would not
     for h in range(3):
         kept = attn[h][ref[h].astype(bool)]
         assert kept.sum() / attn[h].sum() >= 0.45 - 1e-9
@@ -231,7 +236,7 @@ def test_coverage_table_matches_the_paper_masks(photo):
 
 def test_ground_truth_adds_iou_per_head_and_names_the_best_head(photo):
     client = FakeClient({"vits": 4})
-    *_, table, best, status, state = handlers.analyse(
+    *_, table, best, status, state = explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.6, gt_mask=photo
     )[:8]
     iou = np.asarray(state["result"]["iou"])
@@ -243,11 +248,11 @@ def test_ground_truth_adds_iou_per_head_and_names_the_best_head(photo):
 
 def test_missing_image_and_bad_threshold_are_readable(photo):
     with pytest.raises(gr.Error, match="Upload an image or pick one of the examples"):
-        handlers.analyse(FakeClient(), None, "tiny", 24, "keep_aspect", 0.6)
+        explore_handlers.analyse(FakeClient(), None, "tiny", 24, "keep_aspect", 0.6)
     with pytest.raises(gr.Error, match=r"threshold must be in \(0, 1\]"):
-        handlers.analyse(FakeClient(), photo, "tiny", 24, "keep_aspect", 1.5)
+        explore_handlers.analyse(FakeClient(), photo, "tiny", 24, "keep_aspect", 1.5)
     with pytest.raises(gr.Error, match="Pick a model A and a model B"):
-        handlers.compare(FakeClient(), photo, "tiny", None, 24, "keep_aspect", 0.6)
+        compare_handlers.compare(FakeClient(), photo, "tiny", None, 24, "keep_aspect", 0.6)
 
 
 @pytest.mark.parametrize(
@@ -260,10 +265,10 @@ def test_missing_image_and_bad_threshold_are_readable(photo):
 )
 def test_service_errors_reach_the_page_verbatim(photo, error):
     with pytest.raises(gr.Error) as err:
-        handlers.analyse(FakeClient(error=error), photo, "tiny", 24, "keep_aspect", 0.6)
+        explore_handlers.analyse(FakeClient(error=error), photo, "tiny", 24, "keep_aspect", 0.6)
     assert err.value.message == str(error)
     with pytest.raises(gr.Error) as err:
-        handlers.list_models(FakeClient(error=error))
+        model_handlers.list_models(FakeClient(error=error))
     assert err.value.message == str(error)
 
 
@@ -296,32 +301,28 @@ def test_service_errors_reach_the_page_verbatim(photo, error):
 )
 def test_replies_that_cannot_be_shown_become_readable_errors(photo, reply, expected):
     with pytest.raises(gr.Error, match=expected):
-        handlers.analyse(FakeClient(reply=reply), photo, "m", 24, "keep_aspect", 0.6)
+        explore_handlers.analyse(FakeClient(reply=reply), photo, "m", 24, "keep_aspect", 0.6)
 
 
 def test_threshold_change_without_an_image_changes_nothing():
     client = FakeClient()
-    outputs = handlers.rerun_on_change(client, None, "tiny", 24, "keep_aspect", 0.3)
+    outputs = explore_handlers.rerun_on_change(client, None, "tiny", 24, "keep_aspect", 0.3)
     assert len(outputs) == 15 and all(o == gr.skip() for o in outputs) and client.calls == []
 
 
 def test_threshold_change_with_an_image_reruns_with_the_new_threshold(photo):
     client = FakeClient()
-    low = handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.2)[7]["result"][
-        "masks"
-    ]
-    high = handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.9)[7]["result"][
-        "masks"
-    ]
+    low = explore_handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.2)[7]
+    high = explore_handlers.rerun_on_change(client, photo, "tiny", 24, "keep_aspect", 0.9)[7]
     assert [c["threshold"] for c in client.calls] == [0.2, 0.9]
-    assert np.sum(high) > np.sum(low)
+    assert np.sum(high["result"]["masks"]) > np.sum(low["result"]["masks"])
 
 
 def test_download_zip_holds_overlays_arrays_and_parameters(photo, tmp_path):
-    state = handlers.analyse(
+    state = explore_handlers.analyse(
         FakeClient({"vits": 4}), photo, "vits", 24, "square", 0.7, gt_mask=photo
     )[7]
-    path = Path(handlers.download(state, out_dir=tmp_path / "out"))
+    path = Path(explore_handlers.download(state, out_dir=tmp_path / "out"))
     assert path.name == "attention_vits_photo.zip"
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
@@ -356,12 +357,12 @@ def test_download_zip_holds_overlays_arrays_and_parameters(photo, tmp_path):
 
 def test_download_before_any_analysis_says_what_to_do():
     with pytest.raises(gr.Error, match="analyse an image first"):
-        handlers.download(None)
+        explore_handlers.download(None)
 
 
 def test_compare_puts_head_i_of_both_models_side_by_side(photo):
     client = FakeClient({"tiny": 3, "vits": 4})
-    pairs, means, table, status = handlers.compare(
+    pairs, means, table, status = compare_handlers.compare(
         client, photo, "tiny", "vits", 24, "keep_aspect", 0.6
     )
     assert [label for _, label in pairs] == ["head 0", "head 1", "head 2", "head 3"]
@@ -384,7 +385,7 @@ def test_compare_puts_head_i_of_both_models_side_by_side(photo):
 
 
 def test_models_fill_the_three_dropdowns_and_say_what_the_default_is():
-    main, a, b, status = handlers.list_models(FakeClient({"tiny": 3, "vits": 6}))
+    main, a, b, status = model_handlers.list_models(FakeClient({"tiny": 3, "vits": 6}))
     assert main.value == "tiny" and a.value == "tiny" and b.value == "vits"
     assert [c[1] for c in main.choices] == ["tiny", "vits"]
     assert main.choices[0][0] == "tiny (vit_test/4, random-init placeholder)"
@@ -393,7 +394,7 @@ def test_models_fill_the_three_dropdowns_and_say_what_the_default_is():
 
 
 def test_unavailable_models_are_labelled_and_an_empty_list_is_an_error():
-    assert handlers.model_label(
+    assert model_handlers.model_label(
         {
             "id": "x",
             "arch": "vit_small",
@@ -409,13 +410,14 @@ def test_unavailable_models_are_labelled_and_an_empty_list_is_an_error():
             return {"default": None, "models": []}
 
     with pytest.raises(gr.Error, match="offers no models"):
-        handlers.list_models(Empty())
+        model_handlers.list_models(Empty())
 
 
 def test_the_app_never_imports_torch():
     code = (
         "import sys, app.ui, app.handlers, app.client, app.examples, app.dev_server, app.__main__; "
-        "bad = [m for m in ('torch', 'trainer', 'backend') if m in sys.modules]; assert not bad, bad"
+        "bad = [m for m in ('torch', 'trainer', 'backend') if m in sys.modules]; "
+        "assert not bad, bad"
     )
     subprocess.run(
         [sys.executable, "-c", code],
@@ -439,8 +441,10 @@ def test_examples_are_written_once_from_the_installed_package(tmp_path, caplog):
 
 def test_query_block_and_heads_reach_the_service_and_the_panels(photo):
     client = FakeClient({"vits": 4})
-    out = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 3, "2,5", [2, 0])
-    assert len(out) == handlers.ANALYSIS_OUTPUTS
+    out = explore_handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.6, None, 3, "2,5", [2, 0]
+    )
+    assert len(out) == explore_handlers.ANALYSIS_OUTPUTS
     call = client.calls[-1]
     assert (call["layer"], call["query"], call["heads"], call["composite"], call["pca"]) == (
         3,
@@ -460,7 +464,7 @@ def test_query_block_and_heads_reach_the_service_and_the_panels(photo):
 
 def test_no_query_and_no_heads_ticked_show_empty_panels(photo):
     client = FakeClient({"vits": 4})
-    out = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 1, "", [])
+    out = explore_handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 1, "", [])
     assert client.calls[-1]["query"] is None and client.calls[-1]["composite"] is False
     assert out[8] == [] and out[9] is None and "click a patch" in out[10]
     assert out[11] is None and "Tick at least one head" in out[12]
@@ -468,13 +472,15 @@ def test_no_query_and_no_heads_ticked_show_empty_panels(photo):
 
 def test_a_block_or_heads_past_the_models_mean_the_last_block_and_are_left_out(photo):
     client = FakeClient({"vits": 4})
-    handlers.analyse(
+    explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.6, None, 11
     )  # the slider's first default
-    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, DEPTH - 1)
-    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0)
+    explore_handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, DEPTH - 1)
+    explore_handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0)
     assert [c["layer"] for c in client.calls] == [-1, DEPTH - 1, 0]
-    handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0, "", [0, 3, 5, 23])
+    explore_handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.6, None, 0, "", [0, 3, 5, 23]
+    )
     assert client.calls[-1]["heads"] == [
         0,
         3,
@@ -485,28 +491,32 @@ def test_a_block_or_heads_past_the_models_mean_the_last_block_and_are_left_out(p
     ("x", "y", "expected"), [(0, 0, "0,0"), (13, 9, "2,3"), (31.9, 23.9, "5,7"), (40, 30, "5,7")]
 )
 def test_a_click_maps_to_the_patch_under_it(photo, x, y, expected):
-    state = handlers.analyse(FakeClient({"vits": 4}), photo, "vits", 24, "keep_aspect", 0.6)[7]
-    assert handlers.patch_at(state, x, y) == expected  # grid 6 x 8 of 4 px patches
+    state = explore_handlers.analyse(
+        FakeClient({"vits": 4}), photo, "vits", 24, "keep_aspect", 0.6
+    )[7]
+    assert explore_handlers.patch_at(state, x, y) == expected  # grid 6 x 8 of 4 px patches
 
 
 def test_query_text_errors_are_readable(photo):
     with pytest.raises(gr.Error, match="row,col"):
-        handlers.analyse(FakeClient(), photo, "tiny", 24, "keep_aspect", 0.6, None, 1, "2;3")
+        explore_handlers.analyse(
+            FakeClient(), photo, "tiny", 24, "keep_aspect", 0.6, None, 1, "2;3"
+        )
     with pytest.raises(gr.Error, match="Analyse an image first"):
-        handlers.patch_at(None, 1, 1)
+        explore_handlers.patch_at(None, 1, 1)
 
 
 def test_model_controls_follow_the_models_depth_and_heads():
-    block, heads = handlers.explore_controls(FakeClient({"vits": 4}), "vits")
+    block, heads = model_handlers.explore_controls(FakeClient({"vits": 4}), "vits")
     assert block.maximum == DEPTH - 1 and block.value == DEPTH - 1
     assert heads.choices == [(f"head {i}", i) for i in range(4)] and heads.value == [0, 1, 2, 3]
 
 
 def test_download_holds_the_query_composite_and_pca(photo, tmp_path):
-    state = handlers.analyse(
+    state = explore_handlers.analyse(
         FakeClient({"vits": 4}), photo, "vits", 24, "square", 0.7, None, 2, "1,1", [1, 3]
     )[7]
-    path = Path(handlers.download(state, out_dir=tmp_path))
+    path = Path(explore_handlers.download(state, out_dir=tmp_path))
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
         arrays = np.load(io.BytesIO(archive.read("attention.npz")))
@@ -537,26 +547,28 @@ def _is_skip(value) -> bool:
 
 def test_a_cached_threshold_change_resends_only_what_changed(photo):
     client = FakeClient({"vits": 4})
-    first = handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 2, "1,1", [0, 1])
+    first = explore_handlers.analyse(
+        client, photo, "vits", 24, "keep_aspect", 0.6, None, 2, "1,1", [0, 1]
+    )
     client.reply = add_explore(
         fake_result("vits", 4, (6, 8), 0.3, True),
         {"layer": 2, "query": [1, 1], "composite": True, "pca": True},
     )
     client.reply["cached"] = True
-    again = handlers.analyse(
+    again = explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7]
     )
     skipped = [i for i, out in enumerate(again) if _is_skip(out)]
     assert skipped == list(
-        handlers.STATIC_OUTPUTS
+        view_reuse.STATIC_OUTPUTS
     )  # image, heat maps, query panel and PCA stay as they are
     assert again[7]["request"]["threshold"] == 0.3 and len(again[3]) == 4 and again[11] is not None
-    moved = handlers.analyse(
+    moved = explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.3, None, 1, "1,1", [0, 1], first[7]
     )
     assert not any(_is_skip(out) for out in moved)  # another block: everything is redrawn
     client.reply["cached"] = False
-    fresh = handlers.analyse(
+    fresh = explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7]
     )
     assert not any(_is_skip(out) for out in fresh)  # the service ran the model: redraw everything

@@ -1,8 +1,9 @@
-"""The model card summary in the dropdown labels and status lines (pure handlers, no browser, no service)."""
+"""The model card summary in the dropdown labels and status lines (pure handlers, no browser, no
+service)."""
 
 from __future__ import annotations
 
-from app import handlers, rendering
+from app import model_handlers, rendering
 
 LONG = (
     "ViT-S/16 pretrained with DINO on DUTS-TR for 100 epochs by this project's trainer; "
@@ -47,18 +48,18 @@ def test_label_shows_a_short_summary_whole():
         **SHIPPED,
         "summary": "Official DINO weights (Caron et al. 2021), ViT-S/16, ImageNet-1k",
     }
-    assert handlers.model_label(entry) == (
+    assert model_handlers.model_label(entry) == (
         "dino_vits16_duts (vit_small/16, trained): "
         "Official DINO weights (Caron et al. 2021), ViT-S/16, ImageNet-1k"
     )
 
 
 def test_label_cuts_a_long_summary_with_an_ellipsis():
-    label = handlers.model_label(SHIPPED)
+    label = model_handlers.model_label(SHIPPED)
     card = label.split(": ", 1)[1]
-    assert len(LONG) > handlers.LABEL_SUMMARY_CHARS
+    assert len(LONG) > model_handlers.LABEL_SUMMARY_CHARS
     assert (
-        len(card) <= handlers.LABEL_SUMMARY_CHARS
+        len(card) <= model_handlers.LABEL_SUMMARY_CHARS
         and card.endswith("…")
         and LONG.startswith(card[:-1])
     )
@@ -66,24 +67,24 @@ def test_label_cuts_a_long_summary_with_an_ellipsis():
 
 def test_label_without_summary_and_for_the_placeholder_is_unchanged():
     plain = {k: v for k, v in SHIPPED.items() if k != "summary"}
-    assert handlers.model_label(plain) == "dino_vits16_duts (vit_small/16, trained)"
+    assert model_handlers.model_label(plain) == "dino_vits16_duts (vit_small/16, trained)"
     assert (
-        handlers.model_label({**SHIPPED, "summary": None})
+        model_handlers.model_label({**SHIPPED, "summary": None})
         == "dino_vits16_duts (vit_small/16, trained)"
     )
     assert (
-        handlers.model_label(PLACEHOLDER)
+        model_handlers.model_label(PLACEHOLDER)
         == "placeholder_vits16 (vit_small/16, random-init placeholder)"
     )
 
 
 def test_unavailable_label_keeps_the_reason_after_the_summary():
-    label = handlers.model_label({**SHIPPED, "available": False, "error": "cannot load it"})
+    label = model_handlers.model_label({**SHIPPED, "available": False, "error": "cannot load it"})
     assert "…" in label and label.endswith(" - unavailable: cannot load it")
 
 
 def test_status_line_shows_the_whole_summary_of_the_default():
-    main, _, _, status = handlers.list_models(
+    main, _, _, status = model_handlers.list_models(
         CatalogClient([SHIPPED, PLACEHOLDER], "dino_vits16_duts")
     )
     assert main.value == "dino_vits16_duts"
@@ -94,7 +95,7 @@ def test_status_line_shows_the_whole_summary_of_the_default():
 
 
 def test_placeholder_status_line_keeps_its_warning():
-    _, _, _, status = handlers.list_models(CatalogClient([PLACEHOLDER], "placeholder_vits16"))
+    _, _, _, status = model_handlers.list_models(CatalogClient([PLACEHOLDER], "placeholder_vits16"))
     assert "random-init placeholder" in status and "no learned structure" in status
     assert "Random-init placeholder (ViT-S/16)" not in status  # the card is not repeated
 

@@ -1,4 +1,5 @@
-"""Model card summaries (files, zoo, placeholder) and the shipped model's place in the default order."""
+"""Model card summaries (files, zoo, placeholder) and the shipped model's place in the default
+order."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every bad-input case, good image modes and 16 concurrent clients against a real uvicorn process."""
+"""Every bad-input case, good image modes and 16 concurrent clients against a real uvicorn
+process."""
 
 from __future__ import annotations
 

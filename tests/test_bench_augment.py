@@ -1,4 +1,5 @@
-"""benchmarks.augment_throughput on three generated photos: both pipelines run and every figure is there."""
+"""benchmarks.augment_throughput on three generated photos: both pipelines run and every figure is
+there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""benchmarks.train_throughput in a tiny CPU config: both paths run the real step and report sane figures."""
+"""benchmarks.train_throughput in a tiny CPU config: both paths run the real step and report sane
+figures."""
 
 from __future__ import annotations
 

@@ -9,15 +9,15 @@ import torch
 
 from trainer.model.device import resolve_precision
 from trainer.train.config import (
-    TrainConfig,
     bool_flag,
     build_parser,
     config_to_dict,
     make_config,
     parse_config,
 )
+from trainer.train.flags import TrainConfig
 
-# The authors' main_dino.py defaults, written out independently of trainer/train/config.py.
+# The authors' main_dino.py defaults, written out independently of trainer/train/flags.py.
 OFFICIAL_DEFAULTS = {
     "arch": "vit_small",
     "patch_size": 16,

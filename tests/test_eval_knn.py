@@ -41,10 +41,12 @@ def test_hand_sized_case():
     query = torch.stack([q_angle.cos(), q_angle.sin()], dim=1)
     # k=1: nearest is 90 deg (cos 30 = .866) vs 10 deg (cos 50 = .643) -> class 1
     assert knn_classify(train, labels, query, torch.tensor([1]), 1, 0.07, 3) == (100.0, 100.0)
-    # k=4, T=0.07: class 1 gets exp(.866/.07)+exp(.5/.07) ~ 2.4e5 vs class 0 exp(.643/.07)+exp(.5/.07) ~ 1.1e4
+    # k=4, T=0.07: class 1 gets exp(.866/.07)+exp(.5/.07) ~ 2.4e5 vs class 0
+    # exp(.643/.07)+exp(.5/.07) ~ 1.1e4
     top1, _ = knn_classify(train, labels, query, torch.tensor([0]), 4, 0.07, 3)
     assert top1 == 0.0
-    # with a huge temperature every neighbour weighs ~1, and class 0 and 1 tie at 2 votes; top-5 covers both
+    # with a huge temperature every neighbour weighs ~1, and class 0 and 1 tie at 2 votes; top-5
+    # covers both
     _, top5 = knn_classify(train, labels, query, torch.tensor([0]), 4, 1e6, 3)
     assert top5 == 100.0
 

@@ -1,4 +1,5 @@
-"""Attention-mask Jaccard evaluation: known answers with a designed stub, a reference check, the CLI."""
+"""Attention-mask Jaccard evaluation: known answers with a designed stub, a reference check, the
+CLI."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def make_dataset(root: Path, kinds: dict[str, str], suffix: str = ".jpg") -> tup
     return images, masks
 
 
-# -- one image ---------------------------------------------------------------------------------------
+# -- one image -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_head_ious_known_answers(kind: str) -> None:
     ious = image_head_ious(StubModel(), noise_image(), gt_image(kind), image_size=64, threshold=0.6)
@@ -115,7 +116,7 @@ def test_image_smaller_than_a_patch_is_an_error() -> None:
         image_head_ious(StubModel(), noise_image(), gt_image("left"), image_size=8)
 
 
-# -- folders -----------------------------------------------------------------------------------------
+# -- folders ---------------------------------------------------------------------------------------
 def test_evaluate_folder_known_answers(tmp_path: Path) -> None:
     images, masks = make_dataset(
         tmp_path, {"a_left": "left", "b_patch": "patch", "c_right": "right"}
@@ -182,7 +183,7 @@ def test_no_pairs_is_a_clear_error(tmp_path: Path) -> None:
         evaluate_folder(StubModel(), tmp_path / "nope", tmp_path / "masks", image_size=64)
 
 
-# -- against an independent computation ---------------------------------------------------------------
+# -- against an independent computation ------------------------------------------------------------
 def reference_head_ious(
     sd: dict, heads: int, patch: int, image: Image.Image, gt: Image.Image, size: int, t: float
 ) -> np.ndarray:
@@ -232,7 +233,7 @@ def test_matches_an_independent_reference(tmp_path: Path, one_torch_thread) -> N
     assert res["jaccard"] == pytest.approx(100 * float(np.mean(best)), abs=1e-4)
 
 
-# -- command line ------------------------------------------------------------------------------------
+# -- command line ----------------------------------------------------------------------------------
 def test_cli_random_init_writes_json(tmp_path: Path, capsys, one_torch_thread) -> None:
     images, masks = make_dataset(tmp_path / "data", {"a": "left", "b": "right"})
     out = tmp_path / "out" / "res.json"

@@ -1,4 +1,5 @@
-"""POST /attention's explorer fields: range errors, the map cache, overlay formats, the composite."""
+"""POST /attention's explorer fields: range errors, the map cache, overlay formats, the
+composite."""
 
 from __future__ import annotations
 

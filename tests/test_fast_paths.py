@@ -124,7 +124,8 @@ def test_compiled_step_matches_eager_and_compiles_once_per_resolution():
             with torch._dynamo.config.patch(error_on_recompile=True):
                 loss_fast, _, _ = train_step(fast, crops, 0, it)
         torch.testing.assert_close(loss_fast, loss_eager, atol=1e-5, rtol=1e-5)
-        # Adam divides by sqrt(v): float rounding of a near-zero gradient can move a weight by ~lr/10.
+        # Adam divides by sqrt(v): float rounding of a near-zero gradient can move a weight by
+        # ~lr/10.
         assert_same_weights(fast.student, eager.student, atol=1e-4)
         assert_same_weights(
             fast.teacher, eager.teacher, atol=1e-4
@@ -190,7 +191,8 @@ def reference_adamw(
     betas=(0.9, 0.999),
     eps=1e-8,
 ) -> list[torch.Tensor]:
-    """Decoupled weight decay Adam, written from the paper: p -= lr*wd*p; p -= lr*m_hat/(sqrt(v_hat)+eps)."""
+    """Decoupled weight decay Adam, written from the paper: p -= lr*wd*p; p -=
+    lr*m_hat/(sqrt(v_hat)+eps)."""
     params = [p.detach().clone().double() for p in params]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]

@@ -1,4 +1,5 @@
-"""Batched multi-crop (trainer/data/gpu_augment.py) and batched decoding (trainer/data/jpeg_batch.py).
+"""Batched multi-crop (trainer/data/gpu_augment.py and its ops in gpu_crops.py, gpu_color.py,
+gpu_blur.py) and batched decoding (trainer/data/jpeg_batch.py).
 
 Run on CPU tensors; the same code runs on CUDA.
 """
@@ -21,21 +22,18 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from tests.test_augment import EXPECTED_RATES
 from trainer.data.augment import CROP_RATIO, DataAugmentationDINO
-from trainer.data.gpu_augment import (
-    BLUR_MAX_KERNEL,
-    GPUMultiCrop,
+from trainer.data.gpu_augment import GPUMultiCrop
+from trainer.data.gpu_blur import BLUR_MAX_KERNEL, blur_kernel_size, gaussian_blur
+from trainer.data.gpu_color import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
     apply_color_jitter,
-    blur_kernel_size,
     color_jitter,
-    gaussian_blur,
-    resized_crops,
-    sample_crop_boxes,
     sample_jitter,
 )
+from trainer.data.gpu_crops import resized_crops, sample_crop_boxes
 from trainer.data.jpeg_batch import (
     EncodedImageFolder,
     collate_bytes,
@@ -333,7 +331,8 @@ def textured_images(count: int, height: int, width: int, seed: int) -> torch.Ten
 
 
 def _view_statistics(views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-sample statistics of each view kind (locals pooled): brightness, contrast, colour, sharpness."""
+    """Per-sample statistics of each view kind (locals pooled): brightness, contrast, colour,
+    sharpness."""
     kinds = {"global1": [views[0]], "global2": [views[1]], "local": views[2:]}
     stats = {}
     for kind, tensors in kinds.items():
@@ -346,7 +345,8 @@ def _view_statistics(views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_output_statistics_match_the_cpu_pipeline():
-    """Mean and spread over samples of each per-sample statistic agree within 4.5 standard errors."""
+    """Mean and spread over samples of each per-sample statistic agree within 4.5 standard
+    errors."""
     images = textured_images(40, 30, 36, seed=10).repeat(8, 1, 1, 1)
     cpu_aug = DataAugmentationDINO((0.4, 1.0), (0.05, 0.4), 2, 16, 8)
     generator = torch.Generator().manual_seed(11)

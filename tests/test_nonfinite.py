@@ -1,4 +1,5 @@
-"""A NaN/inf loss changes neither the student, its optimizer state nor the teacher, and stops the run."""
+"""A NaN/inf loss changes neither the student, its optimizer state nor the teacher, and stops the
+run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The CPU multi-crop's pixel ops (trainer/data/pil_ops.py) against the authors' torchvision / PIL ops."""
+"""The CPU multi-crop's pixel ops (trainer/data/pil_ops.py) against the authors' torchvision / PIL
+ops."""
 
 from __future__ import annotations
 

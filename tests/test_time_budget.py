@@ -162,7 +162,8 @@ def test_cli_run_is_cut_to_the_budget_and_ends_on_its_schedule(tmp_path, monkeyp
     assert [x["train_teacher_temp"] for x in lines[:2]] == pytest.approx(
         [0.02, 0.02 + 0.02 / 9]
     )  # as asked
-    # one step per epoch: the last step used the last value of the schedule rebuilt for the fitted length
+    # one step per epoch: the last step used the last value of the schedule rebuilt for the fitted
+    # length
     base = 0.064 * 4 / 256
     assert lines[-1]["train_lr"] == pytest.approx(
         cosine_scheduler(base, 1e-5, epochs, 1, 2)[-1], rel=1e-9

@@ -1,4 +1,5 @@
-"""POST /attention/video and /jobs/...: frames, timestamps, equality with POST /attention, limits, life cycle."""
+"""POST /attention/video and /jobs/...: frames, timestamps, equality with POST /attention, limits,
+life cycle."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def decoded_frames(data: bytes) -> list[tuple[float, Image.Image]]:
 
 
 def reference_masks(attn: np.ndarray, threshold: float) -> np.ndarray:
-    """The paper's masks: per head, the largest patches holding ``threshold`` of the attention mass."""
+    """The paper's masks: per head, the largest patches holding ``threshold`` of the attention
+    mass."""
     flat = attn.reshape(attn.shape[0], -1).astype(np.float64)
     masks = np.zeros(flat.shape, dtype=bool)
     for h, row in enumerate(flat):
@@ -147,7 +149,8 @@ def test_sampling_fps_timestamps_and_truncation(client, clips):
     assert status["frames_done"] == 5 and status["truncated"] is True
     summary = client.get(f"/jobs/{job}/result", params={"format": "json"}).json()
     assert summary["fps_used"] == 4 and summary["grid"] == [6, 8] and len(summary["coverage"]) == 5
-    # reference: sample k is the first source frame at or after k / fps (GIF delays are whole centiseconds)
+    # reference: sample k is the first source frame at or after k / fps (GIF delays are whole
+    # centiseconds)
     times = [t for t, _ in decoded_frames(clips["clip.gif"])]
     expected = [next(t for t in times if t >= k / 4 - 0.01) for k in range(5)]
     np.testing.assert_allclose(summary["timestamps"], expected, atol=1e-6)
@@ -174,7 +177,8 @@ def test_mp4_result_has_the_requested_fps_and_size(client, clips, render, size):
 
 
 def test_mean_render_is_the_inferno_mean_map(client, clips):
-    """The mean render is the authors' picture: mean over heads, min-max scaled, inferno, patch-nearest."""
+    """The mean render is the authors' picture: mean over heads, min-max scaled, inferno,
+    patch-nearest."""
     from matplotlib import colormaps
 
     job, _ = run_job(client, clips["clip.mp4"], fps=3, render="mean")
@@ -339,7 +343,8 @@ def test_job_file_is_written_atomically(tmp_path):
 
 
 def test_batches_wait_for_a_slot_and_image_requests_interleave(tmp_path, clips):
-    """One slot, a short queue timeout: the job waits out a held slot (never busy) and images get through."""
+    """One slot, a short queue timeout: the job waits out a held slot (never busy) and images get
+    through."""
     import threading
 
     s = isolated_settings(tmp_path, max_concurrency=1, queue_timeout_s=0.05, video_batch=2)
@@ -430,7 +435,8 @@ def test_the_video_path_has_its_own_body_limit(tmp_path, clips):
 
 
 def test_a_register_model_uses_its_patch_size_and_prefix_tokens(tmp_path, clips):
-    """DINOv2 with 4 registers (patch 14, 5 prefix tokens): frames still equal POST /attention, any layer."""
+    """DINOv2 with 4 registers (patch 14, 5 prefix tokens): frames still equal POST /attention, any
+    layer."""
     import torch
 
     from tests.dinov2_layouts import authors_state
@@ -474,7 +480,8 @@ def test_a_register_model_uses_its_patch_size_and_prefix_tokens(tmp_path, clips)
 
 
 def test_image_size_defaults_to_the_models_own(tmp_path, clips):
-    """Left out, image_size is the model's default_image_size: 518 for DINOv2, as for POST /attention."""
+    """Left out, image_size is the model's default_image_size: 518 for DINOv2, as for POST
+    /attention."""
     import torch
 
     from tests.dinov2_layouts import authors_state

@@ -1,4 +1,5 @@
-"""The Video tab in a real browser (headless Debian Chromium via Playwright), the real service behind it."""
+"""The Video tab in a real browser (headless Debian Chromium via Playwright), the real service
+behind it."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ import numpy as np
 
 
 def clip_frames(frames: int, width: int, height: int, seed: int = 0) -> np.ndarray:
-    """``frames x h x w x 3`` uint8: a checkered square crossing a smooth background left to right."""
+    """``frames x h x w x 3`` uint8: a checkered square crossing a smooth background left to
+    right."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.stack(
@@ -42,7 +43,8 @@ def write_clip(
     fps: int = 12,
     codec: str | None = None,
 ) -> np.ndarray:
-    """Write the clip to ``path`` (the container follows the suffix: .mp4 H.264, .gif, .webm, .mov)."""
+    """Write the clip to ``path`` (the container follows the suffix: .mp4 H.264, .gif, .webm,
+    .mov)."""
     suffix = Path(path).suffix.lower()
     codec = codec or {".gif": "gif", ".webm": "libvpx-vp9"}.get(suffix, "libx264")
     pix_fmt = {"gif": "rgb8", "libvpx-vp9": "yuv420p"}.get(codec, "yuv420p")

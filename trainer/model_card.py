@@ -145,8 +145,10 @@ def _pct(value: float | None) -> str:
 
 def summary(card: dict[str, Any]) -> str:
     """One line: what the model is, what it was trained on, and its headline figure."""
-    train, jac = card["train"], card.get("jaccard") or {}
-    trained, random = jac.get("trained"), jac.get("random_init")
+    train = card["train"]
+    jac = card.get("jaccard") or {}
+    trained = jac.get("trained")
+    random = jac.get("random_init")
     figure = "mask Jaccard not measured"
     if trained is not None:
         figure = f"mask Jaccard {_pct(trained['jaccard'])}"
@@ -161,7 +163,8 @@ def summary(card: dict[str, Any]) -> str:
 
 def _jaccard_lines(card: dict[str, Any]) -> list[str]:
     jac = card.get("jaccard") or {}
-    trained, random = jac.get("trained"), jac.get("random_init")
+    trained = jac.get("trained")
+    random = jac.get("random_init")
     if trained is None:
         return ["Not measured (no `python -m trainer.eval.seg --json` file given)."]
     side = trained["image_size"]
@@ -266,7 +269,8 @@ def readme_block(card: dict[str, Any], card_path: str, picture: str | None = Non
 
 def replace_readme_block(readme: str, block: str) -> str:
     """``readme`` with the text between the shipped-model markers replaced by ``block``."""
-    start, end = readme.find(README_START), readme.find(README_END)
+    start = readme.find(README_START)
+    end = readme.find(README_END)
     if start < 0 or end < start:
         raise ValueError(f"README has no {README_START} ... {README_END} block to fill")
     return readme[: start + len(README_START)] + "\n" + block + readme[end:]

@@ -79,7 +79,8 @@ def check_crop_scale(name: str, scale: tuple[float, float]) -> tuple[float, floa
     """``scale`` as a validated float ``(min, max)`` pair with ``0 < min <= max <= 1``."""
     if len(scale) != 2:
         raise ValueError(f"{name} must be a (min, max) pair, got {scale!r}")
-    low, high = float(scale[0]), float(scale[1])
+    low = float(scale[0])
+    high = float(scale[1])
     if not (0.0 < low <= 1.0 and 0.0 < high <= 1.0):
         raise ValueError(f"{name} values must lie in (0, 1], got {scale!r}")
     if low > high:

@@ -42,7 +42,8 @@ def knn_classify(
     num_classes: int,
     chunk: int = 1024,
 ) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) of the exp(sim/T)-weighted k-NN vote; features already normalised."""
+    """Top-1 and top-5 accuracy (%) of the exp(sim/T)-weighted k-NN vote; features already
+    normalised."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, train_feats.shape[0])
@@ -74,7 +75,8 @@ def extract_features(
     """L2-normalised CLS features (float32, CPU) and labels of every readable image."""
     was_training = model.training
     model.eval()
-    feats, labels = [], []
+    feats = []
+    labels = []
     for batch in loader:
         images, targets = (batch.images, batch.labels) if isinstance(batch, Batch) else batch
         if len(targets) == 0:
@@ -138,7 +140,8 @@ def knn_evaluate(
         top1, top5 = knn_classify(
             train_feats, train_labels, val_feats, val_labels, k, temperature, n_train_classes
         )
-        results[f"k{k}_top1"], results[f"k{k}_top5"] = top1, top5
+        results[f"k{k}_top1"] = top1
+        results[f"k{k}_top5"] = top5
     return results
 
 
@@ -203,9 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args.num_workers,
     )
     for k in args.nb_knn:
-        print(
-            f"{k}-NN classifier result: Top1: {results[f'k{k}_top1']:.2f}, Top5: {results[f'k{k}_top5']:.2f}"
-        )
+        top1 = results[f"k{k}_top1"]
+        top5 = results[f"k{k}_top5"]
+        print(f"{k}-NN classifier result: Top1: {top1:.2f}, Top5: {top5:.2f}")
     print(json.dumps(results))
     if args.json is not None:
         settings = {

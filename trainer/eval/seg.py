@@ -18,7 +18,7 @@ masks from the last-block CLS attention", with the authors' mask procedure:
 Images are paired with masks by file stem (``images/<id>.jpg`` with ``masks/<id>.png``).
 
     python -m trainer.eval.seg --checkpoint runs/x/checkpoint.pth --images DIR --masks DIR
-    python -m trainer.eval.seg --random_init --arch vit_small --patch_size 16 --images DIR --masks DIR
+    python -m trainer.eval.seg --random_init --arch vit_small --images DIR --masks DIR
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
 def pair_images_and_masks(
     images_dir: str | Path, masks_dir: str | Path, limit: int | None = None
 ) -> tuple[list[tuple[Path, Path]], int]:
-    """``(pairs, missing)``: ``(image, mask)`` pairs sorted by stem, and how many images had no mask.
+    """``(pairs, missing)``: ``(image, mask)`` pairs sorted by stem, and how many images had no
+    mask.
 
     Images are files with a suffix in ``IMAGE_SUFFIXES``; masks are ``<stem>.png``. With
     ``limit``, scanning stops after ``limit`` pairs (``missing`` counts the images seen so far).
@@ -86,7 +87,8 @@ def image_tensor(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """``(1, 3, S, S)`` float input: RGB, bicubic resize to ``S x S``, scaled to [0, 1], normalised."""
+    """``(1, 3, S, S)`` float input: RGB, bicubic resize to ``S x S``, scaled to [0, 1],
+    normalised."""
     resized = image.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
     t = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
@@ -130,7 +132,8 @@ def _no_pairs_error(
     images_dir: str | Path, masks_dir: str | Path, missing: int, unreadable: int
 ) -> ValueError:
     return ValueError(
-        f"no readable image/mask pair: looked for images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} "
+        f"no readable image/mask pair: looked for images ({', '.join(IMAGE_SUFFIXES)}) "
+        f"in {images_dir} "
         f"and masks (<image stem>{MASK_SUFFIX}) in {masks_dir}; "
         f"{missing} image(s) without a mask, {unreadable} unreadable"
     )
@@ -176,11 +179,14 @@ def evaluate_folder(
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
-    ious, unreadable, start = [], 0, time.perf_counter()
+    ious = []
+    unreadable = 0
+    start = time.perf_counter()
     try:
         for image_path, mask_path in pairs:
             try:
-                image, gt = load_rgb(image_path), load_gray(mask_path)
+                image = load_rgb(image_path)
+                gt = load_gray(mask_path)
             except DECODE_ERRORS as exc:
                 unreadable += 1
                 logger.warning("skipping unreadable %s / %s: %s", image_path, mask_path, exc)
@@ -201,7 +207,8 @@ def summary_lines(results: dict[str, Any], model_name: str) -> list[str]:
     counts = "  ".join(f"h{i}: {c}" for i, c in enumerate(results["best_head_counts"]))
     return [
         f"model: {model_name}",
-        f"images: {results['images']}  image_size: {results['image_size']}  threshold: {results['threshold']}",
+        f"images: {results['images']}  image_size: {results['image_size']}  "
+        f"threshold: {results['threshold']}",
         f"skipped: {results['skipped']} ({results.get('missing_masks', 0)} without a mask, "
         f"{results.get('unreadable', 0)} unreadable)",
         f"jaccard (best head, mean over images): {results['jaccard']:.1f}",

@@ -23,7 +23,8 @@ from torch import nn
 
 @dataclass
 class BlockReadout:
-    """Softmax rows ``(B, heads, Q, T)`` of one block, and optionally its output tokens ``(B, T, D)``."""
+    """Softmax rows ``(B, heads, Q, T)`` of one block, and optionally its output tokens ``(B, T,
+    D)``."""
 
     attention: torch.Tensor
     tokens: torch.Tensor | None = None
@@ -55,7 +56,8 @@ def query_logits(
     heads = attn.num_heads
     inner = attn.qkv.weight.shape[0] // 3
     head_dim = inner // heads
-    w, bias = attn.qkv.weight, attn.qkv.bias
+    w = attn.qkv.weight
+    bias = attn.qkv.bias
     q_in = h if query_index is None else h[:, list(query_index)]
     q = F.linear(q_in, w[:inner], None if bias is None else bias[:inner])
     k = F.linear(h, w[inner : 2 * inner], None if bias is None else bias[inner : 2 * inner])

@@ -182,7 +182,8 @@ def _strip(key: str) -> str:
         changed = False
         for p in _DROP_PREFIXES:
             if key.startswith(p):
-                key, changed = key[len(p) :], True
+                key = key[len(p) :]
+                changed = True
     return key
 
 
@@ -198,11 +199,13 @@ def extract_backbone_state(
             raise CheckpointError(
                 f"training checkpoint has no {which!r} entry (has {sorted(obj)[:8]})"
             )
-        obj, source = obj[which], f"training-{which}"
+        obj = obj[which]
+        source = f"training-{which}"
     else:
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
-                obj, source = obj[key], "timm"
+                obj = obj[key]
+                source = "timm"
                 break
     state = {}
     for k, v in obj.items():
@@ -222,7 +225,8 @@ def extract_backbone_state(
 def infer_arch(state: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
     """(patch_size, embed_dim, depth, num_heads) from tensor shapes; heads = dim / 64."""
     proj = state["patch_embed.proj.weight"]
-    embed_dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    embed_dim = int(proj.shape[0])
+    patch = int(proj.shape[-1])
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     heads = max(embed_dim // 64, 1)
     if embed_dim % heads:
@@ -275,7 +279,8 @@ def _weights_path(path: Path) -> tuple[Path, dict[str, Any] | None]:
 def read_backbone(
     path: str | Path, which: str = "teacher"
 ) -> tuple[dict[str, torch.Tensor], BackboneInfo]:
-    """Backbone state and its :class:`BackboneInfo` from a file or folder, without building a model."""
+    """Backbone state and its :class:`BackboneInfo` from a file or folder, without building a
+    model."""
     path, config = _weights_path(Path(path))
     raw, meta, epoch = _read_raw(path)
     prefix = hf_prefix(raw)
@@ -297,9 +302,11 @@ def read_backbone(
         )
     if meta.get("num_heads"):
         info.num_heads = int(meta["num_heads"])
-    info.epoch, info.trained = epoch, meta.get("trained", "true") != "false"
+    info.epoch = epoch
+    info.trained = meta.get("trained", "true") != "false"
     if meta.get("mean"):
-        info.mean, info.std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
+        info.mean = tuple(json.loads(meta["mean"]))
+        info.std = tuple(json.loads(meta["std"]))
     info.extra = _json_object(meta.get("extra"))
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
 
@@ -345,7 +352,8 @@ def _json_object(text: str | None) -> dict[str, Any]:
 
 
 def load_backbone(path: str | Path, which: str = "teacher") -> tuple[DinoViT, BackboneInfo]:
-    """Build a :class:`DinoViT` (DINO or DINOv2) and load a checkpoint into it with ``strict=True``."""
+    """Build a :class:`DinoViT` (DINO or DINOv2) and load a checkpoint into it with
+    ``strict=True``."""
     state, info = read_backbone(path, which)
     if info.dinov2 is not None:
         model = build_dinov2(info.dinov2)

@@ -93,7 +93,8 @@ def is_dinov2_state(state: dict[str, torch.Tensor]) -> bool:
 def _mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, bool]:
     if "blocks.0.mlp.w12.weight" in state:  # the authors' SwiGLU FFN (giant)
         return int(state["blocks.0.mlp.w12.weight"].shape[0]), True
-    fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    fc2 = state.get("blocks.0.mlp.fc2.weight")
     if fc1 is None or fc2 is None:
         raise ValueError(
             f"no MLP weights in block 0 (blocks.0.mlp.fc1/fc2 or w12/w3); supported: {SUPPORTED}"
@@ -104,7 +105,8 @@ def _mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, bool]:
 def infer_dinov2_arch(state: dict[str, torch.Tensor]) -> Dinov2Arch:
     """The architecture of a DINOv2 state dict in the authors' or timm's layout."""
     proj = state["patch_embed.proj.weight"]
-    dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    dim = int(proj.shape[0])
+    patch = int(proj.shape[-1])
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     reg = state.get("register_tokens", state.get("reg_token"))
     registers = 0 if reg is None else int(reg.shape[1])

@@ -17,7 +17,8 @@ import torch
 
 @dataclass
 class PatchPCA:
-    """``rgb`` (gh, gw, 3) float32 in [0, 1]; ``foreground`` (gh, gw) bool; ``components`` (gh, gw, 3)."""
+    """``rgb`` (gh, gw, 3) float32 in [0, 1]; ``foreground`` (gh, gw) bool; ``components`` (gh, gw,
+    3)."""
 
     rgb: torch.Tensor
     foreground: torch.Tensor
@@ -25,7 +26,8 @@ class PatchPCA:
 
 
 def _leading_components(tokens: torch.Tensor, k: int) -> torch.Tensor:
-    """Projections ``(N, k)`` of the centred tokens on the ``k`` leading principal axes (zeros past D)."""
+    """Projections ``(N, k)`` of the centred tokens on the ``k`` leading principal axes (zeros past
+    D)."""
     x = tokens.double()
     x = x - x.mean(0, keepdim=True)
     cov = x.T @ x / max(x.shape[0] - 1, 1)
@@ -54,7 +56,8 @@ def patch_pca(tokens: torch.Tensor, grid: tuple[int, int]) -> PatchPCA:
     if tokens.shape[0] != gh * gw:
         raise ValueError(f"{tokens.shape[0]} tokens do not fill a {gh}x{gw} grid")
     proj = _fix_signs(_leading_components(tokens, 3))
-    lo, hi = proj.min(0).values, proj.max(0).values
+    lo = proj.min(0).values
+    hi = proj.max(0).values
     rgb = (proj - lo) / (hi - lo).clamp(min=1e-12)
     return PatchPCA(
         rgb.float().reshape(gh, gw, 3),

@@ -72,7 +72,8 @@ def _rename(
     layer = _LAYER_KEY.fullmatch(name)
     if layer is None:
         raise ValueError(f"unexpected transformers key {name!r}")
-    index, rest = int(layer[1]), layer[2]
+    index = int(layer[1])
+    rest = layer[2]
     part = _QKV_KEY.fullmatch(rest)
     if part is not None:
         qkv.setdefault((index, part[2]), {})[part[1]] = value

@@ -83,7 +83,8 @@ def interpolate_pos_encoding(
     side = int(math.sqrt(num_patches))
     if num_patches == grid_h * grid_w and grid_h == grid_w == side:
         return pos_embed
-    prefix_pos, patch_pos = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    prefix_pos = pos_embed[:, :num_prefix]
+    patch_pos = pos_embed[:, num_prefix:]
     dim = pos_embed.shape[-1]
     grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
     if offset:
@@ -151,7 +152,8 @@ class DinoViT(VisionTransformer):
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)
         self.patch_size = patch_size
-        self.interp_offset, self.interp_antialias = interp_offset, interp_antialias
+        self.interp_offset = interp_offset
+        self.interp_antialias = interp_antialias
         self.set_fused_attention(True)
 
     # -- configuration -----------------------------------------------------------------
@@ -228,7 +230,8 @@ class DinoViT(VisionTransformer):
     def _last_block_qk(self, h: torch.Tensor, cls_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
         attn = self.blocks[-1].attn
         b, n, d = h.shape
-        w, bias = attn.qkv.weight, attn.qkv.bias
+        w = attn.qkv.weight
+        bias = attn.qkv.bias
         q_in = h[:, :1] if cls_only else h
         q = F.linear(q_in, w[:d], None if bias is None else bias[:d])
         k = F.linear(h, w[d : 2 * d], None if bias is None else bias[d : 2 * d])
@@ -249,7 +252,8 @@ class DinoViT(VisionTransformer):
         return torch.softmax((q.float() * scale) @ k.float().transpose(-2, -1), dim=-1)
 
     def get_cls_attention(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
-        """Block ``layer``'s (default: the last) CLS-to-patch attention per head, ``(B, heads, gh, gw)``.
+        """Block ``layer``'s (default: the last) CLS-to-patch attention per head, ``(B, heads, gh,
+        gw)``.
 
         Blocks before ``layer`` run fused SDPA; blocks after it are not computed.
         """
@@ -276,7 +280,9 @@ def build_vit(
         raise ValueError(f"patch_size must be between 1 and {PRETRAIN_IMG_SIZE}, got {patch_size}")
     if embed_dim is None:
         spec = arch_spec(arch)
-        embed_dim, depth, num_heads = spec.embed_dim, spec.depth, spec.num_heads
+        embed_dim = spec.embed_dim
+        depth = spec.depth
+        num_heads = spec.num_heads
     assert depth is not None and num_heads is not None
     return DinoViT(
         patch_size=patch_size,

@@ -30,8 +30,8 @@ from trainer.model.head import DINOHead, MultiCropWrapper
 from trainer.model.vit import build_vit
 from trainer.train import distributed as dist_utils
 from trainer.train.compile import compile_models
-from trainer.train.config import TrainConfig
 from trainer.train.engine import MetricsWriter, Schedules, TrainContext
+from trainer.train.flags import TrainConfig
 from trainer.train.loss import N_TEACHER_VIEWS, DINOLoss
 from trainer.train.optim import build_optimizer, get_params_groups
 from trainer.train.schedules import cosine_scheduler, scaled_lr
@@ -194,7 +194,8 @@ def build_context(
     options = options or ContextOptions()
     seed_everything(cfg.seed)
     student, teacher = build_student_teacher(cfg)
-    student, teacher = student.to(device), teacher.to(device)
+    student = student.to(device)
+    teacher = teacher.to(device)
     prepare = options.prepare or (lambda s, t: (s, t))
     student_run, teacher_run = prepare(student, teacher)
     optimizer = build_optimizer(

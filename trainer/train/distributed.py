@@ -46,7 +46,8 @@ def first_slurm_host(nodelist: str) -> str:
     match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
     if not match:
         raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
-    prefix, ranges = match.group(1), match.group(2)
+    prefix = match.group(1)
+    ranges = match.group(2)
     if not ranges:
         return prefix
     return prefix + ranges.split(",")[0].split("-")[0]

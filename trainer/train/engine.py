@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from trainer.data.dataset import Batch
-from trainer.train.config import TrainConfig
 from trainer.train.distributed import all_reduce_sum, is_main_process
 from trainer.train.ema import ema_update
+from trainer.train.flags import TrainConfig
 from trainer.train.health import collapse_warning, dino_health
 from trainer.train.loss import N_TEACHER_VIEWS, DINOLoss
 from trainer.train.optim import cancel_gradients_last_layer, clip_gradients

@@ -95,7 +95,9 @@ def dino_step_flops_per_image(
     """
     if embed_dim is None or depth is None or num_heads is None:
         spec = arch_spec(arch)
-        embed_dim, depth, num_heads = spec.embed_dim, spec.depth, spec.num_heads
+        embed_dim = spec.embed_dim
+        depth = spec.depth
+        num_heads = spec.num_heads
     if local_crops_number < 0 or n_global < 1:
         raise ValueError(
             f"need n_global >= 1 and local_crops_number >= 0, got {n_global}, {local_crops_number}"

@@ -19,8 +19,9 @@ from typing import Any
 from trainer.model.checkpoint import atomic_torch_save, export_backbone_safetensors, load_checkpoint
 from trainer.train import distributed as dist_utils
 from trainer.train.build import RunParts, build_run, build_schedules, seed_everything
-from trainer.train.config import TrainConfig, config_to_dict
+from trainer.train.config import config_to_dict
 from trainer.train.engine import TrainContext, train_one_epoch
+from trainer.train.flags import TrainConfig
 from trainer.train.time_budget import RunLength, TimeBudget
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from trainer.train.config import TrainConfig
+from trainer.train.flags import TrainConfig
 
 logger = logging.getLogger(__name__)
 
