@@ -19,8 +19,7 @@ from trainer.model.feature_pca import patch_pca
 
 @dataclass
 class RawMaps:
-    """Block ``layer``'s CLS row (and a query patch's row) over all tokens, and optionally the
-    PCA."""
+    """Block ``layer``'s CLS row (and a query patch's row) over all tokens, optionally the PCA."""
 
     layer: int
     grid: tuple[int, int]
@@ -60,8 +59,7 @@ def compute_block_maps(
     query: tuple[int, int] | None,
     pca: bool,
 ) -> RawMaps:
-    """Run ``model`` on one normalised image ``(1, 3, h, w)`` up to block ``layer`` (already
-    resolved).
+    """Run ``model`` on one normalised ``(1, 3, h, w)`` image up to (resolved) block ``layer``.
 
     The caller provides ``inference_mode``, autocast and the device placement.
     """
@@ -82,8 +80,7 @@ def compute_block_maps(
 
 
 def composite_colors(count: int) -> list[list[int]]:
-    """``count`` distinct saturated colours, hues evenly spaced (as the authors' ``random_colors``,
-    unshuffled)."""
+    """``count`` distinct saturated colours, evenly spaced hues (the authors' ``random_colors``)."""
     colors = []
     for i in range(count):
         hsv = Image.new("HSV", (1, 1), (round(255 * i / max(count, 1)) % 256, 255, 255))

@@ -1,5 +1,4 @@
-"""The explorer's extra views of one analysis: the query patch's maps, the colour composite, the
-PCA.
+"""The explorer's extra views of one analysis: query patch maps, colour composite, PCA.
 
 All are derived from a cached :class:`~backend.block_maps.RawMaps` and the thresholded masks, so a
 new threshold or head choice redraws them without running the model.
@@ -83,8 +82,8 @@ def static_overlays(
     image: np.ndarray, maps: MapSet, extras: Extras, patch: int, fmt: str
 ) -> dict[str, object]:
     """The pictures a new threshold or head choice leaves as they are (the map cache keeps them):
-    the image, CLS heat maps and mean, query heat maps and mean (patch outlined), PCA and its
-    foreground."""
+    the image, CLS heat maps and mean, query heat maps and mean (patch outlined), the PCA and
+    its foreground."""
     stack = [maps.attentions, maps.mean_attention[None]]
     if extras.query_attentions is not None and extras.query_mean is not None:
         stack += [extras.query_attentions, extras.query_mean[None]]

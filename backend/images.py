@@ -69,8 +69,7 @@ def open_checked(data: bytes, max_bytes: int, max_pixels: int, what: str = "imag
 
 
 def _wide_to_uint8(arr: np.ndarray, sixteen_bit: bool) -> np.ndarray:
-    """16-bit / 32-bit / float grey levels -> 0..255 (integers by their bit range, floats
-    min-max)."""
+    """16-bit / 32-bit / float grey -> 0..255 (integers by their bit range, floats min-max)."""
     is_float = np.issubdtype(arr.dtype, np.floating)
     arr = arr.astype(np.float64)
     if is_float:
@@ -118,8 +117,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, what: str = "imag
 
 
 def resized_size(width: int, height: int, image_size: int, resize: str) -> tuple[int, int]:
-    """(w, h) after the resize step: square, or short side = ``image_size`` (torchvision's
-    rounding)."""
+    """(w, h) after the resize: square, or short side ``image_size`` (torchvision's rounding)."""
     if resize == "square":
         return image_size, image_size
     if resize != "keep_aspect":
@@ -178,8 +176,7 @@ def prepare(
 def decode_mask(
     data: bytes, max_bytes: int, max_pixels: int, image_wh: tuple[int, int]
 ) -> Image.Image:
-    """A ground-truth mask as mode "L"; same size as the image or the same aspect (1 %
-    tolerance)."""
+    """A ground-truth mask as mode "L": same size as the image, or same aspect (1 % tolerance)."""
     mask = decode_image(data, max_bytes, max_pixels, what="gt_mask").convert("L")
     (mw, mh), (iw, ih) = mask.size, image_wh
     if (mw, mh) != (iw, ih) and abs(mw * ih - mh * iw) > 0.01 * iw * mh:

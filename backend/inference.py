@@ -111,8 +111,7 @@ def png_b64(image: Image.Image) -> str:
 def render_overlays(
     image: Image.Image, maps: MapSet, patch: int, fmt: str = "png"
 ) -> dict[str, object]:
-    """Base64 pictures (``fmt``) at the processed resolution: the image, each head, the mean, each
-    mask."""
+    """Base64 pictures (``fmt``) at the processed size: image, each head, the mean, each mask."""
     base = np.asarray(image.convert("RGB"))
     heats = heat_batch(base, np.concatenate([maps.attentions, maps.mean_attention[None]]), patch)
     masks = mask_batch(base, maps.masks, patch)

@@ -1,5 +1,4 @@
-"""Background jobs of ``POST /attention/video``: their state, their folder on disk, limits and
-expiry.
+"""Background jobs of ``POST /attention/video``: state, folder on disk, limits and expiry.
 
 Each job lives in ``<cache_dir>/jobs/<id>/``: ``job.json`` (its public state, rewritten atomically
 at every state change), the upload, and once done the results. A service that starts finds the

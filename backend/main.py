@@ -78,8 +78,7 @@ def _add_attention_routes(app: FastAPI, service: AttentionService) -> None:
         openapi_extra=request_body_schema(False, settings.max_batch),
     )
     def attention(request: Request, parsed: ParsedRequest = Depends(parse_single)) -> Response:
-        """Per-head last-block CLS attention, masks, overlays and IoU for one image (see
-        docs/API.md)."""
+        """Per-head last-block CLS attention, masks, overlays and IoU of one image (docs/API.md)."""
         loaded = service.model_for(parsed.params)
         request.state.model = loaded.entry.id
         result = service.analyse(loaded, parsed.params, parsed.images[0], parsed.gt_mask)

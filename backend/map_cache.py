@@ -57,8 +57,7 @@ class MapCache(Generic[V]):
             return item[0]
 
     def put(self, key: Hashable, value: V) -> None:
-        """Store ``value`` (again, after it grew); one larger than the whole byte budget is not
-        stored."""
+        """Store ``value`` (again, after it grew); one over the whole byte budget is not stored."""
         size = value.nbytes
         with self._lock:
             old = self._items.pop(key, None)

@@ -60,8 +60,7 @@ def upsample(maps: np.ndarray, patch: int) -> np.ndarray:
 def heat_batch(
     base: np.ndarray, maps: np.ndarray, patch: int, cmap: str = DEFAULT_COLORMAP
 ) -> np.ndarray:
-    """``(n, h, w, 3)`` uint8: each min-max-normalised map of ``(n, gh, gw)`` blended over
-    ``base``."""
+    """``(n, h, w, 3)`` uint8: each min-max-scaled map of ``(n, gh, gw)`` blended over ``base``."""
     flat = maps.reshape(maps.shape[0], -1).astype(np.float32)
     lo = flat.min(1, keepdims=True)
     hi = flat.max(1, keepdims=True)
@@ -75,8 +74,7 @@ def heat_batch(
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Pixels of each ``(..., h, w)`` mask touching a pixel outside it (the border counts as
-    outside)."""
+    """Pixels of each ``(..., h, w)`` mask that touch a pixel outside it (the border is outside)."""
     pad = [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]
     m = np.pad(mask, pad, constant_values=False)
     interior = (
@@ -109,8 +107,7 @@ def _outline_templates(patch: int) -> np.ndarray:
 
 
 def _grid_outline(masks: np.ndarray, patch: int) -> np.ndarray:
-    """The 2-pixel outline of upsampled patch masks ``(n, gh, gw)``, built patch by patch (``patch
-    >= 4``)."""
+    """2-pixel outline of upsampled patch masks ``(n, gh, gw)``, patch by patch (``patch >= 4``)."""
     m = np.pad(masks, [(0, 0), (1, 1), (1, 1)], constant_values=False)
     inner = m[:, 1:-1, 1:-1]
     near = (
@@ -136,8 +133,7 @@ def mask_batch(
     width: int = 2,
     color: tuple[int, int, int] = OUTLINE_RGB,
 ) -> np.ndarray:
-    """``(n, h, w, 3)`` uint8: the kept part of ``base`` at full brightness, the rest dimmed,
-    outlined."""
+    """``(n, h, w, 3)`` uint8: the kept part of ``base`` bright, the rest dimmed, outlined."""
     masks = masks.astype(bool)
     keep = upsample(masks, patch)
     dimmed = (base.astype(np.float32) * MASK_DIM).astype(np.uint8)
@@ -155,8 +151,7 @@ def mask_batch(
 def mark_patch(
     pictures: np.ndarray, cell: tuple[int, int], patch: int, width: int = 2
 ) -> np.ndarray:
-    """Outline grid cell ``cell`` = (row, col) in ``QUERY_MARK_RGB`` on ``(..., h, w, 3)``
-    pictures."""
+    """Outline grid cell ``cell`` (row, col) in ``QUERY_MARK_RGB`` on ``(..., h, w, 3)`` images."""
     r0 = cell[0] * patch
     c0 = cell[1] * patch
     w = max(1, min(width, patch // 2))
@@ -178,8 +173,7 @@ def composite(
     patch: int,
     alpha: float = COMPOSITE_ALPHA,
 ) -> np.ndarray:
-    """The paper's Figure 3: each mask of ``(k, gh, gw)`` blended in its colour, one after the
-    other."""
+    """The paper's Figure 3: each mask of ``(k, gh, gw)`` blended in its colour, in turn."""
     out = base.astype(np.float32)
     keep = upsample(masks.astype(bool), patch)
     for mask, color in zip(keep, colors, strict=True):
@@ -189,7 +183,6 @@ def composite(
 
 
 def pca_picture(rgb: np.ndarray, patch: int) -> np.ndarray:
-    """``(h, w, 3)`` uint8 of the PCA colours ``(gh, gw, 3)`` in [0, 1], one flat square per
-    patch."""
+    """``(h, w, 3)`` uint8 of PCA colours ``(gh, gw, 3)`` in [0, 1], one flat square per patch."""
     pixels = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
     return pixels.repeat(patch, axis=0).repeat(patch, axis=1)

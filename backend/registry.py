@@ -93,8 +93,7 @@ class LoadedModel:
 
 
 def file_identity(path: Path | None) -> tuple[object, ...]:
-    """(path, size, mtime_ns) of a weights file, () when there is none: a rewritten file is a new
-    identity."""
+    """(path, size, mtime_ns) of a weights file, () if none: a rewritten file is a new identity."""
     if path is None:
         return ()
     try:
@@ -111,27 +110,23 @@ def arch_depth(arch: str | None) -> int | None:
 
 
 def is_model_folder(path: Path) -> bool:
-    """A transformers model folder: ``config.json`` and/or ``model.safetensors`` inside a
-    directory."""
+    """A transformers model folder: a directory with ``config.json`` / ``model.safetensors``."""
     return path.is_dir() and ((path / "config.json").is_file() or (path / HF_WEIGHTS).is_file())
 
 
 def weights_stat(path: Path) -> os.stat_result:
-    """``stat`` of a weights file, or of a model folder's ``model.safetensors`` (the folder's when
-    absent)."""
+    """``stat`` of a weights file, or of a folder's ``model.safetensors`` (else of the folder)."""
     weights = path / HF_WEIGHTS if path.is_dir() else path
     return weights.stat() if weights.exists() else path.stat()
 
 
 def default_image_size(family: str | None) -> int | None:
-    """The ``image_size`` used when a request leaves it out: DINO 480, DINOv2 518 (its training
-    size)."""
+    """``image_size`` when a request leaves it out: DINO 480, DINOv2 518 (its training size)."""
     return DEFAULT_IMAGE_SIZES.get(family or "")
 
 
 def card_summary(extra: dict[str, Any]) -> str | None:
-    """The model card line of a file's ``extra`` metadata: a non-empty ``summary`` string, else
-    None."""
+    """The model card line of a file's ``extra`` metadata: its non-empty ``summary``, else None."""
     summary = extra.get("summary")
     if not isinstance(summary, str) or not summary.strip():
         return None
@@ -274,8 +269,7 @@ class ModelRegistry:
         ]
 
     def entries(self) -> list[ModelEntry]:
-        """Every model, rescanning the checkpoint folder (files unchanged since last scan are not
-        re-read)."""
+        """Every model, rescanning the checkpoint folder (unchanged files are not re-read)."""
         with self._lock:
             return self._file_entries() + self._zoo_entries() + self._placeholder_entries()
 
@@ -307,8 +301,7 @@ class ModelRegistry:
         return max(candidates, key=lambda e: (e.path.stat().st_mtime_ns, e.id)).id  # type: ignore[union-attr]
 
     def has_file_model(self, model_id: str) -> bool:
-        """Whether ``model_id`` is an available checkpoint-folder model (a file that could be
-        read)."""
+        """Whether ``model_id`` is an available checkpoint-folder model (a readable file)."""
         return any(e.id == model_id for e in self._available_files())
 
     # -- loading -------------------------------------------------------------------------

@@ -99,8 +99,8 @@ class AttentionService:
 
         1. ``DINO_DEFAULT_MODEL`` when set (not checked here: ``start()`` reports a bad one);
         2. with downloads allowed, ``dino_vits16`` from the zoo when cached or downloadable;
-        3. the shipped model ``SHIPPED_DEFAULT_ID`` when its file is in the checkpoint folder and
-           readable;
+        3. the shipped model ``SHIPPED_DEFAULT_ID`` when its file is in the checkpoint folder
+           and readable;
         4. the newest available file in the checkpoint folder;
         5. the random-init placeholder (created on first use).
         """
@@ -167,8 +167,7 @@ class AttentionService:
         query: tuple[int, int] | None = None,
         pca: bool = False,
     ) -> RawMaps:
-        """Block ``layer``'s attention rows (CLS, and ``query``) for one prepared image ``(1, 3, h,
-        w)``.
+        """Block ``layer``'s attention rows (CLS, and ``query``) for one ``(1, 3, h, w)`` image.
 
         The model step of every analysis: holds an inference slot and records the inference time.
         """
@@ -234,8 +233,7 @@ class AttentionService:
     def analyse(
         self, loaded: LoadedModel, params: AttentionParams, image: bytes, gt_mask: bytes | None
     ) -> Analysis:
-        """Decode, preprocess, run the model (unless the map cache has it), derive masks / IoU /
-        overlays."""
+        """Decode, preprocess, run the model (unless cached), derive masks / IoU / overlays."""
         s = self.settings
         patch = loaded.info.patch_size
         t0 = time.perf_counter()
@@ -309,8 +307,7 @@ class AttentionService:
     def _overlays(
         self, key: tuple[object, ...], entry: CachedImage, out: Analysis
     ) -> dict[str, object]:
-        """The pictures; those a threshold does not change come from the cache entry after the first
-        time."""
+        """The pictures; those a threshold does not change come from the cache after the first."""
         t0 = time.perf_counter()
         fmt = out.params.overlay_format
         patch = out.loaded.info.patch_size

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi")
 DEFAULT_FPS_CAP = 30.0
 TIME_TOLERANCE_S = 0.01  # container timestamps are rounded (GIF: centiseconds, WebM: ms)
-# File signatures of the containers we accept: a file that starts like one but will not open is
-# truncated.
+# File signatures of the containers we accept: a file that starts like one but will not open
+# is truncated.
 _SIGNATURES = (b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3", b"RIFF")
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 
@@ -90,8 +90,7 @@ def _stream_duration(
 
 
 def probe(path: Path, max_duration_s: float, max_pixels: int) -> VideoInfo:
-    """Open ``path``, check its limits and decode its first frame; the 4xx errors say what is
-    wrong."""
+    """Open ``path``, check its limits, decode its first frame; 4xx errors say what is wrong."""
     with _open(path) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -185,8 +184,7 @@ def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[flo
 
 
 def even_rgb(frame: np.ndarray) -> np.ndarray:
-    """Pad an ``h x w x 3`` uint8 frame by one edge pixel where a side is odd (yuv420p needs even
-    sides)."""
+    """Pad an ``h x w x 3`` uint8 frame by an edge pixel on odd sides (yuv420p needs even)."""
     h, w = frame.shape[:2]
     if h % 2 == 0 and w % 2 == 0:
         return frame
@@ -194,8 +192,7 @@ def even_rgb(frame: np.ndarray) -> np.ndarray:
 
 
 class Mp4Writer:
-    """Writes RGB frames as H.264 yuv420p MP4 at a constant ``fps``, moov atom first (plays while
-    loading)."""
+    """RGB frames to H.264 yuv420p MP4 at a constant ``fps``, moov atom first (plays early)."""
 
     def __init__(self, path: Path, fps: float, crf: int = 20) -> None:
         self.path = Path(path)

@@ -78,8 +78,7 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
 
 @contextmanager
 def waiting_slot(service: Any, cancel: threading.Event) -> Iterator[None]:
-    """An inference slot for one batch: wait (in ``queue_timeout_s`` steps) instead of failing
-    busy."""
+    """An inference slot for one batch: wait (``queue_timeout_s`` steps), never fail busy."""
     while True:
         if cancel.is_set():
             raise Cancelled

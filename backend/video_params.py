@@ -61,8 +61,7 @@ def validate_video_params(raw: dict[str, Any]) -> VideoParams:
 
 
 def video_body_schema() -> dict[str, Any]:
-    """OpenAPI ``requestBody`` of ``POST /attention/video`` (multipart: the clip and the text
-    fields)."""
+    """OpenAPI ``requestBody`` of ``POST /attention/video`` (multipart: clip and text fields)."""
     props = VideoParams.model_json_schema()["properties"]
     return {
         "requestBody": {

@@ -1,5 +1,4 @@
-"""One output frame per analysed frame, for the four ``render`` choices of ``POST
-/attention/video``.
+"""One output frame per analysed frame, for each ``render`` choice of ``POST /attention/video``.
 
 * ``mean``: the mean over heads alone, inferno colormap, min-max scaled per frame (the authors'
   video_generation.py picture);

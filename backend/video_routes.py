@@ -1,5 +1,4 @@
-"""``POST /attention/video`` and ``/jobs/...``: video attention as background jobs (see
-docs/API.md).
+"""``POST /attention/video`` and ``/jobs/...``: video attention as background jobs.
 
 ``VideoFeature`` owns the job store; the app's lifespan calls ``start()`` (which recovers the jobs
 of a previous run) and ``close()``.
@@ -65,8 +64,7 @@ class VideoFeature:
 
 
 async def _save_upload(part: Any, dest: Path, max_bytes: int) -> str:
-    """Copy the ``video`` part to ``dest`` in chunks; 413 past ``max_bytes``; returns its file
-    name."""
+    """Copy the ``video`` part to ``dest`` in chunks (413 past ``max_bytes``); its file name."""
     if not isinstance(part, UploadFile):
         raise InvalidParameter(
             "video must be a file part (curl -F video=@clip.mp4), not a text field"
@@ -88,8 +86,7 @@ async def _save_upload(part: Any, dest: Path, max_bytes: int) -> str:
 
 
 def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, Any]:
-    """Probe the upload and check every limit before the job is queued; the job's saved
-    parameters."""
+    """Probe the upload and check every limit before queueing; the job's saved parameters."""
     s = feature.settings
     service = feature.service
     info = probe(path, s.video_max_duration_s, s.video_max_pixels)

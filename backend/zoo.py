@@ -44,8 +44,7 @@ class ZooModel:
     full_url: str | None = None  # DINOv2: the authors' URL (under DINOV2_BASE_URL)
 
     def url(self, base_url: str, dinov2_base_url: str = DINOV2_BASE_URL) -> str:
-        """Where to download from: DINO under ``base_url``, DINOv2 its URL re-rooted on
-        ``dinov2_base_url``."""
+        """Download URL: DINO under ``base_url``, DINOv2 re-rooted on ``dinov2_base_url``."""
         if self.full_url is not None:
             return dinov2_base_url.rstrip("/") + self.full_url[len(DINOV2_BASE_URL) :]
         return f"{base_url.rstrip('/')}/{self.name}/{self.name}.pth"

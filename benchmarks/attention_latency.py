@@ -124,8 +124,7 @@ def sample_png(size: int) -> bytes:
 
 
 def baseline_fn(model: DinoViT, x: torch.Tensor) -> Callable[[], object]:
-    """The authors' way: explicit attention everywhere, full last-block weights, no
-    inference_mode."""
+    """The authors' way: all-explicit attention, full last-block weights, no inference_mode."""
 
     def run() -> torch.Tensor:
         model.set_fused_attention(False)

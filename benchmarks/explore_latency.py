@@ -1,5 +1,4 @@
-"""First request against re-threshold over HTTP, with overlays: what the explorer's threshold slider
-costs.
+"""First request vs re-threshold over HTTP with overlays: the threshold slider's cost.
 
 Used by ``benchmarks/attention_latency.py`` (``--explore``). Each first request sends a new image (a
 map cache miss: the model runs); each re-threshold sends an image already analysed with another

@@ -55,8 +55,7 @@ class Roofline:
 
 
 def roofline(arch: str, model: DinoViT, size: int, precision: str, baseline_ms: float) -> Roofline:
-    """The fast path's floor at this run's measured kernel rates, and the speed-up ceiling it
-    implies."""
+    """The fast path's floor at this run's kernel rates, and the speed-up ceiling it implies."""
     d, depth, heads, p = model.embed_dim, len(model.blocks), model.num_heads, model.patch_size
     n = (size // p) ** 2 + 1
     block_linear = 2.0 * n * d * (4 * d + 2 * model.blocks[0].mlp.fc1.out_features)

@@ -78,8 +78,7 @@ def build_model(name: str, patch: int, tiny: bool) -> DinoViT:
 def authors_model(
     model: DinoViT, img: Image.Image, patch: int, short_side: int, threshold: float
 ) -> np.ndarray:
-    """One frame of the authors' ``_inference``: tensor resize, full attention, masks, inferno mean
-    map."""
+    """One frame of the authors' ``_inference``: resize, full attention, masks, inferno mean."""
     from torchvision import transforms as T
 
     x = T.Compose([T.ToTensor(), T.Resize(short_side), T.Normalize(MEAN, STD)])(img)
@@ -106,8 +105,7 @@ def authors_model(
 
 
 def authors_loop(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, args) -> Result:
-    """The authors' three steps, timed one by one (frames -> JPEGs, JPEG -> attention JPEG, JPEGs ->
-    MP4)."""
+    """The authors' three steps, each timed (frames -> JPEGs -> attention JPEGs -> MP4)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -151,6 +152,15 @@ def check_image_contents() -> None:
     expect(found.splitlines()[-1] == "False", "the app image carries torch")
 
 
+def seconds_since_start(container: str) -> float:
+    """Seconds since the container's process started (creating a container is not counted)."""
+    from datetime import datetime, timezone
+
+    started = sh("docker", "inspect", "-f", "{{.State.StartedAt}}", container)
+    stamp = re.sub(r"(\.\d{6})\d*", r"\1", started).replace("Z", "+00:00")
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(stamp)).total_seconds()
+
+
 def wait_healthy(stack: Stack, services: list[str]) -> None:
     start = time.monotonic()
     deadline = start + HEALTH_TIMEOUT_S
@@ -160,7 +170,8 @@ def wait_healthy(stack: Stack, services: list[str]) -> None:
             state = sh("docker", "inspect", "-f", "{{.State.Status}} {{.State.Health.Status}}",
                        stack.container(service))
             if state == "running healthy":
-                log.info("%s healthy after %.1f s", service, time.monotonic() - start)
+                log.info("%s healthy %.1f s after `up`, %.1f s after its process started", service,
+                         time.monotonic() - start, seconds_since_start(stack.container(service)))
                 pending.remove(service)
             elif state.startswith(("exited", "dead", "restarting")) or state.endswith("unhealthy"):
                 logs = stack.compose("logs", "--tail", "60", service)

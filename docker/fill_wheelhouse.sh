@@ -2,8 +2,8 @@
 # Download every wheel the images install into docker/wheelhouse/, for builds without internet
 # (or behind a proxy the build cannot use). The Dockerfiles then install from it and nothing else.
 #   docker/fill_wheelhouse.sh                     # CPU torch from download.pytorch.org
-#   TORCH_INDEX_URL= TORCH_PACKAGES="torch==2.13.0+cpu torchvision==0.28.0" docker/fill_wheelhouse.sh
-#                                                 # torch from pip's configured indexes/find-links
+#   TORCH_INDEX_URL= TORCH_PACKAGES="torch==2.13.0+cpu torchvision==0.28.0+cpu" \
+#       docker/fill_wheelhouse.sh                 # torch from pip's configured indexes/find-links
 # Environment:
 #   TORCH_INDEX_URL  index of the torch wheels (default: the CPU index; empty: pip's configuration)
 #   TORCH_PACKAGES   torch requirements (default "torch torchvision")
@@ -69,9 +69,11 @@ for image in backend app trainer; do
 done
 
 cuda=$(find "$WHEELHOUSE" -name 'nvidia_*.whl' | wc -l)
-echo "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
+count=$(find "$WHEELHOUSE" -name '*.whl' | wc -l)
+echo "wheelhouse: $count wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
 ls -l "$WHEELHOUSE"/torch-*.whl "$WHEELHOUSE"/torchvision-*.whl
 check_wheelhouse
 if [ "$cuda" -gt 0 ]; then
-    echo "note: $cuda nvidia_* (CUDA) wheels: images built from this wheelhouse carry CUDA libraries"
+    echo "note: $cuda nvidia_* (CUDA) wheels: images built from this wheelhouse carry CUDA" \
+         "libraries"
 fi

@@ -30,8 +30,7 @@ def free_port() -> int:
 
 
 def write_tiny_checkpoints(folder: Path) -> None:
-    """Random-init backbones with a sharpened last block, so heads differ visibly; marked
-    untrained."""
+    """Random-init backbones, last block sharpened so heads differ visibly; marked untrained."""
     from trainer.model.checkpoint import export_backbone_safetensors
     from trainer.model.vit import build_vit
 
@@ -63,8 +62,7 @@ def scene(size: tuple[int, int] = (64, 64)) -> tuple[Image.Image, Image.Image]:
 
 @contextmanager
 def running_backend(tmp: Path) -> Iterator[str]:
-    """The real attention service (backend.main.create_app) on a free loopback port; yields its
-    URL."""
+    """The real service (backend.main.create_app) on a free loopback port; yields its URL."""
     import uvicorn
 
     from backend.main import create_app

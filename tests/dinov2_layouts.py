@@ -179,8 +179,7 @@ def write_hf_folder(
 def authors_interpolate(
     pos_embed: torch.Tensor, h: int, w: int, offset: float, antialias: bool
 ) -> torch.Tensor:
-    """The authors' ``interpolate_pos_encoding`` for an image of ``h x w`` pixels (CLS entry
-    first)."""
+    """The authors' ``interpolate_pos_encoding`` for an ``h x w`` image (CLS entry first)."""
     n = pos_embed.shape[1] - 1
     h0, w0 = h // PATCH, w // PATCH
     if n == h0 * w0 and h == w:
@@ -227,8 +226,7 @@ def _attention(
 def ref_attention(
     sd: dict[str, torch.Tensor], img: torch.Tensor, heads: int, layer: int = -1
 ) -> torch.Tensor:
-    """Block ``layer``'s full attention ``(B, heads, T, T)`` of the authors' model on ``img`` (-1:
-    the last)."""
+    """Block ``layer``'s full attention ``(B, heads, T, T)`` in the authors' model (-1: last)."""
     registers = int(sd["register_tokens"].shape[1]) if "register_tokens" in sd else 0
     offset, antialias = (0.0, True) if registers else (0.1, False)
     _, _, h, w = img.shape

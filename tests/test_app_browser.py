@@ -1,5 +1,4 @@
-"""The page in a real browser (headless Debian Chromium via Playwright), with the real service
-behind it."""
+"""The page in a real browser (headless Chromium via Playwright), the real service behind it."""
 
 from __future__ import annotations
 

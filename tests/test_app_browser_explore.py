@@ -1,5 +1,4 @@
-"""The explorer's panels in real Chromium, with the real service and a random-init ViT-S/16 at 480
-px.
+"""The explorer's panels in real Chromium: real service, random-init ViT-S/16 at 480 px.
 
 A click on the image picks the query patch (its maps appear, with the patch outlined in the right
 cell); the Block slider changes the block; a threshold move is answered from the service's map
@@ -43,8 +42,7 @@ pytestmark = [
 
 @contextmanager
 def vits16_backend(tmp: Path) -> Iterator[str]:
-    """The real service over one random-init ViT-S/16 (marked untrained), on a free loopback
-    port."""
+    """The real service over a random-init ViT-S/16 (marked untrained) on a loopback port."""
     import uvicorn
 
     from backend.main import create_app

@@ -1,5 +1,4 @@
-"""BackendClient: what it sends (docs/API.md) and how every failure becomes a readable
-BackendError."""
+"""BackendClient: what it sends (docs/API.md); every failure becomes a readable BackendError."""
 
 from __future__ import annotations
 

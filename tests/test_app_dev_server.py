@@ -1,5 +1,4 @@
-"""``python -m app.dev_server`` (``make run``): both servers up, addresses printed, both stopped on
-a signal."""
+"""``python -m app.dev_server`` (``make run``): both servers up and printed, stopped on a signal."""
 
 from __future__ import annotations
 

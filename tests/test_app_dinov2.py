@@ -1,5 +1,4 @@
-"""The explorer with DINOv2: the size control follows the model, the compare view labels
-registers."""
+"""The explorer with DINOv2: size control follows the model, compare view labels registers."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ def _png(color: tuple[int, int, int]) -> str:
 
 
 def dinov2_reply(model: str, registers: int, seed: int) -> dict:
-    """A reply shaped like docs/API.md: a softmax row over CLS, registers, patches, split the
-    service's way."""
+    """A docs/API.md reply: softmax row over CLS, registers, patches, split as the service does."""
     heads, n = 2, GRID[0] * GRID[1]
     logits = np.random.default_rng(seed).normal(size=(heads, 1 + registers + n))
     row = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)

@@ -19,8 +19,7 @@ HEADS = TINY["num_heads"]
 
 
 def reference_masks(attn: np.ndarray, threshold: float) -> np.ndarray:
-    """The paper's masks: per head, the largest patches whose attention holds ``threshold`` of the
-    mass."""
+    """The paper's masks: per head, the largest patches holding ``threshold`` of the mass."""
     flat = attn.reshape(attn.shape[0], -1).astype(np.float64)
     masks = np.zeros_like(flat, dtype=np.uint8)
     for h, row in enumerate(flat):

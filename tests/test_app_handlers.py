@@ -1,5 +1,4 @@
-"""The page's event handlers against a fake service: what is shown, what is downloaded, how errors
-read."""
+"""The page's handlers against a fake service: what is shown, downloaded, how errors read."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ DEPTH = 5
 
 
 def reference_masks(attn: np.ndarray, threshold: float) -> np.ndarray:
-    """The paper's masks, written out: per head keep the largest patches holding ``threshold`` of
-    the mass."""
+    """The paper's masks: per head keep the largest patches holding ``threshold`` of the mass."""
     heads, gh, gw = attn.shape
     masks = np.zeros((heads, gh * gw), dtype=np.uint8)
     for h in range(heads):

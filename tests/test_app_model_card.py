@@ -1,5 +1,4 @@
-"""The model card summary in the dropdown labels and status lines (pure handlers, no browser, no
-service)."""
+"""The model card summary in dropdown labels and status lines (pure handlers, no service)."""
 
 from __future__ import annotations
 

@@ -55,8 +55,7 @@ def _reference_pos_embed(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
 
 
 def _reference_last_attention(state: dict[str, torch.Tensor], img: torch.Tensor) -> torch.Tensor:
-    """Explicit attention in every block; returns the last block's full (heads, 1+N, 1+N)
-    weights."""
+    """Explicit attention in every block; the last block's full (heads, 1+N, 1+N) weights."""
     x = F.conv2d(
         img, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=PATCH
     )
@@ -159,8 +158,7 @@ def test_square_matches_authors_procedure(setup, size, image_size, threshold):
 
 
 def test_keep_aspect_rectangular_grid_matches_reference(setup):
-    """keep_aspect: the authors' ``transforms.Resize(int)`` (short side, bilinear), non-square
-    grid."""
+    """keep_aspect: the authors' ``transforms.Resize(int)`` (short side, bilinear), non-square."""
     client, state = setup
     scene = _scene(150, 100)
     r = client.post(

@@ -1,5 +1,4 @@
-"""Model card summaries (files, zoo, placeholder) and the shipped model's place in the default
-order."""
+"""Model card summaries (files, zoo, placeholder); the shipped model in the default order."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Every bad-input case, good image modes and 16 concurrent clients against a real uvicorn
-process."""
+"""Every bad input, good image modes and 16 concurrent clients against a real uvicorn."""
 
 from __future__ import annotations
 

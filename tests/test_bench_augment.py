@@ -1,5 +1,4 @@
-"""benchmarks.augment_throughput on three generated photos: both pipelines run and every figure is
-there."""
+"""benchmarks.augment_throughput on three generated photos: both run, every figure shown."""
 
 from __future__ import annotations
 

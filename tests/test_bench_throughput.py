@@ -1,5 +1,4 @@
-"""benchmarks.train_throughput in a tiny CPU config: both paths run the real step and report sane
-figures."""
+"""benchmarks.train_throughput, tiny CPU config: both paths run the real step, sane figures."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Smoke test of benchmarks.video_throughput (tiny models on a tiny clip), and that both sides
-agree."""
+"""benchmarks.video_throughput smoke test (tiny models, tiny clip); both sides agree."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ def test_tiny_run_reports_every_stage(bench, tmp_path, capsys):
 
 
 def test_the_authors_mean_map_matches_the_service_maps(bench):
-    """Same frame, same square size: the authors' full-attention mean equals the service's CLS maps'
-    mean."""
+    """Same frame and size: the authors' full-attention mean is the service's CLS maps' mean."""
     from backend.images import prepare
     from backend.video_job import batch_attention
 

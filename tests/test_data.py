@@ -1,5 +1,4 @@
-"""Training data: folder layouts, corrupt files skipped and counted, deterministic order and
-crops."""
+"""Training data: folder layouts, corrupt files skipped and counted, deterministic order."""
 
 from __future__ import annotations
 
@@ -31,8 +30,7 @@ def make_image_folder(
     corrupt: int = 0,
     seed: int = 0,
 ) -> Path:
-    """Random-noise JPEGs: ``classes`` maps class folder ('' = the root itself) to an image
-    count."""
+    """Random-noise JPEGs: ``classes`` maps a class folder ('' = root) to an image count."""
     rng = np.random.default_rng(seed)
     for name, count in classes.items():
         folder = root / name if name else root

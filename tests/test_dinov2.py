@@ -1,5 +1,4 @@
-"""DINOv2 with and without registers: every file format loads, and its CLS attention is the
-authors'.
+"""DINOv2 with and without registers: every format loads, CLS attention is the authors'.
 
 Random weights are written in the authors', timm's and transformers' key layouts by hand
 (tests/dinov2_layouts.py). At 518 px (the native grid) the CLS row must equal an explicit
@@ -162,8 +161,7 @@ def test_cls_attention_at_other_sizes_uses_the_authors_interpolation(variant, fm
 
 @pytest.mark.parametrize("registers", [0, 4])
 def test_the_variants_interpolations_differ_from_each_other_and_from_timm(registers):
-    """The settings matter: the other variant's settings, or timm's resampling, give other
-    embeddings."""
+    """The settings matter: the other variant's, or timm's resampling, give other embeddings."""
     pos = authors_state(DIM, 1, registers, seed=5)["pos_embed"]
     offset, antialias = (0.0, True) if registers else (0.1, False)
     for h, w in SIZES:

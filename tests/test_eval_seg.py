@@ -1,5 +1,4 @@
-"""Attention-mask Jaccard evaluation: known answers with a designed stub, a reference check, the
-CLI."""
+"""Attention-mask Jaccard evaluation: designed-stub answers, a reference check, the CLI."""
 
 from __future__ import annotations
 

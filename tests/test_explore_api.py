@@ -1,5 +1,4 @@
-"""POST /attention's explorer fields: range errors, the map cache, overlay formats, the
-composite."""
+"""POST /attention's explorer fields: range errors, map cache, overlay formats, composite."""
 
 from __future__ import annotations
 

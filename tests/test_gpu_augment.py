@@ -331,8 +331,7 @@ def textured_images(count: int, height: int, width: int, seed: int) -> torch.Ten
 
 
 def _view_statistics(views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-sample statistics of each view kind (locals pooled): brightness, contrast, colour,
-    sharpness."""
+    """Per-sample brightness, contrast, colour and sharpness of each view kind (locals pooled)."""
     kinds = {"global1": [views[0]], "global2": [views[1]], "local": views[2:]}
     stats = {}
     for kind, tensors in kinds.items():
@@ -345,8 +344,7 @@ def _view_statistics(views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_output_statistics_match_the_cpu_pipeline():
-    """Mean and spread over samples of each per-sample statistic agree within 4.5 standard
-    errors."""
+    """Mean and spread of each per-sample statistic agree within 4.5 standard errors."""
     images = textured_images(40, 30, 36, seed=10).repeat(8, 1, 1, 1)
     cpu_aug = DataAugmentationDINO((0.4, 1.0), (0.05, 0.4), 2, 16, 8)
     generator = torch.Generator().manual_seed(11)

@@ -1,5 +1,4 @@
-"""A NaN/inf loss changes neither the student, its optimizer state nor the teacher, and stops the
-run."""
+"""A NaN/inf loss changes neither student, optimizer state nor teacher, and stops the run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The CPU multi-crop's pixel ops (trainer/data/pil_ops.py) against the authors' torchvision / PIL
-ops."""
+"""The CPU multi-crop's pixel ops (trainer/data/pil_ops.py) against torchvision / PIL."""
 
 from __future__ import annotations
 

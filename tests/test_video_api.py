@@ -1,5 +1,4 @@
-"""POST /attention/video and /jobs/...: frames, timestamps, equality with POST /attention, limits,
-life cycle."""
+"""POST /attention/video, /jobs/...: frames, times, parity with POST /attention, limits, cleanup."""
 
 from __future__ import annotations
 
@@ -97,8 +96,7 @@ def decoded_frames(data: bytes) -> list[tuple[float, Image.Image]]:
 
 
 def reference_masks(attn: np.ndarray, threshold: float) -> np.ndarray:
-    """The paper's masks: per head, the largest patches holding ``threshold`` of the attention
-    mass."""
+    """The paper's masks: per head, the largest patches holding ``threshold`` of the mass."""
     flat = attn.reshape(attn.shape[0], -1).astype(np.float64)
     masks = np.zeros(flat.shape, dtype=bool)
     for h, row in enumerate(flat):
@@ -177,8 +175,7 @@ def test_mp4_result_has_the_requested_fps_and_size(client, clips, render, size):
 
 
 def test_mean_render_is_the_inferno_mean_map(client, clips):
-    """The mean render is the authors' picture: mean over heads, min-max scaled, inferno,
-    patch-nearest."""
+    """The mean render is the authors': mean over heads, min-max, inferno, patch-nearest."""
     from matplotlib import colormaps
 
     job, _ = run_job(client, clips["clip.mp4"], fps=3, render="mean")
@@ -343,8 +340,7 @@ def test_job_file_is_written_atomically(tmp_path):
 
 
 def test_batches_wait_for_a_slot_and_image_requests_interleave(tmp_path, clips):
-    """One slot, a short queue timeout: the job waits out a held slot (never busy) and images get
-    through."""
+    """One slot, short queue timeout: the job waits out a held slot, images get through."""
     import threading
 
     s = isolated_settings(tmp_path, max_concurrency=1, queue_timeout_s=0.05, video_batch=2)
@@ -435,8 +431,7 @@ def test_the_video_path_has_its_own_body_limit(tmp_path, clips):
 
 
 def test_a_register_model_uses_its_patch_size_and_prefix_tokens(tmp_path, clips):
-    """DINOv2 with 4 registers (patch 14, 5 prefix tokens): frames still equal POST /attention, any
-    layer."""
+    """DINOv2 + 4 registers (patch 14, 5 prefix tokens): frames equal POST /attention, any layer."""
     import torch
 
     from tests.dinov2_layouts import authors_state
@@ -480,8 +475,7 @@ def test_a_register_model_uses_its_patch_size_and_prefix_tokens(tmp_path, clips)
 
 
 def test_image_size_defaults_to_the_models_own(tmp_path, clips):
-    """Left out, image_size is the model's default_image_size: 518 for DINOv2, as for POST
-    /attention."""
+    """Left out, image_size is the model's default (518 for DINOv2), as in POST /attention."""
     import torch
 
     from tests.dinov2_layouts import authors_state

@@ -1,5 +1,4 @@
-"""The Video tab in a real browser (headless Debian Chromium via Playwright), the real service
-behind it."""
+"""The Video tab in a real browser (headless Chromium via Playwright), with the real service."""
 
 from __future__ import annotations
 

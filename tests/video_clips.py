@@ -10,8 +10,7 @@ import numpy as np
 
 
 def clip_frames(frames: int, width: int, height: int, seed: int = 0) -> np.ndarray:
-    """``frames x h x w x 3`` uint8: a checkered square crossing a smooth background left to
-    right."""
+    """``frames x h x w x 3`` uint8: a checkered square crossing a smooth background."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.stack(
@@ -43,8 +42,7 @@ def write_clip(
     fps: int = 12,
     codec: str | None = None,
 ) -> np.ndarray:
-    """Write the clip to ``path`` (the container follows the suffix: .mp4 H.264, .gif, .webm,
-    .mov)."""
+    """Write the clip to ``path``; the suffix picks the container (.mp4, .gif, .webm, .mov)."""
     suffix = Path(path).suffix.lower()
     codec = codec or {".gif": "gif", ".webm": "libvpx-vp9"}.get(suffix, "libx264")
     pix_fmt = {"gif": "rgb8", "libvpx-vp9": "yuv420p"}.get(codec, "yuv420p")

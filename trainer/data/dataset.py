@@ -83,8 +83,7 @@ class Batch:
         return int(self.labels.numel())
 
     def pin_memory(self) -> Batch:
-        """Called by DataLoader(pin_memory=True); raw bytes (device-side decoding) stay as they
-        are."""
+        """For DataLoader(pin_memory=True); raw bytes (decoded on the device) stay as they are."""
         if isinstance(self.images, torch.Tensor):
             images: Any = self.images.pin_memory()
         else:
@@ -115,16 +114,14 @@ def make_sampler(
     world_size: int = 1,
     drop_last: bool = False,
 ) -> DistributedSampler:
-    """A DistributedSampler for every case (one process too), so the order depends only on
-    seed+epoch."""
+    """A DistributedSampler in every case (one process too): order depends only on seed+epoch."""
     return DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
 
 
 class EpochIndexSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, index)`` so per-sample seeds reach the dataset, even in persistent
-    workers."""
+    """Yields ``(epoch, index)``: per-sample seeds reach the dataset, even in persistent workers."""
 
     def __init__(self, sampler: DistributedSampler) -> None:
         self.sampler = sampler

@@ -40,8 +40,7 @@ from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 def pad_to_batch(
     images: list[torch.Tensor] | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Zero-pad uint8 (3,H,W) images into one (B,3,Hmax,Wmax) batch; also return heights and
-    widths."""
+    """Zero-pad uint8 (3,H,W) images into a (B,3,Hmax,Wmax) batch; also heights and widths."""
     if isinstance(images, torch.Tensor):
         _check_image(images, "images", batched=True)
         b, _, height, width = images.shape
@@ -80,12 +79,11 @@ def _group_views(views: list[ViewSpec]) -> list[list[int]]:
 
 
 class GPUMultiCrop(nn.Module):
-    """Batched DINO multi-crop: uint8 images -> [global1, global2, local * N], each (B, 3, S, S)
-    and normalised.
+    """Batched DINO multi-crop: uint8 images -> normalised [global1, global2, local * N] views.
 
-    ``views`` and ``record`` behave as in :class:`trainer.data.augment.DataAugmentationDINO`;
-    ``record(view_name, op_name, value)`` receives per-sample bool masks (or the (B, 4)
-    crop boxes for ``"crop"``) of each view.
+    Each view is a (B, 3, S, S) float batch. ``views`` and ``record`` behave as in
+    :class:`trainer.data.augment.DataAugmentationDINO`; ``record(view_name, op_name, value)``
+    receives per-sample bool masks (or the (B, 4) crop boxes for ``"crop"``) of each view.
     """
 
     def __init__(

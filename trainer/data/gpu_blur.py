@@ -13,8 +13,7 @@ BLUR_MAX_KERNEL = 13
 
 
 def blur_kernel_size(crop_size: int) -> int:
-    """Odd Gaussian kernel size: 13 taps (+-3 sigma at sigma=2), at most 2*crop_size-1 (the
-    reflect padding needs it)."""
+    """Odd Gaussian kernel size: 13 taps (+-3 sigma at sigma=2), at most 2*crop_size-1."""
     return min(BLUR_MAX_KERNEL, 2 * crop_size - 1)
 
 

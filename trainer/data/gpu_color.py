@@ -151,7 +151,6 @@ def apply_color_jitter(
 def color_jitter(
     x: torch.Tensor, apply: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) on the rows where ``apply``, per-row
-    parameters."""
+    """torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) on the rows where ``apply``, per row."""
     factors, order = sample_jitter(x.shape[0], x.device, generator)
     return apply_color_jitter(x, apply, factors, order)

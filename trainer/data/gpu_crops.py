@@ -27,8 +27,7 @@ def sample_crop_boxes(
     ratio: tuple[float, float] = CROP_RATIO,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(N, 4) float64 boxes (top, left, h, w): one independent RandomResizedCrop draw per image
-    size."""
+    """(N, 4) float64 boxes (top, left, h, w): a RandomResizedCrop draw per image size."""
     device = heights.device
     n = heights.shape[0]
     height = heights.double()[:, None]
@@ -78,8 +77,7 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
 def resample_weights(
     start: torch.Tensor, length: torch.Tensor, out_size: int, axis_len: int
 ) -> torch.Tensor:
-    """(N, out_size, axis_len) antialiased bicubic weights mapping [start, start+length) to
-    ``out_size`` pixels."""
+    """(N, out_size, axis_len) antialiased bicubic weights: [start, start+length) to out_size."""
     start = start.float()[:, None, None]
     length = length.float()[:, None, None]
     step = length / out_size
@@ -96,10 +94,9 @@ def resample_weights(
 
 
 def resized_crops(batch: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop ``views`` boxes per image of ``batch`` (B,3,H,W) and resize them: (views*B, 3, size,
-    size) in [0, 1].
+    """Crop ``views`` boxes per image of ``batch`` (B,3,H,W), resized to (views*B, 3, size, size).
 
-    ``boxes`` is (views*B, 4), view-major (row v*B + b is view v of image b).
+    ``boxes`` is (views*B, 4), view-major (row v*B + b is view v of image b); values in [0, 1].
     """
     b, _, height, width = batch.shape
     views = boxes.shape[0] // b

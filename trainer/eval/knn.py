@@ -42,8 +42,7 @@ def knn_classify(
     num_classes: int,
     chunk: int = 1024,
 ) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) of the exp(sim/T)-weighted k-NN vote; features already
-    normalised."""
+    """Top-1 and top-5 accuracy (%) of the exp(sim/T)-weighted k-NN vote (normalised features)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, train_feats.shape[0])

@@ -54,8 +54,7 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
 def pair_images_and_masks(
     images_dir: str | Path, masks_dir: str | Path, limit: int | None = None
 ) -> tuple[list[tuple[Path, Path]], int]:
-    """``(pairs, missing)``: ``(image, mask)`` pairs sorted by stem, and how many images had no
-    mask.
+    """``(pairs, missing)``: ``(image, mask)`` pairs by stem, and how many images lack a mask.
 
     Images are files with a suffix in ``IMAGE_SUFFIXES``; masks are ``<stem>.png``. With
     ``limit``, scanning stops after ``limit`` pairs (``missing`` counts the images seen so far).
@@ -87,8 +86,7 @@ def image_tensor(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """``(1, 3, S, S)`` float input: RGB, bicubic resize to ``S x S``, scaled to [0, 1],
-    normalised."""
+    """``(1, 3, S, S)`` input: RGB, bicubic resize to ``S x S``, scaled to [0, 1], normalised."""
     resized = image.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
     t = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]

@@ -23,8 +23,7 @@ from torch import nn
 
 @dataclass
 class BlockReadout:
-    """Softmax rows ``(B, heads, Q, T)`` of one block, and optionally its output tokens ``(B, T,
-    D)``."""
+    """Softmax rows ``(B, heads, Q, T)`` of one block, optionally its output ``(B, T, D)``."""
 
     attention: torch.Tensor
     tokens: torch.Tensor | None = None

@@ -279,8 +279,7 @@ def _weights_path(path: Path) -> tuple[Path, dict[str, Any] | None]:
 def read_backbone(
     path: str | Path, which: str = "teacher"
 ) -> tuple[dict[str, torch.Tensor], BackboneInfo]:
-    """Backbone state and its :class:`BackboneInfo` from a file or folder, without building a
-    model."""
+    """Backbone state and :class:`BackboneInfo` of a file or folder, without building a model."""
     path, config = _weights_path(Path(path))
     raw, meta, epoch = _read_raw(path)
     prefix = hf_prefix(raw)

@@ -9,8 +9,7 @@ PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:LOCAL_RANK when a GPU is visible, else cpu; ``cuda`` without a GPU is an
-    error."""
+    """``auto`` -> cuda:LOCAL_RANK with a visible GPU, else cpu; ``cuda`` without one: an error."""
     if preference not in DEVICE_CHOICES:
         raise ValueError(
             f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}"
@@ -27,8 +26,7 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is fast on ``device`` (always usable on CPU, on CUDA from Ampere
-    on)."""
+    """Whether bf16 autocast is fast on ``device`` (always usable on CPU; CUDA from Ampere on)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return device.type == "cpu"

@@ -17,8 +17,7 @@ import torch
 
 @dataclass
 class PatchPCA:
-    """``rgb`` (gh, gw, 3) float32 in [0, 1]; ``foreground`` (gh, gw) bool; ``components`` (gh, gw,
-    3)."""
+    """``rgb`` (gh, gw, 3) in [0, 1]; ``foreground`` (gh, gw) bool; ``components`` (gh, gw, 3)."""
 
     rgb: torch.Tensor
     foreground: torch.Tensor
@@ -26,8 +25,7 @@ class PatchPCA:
 
 
 def _leading_components(tokens: torch.Tensor, k: int) -> torch.Tensor:
-    """Projections ``(N, k)`` of the centred tokens on the ``k`` leading principal axes (zeros past
-    D)."""
+    """Projections ``(N, k)`` of centred tokens on the ``k`` leading principal axes (0 past D)."""
     x = tokens.double()
     x = x - x.mean(0, keepdim=True)
     cov = x.T @ x / max(x.shape[0] - 1, 1)

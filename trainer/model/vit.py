@@ -252,8 +252,8 @@ class DinoViT(VisionTransformer):
         return torch.softmax((q.float() * scale) @ k.float().transpose(-2, -1), dim=-1)
 
     def get_cls_attention(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
-        """Block ``layer``'s (default: the last) CLS-to-patch attention per head, ``(B, heads, gh,
-        gw)``.
+        """Block ``layer``'s (default: the last) CLS-to-patch attention per head,
+        ``(B, heads, gh, gw)``.
 
         Blocks before ``layer`` run fused SDPA; blocks after it are not computed.
         """
