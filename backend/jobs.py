@@ -226,9 +226,10 @@ class JobStore:
         self.finish(job, "cancelled")
 
     def delete(self, job: Job) -> None:
+        """Forget the job and delete its folder, as one step: once it is unknown, its files are gone."""
         with self._lock:
+            shutil.rmtree(self.folder(job), ignore_errors=True)
             self._jobs.pop(job.id, None)
-        shutil.rmtree(self.folder(job), ignore_errors=True)
 
     def sweep(self) -> None:
         """Delete finished jobs (and their files) older than the time-to-live."""

@@ -308,6 +308,9 @@ def serve_and_use(stack: Stack, image: Path) -> None:
 def train_and_serve(stack: Stack, image: Path) -> None:
     """trainer-cpu writes teacher_backbone.safetensors into dino-runs; backend-trained serves it."""
     training_images(OUT / "train-images")
+    # the first stack is checked: remove it, so that peak disk use (a copying storage driver
+    # copies each image per container) and memory stay low
+    stack.compose("rm", "--stop", "--force", "backend", "app", capture=False)
     with step("train-cpu: a tiny ViT for a few steps, then serve it"):
         stack.compose("up", "-d", "backend-trained", capture=False)
         (OUT / "trainer-cpu.log").write_text(stack.compose("logs", "--no-color", "trainer-cpu"))

@@ -340,31 +340,44 @@ def test_job_file_is_written_atomically(tmp_path):
 
 
 def test_batches_wait_for_a_slot_and_image_requests_interleave(tmp_path, clips):
-    """One slot, short queue timeout: the job waits out a held slot, images get through."""
+    """One slot, short queue timeout: the job waits out a held slot, then images get in between
+    its batches (the slot's order of holders shows an image request between two batches)."""
+    import contextlib
     import threading
 
     s = isolated_settings(tmp_path, max_concurrency=1, queue_timeout_s=0.05, video_batch=2)
     write_tiny_checkpoint(s.checkpoint_dir, "tiny")
     with TestClient(create_app(s)) as c:
         engine = c.app.state.service.engine
+        real_slot = engine.slot
+        holders: list[str] = []
         held = threading.Event()
 
+        @contextlib.contextmanager
+        def recorded_slot():
+            with real_slot():
+                holders.append(threading.current_thread().name)
+                time.sleep(0.02)  # every holder keeps the slot a little, so the job lasts
+                yield
+
         def hold_slot():
-            with engine.slot():
+            with real_slot():
                 held.set()
                 time.sleep(0.6)
 
         holder = threading.Thread(target=hold_slot)
         holder.start()
         held.wait()
+        engine.slot = recorded_slot
         job = submit(c, clips["clip.mp4"]).json()["job"]
         time.sleep(0.3)
         assert c.get(f"/jobs/{job}").json()["frames_done"] == 0  # waiting for the slot, not failed
         holder.join()
+        engine.queue_timeout_s = 5.0  # from now on image requests wait for the slot too
         image = io.BytesIO()
         decoded_frames(clips["clip.mp4"])[0][1].save(image, format="PNG")
         answered = 0
-        while c.get(f"/jobs/{job}").json()["state"] == "running":
+        while c.get(f"/jobs/{job}").json()["state"] in ("queued", "running"):
             r = c.post(
                 "/attention",
                 files={"image": ("f.png", image.getvalue(), "image/png")},
@@ -373,6 +386,10 @@ def test_batches_wait_for_a_slot_and_image_requests_interleave(tmp_path, clips):
             answered += r.status_code == 200
         status = wait(c, job)
         assert status["state"] == "done" and status["frames_done"] == FRAMES and answered >= 1
+        video = [i for i, name in enumerate(holders) if name.startswith("video-job")]
+        images = [i for i, name in enumerate(holders) if not name.startswith("video-job")]
+        assert len(video) == FRAMES // 2  # one slot per batch of 2 frames
+        assert any(video[0] < i < video[-1] for i in images), holders
 
 
 VIDEO_OPERATIONS = [
