@@ -226,7 +226,7 @@ class JobStore:
         self.finish(job, "cancelled")
 
     def delete(self, job: Job) -> None:
-        """Forget the job and delete its folder, as one step: once it is unknown, its files are gone."""
+        """Forget the job and delete its folder as one step: once unknown, its files are gone."""
         with self._lock:
             shutil.rmtree(self.folder(job), ignore_errors=True)
             self._jobs.pop(job.id, None)
