@@ -105,6 +105,9 @@ class Stack:
                           DINO_APP_PORT=str(self.ports["app"]),
                           DINO_TRAINED_PORT=str(self.ports["trained"]),
                           DINO_ALLOW_DOWNLOADS="false", DINO_DATA_DIR=str(OUT / "train-images"))
+        # creating a container from a large image can take minutes on a copying storage driver
+        os.environ.setdefault("COMPOSE_HTTP_TIMEOUT", "900")
+        os.environ.setdefault("DOCKER_CLIENT_TIMEOUT", "900")
         self.base = [*compose_command(), "-p", self.project, "--profile", "train-cpu"]
 
     def compose(self, *args: str, **kw) -> str:

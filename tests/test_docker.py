@@ -1,8 +1,11 @@
 """docker-compose.yml and the Dockerfiles, checked against the repository (no Docker engine needed).
 
 Every COPY source exists and is not excluded by .dockerignore, every command and module exists,
-ports and healthchecks agree, the environment is what the service's settings read, and each image's
-requirements cover the third-party modules its sources import.
+ports and healthchecks agree, the environment is what the service's settings read, each image's
+requirements are exactly what its copied sources import, the base images and build inputs are
+build args (no BuildKit-only syntax, no CA bundle or wheelhouse in a final stage), read-only
+containers write only to tmpfs or volumes, and the CPU training profile feeds the backend that
+serves it. ``make compose-check`` (docker/compose_check.py) runs the stack for real.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Stage:
 
 
 def parse_dockerfile(path: Path) -> list[Stage]:
-    """Stages of a Dockerfile: its FROM line and (instruction, arguments) pairs, continuations joined."""
+    """Stages of a Dockerfile: FROM and (instruction, arguments) pairs, continuations joined."""
     text = re.sub(r"\\\n", " ", path.read_text())
     stages: list[Stage] = []
     for line in text.splitlines():
@@ -93,7 +96,7 @@ def stage_args(stage: Stage) -> dict[str, str]:
 
 
 def expand(text: str, values: dict[str, str]) -> str:
-    """Docker's ``${NAME}`` / ``$NAME`` and compose's ``${NAME:-default}``, with the given defaults."""
+    """Docker's ``${NAME}``/``$NAME`` and compose's ``${NAME:-default}``, given the defaults."""
 
     def one(match: re.Match) -> str:
         name, default = match.group(1) or match.group(3), match.group(2)
@@ -150,7 +153,7 @@ def exec_form(args: str) -> list[str]:
 
 
 def assert_command_exists(argv: list[str]) -> None:
-    """``python -m pkg`` needs pkg/__main__.py; ``python file.py`` needs the file, relative to WORKDIR /app."""
+    """``python -m pkg`` needs pkg/__main__.py; ``python file.py`` the file (WORKDIR /app)."""
     assert argv[0] in ("python", "python3"), argv
     if argv[1] == "-m":
         module = argv[2].replace(".", "/")
@@ -219,8 +222,9 @@ def test_images_are_multi_stage_non_root_from_a_base_build_arg_without_build_too
 
 @pytest.mark.parametrize("service", IMAGE_SERVICES)
 def test_no_buildkit_only_syntax_and_build_inputs_stay_in_the_build_stage(service):
-    """Debian's engine 20.10 builds without BuildKit: no ``# syntax=`` frontend (a registry pull), no
-    ``RUN --mount``/``COPY --chmod``/heredocs. The CA bundle and the wheelhouse enter build stages only."""
+    """Debian's engine 20.10 builds without BuildKit: no ``# syntax=`` frontend (a registry
+    pull), no ``RUN --mount``/``COPY --chmod``/heredocs. The CA bundle and the wheelhouse enter
+    build stages only."""
     path = dockerfile_of(service)
     text = path.read_text()
     assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
@@ -434,8 +438,9 @@ def test_backend_ports_healthcheck_and_env_agree_with_its_settings(monkeypatch):
 
 
 def test_checkpoints_folder_with_the_shipped_model_is_mounted_readable():
-    """checkpoints/, where the shipped dino_vits16_duts.safetensors lies, is the backend's checkpoint dir,
-    mounted read-only for uid 10001: every model file there must be world-readable (exports are 0600)."""
+    """checkpoints/, where the shipped dino_vits16_duts.safetensors lies, is the backend's
+    checkpoint dir, mounted read-only for uid 10001: every model file there must be
+    world-readable (exports are 0600)."""
     from backend.settings import Settings
 
     backend = SERVICES["backend"]
