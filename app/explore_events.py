@@ -30,40 +30,34 @@ PANEL_OUTPUTS = (
 QUERY_INDEX = PARAM_INPUTS.index("query")
 
 
+def _bound(client: AttentionClient, target: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``target(client, ...)`` with the Explore inputs as its named parameters (the api's)."""
+
+    def handler(
+        image: str | None,
+        model: str | None,
+        image_size: float,
+        resize: str,
+        threshold: float,
+        gt_mask: str | None,
+        layer: float | None = None,
+        query: str | None = None,
+        heads: list[int] | None = None,
+    ) -> Any:
+        return target(
+            client, image, model, image_size, resize, threshold, gt_mask, layer, query, heads
+        )
+
+    handler.__name__ = handler.__qualname__ = name
+    return handler
+
+
 def _analysis_handlers(client: AttentionClient) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """``analyze`` (always analyses) and ``rerun`` (only when an image is there)."""
-
-    def analyze(
-        image: str | None,
-        model: str | None,
-        image_size: float,
-        resize: str,
-        threshold: float,
-        gt_mask: str | None,
-        layer: float | None = None,
-        query: str | None = None,
-        heads: list[int] | None = None,
-    ) -> Any:
-        return explore_handlers.analyse(
-            client, image, model, image_size, resize, threshold, gt_mask, layer, query, heads
-        )
-
-    def rerun(
-        image: str | None,
-        model: str | None,
-        image_size: float,
-        resize: str,
-        threshold: float,
-        gt_mask: str | None,
-        layer: float | None = None,
-        query: str | None = None,
-        heads: list[int] | None = None,
-    ) -> Any:
-        return explore_handlers.rerun_on_change(
-            client, image, model, image_size, resize, threshold, gt_mask, layer, query, heads
-        )
-
-    return analyze, rerun
+    return (
+        _bound(client, explore_handlers.analyse, "analyze"),
+        _bound(client, explore_handlers.rerun_on_change, "rerun"),
+    )
 
 
 def _rethreshold_handler(client: AttentionClient) -> Callable[..., Any]:

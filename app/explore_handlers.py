@@ -140,25 +140,13 @@ def analyse(
 
 
 def rerun_on_change(
-    client: AttentionClient,
-    image: str | None,
-    model: str | None,
-    image_size: float,
-    resize: str,
-    threshold: float,
-    gt_mask: str | None = None,
-    layer: float | None = None,
-    query: str | None = None,
-    heads: list[Any] | None = None,
-    previous: dict[str, Any] | None = None,
+    client: AttentionClient, image: str | None, *rest: Any, **named: Any
 ) -> AnalysisView:
-    """Like :func:`analyse` when an image is there (threshold, block, heads, mask changed);
-    else nothing."""
+    """:func:`analyse`, with the same arguments, when an image is there (threshold, block,
+    heads, mask changed); else nothing."""
     if not image:
         return tuple(gr.skip() for _ in range(ANALYSIS_OUTPUTS))
-    return analyse(
-        client, image, model, image_size, resize, threshold, gt_mask, layer, query, heads, previous
-    )
+    return analyse(client, image, *rest, **named)
 
 
 def patch_at(state: dict[str, Any] | None, x: float, y: float) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import controls
 from app.client import RESIZE_MODES
 from app.styles import LEGEND_HTML
 
@@ -63,19 +64,10 @@ def _image_inputs(examples: Sequence[str | Path]) -> dict[str, Any]:
 def _parameter_inputs() -> dict[str, Any]:
     """Model, image size, resize mode, threshold and block."""
     c: dict[str, Any] = {}
-    c["model"] = gr.Dropdown(label="Model", choices=[], allow_custom_value=True, elem_id="model")
-    c["image_size"] = gr.Slider(
-        8, 1024, value=480, step=8, label="Image size (short side, px)", elem_id="image-size"
-    )
+    c["model"] = controls.model_dropdown("model")
+    c["image_size"] = controls.image_size_slider("image-size")
     c["resize"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize")
-    c["threshold"] = gr.Slider(
-        0.05,
-        1.0,
-        value=0.6,
-        step=0.05,
-        label="Threshold (attention mass kept)",
-        elem_id="threshold",
-    )
+    c["threshold"] = controls.threshold_slider("threshold")
     c["layer"] = gr.Slider(
         0,
         11,

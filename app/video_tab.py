@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import handlers, model_handlers, video_client
+from app import controls, handlers, model_handlers, video_client
 from app.client import BackendClient
 
 VIDEO_TYPES = [".mp4", ".webm", ".mov", ".gif", ".mkv", ".m4v", ".avi"]
@@ -61,9 +61,7 @@ def video_inputs() -> dict[str, Any]:
         type="filepath",
         elem_id="video-input",
     )
-    c["model"] = gr.Dropdown(
-        label="Model", choices=[], allow_custom_value=True, elem_id="video-model"
-    )
+    c["model"] = controls.model_dropdown("video-model")
     c["render"] = gr.Radio(RENDER_CHOICES, value="mean", label="Render", elem_id="video-render")
     c["fps"] = gr.Slider(
         0,
@@ -73,17 +71,8 @@ def video_inputs() -> dict[str, Any]:
         label="Frames per second (0: the clip's rate, at most 30)",
         elem_id="video-fps",
     )
-    c["threshold"] = gr.Slider(
-        0.05,
-        1.0,
-        value=0.6,
-        step=0.05,
-        label="Threshold (attention mass kept)",
-        elem_id="video-threshold",
-    )
-    c["image_size"] = gr.Slider(
-        8, 1024, value=480, step=8, label="Image size (short side, px)", elem_id="video-image-size"
-    )
+    c["threshold"] = controls.threshold_slider("video-threshold")
+    c["image_size"] = controls.image_size_slider("video-image-size")
     with gr.Row():
         c["run"] = gr.Button("Run on the clip", variant="primary", elem_id="video-run")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="video-cancel")

@@ -85,12 +85,28 @@ def _int_list(value: Any, example: str) -> Any:
         raise ValueError(f'expected integers like "{example}", got {value!r}') from exc
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], allowed: dict[str, str], files: str) -> str:
     field = ".".join(str(p) for p in err.get("loc", ())) or "request"
-    hint = _ALLOWED.get(field)
+    hint = allowed.get(field)
     if err.get("type") == "extra_forbidden":
-        return f"unknown field {field!r}; the fields are image, gt_mask, {', '.join(_ALLOWED)}"
+        return f"unknown field {field!r}; the fields are {files}, {', '.join(allowed)}"
     return f"{field}: {err.get('msg', 'invalid')}" + (f" (allowed: {hint})" if hint else "")
+
+
+def invalid_fields(exc: ValidationError, allowed: dict[str, str], files: str) -> InvalidParameter:
+    """The 422 for a failed validation: every bad field, with its ``allowed`` values, and for an
+    unknown field the list of fields (the file parts ``files`` first)."""
+    return InvalidParameter("; ".join(_describe(e, allowed, files) for e in exc.errors()))
+
+
+def object_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A request body's OpenAPI object schema that admits no other field."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
 
 
 def validate_params(raw: dict[str, Any]) -> AttentionParams:
@@ -100,7 +116,7 @@ def validate_params(raw: dict[str, Any]) -> AttentionParams:
     try:
         return AttentionParams.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidParameter("; ".join(_describe(e) for e in exc.errors())) from exc
+        raise invalid_fields(exc, _ALLOWED, "image, gt_mask") from exc
 
 
 def _params_properties() -> dict[str, Any]:
@@ -108,26 +124,16 @@ def _params_properties() -> dict[str, Any]:
     return schema["properties"]
 
 
+def _image_list(item: dict[str, Any], max_batch: int) -> dict[str, Any]:
+    return {"type": "array", "items": item, "minItems": 1, "maxItems": max_batch}
+
+
 def request_body_schema(batch: bool, max_batch: int) -> dict[str, Any]:
     """OpenAPI ``requestBody`` for /attention (single) or /attention/batch."""
     params = _params_properties()
     if batch:
-        files = {
-            "images": {
-                "type": "array",
-                "items": {"type": "string", "format": "binary"},
-                "minItems": 1,
-                "maxItems": max_batch,
-            }
-        }
-        b64 = {
-            "images": {
-                "type": "array",
-                "items": {"type": "string", "description": "base64 image"},
-                "minItems": 1,
-                "maxItems": max_batch,
-            }
-        }
+        files = {"images": _image_list({"type": "string", "format": "binary"}, max_batch)}
+        b64 = {"images": _image_list({"type": "string", "description": "base64 image"}, max_batch)}
         required = ["images"]
     else:
         files = {
@@ -143,22 +149,8 @@ def request_body_schema(batch: bool, max_batch: int) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {**files, **params},
-                        "required": required,
-                        "additionalProperties": False,
-                    }
-                },
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {**b64, **params},
-                        "required": required,
-                        "additionalProperties": False,
-                    }
-                },
+                "multipart/form-data": {"schema": object_schema({**files, **params}, required)},
+                "application/json": {"schema": object_schema({**b64, **params}, required)},
             },
         }
     }

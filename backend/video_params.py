@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.errors import InvalidParameter
+from backend.schemas import invalid_fields, object_schema
 from backend.video_render import RENDERS
 
 _ALLOWED = {
@@ -41,14 +41,6 @@ class VideoParams(BaseModel):
     layer: int | None = None
 
 
-def _describe(err: dict[str, Any]) -> str:
-    name = ".".join(str(p) for p in err.get("loc", ())) or "request"
-    if err.get("type") == "extra_forbidden":
-        return f"unknown field {name!r}; the fields are video, {', '.join(_ALLOWED)}"
-    hint = _ALLOWED.get(name)
-    return f"{name}: {err.get('msg', 'invalid')}" + (f" (allowed: {hint})" if hint else "")
-
-
 def validate_video_params(raw: dict[str, Any]) -> VideoParams:
     """Form fields -> parameters, or 422 naming every bad field and its allowed values."""
     raw = {
@@ -57,7 +49,7 @@ def validate_video_params(raw: dict[str, Any]) -> VideoParams:
     try:
         return VideoParams.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidParameter("; ".join(_describe(e) for e in exc.errors())) from exc
+        raise invalid_fields(exc, _ALLOWED, "video") from exc
 
 
 def video_body_schema() -> dict[str, Any]:
@@ -68,12 +60,9 @@ def video_body_schema() -> dict[str, Any]:
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"video": {"type": "string", "format": "binary"}, **props},
-                        "required": ["video"],
-                        "additionalProperties": False,
-                    }
+                    "schema": object_schema(
+                        {"video": {"type": "string", "format": "binary"}, **props}, ["video"]
+                    )
                 }
             },
         }

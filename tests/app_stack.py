@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -62,18 +64,27 @@ def scene(size: tuple[int, int] = (64, 64)) -> tuple[Image.Image, Image.Image]:
 
 @contextmanager
 def running_backend(tmp: Path) -> Iterator[str]:
-    """The real service (backend.main.create_app) on a free loopback port; yields its URL."""
+    """The real service over the tiny checkpoints of :func:`write_tiny_checkpoints`; yields its
+    URL."""
+    write_tiny_checkpoints(tmp / "checkpoints")
+    with serving_checkpoints(tmp, MODEL_IDS[-1]) as url:
+        yield url
+
+
+@contextmanager
+def serving_checkpoints(tmp: Path, default_model: str) -> Iterator[str]:
+    """The real service (backend.main.create_app) over ``tmp/checkpoints``, on CPU and a free
+    loopback port; yields its URL."""
     import uvicorn
 
     from backend.main import create_app
     from backend.settings import Settings
 
-    write_tiny_checkpoints(tmp / "checkpoints")
     settings = Settings(
         checkpoint_dir=tmp / "checkpoints",
         cache_dir=tmp / "cache",
         allow_downloads=False,
-        default_model=MODEL_IDS[-1],
+        default_model=default_model,
         device="cpu",
         max_concurrency=2,
     )
@@ -128,3 +139,17 @@ def running_app(backend_url: str, examples: list[Path] | None = None) -> Iterato
     finally:
         demo.close()
         client.close()
+
+
+def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    """Body of a module's ``live`` fixture: the real service, and the app in front of it."""
+    tmp = tmp_path_factory.mktemp("live")
+    with running_backend(tmp) as backend_url, running_app(backend_url) as app:
+        yield app
+
+
+def live_client(live: LiveApp) -> Any:
+    """Body of a module's ``client`` fixture: a ``gradio_client.Client`` of the ``live`` app."""
+    from gradio_client import Client
+
+    return Client(live.url, verbose=False)

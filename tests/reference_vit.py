@@ -11,6 +11,26 @@ import math
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+
+# the authors' normalisation (ImageNet statistics)
+AUTHORS_MEAN, AUTHORS_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def ref_square_input(image: Image.Image, image_size: int, patch: int) -> torch.Tensor:
+    """The authors' visualize_attention.py preprocessing: Resize((s, s)), ToTensor, Normalize,
+    then a top-left crop to a multiple of ``patch``; a batch of one."""
+    transform = transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(AUTHORS_MEAN, AUTHORS_STD),
+        ]
+    )
+    img = transform(image)
+    h, w = img.shape[1] - img.shape[1] % patch, img.shape[2] - img.shape[2] % patch
+    return img[None, :, :h, :w]
 
 
 def ref_pos_embed(pos_embed: torch.Tensor, gh: int, gw: int) -> torch.Tensor:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from backend.settings import SHIPPED_DEFAULT_ID, Settings
 from benchmarks.serving import free_port, tiny_vit, uvicorn_process, write_tiny_checkpoint
@@ -67,6 +68,44 @@ def image_bytes(
     img = Image.fromarray(arr).convert(mode) if mode != "RGB" else Image.fromarray(arr)
     buf = io.BytesIO()
     img.save(buf, format=fmt, **save_args)
+    return buf.getvalue()
+
+
+def check_no_server_error(operation: Any, examples: int, seen: list[int] | None = None) -> None:
+    """Call a schemathesis ``operation`` with ``examples`` cases drawn from its OpenAPI schema
+    (derandomised) and fail on any 5xx; each status code is appended to ``seen``."""
+    from hypothesis import HealthCheck, given, settings
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def run(case: Any) -> None:
+        response = case.call()
+        if seen is not None:
+            seen.append(response.status_code)
+        assert response.status_code < 500, response.text
+
+    run()
+
+
+def drawn_scene(width: int, height: int) -> Image.Image:
+    """A blue picture with a yellow ellipse and a red rectangle (objects for the heads to find)."""
+    img = Image.new("RGB", (width, height), (40, 90, 160))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((width * 0.2, height * 0.3, width * 0.6, height * 0.8), fill=(230, 200, 30))
+    draw.rectangle((width * 0.65, height * 0.1, width * 0.9, height * 0.4), fill=(200, 30, 40))
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """``img`` encoded as PNG."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 

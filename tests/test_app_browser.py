@@ -6,7 +6,6 @@ import io
 import json
 import shutil
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,43 +13,18 @@ import pytest
 
 from app.examples import example_paths
 from tests.app_stack import MODEL_IDS, TINY, free_port, running_app, running_backend, scene
+from tests.browser import BROWSER_MARKS, chromium, open_page, set_number
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOT_COPY = Path("/tmp/app_screenshot.png")
 HEADS = TINY["num_heads"]
-TIMEOUT_MS = 60_000
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@contextmanager
-def open_page(browser, url: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(url)
-    try:
-        yield page
-    finally:
-        context.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +52,10 @@ def _wait_for_heads(page, gallery: str, previous: list[str] | None = None) -> li
     return _captions(page, gallery)
 
 
-def _set_number(page, elem_id: str, value: float) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-
-
 def test_upload_threshold_download_and_screenshot(page, tmp_path):
     page.get_by_text("Connected to").wait_for()
     assert "random-init placeholder" in page.locator("#status").inner_text()
-    _set_number(page, "image-size", 96)
+    set_number(page, "image-size", 96)
     image, mask = scene((144, 96))
     image.save(tmp_path / "scene.png")
     mask.save(tmp_path / "scene_mask.png")

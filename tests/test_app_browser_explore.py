@@ -13,7 +13,6 @@ import io
 import json
 import shutil
 import statistics
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,30 +22,21 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.app_stack import running_app, scene, wait_for
-from tests.test_app_browser import CHROMIUM, TIMEOUT_MS, browser, free_port, open_page  # noqa: F401
+from tests.app_stack import running_app, scene, serving_checkpoints
+from tests.browser import BROWSER_MARKS, open_page, set_number
+from tests.test_app_browser import browser  # noqa: F401
 
 MODEL_ID = "vits16_random"
 HEADS, DEPTH, PATCH = 6, 12, 16
 SHOTS = Path("/tmp")
 TIMINGS = Path("/tmp/app_explore_timings.json")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @contextmanager
 def vits16_backend(tmp: Path) -> Iterator[str]:
     """The real service over a random-init ViT-S/16 (marked untrained) on a loopback port."""
-    import uvicorn
-
-    from backend.main import create_app
-    from backend.settings import Settings
     from trainer.model.checkpoint import export_backbone_safetensors
     from trainer.model.vit import build_vit
 
@@ -59,26 +49,8 @@ def vits16_backend(tmp: Path) -> Iterator[str]:
         epoch=None,
         trained=False,
     )
-    settings = Settings(
-        checkpoint_dir=tmp / "checkpoints",
-        cache_dir=tmp / "cache",
-        allow_downloads=False,
-        default_model=MODEL_ID,
-        device="cpu",
-        max_concurrency=2,
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="test-backend-vits16", daemon=True)
-    thread.start()
-    try:
-        wait_for(f"http://127.0.0.1:{port}/readyz", thread)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_checkpoints(tmp, MODEL_ID) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +86,6 @@ def _wait_new_gallery(page, elem_id: str, before: list[str], count: int = HEADS)
 
 RECORD_RELEASE = """() => document.querySelector('#threshold input[type=range]').addEventListener(
     'pointerup', () => { window.__releasedAt = performance.now(); }, {capture: true})"""
-
-
-def _set_number(page, elem_id: str, value: float) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()  # the slider's release event
 
 
 def _picture(page, selector: str) -> np.ndarray:
@@ -182,7 +147,7 @@ def test_click_block_threshold_in_the_browser(page, tmp_path):
     _shot(page, "explore_query", tmp_path)
 
     # another block: a model run for block 5, query kept
-    _set_number(page, "block", 5)
+    set_number(page, "block", 5)
     heads = _wait_new_gallery(page, "heads", heads)
     page.get_by_text("grid 40×30 patches, block 5").wait_for()
     page.get_by_text("Block 5: attention from patch row 7, col 12").wait_for()

@@ -12,7 +12,15 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tests.app_stack import MODEL_IDS, TINY, free_port, running_app, running_backend, scene
+from tests.app_stack import (
+    MODEL_IDS,
+    TINY,
+    free_port,
+    live_client,
+    live_stack,
+    running_app,
+    scene,
+)
 
 pytestmark = pytest.mark.slow
 HEADS = TINY["num_heads"]
@@ -28,16 +36,8 @@ def reference_masks(attn: np.ndarray, threshold: float) -> np.ndarray:
     return masks.reshape(attn.shape)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("live")
-    with running_backend(tmp) as backend_url, running_app(backend_url) as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def client(live) -> Client:
-    return Client(live.url, verbose=False)
+live = pytest.fixture(live_stack, scope="module", name="live")
+client = pytest.fixture(live_client, scope="module", name="client")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ attention in every block, their bicubic positional-embedding interpolation with 
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -16,29 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
-from PIL import Image, ImageDraw
 from torchvision import transforms
 
 from backend.main import create_app
-from tests.service_helpers import isolated_settings
+from tests.reference_vit import ref_square_input
+from tests.service_helpers import drawn_scene, isolated_settings, png_bytes
 from trainer.model.checkpoint import export_backbone_safetensors
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
 
 PATCH, DIM, DEPTH, HEADS = 8, 128, 2, 2
-
-
-def _scene(width: int, height: int) -> Image.Image:
-    img = Image.new("RGB", (width, height), (40, 90, 160))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((width * 0.2, height * 0.3, width * 0.6, height * 0.8), fill=(230, 200, 30))
-    draw.rectangle((width * 0.65, height * 0.1, width * 0.9, height * 0.4), fill=(200, 30, 40))
-    return img
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _reference_pos_embed(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
@@ -113,10 +98,10 @@ def setup(tmp_path_factory):
 )
 def test_square_matches_authors_procedure(setup, size, image_size, threshold):
     client, state = setup
-    scene = _scene(*size)
+    scene = drawn_scene(*size)
     r = client.post(
         "/attention",
-        files={"image": ("s.png", _png(scene), "image/png")},
+        files={"image": ("s.png", png_bytes(scene), "image/png")},
         data={
             "resize": "square",
             "image_size": str(image_size),
@@ -126,20 +111,12 @@ def test_square_matches_authors_procedure(setup, size, image_size, threshold):
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    transform = transforms.Compose(
-        [
-            transforms.Resize((image_size, image_size)),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-    img = transform(scene)
-    w, h = img.shape[1] - img.shape[1] % PATCH, img.shape[2] - img.shape[2] % PATCH
-    img = img[:, :w, :h].unsqueeze(0)
-    gh, gw = w // PATCH, h // PATCH
+    img = ref_square_input(scene, image_size, PATCH)
+    rows, cols = img.shape[2:]
+    gh, gw = rows // PATCH, cols // PATCH
     with torch.no_grad():
         ref = _reference_last_attention(state, img)[:, 0, 1:]
-    assert body["grid"] == [gh, gw] and body["image_size"] == [w, h]
+    assert body["grid"] == [gh, gw] and body["image_size"] == [rows, cols]
     got = torch.tensor(body["attentions"]).reshape(HEADS, -1)
     assert got.shape == ref.shape
     assert torch.allclose(got, ref, atol=1e-5, rtol=0), (got - ref).abs().max()
@@ -160,10 +137,10 @@ def test_square_matches_authors_procedure(setup, size, image_size, threshold):
 def test_keep_aspect_rectangular_grid_matches_reference(setup):
     """keep_aspect: the authors' ``transforms.Resize(int)`` (short side, bilinear), non-square."""
     client, state = setup
-    scene = _scene(150, 100)
+    scene = drawn_scene(150, 100)
     r = client.post(
         "/attention",
-        files={"image": ("s.png", _png(scene), "image/png")},
+        files={"image": ("s.png", png_bytes(scene), "image/png")},
         data={"image_size": "60", "overlays": "false"},
     )
     assert r.status_code == 200, r.text

@@ -11,7 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.main import create_app
-from tests.service_helpers import image_bytes, isolated_settings, write_tiny_checkpoint
+from tests.service_helpers import (
+    check_no_server_error,
+    image_bytes,
+    isolated_settings,
+    write_tiny_checkpoint,
+)
 
 CASES: list[int] = []
 SMALL = {"max_image_size": 96, "max_pixels": 200_000, "max_upload_mb": 0.5}
@@ -43,22 +48,7 @@ OPERATIONS = [
 
 @pytest.mark.parametrize(("method", "path", "examples"), OPERATIONS)
 def test_no_server_error_from_schema_cases(api_schema, method, path, examples):
-    operation = api_schema[path][method.upper()]
-
-    @given(case=operation.as_strategy())
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,
-        database=None,
-    )
-    def run(case):
-        response = case.call()
-        CASES.append(response.status_code)
-        assert response.status_code < 500, response.text
-
-    run()
+    check_no_server_error(api_schema[path][method.upper()], examples, CASES)
 
 
 @given(

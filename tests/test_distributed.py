@@ -143,6 +143,7 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     from pathlib import Path
 
     from tests.test_data import make_image_folder
+    from tests.tiny_run import tiny_cli_args
 
     root = Path(__file__).resolve().parents[1]
     data = make_image_folder(tmp_path / "data", {"": 8})
@@ -155,34 +156,9 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
         "--master_port",
         str(_free_port()),
         str(root / "trainer" / "run.py"),
-        "--data_path",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--device",
-        "cpu",
-        "--arch",
-        "vit_tiny",
-        "--patch_size",
-        "4",
-        "--global_crops_size",
-        "16",
-        "--local_crops_size",
-        "8",
-        "--local_crops_number",
-        "2",
-        "--out_dim",
-        "32",
-        "--epochs",
-        "1",
-        "--warmup_epochs",
-        "0",
-        "--batch_size_per_gpu",
-        "2",
-        "--num_workers",
-        "0",
-        "--log_every",
-        "1",
+        *tiny_cli_args(
+            data, out, local_crops_number=2, out_dim=32, batch_size_per_gpu=2, log_every=1
+        ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)

@@ -14,31 +14,16 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image, ImageDraw
-from torchvision import transforms
+from PIL import Image
 
 from backend.main import create_app
-from tests.reference_vit import ref_block_readout
-from tests.service_helpers import isolated_settings
+from tests.reference_vit import ref_block_readout, ref_square_input
+from tests.service_helpers import drawn_scene, isolated_settings, png_bytes
 from trainer.model.checkpoint import export_backbone_safetensors
-from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
+from trainer.model.vit import build_vit
 
 DEPTH = 3
 MODELS = {"p8": (8, 64, 2), "p16": (16, 64, 4)}  # patch, width, heads
-
-
-def _scene(width: int, height: int) -> Image.Image:
-    img = Image.new("RGB", (width, height), (40, 90, 160))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((width * 0.2, height * 0.3, width * 0.6, height * 0.8), fill=(230, 200, 30))
-    draw.rectangle((width * 0.65, height * 0.1, width * 0.9, height * 0.4), fill=(200, 30, 40))
-    return img
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +45,6 @@ def setup(tmp_path_factory):
         yield client, states
 
 
-def _reference_input(scene: Image.Image, image_size: int, patch: int) -> torch.Tensor:
-    transform = transforms.Compose(
-        [
-            transforms.Resize((image_size, image_size)),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-    img = transform(scene)
-    h, w = img.shape[1] - img.shape[1] % patch, img.shape[2] - img.shape[2] % patch
-    return img[None, :, :h, :w]
-
-
 CASES = [
     ("p8", (90, 60), 72, 0, [(0, 0), (4, 7)]),
     ("p8", (50, 80), 64, 1, [(7, 0), (3, 5)]),
@@ -89,17 +61,17 @@ def test_layer_and_query_maps_equal_the_explicit_reference(
 ):
     client, states = setup
     patch, _, heads = MODELS[model]
-    scene = _scene(*size)
+    scene = drawn_scene(*size)
     with torch.no_grad():
         ref_attn, _ = ref_block_readout(
-            states[model], _reference_input(scene, image_size, patch), heads, layer
+            states[model], ref_square_input(scene, image_size, patch), heads, layer
         )
     ref_attn = ref_attn[0]  # heads, 1+N, 1+N
     gh = gw = image_size // patch
     for row, col in queries:
         r = client.post(
             "/attention",
-            files={"image": ("s.png", _png(scene), "image/png")},
+            files={"image": ("s.png", png_bytes(scene), "image/png")},
             data={
                 "model": model,
                 "resize": "square",
@@ -129,7 +101,7 @@ def test_layer_and_query_maps_equal_the_explicit_reference(
 
 def test_blocks_differ_so_the_layer_parity_means_something(setup):
     _, states = setup
-    x = _reference_input(_scene(64, 64), 64, 8)
+    x = ref_square_input(drawn_scene(64, 64), 64, 8)
     with torch.no_grad():
         rows = [
             ref_block_readout(states["p8"], x, 2, layer)[0][0, :, 0, 1:] for layer in range(DEPTH)
@@ -149,10 +121,10 @@ def _reference_pca(tokens: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("layer", [1, -1])  # -1: the last block's tokens after the final norm
 def test_pca_is_the_first_three_components_of_the_block_tokens(setup, layer):
     client, states = setup
-    scene = _scene(100, 70)
+    scene = drawn_scene(100, 70)
     r = client.post(
         "/attention",
-        files={"image": ("s.png", _png(scene), "image/png")},
+        files={"image": ("s.png", png_bytes(scene), "image/png")},
         data={
             "model": "p8",
             "resize": "square",
@@ -171,7 +143,7 @@ def test_pca_is_the_first_three_components_of_the_block_tokens(setup, layer):
     np.testing.assert_allclose(rgb.reshape(-1, 3).min(0), 0, atol=1e-6)
     np.testing.assert_allclose(rgb.reshape(-1, 3).max(0), 1, atol=1e-6)
     with torch.no_grad():
-        _, tokens = ref_block_readout(states["p8"], _reference_input(scene, 64, 8), 2, layer)
+        _, tokens = ref_block_readout(states["p8"], ref_square_input(scene, 64, 8), 2, layer)
     ref = _reference_pca(tokens[0, 1:].numpy())
     for c in range(3):  # a principal axis has no sign: either orientation is the same picture
         got = rgb.reshape(-1, 3)[:, c]

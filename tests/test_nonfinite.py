@@ -12,6 +12,7 @@ from torch import nn
 
 from tests.test_checkpointing import _tiny_vit, tiny_config
 from tests.test_data import make_image_folder
+from tests.tiny_run import tiny_cli_args, tiny_student_teacher
 from trainer.model.head import DINOHead
 from trainer.train import build, loop
 from trainer.train.config import make_config
@@ -121,23 +122,7 @@ def test_ema_and_skipped_step_have_no_host_sync():
 
 
 def _tiny_context(monkeypatch, optimizer: str) -> TrainContext:
-    monkeypatch.setattr(build, "build_vit", _tiny_vit)
-    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
-    cfg = make_config(
-        arch="vit_tiny",
-        patch_size=4,
-        global_crops_size=8,
-        local_crops_size=4,
-        local_crops_number=1,
-        out_dim=16,
-        epochs=1,
-        optimizer=optimizer,
-    )
-    torch.manual_seed(0)
-    student, teacher = build.build_student_teacher(cfg)
-    with torch.no_grad():  # teacher != student, so an EMA step would be visible
-        for p in teacher.parameters():
-            p.add_(0.01)
+    cfg, student, teacher = tiny_student_teacher(monkeypatch, epochs=1, optimizer=optimizer)
     schedules = Schedules(lr=np.full(3, 0.1), wd=np.full(3, 0.04), momentum=np.full(3, 0.9))
     opt = build_optimizer(optimizer, get_params_groups(student))
     return TrainContext(
@@ -243,34 +228,7 @@ def test_the_command_ends_with_the_message_and_status_1(tmp_path, monkeypatch, c
         DINOLoss, "forward", lambda self, s, t, e: (s.sum() + t.sum()) * float("nan")
     )
     data = make_image_folder(tmp_path / "data", {"": 4})
-    argv = [
-        "--data_path",
-        str(data),
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--device",
-        "cpu",
-        "--arch",
-        "vit_tiny",
-        "--patch_size",
-        "4",
-        "--global_crops_size",
-        "16",
-        "--local_crops_size",
-        "8",
-        "--local_crops_number",
-        "1",
-        "--out_dim",
-        "16",
-        "--epochs",
-        "1",
-        "--batch_size_per_gpu",
-        "4",
-        "--num_workers",
-        "0",
-        "--warmup_epochs",
-        "0",
-    ]
+    argv = tiny_cli_args(data, tmp_path / "run")
     with pytest.raises(SystemExit) as exit_info:
         run.cli(argv)
     assert exit_info.value.code == 1

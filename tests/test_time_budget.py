@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.test_data import make_image_folder
+from tests.tiny_run import tiny_cli_args
 from trainer.train import loop
 from trainer.train.config import config_to_dict, make_config, parse_config
 from trainer.train.schedules import cosine_scheduler
@@ -77,54 +78,22 @@ def test_first_epoch_over_budget_stops_the_run():
 
 
 def _cli(data, out, minutes, epochs):
-    return [
-        "--data_path",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--device",
-        "cpu",
-        "--arch",
-        "vit_tiny",
-        "--patch_size",
-        "4",
-        "--global_crops_size",
-        "16",
-        "--local_crops_size",
-        "8",
-        "--local_crops_number",
-        "1",
-        "--out_dim",
-        "16",
-        "--epochs",
-        str(epochs),
-        "--warmup_epochs",
-        "2",
-        "--batch_size_per_gpu",
-        "4",
-        "--num_workers",
-        "0",
-        "--saveckp_freq",
-        "0",
-        "--log_every",
-        "100",
-        "--min_lr",
-        "1e-5",
-        "--lr",
-        "0.064",
-        "--time_limit_minutes",
-        str(minutes),
-        "--probe_images",
-        str(data),
-        "--probe_every",
-        "100",
-        "--warmup_teacher_temp",
-        "0.02",
-        "--teacher_temp",
-        "0.04",
-        "--warmup_teacher_temp_epochs",
-        "10",
-    ]
+    return tiny_cli_args(
+        data,
+        out,
+        epochs=epochs,
+        warmup_epochs=2,
+        saveckp_freq=0,
+        log_every=100,
+        min_lr="1e-5",
+        lr="0.064",
+        time_limit_minutes=minutes,
+        probe_images=data,
+        probe_every=100,
+        warmup_teacher_temp="0.02",
+        teacher_temp="0.04",
+        warmup_teacher_temp_epochs=10,
+    )
 
 
 def test_cli_run_is_cut_to_the_budget_and_ends_on_its_schedule(tmp_path, monkeypatch):

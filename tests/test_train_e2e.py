@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 from tests.test_data import make_image_folder
+from tests.tiny_run import tiny_cli_args, tiny_student_teacher
 from trainer import run
 from trainer.model.checkpoint import load_backbone
 from trainer.train import build, loop
@@ -25,52 +26,23 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(data: Path, out: Path, probes: Path, log_every: int) -> list[str]:
-    return [
-        "--data_path",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--device",
-        "cpu",
-        "--arch",
-        "vit_tiny",
-        "--patch_size",
-        "4",
-        "--global_crops_size",
-        "16",
-        "--local_crops_size",
-        "8",
-        "--local_crops_number",
-        "2",
-        "--out_dim",
-        "32",
-        "--epochs",
-        "2",
-        "--warmup_epochs",
-        "1",
-        "--batch_size_per_gpu",
-        "4",
-        "--num_workers",
-        "0",
-        "--saveckp_freq",
-        "0",
-        "--log_every",
-        str(log_every),
-        "--probe_images",
-        str(probes),
-        "--knn_every",
-        "1",
-        "--knn_train_data",
-        str(data),
-        "--knn_val_data",
-        str(data),
-        "--knn_resize",
-        "16",
-        "--knn_crop",
-        "16",
-        "--knn_k",
-        "3",
-    ]
+    return tiny_cli_args(
+        data,
+        out,
+        local_crops_number=2,
+        out_dim=32,
+        epochs=2,
+        warmup_epochs=1,
+        saveckp_freq=0,
+        log_every=log_every,
+        probe_images=probes,
+        knn_every=1,
+        knn_train_data=data,
+        knn_val_data=data,
+        knn_resize=16,
+        knn_crop=16,
+        knn_k=3,
+    )
 
 
 def test_cli_run_then_nan_stops_with_checkpoint_intact(tmp_path, monkeypatch):
@@ -177,34 +149,14 @@ def test_device_side_augmentation_path_runs_and_counts_corrupt_files(tmp_path, m
 
 
 def test_train_step_applies_schedules_ema_and_last_layer_freeze(monkeypatch):
-    from functools import partial
-
     import numpy as np
 
-    from tests.test_checkpointing import _tiny_vit
-    from trainer.model.head import DINOHead
-    from trainer.train.config import make_config
     from trainer.train.engine import Schedules, TrainContext, train_step
     from trainer.train.optim import build_optimizer, get_params_groups
 
-    monkeypatch.setattr(build, "build_vit", _tiny_vit)
-    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
-    cfg = make_config(
-        arch="vit_tiny",
-        patch_size=4,
-        global_crops_size=8,
-        local_crops_size=4,
-        local_crops_number=1,
-        out_dim=16,
-        epochs=2,
-        freeze_last_layer=1,
-        drop_path_rate=0.0,
+    cfg, student, teacher = tiny_student_teacher(
+        monkeypatch, epochs=2, freeze_last_layer=1, drop_path_rate=0.0
     )
-    torch.manual_seed(0)
-    student, teacher = build.build_student_teacher(cfg)
-    with torch.no_grad():  # make the teacher differ from the student so the EMA is visible
-        for p in teacher.parameters():
-            p.add_(0.01)
     schedules = Schedules(
         lr=np.array([0.1, 0.2]), wd=np.array([0.3, 0.5]), momentum=np.array([0.9, 0.8])
     )

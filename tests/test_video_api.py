@@ -15,7 +15,7 @@ from PIL import Image
 
 from backend.jobs import JOB_FILE, Job, JobStore
 from backend.main import create_app
-from tests.service_helpers import isolated_settings, write_tiny_checkpoint
+from tests.service_helpers import check_no_server_error, isolated_settings, write_tiny_checkpoint
 from tests.video_clips import write_audio_only, write_clip
 
 FRAMES, W, H, SRC_FPS = 24, 64, 48, 12
@@ -404,8 +404,6 @@ VIDEO_OPERATIONS = [
 @pytest.mark.parametrize(("method", "path", "examples"), VIDEO_OPERATIONS)
 def test_no_server_error_from_schema_cases(tmp_path, method, path, examples):
     import schemathesis
-    from hypothesis import HealthCheck, given
-    from hypothesis import settings as hsettings
 
     s = isolated_settings(
         tmp_path, video_jobs_per_client=1000, video_max_jobs=1000, **LIMITS_SCHEMA
@@ -414,20 +412,7 @@ def test_no_server_error_from_schema_cases(tmp_path, method, path, examples):
     app = create_app(s)
     with TestClient(app):
         operation = schemathesis.openapi.from_asgi("/openapi.json", app)[path][method.upper()]
-
-        @given(case=operation.as_strategy())
-        @hsettings(
-            max_examples=examples,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            derandomize=True,
-            database=None,
-        )
-        def run(case):
-            response = case.call()
-            assert response.status_code < 500, response.text
-
-        run()
+        check_no_server_error(operation, examples)
 
 
 def test_the_video_path_has_its_own_body_limit(tmp_path, clips):

@@ -9,26 +9,18 @@ import av
 import httpx
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 from app.video_tab import progress_html
-from tests.app_stack import MODEL_IDS, TINY, running_app, running_backend
+from tests.app_stack import MODEL_IDS, TINY, live_client, live_stack
 from tests.video_clips import write_clip
 
 pytestmark = pytest.mark.slow
 FRAMES, W, H = 24, 64, 48
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("video_live")
-    with running_backend(tmp) as backend_url, running_app(backend_url) as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def client(live) -> Client:
-    return Client(live.url, verbose=False)
+live = pytest.fixture(live_stack, scope="module", name="live")
+client = pytest.fixture(live_client, scope="module", name="client")
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.app_stack import running_app, running_backend
+from tests.browser import BROWSER_MARKS, chromium, open_page, set_number
 from tests.video_clips import write_clip
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOT_COPY = Path("/tmp/video_tab_screenshot.png")
-TIMEOUT_MS = 60_000
 FRAMES, W, H = 90, 192, 144
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (install it: make browser)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 # Records every state of the progress bar (Gradio replaces the element on each update).
 WATCH_PROGRESS = """() => {
@@ -40,30 +32,14 @@ VIDEO_READY = """() => {
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api")
     tmp = tmp_path_factory.mktemp("video_browser")
     with (
         running_backend(tmp) as backend_url,
         running_app(backend_url) as app,
-        sync_api.sync_playwright() as pw,
+        chromium() as browser,
+        open_page(browser, app.url, height=1400) as page,
     ):
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1400})
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(app.url)
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
-
-
-def _set_number(page, elem_id: str, value: float) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+        yield page
 
 
 def test_upload_progress_and_playable_result(page, tmp_path):
@@ -71,7 +47,7 @@ def test_upload_progress_and_playable_result(page, tmp_path):
     page.get_by_role("tab", name="Video").click()
     clip = tmp_path / "clip.mp4"
     write_clip(clip, FRAMES, W, H, fps=30)
-    _set_number(page, "video-image-size", H)
+    set_number(page, "video-image-size", H)
     page.locator("#video-input input[type=file]").set_input_files(str(clip))
     page.locator("#video-render").get_by_text("frame | mean").click()
     page.evaluate(WATCH_PROGRESS)

@@ -255,21 +255,14 @@ def _read_back(
     return values
 
 
-def _log_step(
-    ctx: TrainContext,
-    tally: _EpochTally,
-    loss: torch.Tensor,
-    outputs: tuple[torch.Tensor, ...],
-    epoch: int,
-    step: int,
-) -> dict[str, float]:
-    """Read the step's values back, check them, warn of collapse, write metrics.jsonl."""
-    values = _read_back(ctx, tally, loss, outputs, epoch, step)
+def _warn_collapse(
+    ctx: TrainContext, tally: _EpochTally, values: dict[str, float], epoch: int, step: int
+) -> None:
+    """Warn (once an epoch, on the main process) when the read-back values show a collapse."""
     warning = collapse_warning(values, ctx.config.out_dim)
     if warning and not tally.warned and is_main_process():
         logger.warning("epoch %d step %d: %s", epoch, step, warning)
         tally.warned = True
-    return values
 
 
 def _record(
@@ -336,9 +329,9 @@ def train_one_epoch(
         loss, student_out, teacher_out = train_step(ctx, crops, epoch, it)
         tally.add(loss, n_images)
         if log_now:
-            values = _log_step(
-                ctx, tally, loss, (student_out, teacher_out, center_used), epoch, step
-            )
+            outputs = (student_out, teacher_out, center_used)
+            values = _read_back(ctx, tally, loss, outputs, epoch, step)
+            _warn_collapse(ctx, tally, values, epoch, step)
             _show(bar, _record(ctx, values, epoch, step, it, tally.rate()))
     bar.close()
     return _epoch_summary(ctx, tally, epoch, niter)
