@@ -59,7 +59,7 @@ def wire_compare(client: AttentionClient, ins: dict[str, Any], cmp: dict[str, An
             client, image, model_a, model_b, image_size, resize, threshold, gt_mask
         )
 
-    cmp["model_a"].change(
+    cmp["model_a"].input(
         model_size, [cmp["model_a"]], [ins["image_size"]], api_visibility="private"
     )
     explore_inputs = ("image_size", "resize", "threshold", "gt_mask")

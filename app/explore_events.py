@@ -158,7 +158,7 @@ def _wire_controls(
     def model_controls(model: str | None) -> Any:
         return model_handlers.explore_controls(client, model)
 
-    ins["model"].change(
+    ins["model"].input(  # a user's choice; the page load sets the first model's controls itself
         model_controls,
         [ins["model"]],
         [ins["layer"], outs["heads_pick"]],
@@ -204,4 +204,4 @@ def _wire_download_and_size(client: AttentionClient, ins: dict[str, Any], state:
     def model_size(model: str | None) -> Any:  # the size control follows the selected model
         return model_handlers.size_control(client, model)
 
-    ins["model"].change(model_size, [ins["model"]], [ins["image_size"]], api_name="model_size")
+    ins["model"].input(model_size, [ins["model"]], [ins["image_size"]], api_name="model_size")

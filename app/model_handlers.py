@@ -56,13 +56,29 @@ def list_models(client: AttentionClient) -> tuple[Any, Any, Any, str]:
             print_exception=False,
         )
     choices = [(model_label(m), m["id"]) for m in catalog["models"] if "id" in m]
-    default = catalog.get("default") if catalog.get("default") in ids else ids[0]
+    default = default_model_id(catalog)
     return (
         gr.Dropdown(choices=choices, value=default),
         gr.Dropdown(choices=choices, value=default),
         gr.Dropdown(choices=choices, value=second_model(catalog, default)),
         catalog_text(catalog, client.base_url),
     )
+
+
+def default_model_id(catalog: dict[str, Any]) -> str | None:
+    """The model the page starts with: the service's default, else the first one listed."""
+    ids = [m["id"] for m in catalog.get("models", []) if "id" in m]
+    if not ids:
+        return None
+    return catalog.get("default") if catalog.get("default") in ids else ids[0]
+
+
+def model_controls(client: AttentionClient, model_id: str | None) -> tuple[Any, Any, Any]:
+    """The size, Block and head controls of ``model_id``: what the page sets for the first model
+    once the list has loaded, and again whenever the user picks another model."""
+    size = size_control(client, model_id)
+    layer, heads = explore_controls(client, model_id)
+    return size, layer, heads
 
 
 def second_model(catalog: dict[str, Any], default: str) -> str:

@@ -74,8 +74,18 @@ def _wire(
     def models() -> tuple[Any, Any, Any, str]:
         return model_handlers.list_models(client)
 
+    def first_model_controls(model: str | None) -> tuple[Any, Any, Any]:
+        return model_handlers.model_controls(client, model)
+
+    # the dropdowns' own listeners fire on a user's choice only (``input``), so the first model's
+    # controls are set once, right after the list, and never over a size the user set later
     demo.load(
         models, outputs=[ins["model"], cmp["model_a"], cmp["model_b"], status], api_name="models"
+    ).then(
+        first_model_controls,
+        [ins["model"]],
+        [ins["image_size"], ins["layer"], outs["heads_pick"]],
+        api_visibility="private",
     )
     wire_explore(client, ins, outs, status, state)
     wire_compare(client, ins, cmp)

@@ -54,6 +54,9 @@ def _wait_for_heads(page, gallery: str, previous: list[str] | None = None) -> li
 
 def test_upload_threshold_download_and_screenshot(page, tmp_path):
     page.get_by_text("Connected to").wait_for()
+    # the first model's controls follow the list (Block 0..1 for the tiny model): after that, the
+    # size set here is the one the analysis uses
+    page.wait_for_function("() => document.querySelector('#block input[type=range]')?.max === '1'")
     assert "random-init placeholder" in page.locator("#status").inner_text()
     set_number(page, "image-size", 96)
     image, mask = scene((144, 96))
