@@ -57,6 +57,31 @@ class InvalidParameter(ServiceError):
     code = "invalid_parameter"
 
 
+class JobNotFound(ServiceError):
+    status = 404
+    code = "unknown_job"
+
+
+class TooManyJobs(ServiceError):
+    status = 429
+    code = "too_many_jobs"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotAVideo(ServiceError):
+    status = 415
+    code = "not_a_video"
+
+
+class BadVideo(ServiceError):
+    status = 400
+    code = "bad_video"
+
+
 class ModelUnavailable(ServiceError):
     status = 503
     code = "model_unavailable"

@@ -21,28 +21,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from backend.errors import ServiceError
+from backend.errors import JobNotFound, TooManyJobs
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 RESTARTED = "service restarted"
 JOB_FILE = "job.json"
-
-
-class JobNotFound(ServiceError):
-    status = 404
-    code = "unknown_job"
-
-
-class JobNotDone(ServiceError):
-    status = 409
-    code = "job_not_done"
-
-
-class TooManyJobs(ServiceError):
-    status = 429
-    code = "too_many_jobs"
 
 
 @dataclass

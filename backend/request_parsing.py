@@ -11,16 +11,16 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
-from backend.errors import BadRequest, InvalidParameter, ServiceError, TooLarge
+from backend.errors import (
+    BadRequest,
+    InvalidParameter,
+    TooLarge,
+    UnsupportedMediaType,
+)
 from backend.schemas import AttentionParams, validate_params
 from backend.settings import Settings
 
 FILE_FIELDS = ("image", "images", "gt_mask")
-
-
-class UnsupportedMediaType(ServiceError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 @dataclass

@@ -19,7 +19,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from backend.errors import ServiceError, TooLarge
+from backend.errors import BadVideo, NotAVideo, TooLarge
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi")
@@ -29,16 +29,6 @@ TIME_TOLERANCE_S = 0.01  # container timestamps are rounded (GIF: centiseconds, 
 # is truncated.
 _SIGNATURES = (b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3", b"RIFF")
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
-
-
-class NotAVideo(ServiceError):
-    status = 415
-    code = "not_a_video"
-
-
-class BadVideo(ServiceError):
-    status = 400
-    code = "bad_video"
 
 
 @dataclass
