@@ -74,11 +74,10 @@ def default_model_id(catalog: dict[str, Any]) -> str | None:
 
 
 def model_controls(client: AttentionClient, model_id: str | None) -> tuple[Any, Any, Any]:
-    """The size, Block and head controls of ``model_id``: what the page sets for the first model
-    once the list has loaded, and again whenever the user picks another model."""
-    size = size_control(client, model_id)
-    layer, heads = explore_controls(client, model_id)
-    return size, layer, heads
+    """The size, Block and head controls of ``model_id`` (one catalogue read): what the page sets
+    for the first model once the list has loaded."""
+    entry = _entry(client, model_id)
+    return (_size_slider(entry), *_block_and_heads(entry))
 
 
 def second_model(catalog: dict[str, Any], default: str) -> str:
@@ -93,24 +92,18 @@ def second_model(catalog: dict[str, Any], default: str) -> str:
     return (local or others or [{"id": default}])[0]["id"]
 
 
-def size_control(client: AttentionClient, model_id: str | None) -> Any:
-    """The image-size slider for ``model_id``: its default size (DINO 480, DINOv2 518), in patch
-    steps."""
-    if not model_id:
-        return gr.skip()
-    entry = _catalog_entry(client, model_id)
+def _entry(client: AttentionClient, model_id: str | None) -> dict[str, Any] | None:
+    return _catalog_entry(client, model_id) if model_id else None
+
+
+def _size_slider(entry: dict[str, Any] | None) -> Any:
     if entry is None:
         return gr.skip()
     value, step, top = model_info.size_settings(entry)
     return gr.Slider(minimum=step, maximum=top, step=step, value=value)
 
 
-def explore_controls(client: AttentionClient, model_id: str | None) -> tuple[Any, Any]:
-    """The Block slider (0 .. depth-1, at the last block) and the head boxes (all ticked) for
-    ``model_id``."""
-    if not model_id:
-        return gr.skip(), gr.skip()
-    entry = _catalog_entry(client, model_id)
+def _block_and_heads(entry: dict[str, Any] | None) -> tuple[Any, Any]:
     if entry is None:
         return gr.skip(), gr.skip()
     depth = int(entry.get("depth") or 12)
@@ -120,3 +113,15 @@ def explore_controls(client: AttentionClient, model_id: str | None) -> tuple[Any
         gr.Slider(minimum=0, maximum=depth - 1, step=1, value=depth - 1),
         gr.CheckboxGroup(choices=choices, value=list(range(heads))),
     )
+
+
+def size_control(client: AttentionClient, model_id: str | None) -> Any:
+    """The image-size slider for ``model_id``: its default size (DINO 480, DINOv2 518), in patch
+    steps."""
+    return _size_slider(_entry(client, model_id))
+
+
+def explore_controls(client: AttentionClient, model_id: str | None) -> tuple[Any, Any]:
+    """The Block slider (0 .. depth-1, at the last block) and the head boxes (all ticked) for
+    ``model_id``."""
+    return _block_and_heads(_entry(client, model_id))
