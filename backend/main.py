@@ -16,15 +16,15 @@ import anyio
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from backend.body_limit import BodyLimitMiddleware
+from backend.analysis.service import AttentionService
+from backend.api.body_limit import BodyLimitMiddleware
+from backend.api.metrics import MetricsMiddleware
+from backend.api.parsing import ParsedRequest, parse_request
+from backend.api.responses import analysis_dict, json_response, npz_response
+from backend.api.schemas import request_body_schema
+from backend.api.video_routes import VIDEO_PATH, VideoFeature, video_router
 from backend.errors import ServiceError, install_error_handlers
-from backend.metrics import MetricsMiddleware
-from backend.request_parsing import ParsedRequest, parse_request
-from backend.responses import analysis_dict, json_response, npz_response
-from backend.schemas import request_body_schema
-from backend.service import AttentionService
 from backend.settings import Settings
-from backend.video_routes import VIDEO_PATH, VideoFeature, video_router
 
 log = logging.getLogger(__name__)
 

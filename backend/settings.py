@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backend.schemas import MAX_IMAGE_SIZE_SCHEMA
+from backend.api.schemas import MAX_IMAGE_SIZE_SCHEMA
 
 ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
 DINOV2_ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"  # DINOv2 zoo URLs are re-rooted here

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.images import prepare
-from backend.video_io import Mp4Writer, sample_frames
-from backend.video_render import render_frame
+from backend.analysis.images import prepare
+from backend.video.io import Mp4Writer, sample_frames
+from backend.video.render import render_frame
 from trainer.model.checkpoint import export_backbone_safetensors
 from trainer.model.vit import DinoViT, build_vit
 
@@ -165,8 +165,8 @@ def authors_encode(attn_dir: Path, out: Path) -> int:
 
 def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, args) -> Result:
     """The service's decode, model and encode steps, each timed alone over the whole clip."""
-    from backend.inference import derive_maps
-    from backend.video_job import batch_attention
+    from backend.analysis.inference import derive_maps
+    from backend.video.runner import batch_attention
 
     t0 = time.perf_counter()
     frames = [

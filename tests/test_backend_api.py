@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.inference import InferenceEngine
+from backend.analysis.inference import InferenceEngine
 from backend.main import create_app
 from tests.service_helpers import (
     bad_input_cases,

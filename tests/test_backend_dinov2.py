@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.main import create_app
-from backend.zoo import ZOO
+from backend.models.zoo import ZOO
 from tests.dinov2_layouts import authors_state, ref_attention, write_hf_folder
 from tests.service_helpers import image_bytes, isolated_settings, write_tiny_checkpoint
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD

@@ -9,8 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from backend.analysis.images import (
+    check_processed_size,
+    decode_image,
+    decode_mask,
+    prepare,
+    resized_size,
+)
 from backend.errors import BadImage, BadRequest, NotAnImage, TooLarge
-from backend.images import check_processed_size, decode_image, decode_mask, prepare, resized_size
 from tests.service_helpers import image_bytes, zero_png
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import backend.registry as registry_mod
-from backend import zoo
+import backend.models.registry as registry_mod
+from backend.analysis.service import AttentionService
 from backend.main import create_app
-from backend.placeholder import PLACEHOLDER_ID
-from backend.registry import ModelRegistry
-from backend.service import AttentionService
+from backend.models import zoo
+from backend.models.placeholder import PLACEHOLDER_ID
+from backend.models.registry import ModelRegistry
 from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID
 from tests.service_helpers import (
     SHIPPED_SUMMARY,

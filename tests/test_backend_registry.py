@@ -9,11 +9,11 @@ import time
 import pytest
 import torch
 
-import backend.registry as registry_mod
+import backend.models.registry as registry_mod
+from backend.analysis.service import AttentionService
 from backend.errors import ModelUnavailable, UnknownModel
-from backend.placeholder import PLACEHOLDER_ID
-from backend.registry import ModelRegistry
-from backend.service import AttentionService
+from backend.models.placeholder import PLACEHOLDER_ID
+from backend.models.registry import ModelRegistry
 from tests.service_helpers import isolated_settings, tiny_vit, write_tiny_checkpoint
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from backend.analysis.service import AttentionService
 from backend.errors import ModelUnavailable
 from backend.main import create_app
-from backend.registry import ModelRegistry
-from backend.service import AttentionService
-from backend.zoo import ZOO, fetch
+from backend.models.registry import ModelRegistry
+from backend.models.zoo import ZOO, fetch
 from tests.service_helpers import free_port, image_bytes, isolated_settings, write_tiny_checkpoint
 from trainer.model.vit import build_vit
 

@@ -35,8 +35,8 @@ def test_tiny_run_reports_every_stage(bench, tmp_path, capsys):
 
 def test_the_authors_mean_map_matches_the_service_maps(bench):
     """Same frame and size: the authors' full-attention mean is the service's CLS maps' mean."""
-    from backend.images import prepare
-    from backend.video_job import batch_attention
+    from backend.analysis.images import prepare
+    from backend.video.runner import batch_attention
 
     model = bench.build_model("vit_small", 8, tiny=True)
     rng = np.random.default_rng(0)

@@ -13,9 +13,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from backend.analysis.map_cache import MapCache
+from backend.analysis.overlay_render import QUERY_MARK_RGB, heat_batch, mask_batch
 from backend.main import create_app
-from backend.map_cache import MapCache
-from backend.overlay_render import QUERY_MARK_RGB, heat_batch, mask_batch
 from tests.service_helpers import image_bytes, isolated_settings
 from trainer.model.attention_maps import heat_overlay, mask_overlay, upsample_nearest
 from trainer.model.checkpoint import export_backbone_safetensors

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.jobs import JOB_FILE, Job, JobStore
 from backend.main import create_app
+from backend.video.jobs import JOB_FILE, Job, JobStore
 from tests.service_helpers import check_no_server_error, isolated_settings, write_tiny_checkpoint
 from tests.video_clips import write_audio_only, write_clip
 

@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.analysis.images import Prepared, prepare
+from backend.analysis.inference import derive_maps
+from backend.api.video_params import VideoParams
 from backend.errors import Busy, ServiceError
-from backend.images import Prepared, prepare
-from backend.inference import derive_maps
-from backend.jobs import Job, JobStore, write_atomic
-from backend.registry import LoadedModel
-from backend.video_io import Mp4Writer, sample_frames
-from backend.video_params import VideoParams
-from backend.video_render import render_frame
+from backend.models.registry import LoadedModel
+from backend.video.io import Mp4Writer, sample_frames
+from backend.video.jobs import Job, JobStore, write_atomic
+from backend.video.render import render_frame
 from trainer.model.block_attention import block_attention, prefix_tokens
 
 log = logging.getLogger(__name__)

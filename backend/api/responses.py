@@ -1,4 +1,4 @@
-"""Serialise an :class:`~backend.service.Analysis` as JSON or as an ``.npz`` download."""
+"""Serialise an :class:`~backend.analysis.service.Analysis` as JSON or as an ``.npz`` download."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from fastapi.responses import Response
 
-from backend.overlay_render import OVERLAY_MIME
-from backend.registers import register_arrays, register_json
-from backend.service import Analysis, best_head
+from backend.analysis.overlay_render import OVERLAY_MIME
+from backend.analysis.registers import register_arrays, register_json
+from backend.analysis.service import Analysis, best_head
 
 
 def _meta(a: Analysis) -> dict[str, Any]:

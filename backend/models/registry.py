@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from backend import zoo
 from backend.errors import ModelUnavailable, UnknownModel
-from backend.placeholder import PLACEHOLDER_ID, PLACEHOLDER_SUMMARY, placeholder_path
+from backend.models import zoo
+from backend.models.placeholder import PLACEHOLDER_ID, PLACEHOLDER_SUMMARY, placeholder_path
 from backend.settings import Settings
 from trainer.model.checkpoint import (
     CHECKPOINT_SUFFIXES,

@@ -11,13 +11,13 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
+from backend.api.schemas import AttentionParams, validate_params
 from backend.errors import (
     BadRequest,
     InvalidParameter,
     TooLarge,
     UnsupportedMediaType,
 )
-from backend.schemas import AttentionParams, validate_params
 from backend.settings import Settings
 
 FILE_FIELDS = ("image", "images", "gt_mask")

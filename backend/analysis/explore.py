@@ -1,7 +1,7 @@
 """The explorer's extra views of one analysis: query patch maps, colour composite, PCA.
 
-All are derived from a cached :class:`~backend.block_maps.RawMaps` and the thresholded masks, so a
-new threshold or head choice redraws them without running the model.
+All are derived from a cached :class:`~backend.analysis.block_maps.RawMaps` and the
+thresholded masks, so a new threshold or head choice redraws them without running the model.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.block_maps import RawMaps, composite_colors
-from backend.errors import InvalidParameter
-from backend.inference import MapSet
-from backend.overlay_render import (
+from backend.analysis.block_maps import RawMaps, composite_colors
+from backend.analysis.inference import MapSet
+from backend.analysis.overlay_render import (
     composite,
     encode,
     heat_batch,
@@ -21,6 +20,7 @@ from backend.overlay_render import (
     mask_batch,
     pca_picture,
 )
+from backend.errors import InvalidParameter
 
 
 @dataclass

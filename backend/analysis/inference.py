@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.block_maps import RawMaps, compute_block_maps
+from backend.analysis.block_maps import RawMaps, compute_block_maps
+from backend.analysis.overlay_render import encode, heat_batch, mask_batch
 from backend.errors import Busy
-from backend.overlay_render import encode, heat_batch, mask_batch
 from trainer.model.attention_maps import jaccard, threshold_masks, upsample_nearest
 from trainer.model.vit import DinoViT
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.block_maps import RawMaps
+from backend.analysis.block_maps import RawMaps
 
 
 @dataclass

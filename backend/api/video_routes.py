@@ -17,14 +17,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
+from backend.analysis.images import check_processed_size
+from backend.api.video_params import VideoParams, validate_video_params, video_body_schema
 from backend.errors import InvalidParameter, ServiceError, TooLarge, error_response
-from backend.images import check_processed_size
-from backend.jobs import ACTIVE, Job, JobStore
-from backend.registry import default_image_size
+from backend.models.registry import default_image_size
 from backend.settings import Settings
-from backend.video_io import VIDEO_EXTENSIONS, probe, target_fps
-from backend.video_job import RESULT_FILES, SOURCE_FILE, VideoJobRunner
-from backend.video_params import VideoParams, validate_video_params, video_body_schema
+from backend.video.io import VIDEO_EXTENSIONS, probe, target_fps
+from backend.video.jobs import ACTIVE, Job, JobStore
+from backend.video.runner import RESULT_FILES, SOURCE_FILE, VideoJobRunner
 
 log = logging.getLogger(__name__)
 VIDEO_PATH = "/attention/video"

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.schemas import invalid_fields, object_schema
-from backend.video_render import RENDERS
+from backend.api.schemas import invalid_fields, object_schema
+from backend.video.render import RENDERS
 
 _ALLOWED = {
     "model": "an id from GET /models",

@@ -10,10 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend import zoo
-from backend.block_maps import RawMaps
-from backend.errors import InvalidParameter, ModelUnavailable, ServiceError
-from backend.explore import (
+from backend.analysis.block_maps import RawMaps
+from backend.analysis.explore import (
     Extras,
     check_heads,
     check_query,
@@ -21,7 +19,7 @@ from backend.explore import (
     static_overlays,
     threshold_overlays,
 )
-from backend.images import (
+from backend.analysis.images import (
     Prepared,
     check_processed_size,
     decode_image,
@@ -29,13 +27,15 @@ from backend.images import (
     prepare,
     prepare_mask,
 )
-from backend.inference import InferenceEngine, MapSet, derive_maps, head_ious
-from backend.map_cache import MapCache, image_digest
-from backend.metrics import ServiceMetrics
-from backend.placeholder import PLACEHOLDER_ID, ensure_placeholder
-from backend.registers import RegisterAttention, register_attention
-from backend.registry import LoadedModel, ModelRegistry, default_image_size
-from backend.schemas import AttentionParams
+from backend.analysis.inference import InferenceEngine, MapSet, derive_maps, head_ious
+from backend.analysis.map_cache import MapCache, image_digest
+from backend.analysis.registers import RegisterAttention, register_attention
+from backend.api.metrics import ServiceMetrics
+from backend.api.schemas import AttentionParams
+from backend.errors import InvalidParameter, ModelUnavailable, ServiceError
+from backend.models import zoo
+from backend.models.placeholder import PLACEHOLDER_ID, ensure_placeholder
+from backend.models.registry import LoadedModel, ModelRegistry, default_image_size
 from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID, Settings
 from trainer.model.block_attention import resolve_layer
 
