@@ -12,8 +12,9 @@ One generated 640x480 clip (a textured square moving over a textured background)
   attention in every block and the full (1+N) x (1+N) last-block weights, the threshold masks,
   nearest upsampling, and ``plt.imsave`` of the inferno mean map as JPEG; then the JPEGs read back
   and written as an MP4 (MPEG-4 part 2, like OpenCV's MP4V). Stages: decode, model, encode.
-* **service, stage by stage**: decode = ``sample_frames`` + ``prepare``; model = ``batch_attention``
-  on batches of ``DINO_VIDEO_BATCH`` frames; encode = the ``mean`` render + H.264 MP4 writes (result
+* **service, stage by stage**: decode = ``sample_frames`` + ``prepare``; model =
+  ``AttentionService.batch_cls_attention`` of a real service on batches of ``DINO_VIDEO_BATCH``
+  frames; encode = the ``mean`` render + H.264 MP4 writes (result
   and source videos).
 * **service, end to end**: ``POST /attention/video`` on the real app (TestClient), polling
   ``GET /jobs/{id}`` until done: the three stages overlap in their threads.
@@ -166,7 +167,6 @@ def authors_encode(attn_dir: Path, out: Path) -> int:
 def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, args) -> Result:
     """The service's decode, model and encode steps, each timed alone over the whole clip."""
     from backend.analysis.inference import derive_maps
-    from backend.video.runner import batch_attention
 
     t0 = time.perf_counter()
     frames = [
@@ -174,11 +174,11 @@ def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path
         for _, img in sample_frames(clip, 25.0, 10**6)
     ]
     t1 = time.perf_counter()
-    loaded = _Loaded(model)
+    service, loaded = loaded_service(arch, model, work / "stages", args)
     maps = []
     for i in range(0, len(frames), args.batch):
         tensor = torch.cat([p.tensor for _, p in frames[i : i + args.batch]])
-        for attn in batch_attention(_Service(), loaded, tensor, -1):
+        for attn in service.batch_cls_attention(loaded, tensor, -1):
             maps.append(derive_maps(attn, args.threshold))
     t2 = time.perf_counter()
     with (
@@ -203,34 +203,16 @@ def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path
     )
 
 
-class _Engine:
-    precision = "fp32"
-
-
-class _Service:
-    """What ``batch_attention`` reads of the service: the engine's precision."""
-
-    engine = _Engine()
-
-
-class _Loaded:
-    def __init__(self, model: DinoViT) -> None:
-        self.model, self.device = model, torch.device("cpu")
-
-
-def service_end_to_end(arch: str, model: DinoViT, clip: Path, work: Path, args) -> Result:
-    """``POST /attention/video`` on the real app; frames/s from submission to ``state == done``."""
-    from fastapi.testclient import TestClient
-
-    from backend.main import create_app
+def service_settings(arch: str, model: DinoViT, work: Path, args):
+    """Settings of a real service whose checkpoint folder holds ``model`` as ``arch``."""
     from backend.settings import Settings
 
     ckpt = work / "checkpoints"
-    ckpt.mkdir()
+    ckpt.mkdir(parents=True, exist_ok=True)
     export_backbone_safetensors(
         model, ckpt / f"{arch}.safetensors", arch=arch, epoch=None, trained=False
     )
-    settings = Settings(
+    return Settings(
         checkpoint_dir=ckpt,
         cache_dir=work / "cache",
         allow_downloads=False,
@@ -240,6 +222,23 @@ def service_end_to_end(arch: str, model: DinoViT, clip: Path, work: Path, args) 
         max_concurrency=1,
         queue_timeout_s=3600,
     )
+
+
+def loaded_service(arch: str, model: DinoViT, work: Path, args):
+    """A real ``AttentionService`` and its loaded ``arch`` model (no HTTP)."""
+    from backend.analysis.service import AttentionService
+
+    service = AttentionService(service_settings(arch, model, work, args))
+    return service, service.registry.get(arch)
+
+
+def service_end_to_end(arch: str, model: DinoViT, clip: Path, work: Path, args) -> Result:
+    """``POST /attention/video`` on the real app; frames/s from submission to ``state == done``."""
+    from fastapi.testclient import TestClient
+
+    from backend.main import create_app
+
+    settings = service_settings(arch, model, work, args)
     with TestClient(create_app(settings)) as client, open(clip, "rb") as fh:
         data = fh.read()
         t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.analysis.inference import InferenceEngine
+from backend.analysis.model_step import Cancelled, ModelStep
 from backend.main import create_app
 from tests.service_helpers import (
     bad_input_cases,
@@ -293,30 +293,54 @@ def test_sixteen_concurrent_clients_no_errors(client):
 
 
 def test_busy_semaphore_gives_503_with_retry_after():
-    engine = InferenceEngine(max_concurrency=1, queue_timeout_s=0.05)
-    with engine.slot():
+    step = ModelStep(max_concurrency=1, queue_timeout_s=0.05)
+    with step.slot():
         with pytest.raises(Exception) as info:
-            with engine.slot():
+            with step.slot():
                 pass
     assert info.value.status == 503 and info.value.headers["Retry-After"] == "1"
-    with engine.slot():  # released again
+    with step.slot():  # released again
+        pass
+
+
+def test_a_background_slot_waits_and_stops_when_cancelled():
+    import threading
+
+    step = ModelStep(max_concurrency=1, queue_timeout_s=0.01)
+    cancel = threading.Event()
+    with step.slot():
+        cancel.set()
+        with pytest.raises(Cancelled):
+            with step.slot(cancel):
+                pass
+    with step.slot(threading.Event()):  # free again: a waiting job gets it at once
         pass
 
 
 def test_bf16_precision_is_close_to_fp32():
+    """The real model step (``ModelStep.run`` + ``compute_block_maps``) in both precisions."""
+    from types import SimpleNamespace
+
     import torch
 
+    from backend.analysis.block_maps import compute_block_maps
     from tests.service_helpers import tiny_vit
 
     model = tiny_vit(3).eval()
+    loaded = SimpleNamespace(model=model, device=torch.device("cpu"), entry=SimpleNamespace(id="m"))
     x = torch.randn(1, 3, 48, 64)
-    fp32 = InferenceEngine(1, 1.0, "fp32").cls_attention(model, x, torch.device("cpu"))
-    bf16 = InferenceEngine(1, 1.0, "bf16").cls_attention(model, x, torch.device("cpu"))
-    assert fp32.dtype == bf16.dtype == torch.float32 and fp32.shape == (1, 6, 8)
+
+    def cls_maps(precision: str) -> torch.Tensor:
+        step = ModelStep(1, 1.0, precision)
+        raw = step.run(loaded, lambda m, d: compute_block_maps(m, x, len(m.blocks) - 1, None, False))
+        return torch.from_numpy(raw.cls_maps())
+
+    fp32, bf16 = cls_maps("fp32"), cls_maps("bf16")
+    assert fp32.dtype == bf16.dtype == torch.float32 and fp32.shape[1:] == (6, 8)
     assert torch.allclose(fp32.sum((-2, -1)), bf16.sum((-2, -1)), atol=2e-2)
     assert (fp32 - bf16).abs().max() < 0.05 * fp32.max()
     with pytest.raises(ValueError, match="choose one of fp32, bf16"):
-        InferenceEngine(1, 1.0, "fp16")
+        ModelStep(1, 1.0, "fp16")
 
 
 def test_unknown_route_and_method_are_json(client):
@@ -347,7 +371,7 @@ def test_saturated_service_answers_503_with_retry_after(tmp_path):
     write_tiny_checkpoint(settings.checkpoint_dir)
     app = create_app(settings)
     with TestClient(app) as c:
-        with app.state.service.engine.slot():  # someone else holds the only slot
+        with app.state.service.step.slot():  # someone else holds the only slot
             r = _post(c, **_one(image_size=32))
         assert (
             r.status_code == 503

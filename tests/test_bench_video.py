@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -33,10 +34,9 @@ def test_tiny_run_reports_every_stage(bench, tmp_path, capsys):
     assert len(json.loads(out.read_text())) == 3 and "summary" in capsys.readouterr().out
 
 
-def test_the_authors_mean_map_matches_the_service_maps(bench):
+def test_the_authors_mean_map_matches_the_service_maps(bench, tmp_path):
     """Same frame and size: the authors' full-attention mean is the service's CLS maps' mean."""
     from backend.analysis.images import prepare
-    from backend.video.runner import batch_attention
 
     model = bench.build_model("vit_small", 8, tiny=True)
     rng = np.random.default_rng(0)
@@ -45,7 +45,9 @@ def test_the_authors_mean_map_matches_the_service_maps(bench):
     theirs = bench.authors_model(model, img, 8, 48, 0.6)
     model.set_fused_attention(True)
     prepared = prepare(img, 48, "keep_aspect", 8, bench.MEAN, bench.STD)
-    ours = batch_attention(bench._Service(), bench._Loaded(model), prepared.tensor, -1)[0]
+    args = SimpleNamespace(batch=4)
+    service, loaded = bench.loaded_service("vit_small", model, tmp_path, args)
+    ours = service.batch_cls_attention(loaded, prepared.tensor, -1)[0]
     expected = np.repeat(np.repeat(ours.mean(0).numpy(), 8, 0), 8, 1)
     np.testing.assert_allclose(theirs, expected, rtol=1e-4, atol=1e-6)
     assert torch.isfinite(ours).all()

@@ -348,14 +348,14 @@ def test_batches_wait_for_a_slot_and_image_requests_interleave(tmp_path, clips):
     s = isolated_settings(tmp_path, max_concurrency=1, queue_timeout_s=0.05, video_batch=2)
     write_tiny_checkpoint(s.checkpoint_dir, "tiny")
     with TestClient(create_app(s)) as c:
-        engine = c.app.state.service.engine
-        real_slot = engine.slot
+        step = c.app.state.service.step
+        real_slot = step.slot
         holders: list[str] = []
         held = threading.Event()
 
         @contextlib.contextmanager
-        def recorded_slot():
-            with real_slot():
+        def recorded_slot(cancel=None):
+            with real_slot(cancel):
                 holders.append(threading.current_thread().name)
                 time.sleep(0.02)  # every holder keeps the slot a little, so the job lasts
                 yield
@@ -368,12 +368,12 @@ def test_batches_wait_for_a_slot_and_image_requests_interleave(tmp_path, clips):
         holder = threading.Thread(target=hold_slot)
         holder.start()
         held.wait()
-        engine.slot = recorded_slot
+        step.slot = recorded_slot
         job = submit(c, clips["clip.mp4"]).json()["job"]
         time.sleep(0.3)
         assert c.get(f"/jobs/{job}").json()["frames_done"] == 0  # waiting for the slot, not failed
         holder.join()
-        engine.queue_timeout_s = 5.0  # from now on image requests wait for the slot too
+        step.queue_timeout_s = 5.0  # from now on image requests wait for the slot too
         image = io.BytesIO()
         decoded_frames(clips["clip.mp4"])[0][1].save(image, format="PNG")
         answered = 0
@@ -492,3 +492,38 @@ def test_image_size_defaults_to_the_models_own(tmp_path, clips):
             37,
             49,
         )  # 64x48 -> 690x518 -> 49 x 37 patches
+
+
+@pytest.mark.parametrize("stage", ["decode", "model", "encode"])
+def test_a_fault_in_any_stage_fails_the_job_and_frees_the_worker(tmp_path, clips, stage):
+    """A fault injected in decode, model or encode ends the job as failed, with its message, and
+    the next job runs (the single worker is not left waiting on a stalled thread)."""
+    import backend.video.runner as runner
+
+    s = isolated_settings(tmp_path, video_batch=2)
+    write_tiny_checkpoint(s.checkpoint_dir, "tiny")
+    with TestClient(create_app(s)) as c:
+        service = c.app.state.service
+        real_model, real_prepare, real_render = (
+            service.batch_cls_attention,
+            runner.prepare,
+            runner.render_frame,
+        )
+
+        def boom(*args, **kwargs):
+            raise RuntimeError(f"injected {stage} fault")
+
+        if stage == "model":
+            service.batch_cls_attention = boom
+        elif stage == "decode":
+            runner.prepare = boom
+        else:
+            runner.render_frame = boom
+        try:
+            status = wait(c, submit(c, clips["clip.mp4"]).json()["job"], timeout=30)
+        finally:
+            service.batch_cls_attention = real_model
+            runner.prepare, runner.render_frame = real_prepare, real_render
+        assert status["state"] == "failed" and f"injected {stage} fault" in status["error"]
+        again = wait(c, submit(c, clips["clip.mp4"]).json()["job"], timeout=30)
+        assert again["state"] == "done"

@@ -1,8 +1,13 @@
-"""The service object: settings, model registry, inference engine, metrics, default model."""
+"""The service object: settings, model registry, model step, metrics, default model.
+
+:class:`AttentionService` is the analysis room's public entry: routes and the video runner call
+``model_for``, ``analyse``, ``compute_maps`` and ``batch_cls_attention``.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -10,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.analysis.block_maps import RawMaps
+from backend.analysis.block_maps import RawMaps, compute_block_maps
 from backend.analysis.explore import (
     Extras,
     check_heads,
@@ -27,8 +32,9 @@ from backend.analysis.images import (
     prepare,
     prepare_mask,
 )
-from backend.analysis.inference import InferenceEngine, MapSet, derive_maps, head_ious
+from backend.analysis.inference import MapSet, derive_maps, head_ious
 from backend.analysis.map_cache import MapCache, image_digest
+from backend.analysis.model_step import ModelStep
 from backend.analysis.registers import RegisterAttention, register_attention
 from backend.api.metrics import ServiceMetrics
 from backend.api.schemas import AttentionParams
@@ -37,7 +43,7 @@ from backend.models import zoo
 from backend.models.placeholder import PLACEHOLDER_ID, ensure_placeholder
 from backend.models.registry import LoadedModel, ModelRegistry, default_image_size
 from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID, Settings
-from trainer.model.block_attention import resolve_layer
+from trainer.model.block_attention import block_attention, prefix_tokens, resolve_layer
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +86,14 @@ class CachedImage:
 
 
 class AttentionService:
-    """Owns the registry and engine; ``start()`` picks and loads the default model."""
+    """Owns the registry and the model step; ``start()`` picks and loads the default model."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.registry = ModelRegistry(settings)
-        self.engine = InferenceEngine(
-            settings.max_concurrency, settings.queue_timeout_s, settings.precision
+        self.step = ModelStep(
+            settings.max_concurrency, settings.queue_timeout_s, settings.precision, self.metrics
         )
         self.default_model: str | None = None
         self.default_error: str | None = None
@@ -167,20 +173,37 @@ class AttentionService:
         query: tuple[int, int] | None = None,
         pca: bool = False,
     ) -> RawMaps:
-        """Block ``layer``'s attention rows (CLS, and ``query``) for one ``(1, 3, h, w)`` image.
-
-        The model step of every analysis: holds an inference slot and records the inference time.
-        """
+        """Block ``layer``'s attention rows (CLS, and ``query``) for one ``(1, 3, h, w)`` image."""
         index = self.resolve_layer(loaded, layer)
-        with self.engine.slot():
-            self.metrics.in_flight.inc()
-            t0 = time.perf_counter()
-            try:
-                raw = self.engine.block_maps(loaded.model, tensor, loaded.device, index, query, pca)
-            finally:
-                self.metrics.in_flight.dec()
-        self.metrics.inference.labels(loaded.entry.id).observe(time.perf_counter() - t0)
-        return raw
+
+        def step(model: torch.nn.Module, device: torch.device) -> RawMaps:
+            x = tensor.to(device, non_blocking=True)
+            return compute_block_maps(model, x, index, query, pca)
+
+        return self.step.run(loaded, step)
+
+    def batch_cls_attention(
+        self,
+        loaded: LoadedModel,
+        tensor: torch.Tensor,
+        layer: int,
+        cancel: threading.Event | None = None,
+    ) -> torch.Tensor:
+        """``(B, heads, gh, gw)`` CLS attention of block ``layer`` for a batch of prepared images.
+
+        The model step of ``POST /attention`` on ``B`` images at once (the video runner's frames);
+        the prefix columns (CLS, registers) are dropped. With ``cancel`` it waits for a slot.
+        """
+
+        def step(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+            x = tensor.to(device, non_blocking=True)
+            return block_attention(model, x, layer, (0,)).attention
+
+        rows = self.step.run(loaded, step, cancel=cancel)
+        patch = loaded.model.patch_size
+        gh, gw = tensor.shape[-2] // patch, tensor.shape[-1] // patch
+        cls = rows[:, :, 0, prefix_tokens(loaded.model) :].float().cpu()
+        return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
 
     @staticmethod
     def resolve_layer(loaded: LoadedModel, layer: int) -> int:

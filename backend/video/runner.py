@@ -17,33 +17,27 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from backend.analysis.images import Prepared, prepare
 from backend.analysis.inference import derive_maps
+from backend.analysis.model_step import Cancelled
 from backend.api.video_params import VideoParams
-from backend.errors import Busy, ServiceError
+from backend.errors import ServiceError
 from backend.models.registry import LoadedModel
 from backend.video.io import Mp4Writer, sample_frames
 from backend.video.jobs import Job, JobStore, write_atomic
 from backend.video.render import render_frame
-from trainer.model.block_attention import block_attention, prefix_tokens
 
 log = logging.getLogger(__name__)
 RESULT_FILES = {"mp4": "result.mp4", "npz": "result.npz", "json": "result.json"}
 SOURCE_FILE = "source.mp4"
 _END = object()
-
-
-class Cancelled(Exception):
-    """The job was cancelled (or the service is stopping) between two batches."""
 
 
 @dataclass
@@ -76,53 +70,24 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
             continue
 
 
-@contextmanager
-def waiting_slot(service: Any, cancel: threading.Event) -> Iterator[None]:
-    """An inference slot for one batch: wait (``queue_timeout_s`` steps), never fail busy."""
-    while True:
-        if cancel.is_set():
-            raise Cancelled
-        slot = service.engine.slot()
-        try:
-            slot.__enter__()
-        except Busy:
-            continue
-        break
-    service.metrics.in_flight.inc()
-    try:
-        yield
-    finally:
-        service.metrics.in_flight.dec()
-        slot.__exit__(None, None, None)
+class FrameAnalyser(Protocol):
+    """What the runner uses of the analysis room (``AttentionService`` provides it)."""
 
+    def model_for(self, params: VideoParams) -> LoadedModel: ...
 
-def batch_attention(
-    service: Any, loaded: LoadedModel, tensor: torch.Tensor, layer: int
-) -> torch.Tensor:
-    """``(B, heads, gh, gw)`` CLS attention of block ``layer`` for a batch of prepared frames.
-
-    The model step of ``POST /attention`` (``block_attention`` under the engine's inference mode and
-    precision), on ``B`` frames at once; the prefix columns (CLS, registers) are dropped.
-    """
-    model = loaded.model
-    device = loaded.device
-    use_bf16 = service.engine.precision == "bf16"
-    with (
-        torch.inference_mode(),
-        torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16),
-    ):
-        rows = block_attention(model, tensor.to(device, non_blocking=True), layer, (0,)).attention
-    patch = model.patch_size
-    gh = tensor.shape[-2] // patch
-    gw = tensor.shape[-1] // patch
-    cls = rows[:, :, 0, prefix_tokens(model) :].float().cpu()
-    return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
+    def batch_cls_attention(
+        self,
+        loaded: LoadedModel,
+        tensor: torch.Tensor,
+        layer: int,
+        cancel: threading.Event | None = None,
+    ) -> torch.Tensor: ...
 
 
 class VideoJobRunner:
     """Callable run by the job store's worker for each job."""
 
-    def __init__(self, service: Any, store: JobStore, batch: int) -> None:
+    def __init__(self, service: FrameAnalyser, store: JobStore, batch: int) -> None:
         self.service = service
         self.store = store
         self.batch = batch
@@ -139,6 +104,9 @@ class VideoJobRunner:
             self.store.finish(job, "cancelled")
         except ServiceError as exc:
             self.store.finish(job, "failed", exc.detail)
+        except Exception as exc:  # noqa: BLE001 - any fault ends the job and frees the worker
+            log.exception("video job %s failed", job.id)
+            self.store.finish(job, "failed", f"the job failed: {type(exc).__name__}: {exc}")
         finally:
             for tmp in folder.glob(".*.tmp*"):
                 tmp.unlink(missing_ok=True)
@@ -209,8 +177,14 @@ class VideoJobRunner:
         try:
             self._model_loop(job, params, loaded, decoded, to_encode, maps)
             _put(to_encode, _END, job.cancel)
+        except Cancelled:
+            if not errors:  # cancelled by the user; an encoder failure is reported below
+                raise
+        except BaseException:
+            job.cancel.set()  # a failed model loop stops the decoder and the encoder too
+            raise
         finally:
-            if job.cancel.is_set() or errors:
+            if errors:
                 job.cancel.set()
             decoder.join()
             encoder.join()
@@ -263,8 +237,8 @@ class VideoJobRunner:
         maps: FrameMaps,
     ) -> None:
         tensor = torch.cat([p.tensor for _, _, p in frames])
-        with waiting_slot(self.service, job.cancel):
-            attn = batch_attention(self.service, loaded, tensor, int(job.params["layer_used"]))
+        layer = int(job.params["layer_used"])
+        attn = self.service.batch_cls_attention(loaded, tensor, layer, cancel=job.cancel)
         for (t, image, prepared), a in zip(frames, attn, strict=True):
             derived = derive_maps(a, params.threshold)
             maps.timestamps.append(t)

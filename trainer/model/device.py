@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
@@ -50,3 +53,13 @@ def resolve_precision(
     if device_type == "cuda":
         return "bf16" if bf16_ok else "fp16"
     return "fp32"
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in ``precision`` (bf16|fp16) on ``device``, or nothing for fp32."""
+    if precision not in AUTOCAST_DTYPES:
+        choices = ", ".join(AUTOCAST_DTYPES)
+        raise ValueError(f"unknown precision {precision!r}; choose one of {choices}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])

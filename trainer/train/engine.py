@@ -6,7 +6,6 @@ stay on the device and are read every ``log_every`` steps (and at the end of the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from trainer.data.dataset import Batch
+from trainer.model.device import autocast_context
 from trainer.train.distributed import all_reduce_sum, is_main_process
 from trainer.train.ema import ema_update
 from trainer.train.flags import TrainConfig
@@ -28,7 +28,6 @@ from trainer.train.optim import cancel_gradients_last_layer, clip_gradients
 from trainer.train.skip_step import grads_finite, skip_nonfinite_step
 
 logger = logging.getLogger(__name__)
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,16 +91,6 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` in ``precision`` (bf16|fp16), or nothing for fp32."""
-    if precision not in AUTOCAST_DTYPES:
-        choices = ", ".join(AUTOCAST_DTYPES)
-        raise ValueError(f"unknown precision {precision!r}; choose one of {choices}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def _set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
