@@ -332,7 +332,8 @@ def test_bf16_precision_is_close_to_fp32():
 
     def cls_maps(precision: str) -> torch.Tensor:
         step = ModelStep(1, 1.0, precision)
-        raw = step.run(loaded, lambda m, d: compute_block_maps(m, x, len(m.blocks) - 1, None, False))
+        last = len(model.blocks) - 1
+        raw = step.run(loaded, lambda m, d: compute_block_maps(m, x, last, None, False))
         return torch.from_numpy(raw.cls_maps())
 
     fp32, bf16 = cls_maps("fp32"), cls_maps("bf16")
