@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from fastapi import FastAPI, Request
@@ -25,6 +26,13 @@ class ServiceError(Exception):
         self.detail = detail
         self.code = code or self.code
         self.headers = headers or {}
+
+    def prefixed(self, prefix: str) -> ServiceError:
+        """A new error of the same kind whose detail starts with ``prefix`` (this one unchanged)."""
+        err = copy.copy(self)
+        err.detail = prefix + self.detail
+        err.args = (err.detail,)
+        return err
 
 
 class BadImage(ServiceError):

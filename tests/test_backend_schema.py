@@ -93,3 +93,43 @@ def test_valid_images_with_arbitrary_parameters(
 def test_enough_cases_ran():
     assert len(CASES) >= 500, len(CASES)
     assert any(c == 200 for c in CASES) and any(400 <= c < 500 for c in CASES)
+
+
+def test_every_json_success_reply_has_a_schema_and_errors_are_declared(app):
+    """Each JSON endpoint documents its 200/202 body; errors use ErrorReply, not FastAPI's
+    HTTPValidationError (which the service never returns); /metrics is text."""
+    spec = TestClient(app).get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    json_paths = [
+        "/healthz",
+        "/readyz",
+        "/models",
+        "/attention",
+        "/attention/batch",
+        "/jobs/{job_id}",
+    ]
+    for path in json_paths:
+        for operation in spec["paths"][path].values():
+            ok = operation["responses"].get("200") or operation["responses"]["202"]
+            assert ok["content"]["application/json"]["schema"], (path, ok)
+    for path, ops in spec["paths"].items():
+        for operation in ops.values():
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")) and path != "/readyz":
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorReply"), (path, status)
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain; version=0.0.4; charset=utf-8"]
+
+
+def test_real_replies_match_their_models(app):
+    from backend.api.replies import AttentionReply, ErrorReply, ModelsReply
+
+    c = TestClient(app)
+    ModelsReply.model_validate(c.get("/models").json())
+    files = {"image": ("a.png", image_bytes(40, 32), "image/png")}
+    r = c.post("/attention", files=files, data={"overlays": "false", "image_size": "32"})
+    AttentionReply.model_validate(r.json())
+    bad = c.post("/attention", files=files, data={"threshold": "7"})
+    assert bad.status_code == 422
+    ErrorReply.model_validate(bad.json())

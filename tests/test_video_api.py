@@ -402,7 +402,7 @@ VIDEO_OPERATIONS = [
 
 
 @pytest.mark.parametrize(("method", "path", "examples"), VIDEO_OPERATIONS)
-def test_no_server_error_from_schema_cases(tmp_path, method, path, examples):
+def test_no_server_error_from_video_schema_cases(tmp_path, method, path, examples):
     import schemathesis
 
     s = isolated_settings(

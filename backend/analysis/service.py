@@ -10,10 +10,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BaseModel
 
 from backend.analysis.block_maps import RawMaps, compute_block_maps
 from backend.analysis.explore import (
@@ -46,6 +48,7 @@ from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID, Settings
 from trainer.model.block_attention import block_attention, prefix_tokens, resolve_layer
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", bound=BaseModel)
 
 
 @dataclass
@@ -206,6 +209,14 @@ class AttentionService:
         return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
 
     @staticmethod
+    def with_image_size(loaded: LoadedModel, params: P) -> P:
+        """``params`` with ``image_size`` set to the model's default when it is None."""
+        if params.image_size is not None:
+            return params
+        size = default_image_size(loaded.info.family)  # DINO 480, DINOv2 518
+        return params.model_copy(update={"image_size": size})
+
+    @staticmethod
     def resolve_layer(loaded: LoadedModel, layer: int) -> int:
         """``layer`` as 0 .. depth-1, or 422 stating the valid range."""
         try:
@@ -260,10 +271,7 @@ class AttentionService:
         s = self.settings
         patch = loaded.info.patch_size
         t0 = time.perf_counter()
-        if params.image_size is None:  # the model's default: DINO 480, DINOv2 518
-            params = params.model_copy(
-                update={"image_size": default_image_size(loaded.info.family)}
-            )
+        params = self.with_image_size(loaded, params)
         if params.image_size > s.max_image_size:
             raise InvalidParameter(
                 f"image_size {params.image_size} is above the limit; use {patch} to "

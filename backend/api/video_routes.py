@@ -18,9 +18,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
 from backend.analysis.images import check_processed_size
+from backend.api.replies import JobReply, JobSubmitted, error_responses
 from backend.api.video_params import VideoParams, validate_video_params, video_body_schema
 from backend.errors import InvalidParameter, ServiceError, TooLarge, error_response
-from backend.models.registry import default_image_size
 from backend.settings import Settings
 from backend.video.io import VIDEO_EXTENSIONS, probe, target_fps
 from backend.video.jobs import ACTIVE, Job, JobStore
@@ -98,8 +98,7 @@ def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, A
         )
     loaded = service.model_for(params)
     patch = loaded.info.patch_size
-    if params.image_size is None:  # the model's default, as for POST /attention
-        params = params.model_copy(update={"image_size": default_image_size(loaded.info.family)})
+    params = service.with_image_size(loaded, params)
     check_processed_size(
         info.width, info.height, params.image_size, params.resize, patch, s.max_image_size
     )
@@ -132,7 +131,14 @@ def _client_id(request: Request) -> str:
 
 
 def _add_submit_route(router: APIRouter, feature: VideoFeature) -> None:
-    @router.post(VIDEO_PATH, status_code=202, tags=["video"], openapi_extra=video_body_schema())
+    @router.post(
+        VIDEO_PATH,
+        status_code=202,
+        tags=["video"],
+        response_model=JobSubmitted,
+        responses=error_responses(400, 404, 413, 415, 422, 429, 503),
+        openapi_extra=video_body_schema(),
+    )
     async def submit(request: Request) -> JSONResponse:
         """Queue a video job: multipart with a ``video`` file part; 202 with the job id."""
         s = feature.settings
@@ -181,12 +187,23 @@ def _not_done(job: Job) -> JSONResponse:
 
 
 def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
-    @router.get("/jobs/{job_id}", tags=["video"])
+    @router.get(
+        "/jobs/{job_id}",
+        tags=["video"],
+        response_model=JobReply,
+        responses=error_responses(404, 422),
+    )
     def job_status(job_id: str) -> dict[str, Any]:
         """State, progress (frames_done of frames_total), elapsed_s, eta_s and error of a job."""
         return feature.store.get(job_id).public()
 
-    @router.delete("/jobs/{job_id}", tags=["video"], status_code=202)
+    @router.delete(
+        "/jobs/{job_id}",
+        tags=["video"],
+        status_code=202,
+        response_model=JobReply,
+        responses={204: {"description": "a finished job deleted"}, **error_responses(404, 422)},
+    )
     def job_delete(job_id: str) -> Response:
         """Cancel a queued or running job (202); delete a finished one and its files (204)."""
         store = feature.store
@@ -197,7 +214,7 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
         store.delete(job)
         return Response(status_code=204)
 
-    @router.get("/jobs/{job_id}/result", tags=["video"])
+    @router.get("/jobs/{job_id}/result", tags=["video"], responses=error_responses(404, 409, 422))
     def job_result(job_id: str, format: str = Query("mp4")) -> Response:  # noqa: A002 - the API's name
         """The attention video (mp4), the arrays (npz) or the summary (json); 409 until done."""
         if format not in RESULT_FILES:
@@ -214,7 +231,7 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
             path, media_type=MEDIA_TYPES[format], filename=f"attention_{job.id}.{format}"
         )
 
-    @router.get("/jobs/{job_id}/source", tags=["video"])
+    @router.get("/jobs/{job_id}/source", tags=["video"], responses=error_responses(404, 409, 422))
     def job_source(job_id: str) -> Response:
         """The analysed frames of the input as browser-playable H.264 MP4 (at the job's fps)."""
         job = feature.store.get(job_id)
