@@ -8,8 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backend.api.schemas import MAX_IMAGE_SIZE_SCHEMA
-
+MAX_IMAGE_SIZE_SCHEMA = 2048  # the largest image_size any request may name
 ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
 DINOV2_ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"  # DINOv2 zoo URLs are re-rooted here
 ZOO_DEFAULT_ID = (

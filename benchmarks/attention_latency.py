@@ -50,9 +50,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.analysis.params import AttentionParams
 from backend.analysis.service import AttentionService
 from backend.api.responses import analysis_dict, json_response
-from backend.api.schemas import AttentionParams
 from backend.settings import Settings
 from benchmarks.explore_latency import ExploreResult, explore_latency, print_explore
 from benchmarks.roofline import print_roofline, roofline

@@ -1,7 +1,7 @@
 """CPU multi-crop throughput: ours against the paper's torchvision pipeline, one thread, same run.
 
     .venv/bin/python -m benchmarks.augment_throughput --data_path DIR     # photos under DIR
-    .venv/bin/python -m benchmarks.augment_throughput --data_path ../shared/data/duts-te-1k.tar.gz
+    .venv/bin/python -m benchmarks.augment_throughput --data_path $DINO_DATA_DIR/duts-te-1k.tar.gz
     .venv/bin/python -m benchmarks.augment_throughput                    # generated photos
 
 Both pipelines turn the same encoded images (read into memory first, so disk speed does not
@@ -306,8 +306,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--data_path",
         type=Path,
         default=None,
-        help="photos: a folder (any depth) or a tar archive such as "
-        "../shared/data/duts-te-1k.tar.gz (read in place); default: generated photos",
+        help="photos: a folder (any depth) or a tar archive such as duts-te-1k.tar.gz "
+        "(read in place); default: generated photos",
     )
     p.add_argument("--images", type=int, default=200, help="how many images (default 200)")
     p.add_argument(

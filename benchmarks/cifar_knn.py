@@ -2,7 +2,8 @@
 
     python -m benchmarks.cifar_knn --minutes 20 --output_dir runs/cifar_knn
 
-1. extracts ``../shared/data/cifar10-jpg.tar.gz`` into the git-ignored ``.data/cifar10``;
+1. extracts ``cifar10-jpg.tar.gz`` (``--archive``, or ``$DINO_DATA_DIR``) into the git-ignored
+   ``.data/cifar10``;
 2. times one short calibration epoch, then sizes the number of epochs to fit ``--minutes``;
 3. trains ViT-tiny, patch 4, 32 px global / 16 px local crops, with the trainer's own run
    loop (``trainer.train.loop.train``);
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.data_dir import data_file
 from trainer.data.images import list_images
 from trainer.eval.knn import knn_evaluate
 from trainer.model.checkpoint import load_backbone
@@ -32,15 +34,14 @@ from trainer.train.loop import train
 ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("cifar_knn")
-DEFAULT_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+ARCHIVE_NAME = "cifar10-jpg.tar.gz"
 
 
-def extract(archive: Path, dest: Path) -> Path:
+def extract(archive: Path | None, dest: Path) -> Path:
     """Unpack the archive once (``dest/train``, ``dest/test``)."""
     if (dest / "train").is_dir() and (dest / "test").is_dir():
         return dest
-    if not archive.is_file():
-        raise SystemExit(f"{archive} not found; pass --archive PATH to cifar10-jpg.tar.gz")
+    archive = data_file(ARCHIVE_NAME, archive)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
@@ -124,7 +125,9 @@ def knn_top1(model: torch.nn.Module, bank: Path, test: Path, args: argparse.Name
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="cifar10-jpg.tar.gz")
+    p.add_argument(
+        "--archive", type=Path, default=None, help="cifar10-jpg.tar.gz (default: $DINO_DATA_DIR/)"
+    )
     p.add_argument(
         "--data_dir", type=Path, default=ROOT / ".data" / "cifar10", help="where to extract"
     )

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
+from backend.analysis.params import AttentionParams
 from backend.analysis.service import AttentionService
 from backend.api.responses import analysis_dict, json_response
-from backend.api.schemas import AttentionParams
 from backend.settings import Settings
 from benchmarks.attention_latency import Row, make_row, print_row, sample_png
 from trainer.model.checkpoint import export_backbone_safetensors

@@ -5,8 +5,8 @@ each head is thresholded to keep 60% of its mass, the masks are upsampled to pix
 (nearest), and the best head's IoU with the ground truth (threshold 128) is kept. The mean
 over images is reported; per-head means and best-head counts are printed too. The protocol
 lives in ``trainer/eval/seg.py``; this script extracts the data and picks the model.
-``../shared/data/README.md`` gives 20.7 for a randomly initialised ViT-S/16 on 200 images,
-measured with the authors' code.
+The authors' code gives about 20.7 for a randomly initialised ViT-S/16 on 200 images.
+The archive ``duts-te-1k.tar.gz`` comes from ``--archive`` or ``$DINO_DATA_DIR``.
 
     python -m benchmarks.duts_jaccard --arch vit_small --patch_size 16 --images 200
     python -m benchmarks.duts_jaccard --checkpoint checkpoints/x.safetensors
@@ -20,22 +20,22 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.data_dir import data_file
 from trainer.eval.seg import evaluate_folder, summary_lines
 from trainer.model.checkpoint import load_backbone
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, build_vit
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared" / "data" / "duts-te-1k.tar.gz"
+ARCHIVE_NAME = "duts-te-1k.tar.gz"
 
 
-def dataset_dir(data_root: Path) -> Path:
+def dataset_dir(data_root: Path, archive: Path | None = None) -> Path:
     """Extract the archive once into ``data_root`` and return the dataset folder."""
     folder = data_root / "duts-te-1k"
     if not (folder / "images").is_dir():
-        if not ARCHIVE.exists():
-            raise SystemExit(f"{ARCHIVE} not found: this benchmark needs ../shared/data")
+        path = data_file(ARCHIVE_NAME, archive)
         data_root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(ARCHIVE) as tar:
+        with tarfile.open(path) as tar:
             tar.extractall(data_root, filter="data")
     return folder
 

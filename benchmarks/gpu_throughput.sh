@@ -2,7 +2,7 @@
 # DINO training throughput on one GPU: ViT-S/16, 2x224 + 10x96 crops, batch 64 and 128,
 # synthetic and real JPEGs, our default path against the authors' baseline path.
 #
-# 1. Once, where the CIFAR-10 archive is (CIFAR_ARCHIVE, default ../shared/data/cifar10-jpg.tar.gz):
+# 1. Once, where the CIFAR-10 archive is (CIFAR_ARCHIVE, default $DINO_DATA_DIR/cifar10-jpg.tar.gz):
 #    build the real-JPEG set, CIFAR-10 upscaled to 256 px (about 31 MB, in .data/, git-ignored):
 #        bash benchmarks/gpu_throughput.sh prepare
 #    (copy .data/cifar10_up256 to the GPU machine if that is another one: docs/TRAINING.md).
@@ -24,7 +24,7 @@ PYTHON="${PYTHON:-python}"
 REAL_DIR="${REAL_DIR:-.data/cifar10_up256}"
 
 prepare() {
-  local archive="${CIFAR_ARCHIVE:-../shared/data/cifar10-jpg.tar.gz}" per_class="${PER_CLASS:-400}"
+  local archive="${CIFAR_ARCHIVE:-${DINO_DATA_DIR:-.}/cifar10-jpg.tar.gz}" per_class="${PER_CLASS:-400}"
   [ -f "$archive" ] || { echo "no $archive; set CIFAR_ARCHIVE" >&2; exit 1; }
   "${PYTHON}" - "$archive" "$REAL_DIR" "$per_class" <<'EOF'
 import io, sys, tarfile

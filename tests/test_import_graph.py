@@ -131,3 +131,80 @@ def test_no_product_file_is_over_the_line_limit(package):
         if lines > MAX_LINES:
             long[str(path.relative_to(ROOT))] = lines
     assert not long, f"over {MAX_LINES} lines (split them by concept): {long}"
+
+
+# The service's rooms (docs/ARCHITECTURE.md): who may import whom inside backend/.
+ROOM_RULES = {
+    "backend.models": ("backend.models",),
+    "backend.analysis": ("backend.analysis", "backend.models"),
+    "backend.video": ("backend.video", "backend.models", "backend.analysis"),
+    "backend.api": ("backend.api", "backend.analysis", "backend.models", "backend.video"),
+}
+TOP_LEVEL = ("backend.settings", "backend.errors")  # every room may use these two
+# What the video room may use of the analysis room: its public entry and its image helpers.
+ANALYSIS_PUBLIC = (
+    "backend.analysis.service",
+    "backend.analysis.model_step",
+    "backend.analysis.images",
+    "backend.analysis.inference",
+    "backend.analysis.params",
+)
+
+
+def room_violations(root: Path = ROOT) -> list[str]:
+    bad = []
+    for room, allowed in ROOM_RULES.items():
+        for path in sorted((root / Path(*room.split("."))).rglob("*.py")):
+            for line, name in imported_modules(path, root):
+                if not _in_package(name, "backend") or any(_in_package(name, m) for m in TOP_LEVEL):
+                    continue
+                ok = any(_in_package(name, a) for a in allowed)
+                if room == "backend.video" and _in_package(name, "backend.analysis"):
+                    ok = any(_in_package(name, m) for m in ANALYSIS_PUBLIC)
+                if not ok:
+                    bad.append(f"{path.relative_to(root)}:{line} {name}")
+    return bad
+
+
+def test_the_service_rooms_import_in_one_direction():
+    """api -> video -> analysis -> models; settings and errors import no room."""
+    assert room_violations() == []
+    for top in ("settings", "errors"):
+        names = [n for _, n in imported_modules(ROOT / "backend" / f"{top}.py")]
+        assert not [n for n in names if _in_package(n, "backend")], (top, names)
+
+
+def test_the_backend_top_level_holds_few_modules_and_the_rooms():
+    top = sorted(p.name for p in (ROOT / "backend").glob("*.py"))
+    rooms = sorted(p.name for p in (ROOT / "backend").iterdir() if (p / "__init__.py").exists())
+    assert len(top) <= 6, top
+    assert rooms == ["analysis", "api", "models", "video"]
+
+
+def test_no_product_file_names_a_data_folder_outside_the_repository():
+    """Data paths come by flag or DINO_DATA_DIR, never a sibling folder of the checkout."""
+    outside = ("../" + "shared", '"' + "shared" + '"')
+    suffixes = (".py", ".md", ".sh", ".yml", ".yaml", ".toml")
+    bad = [
+        str(path.relative_to(ROOT))
+        for folder in (*PRODUCT_PACKAGES, "benchmarks", "docs", "docker")
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.suffix in suffixes and any(s in path.read_text() for s in outside)
+    ]
+    for name in ("README.md", "Makefile", "docker-compose.yml", "pyproject.toml"):
+        if any(s in (ROOT / name).read_text() for s in outside):
+            bad.append(name)
+    assert bad == []
+
+
+def test_the_room_checker_flags_a_reverse_import(tmp_path):
+    for room in ("models", "analysis", "video", "api"):
+        (tmp_path / "backend" / room).mkdir(parents=True)
+    (tmp_path / "backend" / "models" / "a.py").write_text("from backend.api import routes\n")
+    (tmp_path / "backend" / "video" / "b.py").write_text(
+        "from backend.analysis.service import X\nfrom backend.analysis.block_maps import Y\n"
+    )
+    assert room_violations(tmp_path) == [
+        "backend/models/a.py:1 backend.api.routes",
+        "backend/video/b.py:2 backend.analysis.block_maps.Y",
+    ]

@@ -36,10 +36,10 @@ from backend.analysis.images import (
 )
 from backend.analysis.inference import MapSet, derive_maps, head_ious
 from backend.analysis.map_cache import MapCache, image_digest
+from backend.analysis.metrics import ServiceMetrics
 from backend.analysis.model_step import ModelStep
+from backend.analysis.params import AttentionParams
 from backend.analysis.registers import RegisterAttention, register_attention
-from backend.api.metrics import ServiceMetrics
-from backend.api.schemas import AttentionParams
 from backend.errors import InvalidParameter, ModelUnavailable, ServiceError
 from backend.models import zoo
 from backend.models.placeholder import PLACEHOLDER_ID, ensure_placeholder

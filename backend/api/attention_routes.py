@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from backend.analysis.params import request_body_schema
 from backend.analysis.service import AttentionService
 from backend.api.parsing import ParsedRequest, parse_request
 from backend.api.replies import AttentionBatchReply, AttentionReply, error_responses
 from backend.api.responses import analysis_dict, json_response, npz_response
-from backend.api.schemas import request_body_schema
 from backend.errors import ServiceError
 
 ATTENTION_ERRORS = error_responses(400, 404, 413, 415, 422, 503)

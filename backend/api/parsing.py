@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
-from backend.api.schemas import AttentionParams, validate_params
+from backend.analysis.params import AttentionParams, validate_params
 from backend.errors import (
     BadRequest,
     InvalidParameter,

@@ -19,11 +19,11 @@ from starlette.datastructures import UploadFile
 
 from backend.analysis.images import check_processed_size
 from backend.api.replies import JobReply, JobSubmitted, error_responses
-from backend.api.video_params import VideoParams, validate_video_params, video_body_schema
 from backend.errors import InvalidParameter, ServiceError, TooLarge, error_response
 from backend.settings import Settings
 from backend.video.io import VIDEO_EXTENSIONS, probe, target_fps
 from backend.video.jobs import ACTIVE, Job, JobStore
+from backend.video.params import VideoParams, validate_video_params, video_body_schema
 from backend.video.runner import RESULT_FILES, SOURCE_FILE, VideoJobRunner
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ import torch
 from backend.analysis.images import Prepared, prepare
 from backend.analysis.inference import derive_maps
 from backend.analysis.model_step import Cancelled
-from backend.api.video_params import VideoParams
 from backend.errors import ServiceError
 from backend.models.registry import LoadedModel
 from backend.video.io import Mp4Writer, sample_frames
 from backend.video.jobs import Job, JobStore, write_atomic
+from backend.video.params import VideoParams
 from backend.video.render import render_frame
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.api.schemas import invalid_fields, object_schema
+from backend.analysis.params import invalid_fields, object_schema
 from backend.video.render import RENDERS
 
 _ALLOWED = {

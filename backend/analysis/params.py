@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backend.errors import InvalidParameter
+from backend.settings import MAX_IMAGE_SIZE_SCHEMA
 
-MAX_IMAGE_SIZE_SCHEMA = 2048
 _ALLOWED = {
     "image_size": "an integer between the model's patch size and DINO_MAX_IMAGE_SIZE",
     "threshold": "a number with 0 < threshold <= 1",
