@@ -4,6 +4,10 @@ Keys hold everything the model's output depends on: the model id and its file's 
 size, mtime: an overwritten checkpoint is a new key), a hash of the image bytes, ``image_size``,
 ``resize``, the block and the query patch. Values report their size in bytes; the cache keeps at
 most ``max_entries`` values and ``max_bytes`` bytes, evicting the least recently used first.
+
+Why not ``cachetools.LRUCache(maxsize, getsizeof=)``: it has one bound, and this cache needs two
+(entries and bytes), and a value is stored again when its overlay pictures are added, so its size
+changes after the first store. Hits and misses are counted by ``dino_map_cache_total``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def image_digest(data: bytes) -> str:
 
 
 class MapCache(Generic[V]):
-    """Thread-safe LRU bounded in entries and bytes; counts hits and misses."""
+    """Thread-safe LRU bounded in entries and bytes."""
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
@@ -39,21 +43,17 @@ class MapCache(Generic[V]):
         )  # value, its size when stored
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: Hashable, usable: Callable[[V], bool] | None = None) -> V | None:
-        """The value for ``key`` (now most recently used), or None; counts a hit or a miss.
+        """The value for ``key`` (now most recently used), or None.
 
         A value that ``usable`` rejects (it lacks something this request needs) is a miss.
         """
         with self._lock:
             item = self._items.get(key)
             if item is None or (usable is not None and not usable(item[0])):
-                self.misses += 1
                 return None
             self._items.move_to_end(key)
-            self.hits += 1
             return item[0]
 
     def put(self, key: Hashable, value: V) -> None:

@@ -295,13 +295,6 @@ class DataAugmentationDINO:
             self.record(view.name, op, applied)
         return applied
 
-    def augment_view(
-        self, image: Image.Image, view: ViewSpec, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """One normalised (3, S, S) float view of the RGB ``image`` following ``view``."""
-        pixels = pil_ops.image_pixels(image)
-        return self._augment(image, pixels, view, _draws(VIEW_DRAWS, generator))
-
     def _augment(
         self, image: Image.Image, pixels: torch.Tensor, view: ViewSpec, draws: list[float]
     ) -> torch.Tensor:
