@@ -138,7 +138,7 @@ class BackendClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
@@ -157,8 +157,8 @@ class BackendClient:
             raise error_from_response(response)
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._request(method, path, **kwargs)
+    def call_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.request(method, path, **kwargs)
         try:
             body = response.json()
         except ValueError as exc:
@@ -174,15 +174,15 @@ class BackendClient:
 
     def health(self) -> dict[str, Any]:
         """``GET /healthz``."""
-        return self._json("GET", "/healthz")
+        return self.call_json("GET", "/healthz")
 
     def ready(self) -> dict[str, Any]:
         """``GET /readyz``; raises :class:`BackendError` (503) until the default model is loaded."""
-        return self._json("GET", "/readyz")
+        return self.call_json("GET", "/readyz")
 
     def models(self) -> dict[str, Any]:
         """``GET /models``: ``{"default": id, "models": [{"id", "arch", "trained", ...}]}``."""
-        body = self._json("GET", "/models")
+        body = self.call_json("GET", "/models")
         if not isinstance(body.get("models"), list):
             raise BackendError("The service's /models reply has no 'models' list")
         return body
@@ -216,7 +216,7 @@ class BackendClient:
         if model:
             data["model"] = model
         data.update(_explore_fields(explore or {}))
-        return self._request("POST", "/attention", files=files, data=data)
+        return self.request("POST", "/attention", files=files, data=data)
 
     def attention(
         self,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import gradio as gr
+import httpx
 
 from app import rendering
 from app.client import BackendError
@@ -31,6 +32,14 @@ class AttentionClient(Protocol):
     base_url: str
 
     def models(self) -> dict[str, Any]: ...
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Any call of the service (the video jobs use it), errors raised as BackendError."""
+        ...
+
+    def call_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`request` whose reply is a JSON object."""
+        ...
 
     def attention(
         self,

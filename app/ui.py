@@ -13,7 +13,6 @@ app/compare_tab.py and app/video_tab.py.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ def build_demo(client: AttentionClient, examples: Sequence[str | Path] | None = 
         # first: its load event owns the api_name "models"
         _wire(demo, client, ins, outs, cmp, status, state)
         with gr.Tab("Video"):
-            build_video_tab(demo, client)  # type: ignore[arg-type]
+            build_video_tab(demo, client)
     return demo
 
 
@@ -98,8 +97,10 @@ def launch(
     prevent_thread_lock: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """Start the page on ``host:port`` with the app's styling; no telemetry, no share link."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    """Start the page on ``host:port`` with the app's styling; no share link.
+
+    Telemetry is off through ``gr.Blocks(analytics_enabled=False)`` in :func:`build_demo`.
+    """
     return demo.queue(default_concurrency_limit=4).launch(
         server_name=host,
         server_port=port,

@@ -7,14 +7,15 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
-from app.client import BackendClient, BackendError
+from app.client import BackendError
+from app.handlers import AttentionClient
 
 RENDERS = ("mean", "heads", "masks", "side")
 RESULT_FORMATS = ("mp4", "npz", "json")
 
 
 def submit_video(
-    client: BackendClient,
+    client: AttentionClient,
     video: str | Path,
     model: str | None = None,
     render: str = "mean",
@@ -43,7 +44,7 @@ def submit_video(
     if max_frames:
         fields["max_frames"] = str(int(max_frames))
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    body = client._json(
+    body = client.call_json(
         "POST", "/attention/video", files={"video": (path.name, data, mime)}, data=fields
     )
     if "job" not in body:
@@ -53,27 +54,27 @@ def submit_video(
     return str(body["job"])
 
 
-def job_status(client: BackendClient, job: str) -> dict[str, Any]:
+def job_status(client: AttentionClient, job: str) -> dict[str, Any]:
     """``GET /jobs/{job}``: state, frames_done, frames_total, truncated, elapsed_s, eta_s, error."""
-    return client._json("GET", f"/jobs/{job}")
+    return client.call_json("GET", f"/jobs/{job}")
 
 
-def cancel_job(client: BackendClient, job: str) -> None:
+def cancel_job(client: AttentionClient, job: str) -> None:
     """``DELETE /jobs/{job}``: cancels a queued or running job, deletes a finished one."""
-    client._request("DELETE", f"/jobs/{job}")
+    client.request("DELETE", f"/jobs/{job}")
 
 
-def save_result(client: BackendClient, job: str, fmt: str, dest: Path) -> Path:
+def save_result(client: AttentionClient, job: str, fmt: str, dest: Path) -> Path:
     """Download the job's ``mp4``, ``npz`` or ``json`` result to ``dest``."""
     if fmt not in RESULT_FORMATS:
         raise BackendError(
             f"unknown result format {fmt!r}; choose one of {', '.join(RESULT_FORMATS)}"
         )
-    dest.write_bytes(client._request("GET", f"/jobs/{job}/result", params={"format": fmt}).content)
+    dest.write_bytes(client.request("GET", f"/jobs/{job}/result", params={"format": fmt}).content)
     return dest
 
 
-def save_source(client: BackendClient, job: str, dest: Path) -> Path:
+def save_source(client: AttentionClient, job: str, dest: Path) -> Path:
     """Download the input as browser-playable MP4 (``GET /jobs/{job}/source``) to ``dest``."""
-    dest.write_bytes(client._request("GET", f"/jobs/{job}/source").content)
+    dest.write_bytes(client.request("GET", f"/jobs/{job}/source").content)
     return dest

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from app import controls, handlers, model_handlers, video_client
-from app.client import BackendClient
+from app.handlers import AttentionClient
 
 VIDEO_TYPES = [".mp4", ".webm", ".mov", ".gif", ".mkv", ".m4v", ".avi"]
 POLL_S = 0.25
@@ -100,7 +100,7 @@ def video_outputs() -> dict[str, Any]:
     return o
 
 
-def _finished(client: BackendClient, status: dict[str, Any], out_dir: Path) -> VideoView:
+def _finished(client: AttentionClient, status: dict[str, Any], out_dir: Path) -> VideoView:
     job = status["job"]
     source = video_client.save_source(client, job, out_dir / "source.mp4")
     result = video_client.save_result(client, job, "mp4", out_dir / "attention.mp4")
@@ -110,7 +110,7 @@ def _finished(client: BackendClient, status: dict[str, Any], out_dir: Path) -> V
     return progress_html(status), text, job, str(source), str(result), [str(result), str(arrays)]
 
 
-def _follow_job(client: BackendClient, job: str) -> Generator[VideoView, None, dict[str, Any]]:
+def _follow_job(client: AttentionClient, job: str) -> Generator[VideoView, None, dict[str, Any]]:
     """Yield progress while the job is queued or running; return its final status."""
     while True:
         status = handlers.readable_errors(
@@ -130,7 +130,7 @@ def _follow_job(client: BackendClient, job: str) -> Generator[VideoView, None, d
 
 
 def run_video(
-    client: BackendClient,
+    client: AttentionClient,
     video: str | None,
     model: str | None,
     render: str,
@@ -169,7 +169,7 @@ def run_video(
     )
 
 
-def cancel_video(client: BackendClient, job: str | None) -> str:
+def cancel_video(client: AttentionClient, job: str | None) -> str:
     """Cancel the job on screen (``DELETE /jobs/{id}``)."""
     if not job:
         return "No video job is running."
@@ -177,7 +177,7 @@ def cancel_video(client: BackendClient, job: str | None) -> str:
     return f"Cancelling job `{job}` ..."
 
 
-def build_video_tab(demo: gr.Blocks, client: BackendClient) -> dict[str, Any]:
+def build_video_tab(demo: gr.Blocks, client: AttentionClient) -> dict[str, Any]:
     """Lay out the tab (call inside ``gr.Tab``) and wire its events; returns the components."""
     with gr.Row():
         with gr.Column(scale=1, min_width=300):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -348,8 +349,8 @@ class AttentionService:
         if static is None:
             extras = derive_extras(entry.raw, out.extras.heads, False, True)
             static = static_overlays(base, out.maps, extras, patch, fmt)
-            entry.static[fmt] = static
-            self.cache.put(key, entry)  # stored again: the cache counts the pictures' bytes
+            grown = dataclasses.replace(entry, static={**entry.static, fmt: static})
+            self.cache.put(key, grown)  # a new value: the cache counts the pictures' bytes
         pictures = {k: v for k, v in static.items() if out.params.pca or k not in ("pca", "pca_fg")}
         pictures.update(threshold_overlays(base, out.maps.masks, out.extras, patch, fmt))
         out.timings_ms["overlays"] = (time.perf_counter() - t0) * 1e3
