@@ -251,3 +251,12 @@ def test_unknown_sequence_and_bad_flags(tmp_path, checkpoint):
         run_cli(tmp_path / "D", tmp_path / "out", checkpoint, "--topk", "0")
     with pytest.raises(SystemExit):
         run_cli(tmp_path / "D", tmp_path / "out", checkpoint, "--precision", "fp8")
+
+
+def test_disk_is_the_skimage_disk():
+    from skimage.morphology import disk as sk_disk
+
+    from trainer.eval.davis_metrics import disk
+
+    for r in range(1, 8):
+        assert np.array_equal(disk(r), sk_disk(r).astype(bool))

@@ -122,3 +122,17 @@ def test_help_says_cache_is_not_the_paper_protocol(capsys):
     with pytest.raises(SystemExit):
         linear.build_parser().parse_args(["--help"])
     assert "NOT the paper's protocol" in " ".join(capsys.readouterr().out.split())
+
+
+def test_runner_keeps_order_skips_empty_batches_and_checks_precision():
+    from trainer.eval.runner import autocast, collect
+
+    model = torch.nn.Linear(3, 2)
+    batches = [(torch.ones(2, 3) * i, torch.tensor([i, i])) for i in range(3)]
+    batches.insert(1, (torch.empty(0, 3), torch.empty(0, dtype=torch.long)))
+    out, labels = collect(model, batches, lambda m, x: m(x), torch.device("cpu"))
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.allclose(out, model(torch.cat([b[0] for b in batches])).detach())
+    assert model.training  # the runner restores the mode it found
+    with pytest.raises(ValueError, match="choose one of fp32, bf16, fp16"):
+        autocast(torch.device("cpu"), "fp8")

@@ -18,7 +18,6 @@ Writes ``OUT/<seq>/<frame>.png`` (indexed, with the first annotation's palette) 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -47,11 +46,11 @@ from trainer.eval.label_propagation import (
     propagate,
     to_label_map,
 )
+from trainer.eval.runner import PRECISIONS, iter_outputs
 
 DAVIS_MEAN = (0.485, 0.456, 0.406)
 DAVIS_STD = (0.228, 0.224, 0.225)  # the authors' eval_video_segmentation.py uses 0.228 for red
 SIZE_MULTIPLE = 64
-PRECISIONS = ("fp32", "bf16", "fp16")
 METRIC_KEYS = ("J", "J_recall", "J_decay", "F", "F_recall", "F_decay")
 logger = logging.getLogger(__name__)
 
@@ -151,14 +150,22 @@ def load_frame(path: Path, size: tuple[int, int]) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+class _Frames(torch.utils.data.Dataset):
+    def __init__(self, frames: list[Path], size: tuple[int, int]) -> None:
+        self.frames, self.size = frames, size
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return load_frame(self.frames[index], self.size)
 
 
-@torch.no_grad()
+def _patch_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    tokens = model.get_intermediate_layers(x, 1)[0]
+    return F.normalize(tokens[:, getattr(model, "num_prefix_tokens", 1) :].float(), dim=-1)
+
+
 def frame_features(
     model: nn.Module,
     frames: list[Path],
@@ -166,16 +173,17 @@ def frame_features(
     device: torch.device,
     batch_size: int = 4,
     precision: str = "fp32",
+    num_workers: int = 0,
 ) -> Iterator[torch.Tensor]:
     """L2-normalised last-block patch features ``(N, D)`` of every frame, in order, each
-    computed once (in batches of ``batch_size``)."""
-    prefix = getattr(model, "num_prefix_tokens", 1)
-    for start in range(0, len(frames), batch_size):
-        batch = torch.stack([load_frame(p, size) for p in frames[start : start + batch_size]])
-        with _autocast(device, precision):
-            tokens = model.get_intermediate_layers(batch.to(device), 1)[0]
-        feats = F.normalize(tokens[:, prefix:].float(), dim=-1)
-        yield from feats
+    computed once (in batches of ``batch_size``, on the frozen-backbone runner)."""
+    loader = torch.utils.data.DataLoader(
+        _Frames(frames, size), batch_size=batch_size, num_workers=num_workers
+    )
+    for out, _ in iter_outputs(
+        model, loader, _patch_features, device, precision, len(frames), "frames"
+    ):
+        yield from out
 
 
 def _first_labels(seq: Sequence, grid: tuple[int, int]) -> tuple[torch.Tensor, Image.Image]:
@@ -218,6 +226,7 @@ def segment_sequence(
     settings: PropagationSettings,
     batch_size: int = 4,
     precision: str = "fp32",
+    num_workers: int = 0,
 ) -> np.ndarray:
     """Propagate the first annotation through ``seq``; label maps ``(T, H, W)`` (frame 0 = the
     annotation); PNGs written to ``out_dir`` when given."""
@@ -234,7 +243,7 @@ def segment_sequence(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_png(out_dir / f"{seq.frames[0].stem}.png", preds[0], palette)
-    feats = frame_features(model, seq.frames, size, device, batch_size, precision)
+    feats = frame_features(model, seq.frames, size, device, batch_size, precision, num_workers)
     first_feat = next(feats)
     recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=settings.n_last_frames)
     for frame, feat in zip(seq.frames[1:], feats, strict=True):
@@ -307,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short_side", type=int, default=480, help="network input short side")
     p.add_argument("--batch_size", type=int, default=4, help="frames per forward pass")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--num_workers", type=int, default=0, help="frame-loading workers")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return p
 

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from trainer.data.dataset import Batch, SafeImageDataset, make_loader
+from trainer.data.dataset import SafeImageDataset, make_loader
 from trainer.data.images import list_images
+from trainer.eval.runner import PRECISIONS, collect, iter_outputs
 from trainer.model.checkpoint import atomic_torch_save
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -115,26 +116,16 @@ class LinearClassifier(nn.Module):
         return self.linear(x.flatten(1))
 
 
-def _batches(loader) -> Any:
-    for batch in loader:
-        images, labels = (batch.images, batch.labels) if isinstance(batch, Batch) else batch
-        if len(labels):
-            yield images, labels
-
-
-@torch.no_grad()
 def extract(model: nn.Module, loader, args: argparse.Namespace, device) -> tuple[torch.Tensor, ...]:
     """Probe features (CPU, float32) and labels of every readable image, in loader order."""
-    feats, labels = [], []
-    start, seen = time.perf_counter(), 0
-    for images, targets in _batches(loader):
-        feats.append(probe_features(model, images.to(device), args.n_last_blocks, args.avgpool))
-        labels.append(targets)
-        seen += len(targets)
-    logger.info("features of %d images, %.1f img/s", seen, seen / (time.perf_counter() - start))
-    if not feats:
-        raise LinearEvalError("no readable images to extract features from")
-    return torch.cat(feats).cpu(), torch.cat(labels)
+
+    def fn(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return probe_features(m, x, args.n_last_blocks, args.avgpool)
+
+    try:
+        return collect(model, loader, fn, device, args.precision, len(loader.dataset))
+    except ValueError as exc:
+        raise LinearEvalError(str(exc)) from exc
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -216,11 +207,15 @@ class Probe:
             self._train_loader = self.loader(
                 self.train_samples, train_transform(self.args.crop), True
             )
-        for images, labels in _batches(self._train_loader):
-            with torch.no_grad():
-                x = images.to(self.device)
-                feats = probe_features(self.model, x, self.args.n_last_blocks, self.args.avgpool)
-            yield feats, labels
+        args = self.args
+
+        def fn(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return probe_features(m, x, args.n_last_blocks, args.avgpool)
+
+        total = len(self.train_samples)
+        yield from iter_outputs(
+            self.model, self._train_loader, fn, self.device, args.precision, total, "train"
+        )
 
 
 def train(probe: Probe, val: tuple[torch.Tensor, torch.Tensor], out: Path) -> dict[str, Any]:
@@ -317,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="backbone precision")
     return p
 
 
