@@ -13,3 +13,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_networks(monkeypatch):
+    """``trainer.train.build`` builds a 2-block ViT and a small head; call it to resize the head."""
+    from tests.tiny_run import patch_tiny_networks
+
+    patch_tiny_networks(monkeypatch)
+    return lambda **dims: patch_tiny_networks(monkeypatch, **dims)

@@ -136,6 +136,7 @@ def test_two_process_gloo_group():
     )  # the time budget's decision is rank 0's on every rank
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     import json
     import subprocess

@@ -157,6 +157,7 @@ def test_the_readme_block_is_replaced_and_nothing_else():
     assert model_card.replace_readme_block(text, "FILLED\n").count("FILLED") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_train_evaluate_export_and_render_the_card(tmp_path):
     """The documented chain, each step through its command line, on a two-epoch tiny run."""

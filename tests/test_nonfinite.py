@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tests.test_checkpointing import _tiny_vit, tiny_config
+from tests.test_checkpointing import tiny_config
 from tests.test_data import make_image_folder
 from tests.tiny_run import tiny_cli_args, tiny_student_teacher
-from trainer.model.head import DINOHead
 from trainer.train import build, loop
 from trainer.train.config import make_config
 from trainer.train.ema import ema_update
@@ -182,11 +180,10 @@ def test_an_infinite_gradient_with_a_finite_loss_skips_the_step_too(monkeypatch)
 
 
 def test_a_nan_mid_epoch_stops_the_run_before_any_checkpoint_with_a_clear_error(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_networks
 ):
     """One NaN step in the middle of epoch 1, read back only at the end of the epoch."""
-    monkeypatch.setattr(build, "build_vit", _tiny_vit)
-    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
+    tiny_networks()
     data = make_image_folder(tmp_path / "data", {"": 12})
     out = tmp_path / "run"
     real_forward = DINOLoss.forward
@@ -219,11 +216,12 @@ def test_a_nan_mid_epoch_stops_the_run_before_any_checkpoint_with_a_clear_error(
     assert len((out / "log.txt").read_text().splitlines()) == 1
 
 
-def test_the_command_ends_with_the_message_and_status_1(tmp_path, monkeypatch, caplog):
+def test_the_command_ends_with_the_message_and_status_1(
+    tmp_path, monkeypatch, caplog, tiny_networks
+):
     from trainer import run
 
-    monkeypatch.setattr(build, "build_vit", _tiny_vit)
-    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
+    tiny_networks()
     monkeypatch.setattr(
         DINOLoss, "forward", lambda self, s, t, e: (s.sum() + t.sum()) * float("nan")
     )

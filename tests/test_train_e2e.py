@@ -15,7 +15,7 @@ from tests.test_data import make_image_folder
 from tests.tiny_run import tiny_cli_args, tiny_student_teacher
 from trainer import run
 from trainer.model.checkpoint import load_backbone
-from trainer.train import build, loop
+from trainer.train import loop
 from trainer.train.engine import NonFiniteLossError
 from trainer.train.loss import DINOLoss
 
@@ -132,14 +132,13 @@ def test_script_entry_point_help_lists_flags():
         assert flag in result.stdout
 
 
-def test_device_side_augmentation_path_runs_and_counts_corrupt_files(tmp_path, monkeypatch):
-    from functools import partial
+def test_device_side_augmentation_path_runs_and_counts_corrupt_files(
+    tmp_path, monkeypatch, tiny_networks
+):
 
-    from tests.test_checkpointing import _tiny_vit, tiny_config
-    from trainer.model.head import DINOHead
+    from tests.test_checkpointing import tiny_config
 
-    monkeypatch.setattr(build, "build_vit", _tiny_vit)
-    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=64, bottleneck_dim=16))
+    tiny_networks(hidden_dim=64, bottleneck_dim=16)
     data = make_image_folder(tmp_path / "data", {"a": 4, "b": 3}, corrupt=1)
     stats = loop.train(
         tiny_config(data, tmp_path / "run", epochs=1, warmup_epochs=0, gpu_augment=True)

@@ -72,15 +72,24 @@ def tiny_cli_args(data: Path, out: Path, **flags: object) -> list[str]:
     return args
 
 
+def patch_tiny_networks(
+    monkeypatch: pytest.MonkeyPatch, hidden_dim: int = 32, bottleneck_dim: int = 8
+) -> None:
+    """Make ``trainer.train.build`` build a 2-block ViT and a small DINO head (the one place)."""
+    from tests.test_checkpointing import _tiny_vit
+
+    monkeypatch.setattr(build, "build_vit", _tiny_vit)
+    monkeypatch.setattr(
+        build, "DINOHead", partial(DINOHead, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim)
+    )
+
+
 def tiny_student_teacher(
     monkeypatch: pytest.MonkeyPatch, **config: object
 ) -> tuple[TrainConfig, nn.Module, nn.Module]:
     """A 2-block ViT student and teacher (8 px global, 4 px local crops, ``out_dim`` 16) built
     from ``make_config(**config)``; the teacher is offset by 0.01 so an EMA step is visible."""
-    from tests.test_checkpointing import _tiny_vit
-
-    monkeypatch.setattr(build, "build_vit", _tiny_vit)
-    monkeypatch.setattr(build, "DINOHead", partial(DINOHead, hidden_dim=32, bottleneck_dim=8))
+    patch_tiny_networks(monkeypatch)
     cfg = make_config(
         **{
             "arch": "vit_tiny",
