@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     checkpoint_dir: Path = Path("checkpoints")
     default_model: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "fp32"
     cache_dir: Path = Path(".cache/dino")
 
     allow_downloads: bool = True

@@ -116,7 +116,9 @@ def test_json_response_fields_and_invariants(client):
         "heads": None,
         "pca": False,
         "overlay_format": "png",
+        "precision": "fp32",
     }
+    assert b["precision"] == "fp32"  # the default keeps the authors' numbers
     assert set(b["timings_ms"]) == {
         "decode",
         "preprocess",
@@ -340,7 +342,7 @@ def test_bf16_precision_is_close_to_fp32():
     assert fp32.dtype == bf16.dtype == torch.float32 and fp32.shape[1:] == (6, 8)
     assert torch.allclose(fp32.sum((-2, -1)), bf16.sum((-2, -1)), atol=2e-2)
     assert (fp32 - bf16).abs().max() < 0.05 * fp32.max()
-    with pytest.raises(ValueError, match="choose one of fp32, bf16"):
+    with pytest.raises(ValueError, match="choose one of auto, fp32, bf16, int8"):
         ModelStep(1, 1.0, "fp16")
 
 

@@ -2,7 +2,11 @@
 
 :meth:`ModelStep.run` owns what a model step needs around the torch call: a bounded inference
 slot (fail with 503 after ``queue_timeout_s``, or wait until free for background jobs), the
-in-flight gauge, ``inference_mode``, the autocast precision and the inference-time histogram.
+in-flight gauge, ``inference_mode``, the precision and the inference-time histogram.
+
+Precisions (:mod:`trainer.model.inference_precision`): ``fp32``; ``bf16`` autocast; ``int8``, a
+dynamically quantised copy of the model made once per loaded model and kept beside it; ``auto``,
+the fastest this machine runs natively. A mode the machine would only emulate is refused.
 """
 
 from __future__ import annotations
@@ -10,17 +14,24 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
 
-from backend.errors import Busy
+from backend.errors import BadRequest, Busy
 from trainer.model.device import autocast_context
+from trainer.model.inference_precision import (
+    INFERENCE_PRECISIONS,
+    UnsupportedPrecision,
+    int8_copy,
+    resolve_inference_precision,
+)
 
 T = TypeVar("T")
-STEP_PRECISIONS = ("fp32", "bf16")
+STEP_PRECISIONS = ("auto", *INFERENCE_PRECISIONS)
 
 
 class Cancelled(Exception):
@@ -62,6 +73,27 @@ class ModelStep:
         self.max_concurrency = max_concurrency
         self.metrics = metrics
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._int8: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+        self._int8_lock = threading.Lock()
+
+    def resolve(self, requested: str | None, device: torch.device) -> str:
+        """The precision that will run: ``requested`` (or the default), ``auto`` resolved; 400
+        naming the modes this machine runs when it would only be emulated."""
+        try:
+            return resolve_inference_precision(requested or self.precision, device)
+        except UnsupportedPrecision as exc:
+            raise BadRequest(str(exc), code="unsupported_precision") from exc
+
+    def network(self, loaded: RunnableModel, precision: str) -> nn.Module:
+        """The network that runs ``precision``: the model, or its int8 copy (built once)."""
+        if precision != "int8":
+            return loaded.model
+        with self._int8_lock:
+            quantised = self._int8.get(loaded.model)
+            if quantised is None:
+                quantised = int8_copy(loaded.model)
+                self._int8[loaded.model] = quantised
+        return quantised
 
     @contextlib.contextmanager
     def slot(self, cancel: threading.Event | None = None) -> Iterator[None]:
@@ -95,12 +127,17 @@ class ModelStep:
         precision: str | None = None,
         cancel: threading.Event | None = None,
     ) -> T:
-        """``fn(model, device)`` in a slot, under inference mode and ``precision`` autocast."""
-        precision = check_precision(precision or self.precision)
+        """``fn(model, device)`` in a slot, under inference mode, in ``precision``.
+
+        ``precision`` is resolved by :meth:`resolve` (None: the service's default).
+        """
+        precision = self.resolve(precision, loaded.device)
+        network = self.network(loaded, precision)
+        autocast = "bf16" if precision == "bf16" else "fp32"
         with self.slot(cancel):
             t0 = time.perf_counter()
-            with torch.inference_mode(), autocast_context(loaded.device, precision):
-                out = fn(loaded.model, loaded.device)
+            with torch.inference_mode(), autocast_context(loaded.device, autocast):
+                out = fn(network, loaded.device)
             if self.metrics is not None:
                 seconds = time.perf_counter() - t0
                 histogram = self.metrics.inference.labels(loaded.entry.id)  # type: ignore[attr-defined]

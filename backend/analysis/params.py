@@ -22,7 +22,14 @@ _ALLOWED = {
     "heads": 'head indices as a list [0, 2] or "0,2" (each 0 .. heads-1, no repeats)',
     "pca": "true or false",
     "overlay_format": "png, jpeg or webp",
+    "precision": "auto, fp32, bf16 or int8 (those this machine runs natively)",
 }
+PRECISION_FIELD = Field(
+    None,
+    description="fp32 (the authors' numbers), bf16 autocast, int8 dynamic quantisation, or auto "
+    "(the fastest this machine runs natively); default DINO_PRECISION. Modes the machine would "
+    "only emulate are refused with 400.",
+)
 
 
 class AttentionParams(BaseModel):
@@ -60,6 +67,7 @@ class AttentionParams(BaseModel):
         False, description="add the first three principal components of the patch tokens"
     )
     overlay_format: Literal["png", "jpeg", "webp"] = "png"
+    precision: Literal["auto", "fp32", "bf16", "int8"] | None = PRECISION_FIELD
 
     @field_validator("query", mode="before")
     @classmethod

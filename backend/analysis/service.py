@@ -65,6 +65,7 @@ class Analysis:
     timings_ms: dict[str, float] = field(default_factory=dict)
     extras: Extras | None = None
     layer: int = -1  # the block shown, 0 .. depth-1
+    precision: str = "fp32"  # the precision that ran (or ran when the maps were cached)
     cached: bool = False  # the maps came from the map cache: the model did not run
     registers: RegisterAttention | None = None  # attention that went to register tokens
 
@@ -176,6 +177,7 @@ class AttentionService:
         layer: int = -1,
         query: tuple[int, int] | None = None,
         pca: bool = False,
+        precision: str | None = None,
     ) -> RawMaps:
         """Block ``layer``'s attention rows (CLS, and ``query``) for one ``(1, 3, h, w)`` image."""
         index = self.resolve_layer(loaded, layer)
@@ -184,7 +186,7 @@ class AttentionService:
             x = tensor.to(device, non_blocking=True)
             return compute_block_maps(model, x, index, query, pca)
 
-        return self.step.run(loaded, step)
+        return self.step.run(loaded, step, precision)
 
     def batch_cls_attention(
         self,
@@ -192,6 +194,7 @@ class AttentionService:
         tensor: torch.Tensor,
         layer: int,
         cancel: threading.Event | None = None,
+        precision: str | None = None,
     ) -> torch.Tensor:
         """``(B, heads, gh, gw)`` CLS attention of block ``layer`` for a batch of prepared images.
 
@@ -203,19 +206,20 @@ class AttentionService:
             x = tensor.to(device, non_blocking=True)
             return block_attention(model, x, layer, (0,)).attention
 
-        rows = self.step.run(loaded, step, cancel=cancel)
+        rows = self.step.run(loaded, step, precision, cancel=cancel)
         patch = loaded.model.patch_size
         gh, gw = tensor.shape[-2] // patch, tensor.shape[-1] // patch
         cls = rows[:, :, 0, prefix_tokens(loaded.model) :].float().cpu()
         return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
 
-    @staticmethod
-    def with_image_size(loaded: LoadedModel, params: P) -> P:
-        """``params`` with ``image_size`` set to the model's default when it is None."""
-        if params.image_size is not None:
-            return params
-        size = default_image_size(loaded.info.family)  # DINO 480, DINOv2 518
-        return params.model_copy(update={"image_size": size})
+    def with_defaults(self, loaded: LoadedModel, params: P) -> P:
+        """``params`` with the model's default ``image_size`` when None, and ``precision``
+        resolved (the service default, ``auto``) to the mode that will run, or 400."""
+        precision = self.step.resolve(params.precision, loaded.device)
+        update: dict[str, object] = {"precision": precision}
+        if params.image_size is None:
+            update["image_size"] = default_image_size(loaded.info.family)  # DINO 480, DINOv2 518
+        return params.model_copy(update=update)
 
     @staticmethod
     def resolve_layer(loaded: LoadedModel, layer: int) -> int:
@@ -257,7 +261,7 @@ class AttentionService:
         w, h = prepared.image.size
         query = check_query(params.query, (h // patch, w // patch))
         t2 = time.perf_counter()
-        raw = self.compute_maps(loaded, prepared.tensor, layer, query, params.pca)
+        raw = self.compute_maps(loaded, prepared.tensor, layer, query, params.pca, params.precision)
         times.update(
             decode=(t1 - t0) * 1e3,
             preprocess=(t2 - t1) * 1e3,
@@ -272,7 +276,7 @@ class AttentionService:
         s = self.settings
         patch = loaded.info.patch_size
         t0 = time.perf_counter()
-        params = self.with_image_size(loaded, params)
+        params = self.with_defaults(loaded, params)
         if params.image_size > s.max_image_size:
             raise InvalidParameter(
                 f"image_size {params.image_size} is above the limit; use {patch} to "
@@ -288,6 +292,7 @@ class AttentionService:
             params.resize,
             layer,
             params.query,
+            params.precision,
         )
         times = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
         entry = self._lookup(loaded, params, key)
@@ -299,6 +304,7 @@ class AttentionService:
         out = self._derive(loaded, params, entry, gt_mask, heads)
         out.layer = layer
         out.cached = cached
+        out.precision = params.precision
         if params.overlays:
             out.overlays = self._overlays(key, entry, out)
         t2 = time.perf_counter()

@@ -78,6 +78,7 @@ class AttentionReply(BaseModel):
     layer: int
     depth: int
     cached: bool
+    precision: str = Field(description="the precision that ran: fp32, bf16 or int8")
     attentions: list[list[list[float]]] = Field(description="heads x rows x cols")
     mean_attention: list[list[float]]
     masks: list[list[list[int]]]

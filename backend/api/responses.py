@@ -35,6 +35,7 @@ def _meta(a: Analysis) -> dict[str, Any]:
         "layer": a.layer,
         "depth": len(a.loaded.model.blocks),
         "cached": a.cached,
+        "precision": a.precision,
         "family": info.family,
         "registers": info.registers,
     }

@@ -98,7 +98,7 @@ def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, A
         )
     loaded = service.model_for(params)
     patch = loaded.info.patch_size
-    params = service.with_image_size(loaded, params)
+    params = service.with_defaults(loaded, params)
     check_processed_size(
         info.width, info.height, params.image_size, params.resize, patch, s.max_image_size
     )

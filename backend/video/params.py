@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.analysis.params import invalid_fields, object_schema
+from backend.analysis.params import PRECISION_FIELD, invalid_fields, object_schema
 from backend.video.render import RENDERS
 
 _ALLOWED = {
@@ -39,6 +39,7 @@ class VideoParams(BaseModel):
     max_frames: int | None = Field(None, ge=1)
     render: Literal["mean", "heads", "masks", "side"] = "mean"
     layer: int | None = None
+    precision: Literal["auto", "fp32", "bf16", "int8"] | None = PRECISION_FIELD
 
 
 def validate_video_params(raw: dict[str, Any]) -> VideoParams:

@@ -81,6 +81,7 @@ class FrameAnalyser(Protocol):
         tensor: torch.Tensor,
         layer: int,
         cancel: threading.Event | None = None,
+        precision: str | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -238,7 +239,9 @@ class VideoJobRunner:
     ) -> None:
         tensor = torch.cat([p.tensor for _, _, p in frames])
         layer = int(job.params["layer_used"])
-        attn = self.service.batch_cls_attention(loaded, tensor, layer, cancel=job.cancel)
+        attn = self.service.batch_cls_attention(
+            loaded, tensor, layer, cancel=job.cancel, precision=params.precision
+        )
         for (t, image, prepared), a in zip(frames, attn, strict=True):
             derived = derive_maps(a, params.threshold)
             maps.timestamps.append(t)
