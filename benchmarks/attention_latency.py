@@ -2,6 +2,8 @@
 
     python -m benchmarks.attention_latency                   # ViT-S/16 and ViT-S/8, 480x480, fp32
     python -m benchmarks.attention_latency --precision bf16  # the service with bf16 autocast
+    # every mode in one run, with mask agreement and Jaccard (benchmarks/precision_modes.py):
+    python -m benchmarks.attention_latency --precision fp32,bf16,int8 --photos DIR
     python -m benchmarks.attention_latency --quick           # fewer repeats, 1 and 4 clients
     python -m benchmarks.attention_latency --tiny --no-http  # a seconds-long smoke run
     # first request vs re-threshold only:
@@ -38,6 +40,7 @@ import argparse
 import io
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -301,7 +304,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--clients", default="1,4,16", help="comma list of concurrent HTTP clients")
     p.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32", help="the service's precision"
+        "--precision",
+        choices=("fp32", "bf16", "int8", "auto"),
+        default="fp32",
+        help="the service's precision (a comma list runs benchmarks.precision_modes)",
     )
     p.add_argument(
         "--server-concurrency", type=int, default=1, help="DINO_MAX_CONCURRENCY of the HTTP server"
@@ -336,7 +342,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def several_precisions(argv: list[str]) -> bool:
+    """Whether ``--precision`` names a comma list (then benchmarks.precision_modes runs)."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--precision=") else None
+        if arg == "--precision" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None and "," in value:
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> list[Row]:
+    raw = sys.argv[1:] if argv is None else argv
+    if several_precisions(raw):
+        from benchmarks import precision_modes
+
+        precision_modes.main(raw)
+        return []
     args = parse_args(argv)
     rows = run(args)
     print("\nsummary (speed-up over the all-explicit baseline):")
