@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1)
 
     max_concurrency: int = Field(2, ge=1, description="inferences running at the same time")
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="image decodes running at the same time (bounds decode memory)"
+    )
     queue_timeout_s: float = Field(
         10.0, ge=0, description="wait for a free slot before answering 503"
     )

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -41,7 +43,8 @@ from backend.analysis.metrics import ServiceMetrics
 from backend.analysis.model_step import ModelStep
 from backend.analysis.params import AttentionParams
 from backend.analysis.registers import RegisterAttention, register_attention
-from backend.errors import InvalidParameter, ModelUnavailable, ServiceError
+from backend.analysis.single_flight import SingleFlight
+from backend.errors import Busy, InvalidParameter, ModelUnavailable, ServiceError
 from backend.models import zoo
 from backend.models.placeholder import PLACEHOLDER_ID, ensure_placeholder
 from backend.models.registry import LoadedModel, ModelRegistry, default_image_size
@@ -104,6 +107,8 @@ class AttentionService:
         self.default_error: str | None = None
         self.ready = False
         self.cache: MapCache[CachedImage] = MapCache(settings.cache_entries, settings.cache_bytes)
+        self.single_flight = SingleFlight()
+        self._decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
 
     def choose_default(self) -> str:
         """The default model id: the first of
@@ -212,6 +217,21 @@ class AttentionService:
         cls = rows[:, :, 0, prefix_tokens(loaded.model) :].float().cpu()
         return cls.reshape(tensor.shape[0], cls.shape[1], gh, gw)
 
+    @contextlib.contextmanager
+    def decode_slot(self) -> Iterator[None]:
+        """One of ``DINO_MAX_CONCURRENT_DECODES`` image decodes: bounds decode memory; 503 when
+        none frees up within ``DINO_QUEUE_TIMEOUT_S``."""
+        timeout = self.settings.queue_timeout_s
+        if not self._decodes.acquire(timeout=timeout):
+            raise Busy(
+                "all image decoders are busy; retry in a few seconds",
+                headers={"Retry-After": str(max(1, round(timeout)))},
+            )
+        try:
+            yield
+        finally:
+            self._decodes.release()
+
     def with_defaults(self, loaded: LoadedModel, params: P) -> P:
         """``params`` with the model's default ``image_size`` when None, and ``precision``
         resolved (the service default, ``auto``) to the mode that will run, or 400."""
@@ -230,13 +250,18 @@ class AttentionService:
             raise InvalidParameter(f"{exc} (model {loaded.entry.id})") from exc
 
     def _lookup(
-        self, loaded: LoadedModel, params: AttentionParams, key: tuple[object, ...]
+        self,
+        loaded: LoadedModel,
+        params: AttentionParams,
+        key: tuple[object, ...],
+        count: bool = True,
     ) -> CachedImage | None:
         def usable(value: CachedImage) -> bool:
             return not params.pca or value.raw.pca_rgb is not None
 
         hit = self.cache.get(key, usable)
-        self.metrics.map_cache.labels("hit" if hit else "miss").inc()
+        if count or hit is not None:
+            self.metrics.map_cache.labels("hit" if hit else "miss").inc()
         return hit
 
     def _compute(
@@ -250,7 +275,8 @@ class AttentionService:
         s = self.settings
         patch = loaded.info.patch_size
         t0 = time.perf_counter()
-        img = decode_image(image, s.max_upload_bytes, s.max_pixels)
+        with self.decode_slot():
+            img = decode_image(image, s.max_upload_bytes, s.max_pixels)
         check_processed_size(
             img.width, img.height, params.image_size, params.resize, patch, s.max_image_size
         )
@@ -298,8 +324,12 @@ class AttentionService:
         entry = self._lookup(loaded, params, key)
         cached = entry is not None
         if entry is None:
-            entry = self._compute(loaded, params, image, layer, times)
-            self.cache.put(key, entry)
+            with self.single_flight.hold(key):  # identical requests wait for the first one
+                entry = self._lookup(loaded, params, key, count=False)
+                cached = entry is not None
+                if entry is None:
+                    entry = self._compute(loaded, params, image, layer, times)
+                    self.cache.put(key, entry)
         t1 = time.perf_counter()
         out = self._derive(loaded, params, entry, gt_mask, heads)
         out.layer = layer

@@ -1,0 +1,69 @@
+"""Identical requests in flight are coalesced; decodes are bounded."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi.testclient import TestClient
+
+from backend.analysis.single_flight import SingleFlight
+from backend.main import create_app
+from tests.service_helpers import drawn_scene, isolated_settings, png_bytes, write_tiny_checkpoint
+
+
+def test_sixteen_identical_requests_run_the_model_once(tmp_path):
+    s = isolated_settings(tmp_path, default_model="tiny", max_concurrency=1, queue_timeout_s=0.2)
+    write_tiny_checkpoint(s.checkpoint_dir, "tiny")
+    png = png_bytes(drawn_scene(96, 64))
+    with TestClient(create_app(s)) as c:
+        step = c.app.state.service.step
+        real_run, runs, gate = step.run, [], threading.Event()
+
+        def slow_run(*args, **kwargs):
+            runs.append(1)
+            gate.wait(5)  # every other request arrives while the first one computes
+            return real_run(*args, **kwargs)
+
+        step.run = slow_run
+        statuses, cached = [], []
+
+        def one() -> None:
+            r = c.post(
+                "/attention",
+                files={"image": ("a.png", png, "image/png")},
+                data={"overlays": "false", "image_size": "64"},
+            )
+            statuses.append(r.status_code)
+            cached.append(r.json().get("cached"))
+
+        threads = [threading.Thread(target=one) for _ in range(16)]
+        for t in threads:
+            t.start()
+        threading.Timer(0.5, gate.set).start()
+        for t in threads:
+            t.join()
+    assert statuses == [200] * 16 and len(runs) == 1
+    assert sorted(cached) == [False] + [True] * 15
+    assert len(c.app.state.service.single_flight) == 0  # no lock left behind
+
+
+def test_single_flight_serialises_one_key_only():
+    flight, order = SingleFlight(), []
+    with flight.hold("a"):
+        t = threading.Thread(target=lambda: (flight.hold("b").__enter__(), order.append("b")))
+        t.start()
+        t.join(2)  # another key is not blocked
+        order.append("a")
+    assert order == ["b", "a"]
+
+
+def test_decodes_beyond_the_limit_get_503(tmp_path):
+    s = isolated_settings(
+        tmp_path, default_model="tiny", max_concurrent_decodes=1, queue_timeout_s=0.05
+    )
+    write_tiny_checkpoint(s.checkpoint_dir, "tiny")
+    with TestClient(create_app(s)) as c:
+        with c.app.state.service.decode_slot():  # another request is decoding
+            r = c.post("/attention", files={"image": ("a.png", png_bytes(drawn_scene(64, 48)))})
+        assert r.status_code == 503 and r.json()["code"] == "busy"
+        assert "decoders are busy" in r.json()["detail"]
