@@ -27,6 +27,27 @@ from backend.settings import Settings
 log = logging.getLogger(__name__)
 
 
+FORM_ROOM = 1 << 20  # the text fields and the multipart framing beside the files
+
+
+def body_limits(settings: Settings) -> dict[str, tuple[int, str]]:
+    """Per-path body limits, so a body is read no further than its images can need: an image
+    and a mask (base64 in JSON is 4/3 of the bytes), a batch of images, a video."""
+    image = -(-settings.max_upload_bytes * 4 // 3)
+    cap = (settings.max_request_bytes, "DINO_MAX_REQUEST_MB")
+
+    def tighter(need: int, name: str) -> tuple[int, str]:
+        return (need, name) if need < cap[0] else cap
+
+    return {
+        "/attention": tighter(2 * image + FORM_ROOM, "DINO_MAX_UPLOAD_MB"),
+        "/attention/batch": tighter(
+            settings.max_batch * image + FORM_ROOM, "DINO_MAX_UPLOAD_MB x DINO_MAX_BATCH"
+        ),
+        VIDEO_PATH: (settings.max_video_bytes + FORM_ROOM, "DINO_MAX_VIDEO_MB"),
+    }
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing heavy happens until the lifespan starts."""
     settings = settings or Settings()
@@ -59,14 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
-    video_limit = (
-        settings.max_video_bytes + (1 << 20),
-        "DINO_MAX_VIDEO_MB",
-    )  # + room for the form fields
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_bytes,
-        path_limits={VIDEO_PATH: video_limit},
+        path_limits=body_limits(settings),
     )
     return app
 

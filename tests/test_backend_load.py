@@ -67,3 +67,23 @@ def test_decodes_beyond_the_limit_get_503(tmp_path):
             r = c.post("/attention", files={"image": ("a.png", png_bytes(drawn_scene(64, 48)))})
         assert r.status_code == 503 and r.json()["code"] == "busy"
         assert "decoders are busy" in r.json()["detail"]
+
+
+def test_a_body_is_read_no_further_than_its_images_can_need(tmp_path):
+    """DINO_MAX_REQUEST_MB is 100, images are 0.05 MB: a 1 MB+ JSON body stops at the image bound."""
+    from backend.main import FORM_ROOM, body_limits
+
+    s = isolated_settings(tmp_path, default_model="tiny", max_upload_mb=0.05, max_request_mb=100)
+    limits = body_limits(s)
+    image = -(-s.max_upload_bytes * 4 // 3)
+    assert limits["/attention"] == (2 * image + FORM_ROOM, "DINO_MAX_UPLOAD_MB")
+    assert limits["/attention/batch"][0] == s.max_batch * image + FORM_ROOM
+    write_tiny_checkpoint(s.checkpoint_dir, "tiny")
+    with TestClient(create_app(s)) as c:
+        body = b'{"image": "' + b"A" * (limits["/attention"][0] + 10) + b'"}'
+        r = c.post("/attention", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["code"] == "request_too_large"
+        assert "DINO_MAX_UPLOAD_MB" in r.json()["detail"]
+        chunks = iter([body[:1000], body[1000:]])  # no Content-Length: counted as it arrives
+        r = c.post("/attention", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413
