@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: import the pac
 import logging  # noqa: E402
 from typing import Any  # noqa: E402
 
-from trainer.train.config import parse_config  # noqa: E402
+from trainer.train.config import StartupError, parse_config  # noqa: E402
 from trainer.train.engine import NonFiniteLossError  # noqa: E402
 from trainer.train.loop import train  # noqa: E402
 
@@ -31,9 +31,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """The command: a NaN or infinite loss ends it with its message and exit status 1."""
+    """The command: a NaN or infinite loss ends it with its message and exit status 1; a
+    start-up problem (unwritable output folder, missing data, unreadable checkpoint) with its
+    one-line message and exit status 2."""
     try:
         main(argv)
+    except StartupError as error:
+        logging.basicConfig(format="%(message)s")
+        logger.error("error: %s", error)
+        raise SystemExit(2) from None
     except NonFiniteLossError as error:
         logger.error("%s", error)
         raise SystemExit(1) from None

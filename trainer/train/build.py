@@ -30,6 +30,7 @@ from trainer.model.head import DINOHead, MultiCropWrapper
 from trainer.model.vit import build_vit
 from trainer.train import distributed as dist_utils
 from trainer.train.compile import compile_models
+from trainer.train.config import StartupError
 from trainer.train.engine import MetricsWriter, Schedules, TrainContext
 from trainer.train.flags import TrainConfig
 from trainer.train.loss import N_TEACHER_VIEWS, DINOLoss
@@ -117,15 +118,27 @@ def use_gpu_augment(cfg: TrainConfig, device: torch.device) -> bool:
 
 def _check_enough_images(count: int, cfg: TrainConfig, world_size: int) -> None:
     if count < cfg.batch_size_per_gpu * world_size:
-        raise ValueError(
+        raise StartupError(
             f"{count} images is fewer than one batch ({cfg.batch_size_per_gpu} x "
             f"{world_size} processes); lower --batch_size_per_gpu"
         )
 
 
+def scan_training_images(data_path: str) -> tuple[list, list[str]]:
+    """The training images, or a :class:`StartupError` naming an empty, missing or bare path."""
+    if not str(data_path).strip():
+        raise StartupError("--data_path is empty; give a folder of images or class folders")
+    try:
+        return scan_image_folder(data_path)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        raise StartupError(
+            f"--data_path: {exc}; give a folder of images or an ImageFolder tree"
+        ) from None
+
+
 def build_train_loader(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device):
     """(loader, sampler, gpu_multicrop or None) for the training images."""
-    samples, classes = scan_image_folder(cfg.data_path)
+    samples, classes = scan_training_images(cfg.data_path)
     logger.info(
         "data: %d images in %d class folder(s) from %s", len(samples), len(classes), cfg.data_path
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import typing
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,17 @@ from trainer.model.vit import ARCHS
 from trainer.train.flags import DEVICES, PRECISIONS, TrainConfig
 from trainer.train.optim import OPTIMIZERS
 
+logger = logging.getLogger(__name__)
 _TRUE = ("on", "true", "1", "yes")
+
+
+class StartupError(ValueError):
+    """A setting or folder that makes the run impossible, found before any model is built.
+
+    ``trainer/run.py`` prints its one-line message and exits with status 2.
+    """
+
+
 _FALSE = ("off", "false", "0", "no")
 
 
@@ -125,7 +136,25 @@ def make_config(**values: Any) -> TrainConfig:
         values["knn_k"] = [int(k) for k in values["knn_k"]]
     cfg = TrainConfig(**values)
     validate(cfg)
-    return cfg
+    return clamp_warmup(cfg)
+
+
+def clamp_warmup(cfg: TrainConfig) -> TrainConfig:
+    """A warm-up as long as the run or longer is shortened to ``epochs - 1``, with a warning.
+
+    The defaults (10 warm-up epochs) are the authors' for 100-epoch runs; a short run should
+    still work, and still end with annealed weights.
+    """
+    if cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0:
+        return cfg
+    clamped = cfg.epochs - 1
+    logger.warning(
+        "--warmup_epochs %d is not shorter than --epochs %d: using %d warm-up epoch(s)",
+        cfg.warmup_epochs,
+        cfg.epochs,
+        clamped,
+    )
+    return dataclasses.replace(cfg, warmup_epochs=clamped)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -219,6 +219,13 @@ class TrainConfig:
             "every N steps."
         ),
     )
+    resume_from: str | None = field(
+        default=None,
+        metadata=_flag(
+            "Resume from this checkpoint file instead of --output_dir/checkpoint.pth (which, "
+            "when unreadable, is replaced by the newest readable checkpointNNNN.pth)."
+        ),
+    )
     config: str | None = field(
         default=None,
         metadata=_flag(

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from trainer.model.checkpoint import atomic_torch_save, export_backbone_safetensors, load_checkpoint
+from trainer.model.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    export_backbone_safetensors,
+    load_checkpoint,
+)
 from trainer.train import distributed as dist_utils
 from trainer.train.build import RunParts, build_run, build_schedules, seed_everything
-from trainer.train.config import config_to_dict
+from trainer.train.config import StartupError, config_to_dict
 from trainer.train.engine import TrainContext, train_one_epoch
 from trainer.train.flags import TrainConfig
 from trainer.train.time_budget import RunLength, TimeBudget
@@ -28,6 +35,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pth"
 BACKBONE_EXPORT_NAME = "teacher_backbone.safetensors"
 ARCHITECTURE_KEYS = ("arch", "patch_size", "out_dim", "use_bn_in_head")
+STATE_KEYS = ("student", "teacher", "optimizer", "dino_loss", "epoch")
+NUMBERED = re.compile(r"checkpoint(\d+)\.pth")
 
 
 def checkpoint_state(ctx: TrainContext, next_epoch: int, length: RunLength) -> dict[str, Any]:
@@ -48,12 +57,73 @@ def checkpoint_state(ctx: TrainContext, next_epoch: int, length: RunLength) -> d
     }
 
 
-def resume_if_possible(ctx: TrainContext, output_dir: Path) -> int:
-    """Load ``output_dir/checkpoint.pth`` into every part of ``ctx``; return the next epoch."""
+def read_resume_state(path: Path) -> dict[str, Any]:
+    """A checkpoint that holds every part of a run, or :class:`CheckpointError` saying why not."""
+    ckpt = load_checkpoint(path)
+    missing = [key for key in STATE_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path.name} lacks {', '.join(missing)}: not a training checkpoint")
+    return ckpt
+
+
+def numbered_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpointNNNN.pth`` files in ``output_dir``, newest (highest number) first."""
+    found = [
+        (int(m.group(1)), p)
+        for p in output_dir.glob("checkpoint*.pth")
+        if (m := NUMBERED.fullmatch(p.name)) and p.is_file()
+    ]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _fallback(output_dir: Path, error: CheckpointError) -> tuple[Path, dict[str, Any]]:
+    """The newest readable numbered checkpoint after ``checkpoint.pth`` failed with ``error``."""
+    logger.warning("%s is unreadable: %s", output_dir / CHECKPOINT_NAME, error)
+    for candidate in numbered_checkpoints(output_dir):
+        try:
+            ckpt = read_resume_state(candidate)
+        except CheckpointError as exc:
+            logger.warning("%s is unreadable too: %s", candidate, exc)
+            continue
+        logger.warning("falling back to the newest readable numbered checkpoint %s", candidate)
+        return candidate, ckpt
+    raise StartupError(
+        f"{CHECKPOINT_NAME} in {output_dir} is unreadable ({error}) and no readable "
+        f"checkpointNNNN.pth is beside it; pass --resume_from PATH of a good checkpoint, or move "
+        f"{CHECKPOINT_NAME} away to start afresh"
+    )
+
+
+def find_resume_state(cfg: TrainConfig, output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """``(path, checkpoint)`` to resume from, ``None`` for a fresh run.
+
+    ``--resume_from`` must be readable; an unreadable ``checkpoint.pth`` falls back to the
+    newest readable ``checkpointNNNN.pth`` (named in the log).
+    """
+    if cfg.resume_from:
+        path = Path(cfg.resume_from)
+        if not path.is_file():
+            raise StartupError(f"--resume_from {path}: no such file; give a checkpoint .pth file")
+        try:
+            return path, read_resume_state(path)
+        except CheckpointError as exc:
+            raise StartupError(f"--resume_from {path}: {exc}; give another checkpoint") from None
     path = output_dir / CHECKPOINT_NAME
     if not path.is_file():
+        return None
+    try:
+        return path, read_resume_state(path)
+    except CheckpointError as exc:
+        return _fallback(output_dir, exc)
+
+
+def resume_if_possible(ctx: TrainContext, output_dir: Path) -> int:
+    """Load the checkpoint :func:`find_resume_state` picks into every part of ``ctx``; return
+    the next epoch (0 for a fresh run)."""
+    found = find_resume_state(ctx.config, output_dir)
+    if found is None:
         return 0
-    ckpt = load_checkpoint(path)
+    path, ckpt = found
     old = ckpt.get("args") or {}
     for key in ARCHITECTURE_KEYS:
         ours = getattr(ctx.config, key)
@@ -70,6 +140,20 @@ def resume_if_possible(ctx: TrainContext, output_dir: Path) -> int:
         ctx.scaler.load_state_dict(ckpt["fp16_scaler"])
     logger.info("resumed from %s at epoch %d", path, ckpt["epoch"])
     return int(ckpt["epoch"])
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir`` and prove it writable, or raise :class:`StartupError`."""
+    probe = output_dir / f".write-check-{os.getpid()}.tmp"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StartupError(
+            f"--output_dir {output_dir} cannot be written ({reason}); choose a writable folder"
+        ) from None
 
 
 def _epoch_extras(ctx: TrainContext, epoch: int, last_epoch: bool) -> dict[str, Any]:
@@ -202,7 +286,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     dist_utils.setup_logging()
     output_dir = Path(cfg.output_dir)
     if dist_utils.is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
+        check_output_dir(output_dir)
     parts = build_run(cfg, env, device)
     epoch = resume_if_possible(parts.ctx, output_dir)
     started = time.time()

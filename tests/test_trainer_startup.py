@@ -1,0 +1,92 @@
+"""Start-up checks of the training command: each bad setting is one line and exit status 2,
+found before any model is built; a warm-up as long as the run is shortened with a warning."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.test_data import make_image_folder
+from tests.tiny_run import tiny_cli_args
+from trainer import run
+from trainer.train import build, loop
+from trainer.train.config import StartupError, make_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Building a model fails the test: the checks must come first."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was built before the start-up checks")
+
+    monkeypatch.setattr(build, "build_context", forbidden)
+
+
+def _exit_code_and_message(argv, caplog) -> tuple[int, str]:
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="trainer.run"):
+        with pytest.raises(SystemExit) as info:
+            run.cli(argv)
+    errors = [r.getMessage() for r in caplog.records if r.name == "trainer.run"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    return info.value.code, errors[0]
+
+
+def test_unwritable_output_dir_exits_2_before_training(tmp_path, caplog, no_models):
+    data = make_image_folder(tmp_path / "data", {"": 4})
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, message = _exit_code_and_message(tiny_cli_args(data, blocker / "out"), caplog)
+    assert code == 2
+    assert "--output_dir" in message and "cannot be written" in message and "writable" in message
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty_folder", "empty_string"])
+def test_bad_data_path_exits_2_before_models(tmp_path, caplog, no_models, kind):
+    data = {"missing": tmp_path / "nowhere", "empty_folder": tmp_path / "empty", "empty_string": ""}
+    (tmp_path / "empty").mkdir()
+    code, message = _exit_code_and_message(tiny_cli_args(data[kind], tmp_path / "out"), caplog)
+    assert code == 2 and message.startswith("error: --data_path")
+    assert "folder" in message
+
+
+def test_too_few_images_is_a_startup_error(tmp_path, caplog, no_models):
+    data = make_image_folder(tmp_path / "data", {"": 2})
+    code, message = _exit_code_and_message(tiny_cli_args(data, tmp_path / "out"), caplog)
+    assert code == 2 and "fewer than one batch" in message
+
+
+def test_output_dir_check_runs_before_the_run_is_built(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "build_run", lambda *a: pytest.fail("built before the check"))
+    cfg = make_config(data_path=str(tmp_path), output_dir=str(tmp_path / "f" / "o"), device="cpu")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(StartupError, match="cannot be written"):
+        loop.train(cfg)
+
+
+@pytest.mark.parametrize(("epochs", "warmup", "expected"), [(3, 10, 2), (3, 3, 2), (1, 1, 0)])
+def test_warmup_not_shorter_than_the_run_is_clamped_with_a_warning(
+    caplog, epochs, warmup, expected
+):
+    with caplog.at_level(logging.WARNING, logger="trainer.train.config"):
+        cfg = make_config(epochs=epochs, warmup_epochs=warmup)
+    assert cfg.warmup_epochs == expected
+    assert any("--warmup_epochs" in r.getMessage() for r in caplog.records)
+
+
+def test_shorter_warmup_is_kept_silently(caplog):
+    with caplog.at_level(logging.WARNING, logger="trainer.train.config"):
+        assert make_config(epochs=3, warmup_epochs=2).warmup_epochs == 2
+    assert not caplog.records
+
+
+def test_default_warmup_on_a_short_run_trains(tmp_path, tiny_networks):
+    """The authors' default --warmup_epochs 10 on a 2-epoch run used to end in a traceback."""
+    data = make_image_folder(tmp_path / "data", {"": 4})
+    out = tmp_path / "out"
+    last = run.main(tiny_cli_args(data, out, epochs=2, warmup_epochs=10, saveckp_freq=0))
+    assert last["epoch"] == 1 and (out / "checkpoint.pth").is_file()
