@@ -43,21 +43,11 @@ from trainer.eval.seg import (
     load_gray,
     pair_images_and_masks,
 )
-from trainer.model.lost import DEFAULT_K_PATCHES, lost
+from trainer.model.lost import DEFAULT_K_PATCHES, box_iou, lost, mask_box
 from trainer.model.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
 CORLOC_IOU = 0.5
 logger = logging.getLogger(__name__)
-Box = Sequence[float]
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """IoU of two ``[x0, y0, x1, y1]`` boxes (end exclusive); 0 when both are empty."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def mask_boxes(mask: np.ndarray) -> list[list[int]]:
@@ -72,13 +62,10 @@ def mask_boxes(mask: np.ndarray) -> list[list[int]]:
 
 def foreground_box(mask: np.ndarray) -> list[int] | None:
     """The bounding box of all of ``mask``'s foreground, or None when it has none."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return None
-    return [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
+    return mask_box(mask) if np.any(mask) else None
 
 
-def score_box(pred: Box, mask: np.ndarray) -> dict[str, Any]:
+def score_box(pred: Sequence[float], mask: np.ndarray) -> dict[str, Any]:
     """CorLoc hit, best IoU over the mask's component boxes and IoU with its foreground box."""
     gt = mask_boxes(mask)
     best = max((box_iou(pred, g) for g in gt), default=0.0)

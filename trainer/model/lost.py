@@ -74,6 +74,15 @@ def mask_box(mask: np.ndarray) -> list[int]:
     return [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``[x0, y0, x1, y1]`` boxes (end exclusive); 0 when both are empty."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def lost_from_affinity(
     affinity: torch.Tensor,
     grid: tuple[int, int],
