@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
 import pytest
+import scipy.linalg
+import scipy.ndimage
 import torch
 
 from trainer.model.lost import key_affinity, lost, lost_from_affinity, patch_degrees
+from trainer.model.tokencut import tokencut, tokencut_from_keys
 from trainer.model.vit import DinoViT
 
 OBJECT = [(1, 1), (1, 2), (2, 1), (2, 2)]
@@ -104,3 +108,45 @@ def test_random_vit_against_loop_reference(k_patches: int) -> None:
     assert result.seed_set == seed_set
     assert result.patch_box == patch_box
     assert result.box == [float(v * 8) for v in patch_box]
+
+
+def test_tokencut_splits_a_hand_built_two_cluster_graph() -> None:
+    torch.manual_seed(5)
+    keys = torch.tensor([[0.0, 1.0]]).repeat(16, 1) + 0.01 * torch.randn(16, 2)
+    for r, c in OBJECT:
+        keys[r * 4 + c] = torch.tensor([1.0, -0.1])
+    result = tokencut_from_keys(keys, (4, 4), patch_size=8)
+    assert result.seed in OBJECT
+    assert result.patch_box == [1, 1, 3, 3]
+    assert result.box == [8.0, 8.0, 24.0, 24.0]
+    assert result.mask.sum() == 4
+
+
+def test_tokencut_on_a_random_vit_against_scipy_generalised_eigh() -> None:
+    torch.manual_seed(4)
+    model = DinoViT(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32).eval()
+    x = torch.randn(1, 3, 48, 56)
+    captured = {}
+    handle = model.blocks[-1].attn.qkv.register_forward_hook(
+        lambda _m, _i, out: captured.__setitem__("qkv", out.detach())
+    )
+    with torch.no_grad():
+        model.forward_features(x)
+    handle.remove()
+    k = captured["qkv"][0, 1:, 32:64].double().numpy()
+    f = k / np.linalg.norm(k, axis=1, keepdims=True)
+    w = f @ f.T
+    w = np.where(w > 0.2, 1.0, 1e-5)
+    d = np.diag(w.sum(axis=1))
+    _, vecs = scipy.linalg.eigh(d - w, d, subset_by_index=[1, 1])
+    vec = vecs[:, 0]
+    seed = int(np.abs(vec).argmax())
+    fg = vec > vec.mean()
+    if not fg[seed]:
+        fg = ~fg
+    labels, _ = scipy.ndimage.label(fg.reshape(6, 7))
+    rows, cols = np.nonzero(labels == labels[divmod(seed, 7)])
+    result = tokencut(model, x)
+    assert result.seed == divmod(seed, 7)
+    assert np.array_equal(result.mask, labels == labels[divmod(seed, 7)])
+    assert result.patch_box == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]

@@ -83,6 +83,17 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def pixel_box(
+    patch_box: Sequence[int], patch_size: int, image_hw: Sequence[int] | None = None
+) -> list[float]:
+    """A patch box times ``patch_size``, its end clipped to the image ``(h, w)`` when given."""
+    box = [float(v * patch_size) for v in patch_box]
+    if image_hw is not None:
+        box[2] = min(box[2], float(image_hw[1]))
+        box[3] = min(box[3], float(image_hw[0]))
+    return box
+
+
 def lost_from_affinity(
     affinity: torch.Tensor,
     grid: tuple[int, int],
@@ -104,10 +115,7 @@ def lost_from_affinity(
     seed = (seed_index // gw, seed_index % gw)
     mask = seed_component(scores.cpu().numpy(), seed)
     patch_box = mask_box(mask)
-    box = [float(v * patch_size) for v in patch_box]
-    if image_hw is not None:
-        box[2] = min(box[2], float(image_hw[1]))
-        box[3] = min(box[3], float(image_hw[0]))
+    box = pixel_box(patch_box, patch_size, image_hw)
     return LostResult(seed, seed_set.tolist(), scores, mask, patch_box, box)
 
 
