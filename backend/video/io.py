@@ -1,9 +1,13 @@
 """Video decoding, frame sampling and H.264 encoding with PyAV (its own FFmpeg; no system ffmpeg).
 
 ``probe`` checks an uploaded file before a job is queued: 415 when it is not a video the decoder
-knows, 400 when it is truncated, has no video stream (audio only) or no decodable frame, 413 when it
-is too long or its frames too large. ``sample_frames`` yields ``(timestamp, RGB image)`` at a target
-rate; ``Mp4Writer`` writes browser-playable H.264 (yuv420p, faststart).
+knows or its container is not one of the allowed video files (mp4/mov, webm/mkv, avi, gif; never
+a demuxer that reads other files or URLs, such as ffconcat lists, HLS playlists or image
+sequences: FFmpeg refuses every other demuxer before it reads the header), 400 when it is
+truncated, has no video stream (audio only) or no decodable frame, 413 when it is too long or its
+frames too large. ``sample_frames`` yields ``(timestamp, RGB image)`` at a target rate and checks
+every decoded frame, not only the first, against the first frame's size and the pixel limit;
+``Mp4Writer`` writes browser-playable H.264 (yuv420p, faststart).
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ DEFAULT_FPS_CAP = 30.0
 TIME_TOLERANCE_S = 0.01  # container timestamps are rounded (GIF: centiseconds, WebM: ms)
 # File signatures of the containers we accept: a file that starts like one but will not open
 # is truncated.
-_SIGNATURES = (b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3", b"RIFF")
+_SIGNATURES = (b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3")
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+# The FFmpeg demuxers allowed to open an upload (FFmpeg's own names). Every other demuxer is
+# refused by FFmpeg itself (``format_whitelist``), before its header is read.
+ALLOWED_DEMUXERS = ("mov", "mp4", "matroska", "webm", "avi", "gif")
+_OPEN_OPTIONS = {"format_whitelist": ",".join(ALLOWED_DEMUXERS), "protocol_whitelist": "file"}
+_ALLOWED_TEXT = "mp4, mov, webm, mkv, avi or gif"
 
 
 @dataclass
@@ -48,12 +57,23 @@ class VideoInfo:
 
 def looks_like_video(head: bytes) -> bool:
     """True when ``head`` (the first bytes of a file) carries a known container signature."""
-    return head.startswith(_SIGNATURES) or head[4:8] in _ISO_BOXES
+    avi = head.startswith(b"RIFF") and head[8:12] == b"AVI "
+    return avi or head.startswith(_SIGNATURES) or head[4:8] in _ISO_BOXES
+
+
+def _not_a_video() -> NotAVideo:
+    return NotAVideo(
+        f"the upload is not a video file the service opens; send an {_ALLOWED_TEXT} file "
+        "(playlists such as HLS .m3u8, ffconcat lists, image sequences and other formats are "
+        "refused)",
+        code="not_a_video",
+    )
 
 
 def _open(path: Path) -> av.container.InputContainer:
+    """Open ``path`` with one of :data:`ALLOWED_DEMUXERS` only, reading no other file or URL."""
     try:
-        return av.open(str(path), mode="r")
+        container = av.open(str(path), mode="r", options=dict(_OPEN_OPTIONS))
     except (av.error.InvalidDataError, av.error.FFmpegError, UnicodeDecodeError) as exc:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -62,11 +82,11 @@ def _open(path: Path) -> av.container.InputContainer:
                 f"the video file is truncated or corrupt ({exc}); upload the complete file",
                 code="truncated_video",
             ) from exc
-        raise NotAVideo(
-            "the upload is not a video the decoder knows; send an mp4, webm, mov, mkv, avi or gif "
-            "file",
-            code="not_a_video",
-        ) from exc
+        raise _not_a_video() from exc
+    if not set(container.format.name.split(",")) & set(ALLOWED_DEMUXERS):
+        container.close()  # FFmpeg honours the whitelist; this is the second lock on the door
+        raise _not_a_video()
+    return container
 
 
 def _stream_duration(
@@ -107,6 +127,7 @@ def probe(path: Path, max_duration_s: float, max_pixels: int) -> VideoInfo:
             )
         rate = float(stream.average_rate or stream.guessed_rate or 0) or DEFAULT_FPS_CAP
         first = _first_frame(container, stream)
+        FrameSizeCheck(max_pixels)(0, first.width, first.height)
         frames = stream.frames or max(1, round(duration * rate))
         return VideoInfo(
             width or first.width,
@@ -140,12 +161,47 @@ def target_fps(requested: float | None, source_fps: float) -> float:
     return float(requested) if requested else min(source_fps, DEFAULT_FPS_CAP)
 
 
-def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[float, Image.Image]]:
+class FrameSizeCheck:
+    """Every decoded frame keeps the first frame's size and stays within ``max_pixels``.
+
+    A clip whose frames grow later (an MJPEG AVI can change size on any frame) would otherwise
+    reach the model at a size no limit checked. :class:`BadVideo` names the frame's index.
+    """
+
+    def __init__(self, max_pixels: int | None = None) -> None:
+        self.max_pixels = max_pixels
+        self.size: tuple[int, int] | None = None
+
+    def __call__(self, index: int, width: int, height: int) -> None:
+        """Raise :class:`BadVideo` if decoded frame ``index`` (from 0) is ``width x height``."""
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise BadVideo(
+                f"frame {index} of the video is {width}x{height} = {width * height} pixels; the "
+                f"limit is {self.max_pixels} pixels per frame (DINO_VIDEO_MAX_PIXELS)",
+                code="frame_too_large",
+            )
+        if self.size is None:
+            self.size = (width, height)
+        elif (width, height) != self.size:
+            first = "x".join(map(str, self.size))
+            raise BadVideo(
+                f"frame {index} of the video is {width}x{height} but its first frame is {first}; "
+                "the frames of a video must keep one size",
+                code="frame_size_changed",
+            )
+
+
+def sample_frames(
+    path: Path, fps: float, max_frames: int, max_pixels: int | None = None
+) -> Iterator[tuple[float, Image.Image]]:
     """``(seconds from the start, RGB frame)`` for the frames nearest the times ``k / fps``.
 
     A source frame is taken when its timestamp reaches the next sampling time, so ``fps`` at or
-    above the source rate keeps every frame. Stops after ``max_frames``.
+    above the source rate keeps every frame. Stops after ``max_frames``. Every decoded frame,
+    taken or skipped, passes :class:`FrameSizeCheck` (``max_pixels``: ``None`` checks only that
+    the size never changes; ``probe`` checked the first frame's).
     """
+    check = FrameSizeCheck(max_pixels)
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -154,7 +210,8 @@ def sample_frames(path: Path, fps: float, max_frames: int) -> Iterator[tuple[flo
         next_t = 0.0
         eps = TIME_TOLERANCE_S
         try:
-            for frame in container.decode(stream):
+            for index, frame in enumerate(container.decode(stream)):
+                check(index, frame.width, frame.height)
                 t = float(frame.time) if frame.time is not None else taken / fps
                 start = t if start is None else start
                 t -= start

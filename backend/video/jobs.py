@@ -3,7 +3,12 @@
 Each job lives in ``<cache_dir>/jobs/<id>/``: ``job.json`` (its public state, rewritten atomically
 at every state change), the upload, and once done the results. A service that starts finds the
 folders of the previous run: jobs that were queued or running are marked ``failed`` with
-``error: "service restarted"``; finished ones are kept until their time-to-live runs out.
+``error: "service restarted"``; finished ones are kept until their time-to-live runs out, and
+temporary files a killed run left (``*.tmp``) are removed.
+
+The limits count active (queued or running) jobs only: ``per_client`` per client and
+``max_jobs`` in all. Finished jobs stay until their time-to-live, but when the store holds
+``max_jobs`` jobs the oldest finished ones are evicted to make room for a new one.
 """
 
 from __future__ import annotations
@@ -85,6 +90,22 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _hidden_tmp(name: str) -> bool:
+    return name.startswith(".") and ".tmp" in name
+
+
+def remove_temporary_files(folder: Path) -> int:
+    """Delete the ``*.tmp`` / ``.*.tmp*`` files (unfinished atomic writes) in ``folder``."""
+    removed = 0
+    for path in folder.iterdir():
+        if path.is_file() and (path.name.endswith(".tmp") or _hidden_tmp(path.name)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d leftover temporary file(s) of job %s", removed, folder.name)
+    return removed
+
+
 class JobStore:
     """Jobs in memory and on disk; a thread pool runs them; finished ones expire after ``ttl_s``."""
 
@@ -114,13 +135,15 @@ class JobStore:
         write_atomic(self.folder(job) / JOB_FILE, json.dumps(job.record(), indent=1).encode())
 
     def _recover(self) -> None:
-        """Load the previous run's jobs: unfinished ones become failed ("service restarted")."""
+        """Load the previous run's jobs: unfinished ones become failed ("service restarted");
+        the temporary files a killed run left are removed."""
         for folder in sorted(self.root.iterdir()):
             if not folder.is_dir():
                 folder.unlink(
                     missing_ok=True
                 )  # an upload the previous run did not finish receiving
                 continue
+            remove_temporary_files(folder)
             try:
                 record = json.loads((folder / JOB_FILE).read_text())
                 job = Job(**record)
@@ -138,7 +161,8 @@ class JobStore:
 
     # -- life cycle --------------------------------------------------------------------
     def create(self, client: str, params: dict[str, Any]) -> Job:
-        """A new queued job with its folder; 429 over the per-client or kept-jobs limit."""
+        """A new queued job with its folder; 429 over the per-client or total limit of active
+        jobs. A full store first evicts its oldest finished jobs."""
         self.sweep()
         with self._lock:
             active = sum(1 for j in self._jobs.values() if j.client == client and j.state in ACTIVE)
@@ -148,17 +172,33 @@ class JobStore:
                     f"{self.per_client} (DINO_VIDEO_JOBS_PER_CLIENT); wait for one to finish "
                     "or cancel it with DELETE /jobs/{id}"
                 )
-            if len(self._jobs) >= self.max_jobs:
-                raise TooManyJobs(
-                    f"the service keeps {len(self._jobs)} video jobs, its limit "
-                    f"(DINO_VIDEO_MAX_JOBS); delete finished ones with DELETE /jobs/{{id}} or "
-                    f"retry after they expire ({self.ttl_s:.0f} s after finishing)"
-                )
+            self._check_total_active()
+            self._evict_finished(len(self._jobs) + 1 - self.max_jobs)
             job = Job(id=secrets.token_urlsafe(9), client=client, params=params)
             self.folder(job).mkdir(parents=True)
             self._jobs[job.id] = job
             self.save(job)
             return job
+
+    def _check_total_active(self) -> None:
+        active = sum(1 for j in self._jobs.values() if j.state in ACTIVE)
+        if active >= self.max_jobs:
+            raise TooManyJobs(
+                f"the service has {active} video jobs queued or running, its limit "
+                f"(DINO_VIDEO_MAX_JOBS); retry when some have finished"
+            )
+
+    def _evict_finished(self, count: int) -> None:
+        """Delete the ``count`` oldest finished jobs (by finishing time) to make room."""
+        if count <= 0:
+            return
+        finished = sorted(
+            (j for j in self._jobs.values() if j.state in FINISHED),
+            key=lambda j: (j.finished_at or j.created_at, j.created_at),
+        )
+        for job in finished[:count]:
+            log.info("video job %s evicted: the store holds its limit of jobs", job.id)
+            self.delete(job)
 
     def submit(self, job: Job, run: Callable[[Job], None]) -> None:
         self._pool.submit(self._run_guarded, job, run)
