@@ -15,7 +15,14 @@ def main() -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     uvicorn.run(
-        "backend.main:app", host=settings.host, port=settings.port, log_level=settings.log_level
+        "backend.main:app",
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_keep_alive=settings.keep_alive_s,  # idle and half-open connections are closed
+        timeout_graceful_shutdown=settings.stop_grace_s,
+        forwarded_allow_ips=settings.trusted_proxies or "",  # X-Forwarded-For from these only
+        proxy_headers=bool(settings.trusted_proxies),
     )
 
 

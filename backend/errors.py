@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,11 @@ class BadVideo(ServiceError):
     code = "bad_video"
 
 
+class BodyTimeout(ServiceError):
+    status = 408
+    code = "body_timeout"
+
+
 class ModelUnavailable(ServiceError):
     status = 503
     code = "model_unavailable"
@@ -118,6 +125,16 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _allowed_methods(request: Request) -> str:
+    """The methods the app's routes accept for this path, e.g. ``POST``."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods - {"HEAD"})) or "GET"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every exception into ``{"detail", "code"}`` JSON."""
 
@@ -137,7 +154,18 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:
             detail = f"no such endpoint {request.url.path}; see /docs for the endpoints"
-        return error_response(exc.status_code, detail, code, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            allowed = headers.get("Allow") or _allowed_methods(request)
+            headers["Allow"] = allowed
+            detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+        return error_response(exc.status_code, detail, code, headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        detail = "the client disconnected before the body was read"
+        return error_response(400, detail, "disconnected")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware,
         max_bytes=settings.max_request_bytes,
         path_limits=body_limits(settings),
+        timeout_s=settings.body_timeout_s,
     )
     return app
 

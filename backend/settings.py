@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1)
 
     max_concurrency: int = Field(2, ge=1, description="inferences running at the same time")
+    keep_alive_s: float = Field(5.0, gt=0, description="idle connections are closed after this")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body must arrive within this (else 408)"
+    )
+    stop_grace_s: float = Field(10.0, gt=0, description="SIGTERM: requests may finish this long")
+    trusted_proxies: str = Field(
+        "", description="comma list of proxy IPs whose X-Forwarded-For is trusted (empty: none)"
+    )
     max_concurrent_decodes: int = Field(
         2, ge=1, description="image decodes running at the same time (bounds decode memory)"
     )

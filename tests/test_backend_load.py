@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from fastapi.testclient import TestClient
 
 from backend.analysis.single_flight import SingleFlight
@@ -70,7 +71,7 @@ def test_decodes_beyond_the_limit_get_503(tmp_path):
 
 
 def test_a_body_is_read_no_further_than_its_images_can_need(tmp_path):
-    """DINO_MAX_REQUEST_MB is 100, images are 0.05 MB: a 1 MB+ JSON body stops at the image bound."""
+    """DINO_MAX_REQUEST_MB is 100, images 0.05 MB: a 1 MB JSON body stops at the image bound."""
     from backend.main import FORM_ROOM, body_limits
 
     s = isolated_settings(tmp_path, default_model="tiny", max_upload_mb=0.05, max_request_mb=100)
@@ -87,3 +88,59 @@ def test_a_body_is_read_no_further_than_its_images_can_need(tmp_path):
         chunks = iter([body[:1000], body[1000:]])  # no Content-Length: counted as it arrives
         r = c.post("/attention", content=chunks, headers={"content-type": "application/json"})
         assert r.status_code == 413
+
+
+@pytest.mark.slow
+def test_a_slow_body_is_refused_with_408(tmp_path):
+    """A real server: headers and part of a body, then silence; 408 within the deadline."""
+    import json
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    from benchmarks.serving import uvicorn_process
+
+    write_tiny_checkpoint(tmp_path, "tiny")
+    env = {
+        "DINO_CHECKPOINT_DIR": str(tmp_path),
+        "DINO_CACHE_DIR": str(tmp_path / "cache"),
+        "DINO_ALLOW_DOWNLOADS": "false",
+        "DINO_DEVICE": "cpu",
+        "DINO_BODY_TIMEOUT_S": "0.5",
+    }
+    with uvicorn_process(env) as url:
+        u = urlparse(url)
+        with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+            head = (
+                "POST /attention HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100000\r\n\r\n"
+            )
+            sock.sendall(head.encode() + b'{"image": "AAAA')
+            t0 = time.perf_counter()
+            reply = sock.recv(65536)
+            waited = time.perf_counter() - t0
+            while not reply.rstrip().endswith(b"}") and (chunk := sock.recv(65536)):
+                reply += chunk  # the body may come in a second packet
+    status_line, _, rest = reply.decode().partition("\r\n")
+    assert " 408 " in status_line and waited < 5
+    body = json.loads(rest.split("\r\n\r\n", 1)[1])
+    assert body["code"] == "body_timeout"
+
+
+def test_a_wrong_method_says_which_to_use(tmp_path):
+    s = isolated_settings(tmp_path, default_model="tiny")
+    write_tiny_checkpoint(s.checkpoint_dir, "tiny")
+    with TestClient(create_app(s)) as c:
+        r = c.get("/attention")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["detail"] == "GET is not allowed on /attention; use POST"
+
+
+def test_the_server_runs_with_read_timeouts_and_trusts_no_proxy_by_default(monkeypatch):
+    import backend.__main__ as entry
+
+    seen = {}
+    monkeypatch.setattr(entry.uvicorn, "run", lambda app, **kw: seen.update(kw))
+    entry.main()
+    assert seen["timeout_keep_alive"] == 5.0 and seen["proxy_headers"] is False
+    assert seen["forwarded_allow_ips"] == ""

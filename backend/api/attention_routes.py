@@ -11,7 +11,7 @@ from backend.api.replies import AttentionBatchReply, AttentionReply, error_respo
 from backend.api.responses import analysis_dict, json_response, npz_response
 from backend.errors import ServiceError
 
-ATTENTION_ERRORS = error_responses(400, 404, 413, 415, 422, 503)
+ATTENTION_ERRORS = error_responses(400, 404, 408, 413, 415, 422, 503)
 NPZ = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 

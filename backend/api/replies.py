@@ -128,6 +128,7 @@ class JobReply(BaseModel):
 ERROR_STATUSES = {
     400: "bad request (an undecodable image, a malformed body)",
     404: "unknown model, job or route",
+    408: "the request body did not arrive within DINO_BODY_TIMEOUT_S",
     409: "a job that is not done yet",
     413: "an upload, body or image over its limit",
     415: "not an image or not a video file",
