@@ -90,6 +90,8 @@ def test_command_on_a_random_tiny_vit(tmp_path: Path, capsys) -> None:
     assert "CorLoc" in capsys.readouterr().out
     for box in (s["box"] for s in results["per_image"]):
         assert 0 <= box[0] < box[2] <= 64 and 0 <= box[1] < box[3] <= 48
+    cut = main([*argv, "--method", "tokencut", "--image_size", "32"])
+    assert cut["method"] == "tokencut" and cut["images"] == 2
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,7 @@ def test_command_on_a_random_tiny_vit(tmp_path: Path, capsys) -> None:
         (["--k_patches", "0"], "--k_patches must be positive"),
         (["--image_size", "8"], "smaller than the patch size"),
         (["--which", "student"], "--which only applies with --checkpoint"),
+        (["--method", "found"], "invalid choice: 'found'"),
     ],
 )
 def test_bad_flags_are_errors(tmp_path: Path, capsys, extra: list[str], message: str) -> None:

@@ -1,12 +1,12 @@
-"""Unsupervised object discovery (LOST) scored by CorLoc and box IoU against foreground masks.
+"""Object discovery (LOST, TokenCut) scored by CorLoc and box IoU against foreground masks.
 
 For each image/mask pair (paired by stem as in :mod:`trainer.eval.seg`):
 
 1. the image is converted to RGB and normalised with the model's mean/std, at its own size
    (the LOST authors' protocol; default) or resized to ``image_size x image_size`` (bicubic);
    partial edge patches are dropped;
-2. LOST (:mod:`trainer.model.lost`) gives one box from the last block's keys, which is mapped
-   back to the pixels of the original image;
+2. LOST (:mod:`trainer.model.lost`; or TokenCut, ``--method tokencut``) gives one box from
+   the last block's keys, which is mapped back to the pixels of the original image;
 3. the ground-truth boxes are those of the 8-connected components of the mask's foreground
    (gray >= 128, at the image's size);
 4. an image counts for CorLoc when the box has an IoU >= 0.5 with any ground-truth box; the
@@ -44,9 +44,11 @@ from trainer.eval.seg import (
     pair_images_and_masks,
 )
 from trainer.model.lost import DEFAULT_K_PATCHES, box_iou, lost, mask_box
+from trainer.model.tokencut import tokencut
 from trainer.model.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
 CORLOC_IOU = 0.5
+METHODS = ("lost", "tokencut")
 logger = logging.getLogger(__name__)
 
 
@@ -97,8 +99,9 @@ def image_box(
     device: torch.device | str = "cpu",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    method: str = "lost",
 ) -> list[float]:
-    """LOST's box ``[x0, y0, x1, y1]`` in the pixels of ``image`` (resized back if needed)."""
+    """The ``method``'s (lost or tokencut) box ``[x0, y0, x1, y1]`` in ``image``'s pixels."""
     p = model.patch_size
     width, height = image.size
     if image_size is None:
@@ -107,7 +110,8 @@ def image_box(
         x = image_tensor(image, image_size, mean, std)
     if min(x.shape[-2:]) < p:
         raise ValueError(f"image of {tuple(x.shape[-2:])} px is smaller than the patch size {p}")
-    result = lost(model, x.to(device), k_patches)
+    x = x.to(device)
+    result = lost(model, x, k_patches) if method == "lost" else tokencut(model, x)
     sx, sy = width / x.shape[-1], height / x.shape[-2]
     x0, y0, x1, y1 = result.box
     return [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
@@ -146,12 +150,15 @@ def evaluate_folder(
     device: torch.device | str = "cpu",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    method: str = "lost",
 ) -> dict[str, Any]:
-    """CorLoc (%), mean box IoU (%) and mean foreground-box IoU (%) of LOST over a folder pair.
+    """CorLoc (%), mean box IoU (%) and mean foreground-box IoU (%) of ``method`` over a folder.
 
     Images without a mask and unreadable files are skipped (logged, counted in ``skipped``).
     ``model`` must already be on ``device``; it is put in eval mode meanwhile.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     pairs, missing = pair_images_and_masks(images_dir, masks_dir, limit)
     if not pairs:
         raise _no_pairs_error(images_dir, masks_dir, missing, 0)
@@ -168,7 +175,7 @@ def evaluate_folder(
                 unreadable += 1
                 logger.warning("skipping unreadable %s / %s: %s", image_path, mask_path, exc)
                 continue
-            box = image_box(model, image, image_size, k_patches, device, mean, std)
+            box = image_box(model, image, image_size, k_patches, device, mean, std, method)
             scores.append(
                 {"image": image_path.name, "box": box, **score_box(box, gt_mask(gt, image.size))}
             )
@@ -177,7 +184,8 @@ def evaluate_folder(
     if not scores:
         raise _no_pairs_error(images_dir, masks_dir, missing, unreadable)
     results = _summarise(scores, missing, unreadable, time.perf_counter() - start)
-    return {**results, "image_size": image_size, "k_patches": k_patches, "per_image": scores}
+    settings = {"method": method, "image_size": image_size, "k_patches": k_patches}
+    return {**results, **settings, "per_image": scores}
 
 
 def summary_lines(results: dict[str, Any], model_name: str) -> list[str]:
@@ -185,7 +193,8 @@ def summary_lines(results: dict[str, Any], model_name: str) -> list[str]:
     size = results["image_size"] or "native"
     return [
         f"model: {model_name}",
-        f"images: {results['images']}  image_size: {size}  k_patches: {results['k_patches']}",
+        f"method: {results['method']}  images: {results['images']}  image_size: {size}  "
+        f"k_patches: {results['k_patches']}",
         f"skipped: {results['skipped']} ({results['missing_masks']} without a mask, "
         f"{results['unreadable']} unreadable)",
         f"CorLoc (box IoU >= {CORLOC_IOU} with a mask component): {results['corloc']:.1f}",
@@ -228,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="resize to this square side; default: each image at its own size (LOST's protocol)",
     )
+    p.add_argument("--method", default="lost", choices=METHODS, help="object discovery method")
     p.add_argument("--k_patches", type=int, default=DEFAULT_K_PATCHES, help="LOST's seed-set size")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many pairs")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
@@ -288,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device,
         mean,
         std,
+        args.method,
     )
     results = {"model": name, **results}
     for line in summary_lines(results, name):
