@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from backend.analysis.discovery import discover_objects, match, patch_features, scale_box
 from trainer.model.lost import lost
+from trainer.model.tokencut import tokencut
 from trainer.model.vit import DinoViT
 
 
@@ -85,7 +86,9 @@ def test_objects_box_in_uploaded_pixels_and_gt_iou() -> None:
     assert discover_objects(model, x, (56, 48), (112, 96), gt_mask=~np.ones_like(gt)).box_iou == 0
     with pytest.raises(ValueError, match="must match the image's 112x96"):
         discover_objects(model, x, (56, 48), (112, 96), gt_mask=gt[:10])
-    with pytest.raises(ValueError, match="choose one of lost"):
+    cut = discover_objects(model, x, (56, 48), (112, 96), method="tokencut")
+    assert cut.method == "tokencut" and cut.seed == tokencut(model, x).seed
+    with pytest.raises(ValueError, match="choose one of lost, tokencut"):
         discover_objects(model, x, (56, 48), (112, 96), method="found")
 
 

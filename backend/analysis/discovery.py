@@ -20,8 +20,9 @@ from torch import nn
 from trainer.model.facets import block_facet, check_facet
 from trainer.model.lost import DEFAULT_K_PATCHES, box_iou, lost, mask_box
 from trainer.model.matching import best_buddies, check_query, query_similarity
+from trainer.model.tokencut import tokencut
 
-OBJECT_METHODS = ("lost",)
+OBJECT_METHODS = ("lost", "tokencut")
 
 
 @dataclass
@@ -52,7 +53,8 @@ class MatchResult:
 
 @dataclass
 class ObjectsResult:
-    """``/objects``'s figures; ``boxes`` are ``[x0, y0, x1, y1]`` in the uploaded pixels."""
+    """``/objects``'s figures: ``boxes`` ``[x0, y0, x1, y1]`` in the uploaded pixels, ``mask``
+    the patches of the seed's component."""
 
     method: str
     boxes: list[list[float]]
@@ -108,14 +110,17 @@ def discover_objects(
     k_patches: int = DEFAULT_K_PATCHES,
     gt_mask: np.ndarray | None = None,
 ) -> ObjectsResult:
-    """LOST's box on one prepared image, scaled from the resized ``(w, h)`` to the uploaded one.
+    """LOST's (or TokenCut's) box on one prepared image, in the uploaded image's pixels.
+
+    ``resized_size`` and ``original_size`` are ``(w, h)``: the model input before its
+    patch-multiple crop, and the upload.
 
     ``gt_mask`` (boolean, uploaded image's ``(h, w)``) adds the box IoU with its bounding box.
     """
     if method not in OBJECT_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OBJECT_METHODS)}")
     with torch.inference_mode():
-        result = lost(model, tensor, k_patches)
+        result = lost(model, tensor, k_patches) if method == "lost" else tokencut(model, tensor)
     box = scale_box(result.box, resized_size, original_size)
     out = ObjectsResult(method, [box], result.seed, result.mask.tolist(), result.mask.shape)
     if gt_mask is not None:
