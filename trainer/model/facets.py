@@ -68,8 +68,3 @@ def block_facet(
     else:
         out = qkv_part(block.attn, block.norm1(tokens), facet)
     return out[:, prefix_tokens(model) :]
-
-
-def facet_grid(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """The ``(gh, gw)`` patch grid of input ``x`` (partial edge patches dropped)."""
-    return model.grid_size(x.shape[-2], x.shape[-1])
