@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 from tests.test_data import make_image_folder
 from tests.tiny_run import tiny_cli_args
 from trainer import run
-from trainer.train import build, loop
+from trainer.train import build, loop, self_check
 from trainer.train.config import StartupError, make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -90,3 +91,76 @@ def test_default_warmup_on_a_short_run_trains(tmp_path, tiny_networks):
     out = tmp_path / "out"
     last = run.main(tiny_cli_args(data, out, epochs=2, warmup_epochs=10, saveckp_freq=0))
     assert last["epoch"] == 1 and (out / "checkpoint.pth").is_file()
+
+
+# -- the start-up self-check of the device-only paths (item 19) --------------------------
+def _small_cfg(**over):
+    values = dict(
+        device="cpu",
+        arch="vit_tiny",
+        patch_size=4,
+        global_crops_size=16,
+        local_crops_size=8,
+        local_crops_number=2,
+        out_dim=16,
+    )
+    return make_config(**{**values, **over})
+
+
+def test_self_checks_pass_on_cpu_and_keep_the_paths(caplog):
+    with caplog.at_level(logging.INFO, logger="trainer.train.self_check"):
+        paths = self_check.run_self_checks(_small_cfg(), torch.device("cpu"), gpu_augment=True)
+    assert paths == self_check.EnabledPaths(gpu_augment=True, fused_optimizer=True, compile=False)
+    passed = {r.getMessage().split()[1] for r in caplog.records if "passed" in r.getMessage()}
+    assert passed == {"multicrop", "fused_adamw"}  # PIL decodes on CPU; no --compile
+
+
+def test_decode_check_compares_with_pil(monkeypatch):
+    cpu = torch.device("cpu")
+    self_check.check_decode(_small_cfg(), cpu)  # libjpeg-turbo via torchvision vs PIL
+    real = self_check.device_decode
+    monkeypatch.setattr(self_check, "device_decode", lambda b, d: real(b, d) // 2)
+    with pytest.raises(self_check.SelfCheckFailed, match="differ from PIL"):
+        self_check.check_decode(_small_cfg(), cpu)
+
+
+PATH_OF_CHECK = {"multicrop": "gpu_augment", "fused_adamw": "fused_optimizer", "compile": "compile"}
+
+
+@pytest.mark.parametrize("failing", sorted(PATH_OF_CHECK))
+def test_a_failing_check_warns_and_falls_back(monkeypatch, caplog, failing):
+    def broken(cfg, device):
+        raise RuntimeError("injected device fault")
+
+    monkeypatch.setitem(self_check.CHECKS, "compile", lambda cfg, device: None)  # no inductor
+    monkeypatch.setitem(self_check.CHECKS, failing, broken)
+    with caplog.at_level(logging.WARNING, logger="trainer.train.self_check"):
+        paths = self_check.run_self_checks(
+            _small_cfg(compile=True), torch.device("cpu"), gpu_augment=True
+        )
+    disabled = [name for name in PATH_OF_CHECK.values() if not getattr(paths, name)]
+    assert disabled == [PATH_OF_CHECK[failing]]
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"self-check {failing} failed" in warning and "injected device fault" in warning
+    assert self_check.FALLBACKS[failing] in warning
+
+
+def test_a_run_falls_back_to_cpu_crops_when_the_device_crops_fail(
+    tmp_path, monkeypatch, tiny_networks
+):
+    def broken(cfg, device):
+        raise RuntimeError("injected multicrop fault")
+
+    monkeypatch.setitem(self_check.CHECKS, "multicrop", broken)
+    built = {}
+    real_context = build.build_context
+
+    def spy(cfg, device, precision, niter, options=None):
+        built["gpu_multicrop"] = options.gpu_multicrop
+        built["fused"] = options.fused_optimizer
+        return real_context(cfg, device, precision, niter, options)
+
+    monkeypatch.setattr(build, "build_context", spy)
+    data = make_image_folder(tmp_path / "data", {"": 4})
+    last = run.main(tiny_cli_args(data, tmp_path / "out", gpu_augment="true"))
+    assert last["epoch"] == 0 and built == {"gpu_multicrop": None, "fused": True}

@@ -36,6 +36,7 @@ from trainer.train.flags import TrainConfig
 from trainer.train.loss import N_TEACHER_VIEWS, DINOLoss
 from trainer.train.optim import build_optimizer, get_params_groups
 from trainer.train.schedules import cosine_scheduler, scaled_lr
+from trainer.train.self_check import EnabledPaths, run_self_checks
 from trainer.train.time_budget import RunLength
 
 logger = logging.getLogger(__name__)
@@ -136,15 +137,25 @@ def scan_training_images(data_path: str) -> tuple[list, list[str]]:
         ) from None
 
 
-def build_train_loader(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device):
-    """(loader, sampler, gpu_multicrop or None) for the training images."""
-    samples, classes = scan_training_images(cfg.data_path)
+def build_train_loader(
+    cfg: TrainConfig,
+    env: dist_utils.DistEnv,
+    device: torch.device,
+    gpu_augment: bool | None = None,
+    scanned: tuple[list, list[str]] | None = None,
+):
+    """(loader, sampler, gpu_multicrop or None) for the training images; ``gpu_augment``
+    overrides :func:`use_gpu_augment` (the self-check's verdict), ``scanned`` is the result of
+    :func:`scan_training_images` when it was already called."""
+    samples, classes = scanned or scan_training_images(cfg.data_path)
     logger.info(
         "data: %d images in %d class folder(s) from %s", len(samples), len(classes), cfg.data_path
     )
     _check_enough_images(len(samples), cfg, env.world_size)
     gpu_multicrop = None
-    if use_gpu_augment(cfg, device):  # workers read bytes; decoding and crops happen on the device
+    if gpu_augment is None:
+        gpu_augment = use_gpu_augment(cfg, device)
+    if gpu_augment:  # workers read bytes; decoding and crops happen on the device
         from trainer.data.jpeg_batch import EncodedImageFolder, collate_bytes
 
         dataset = EncodedImageFolder(samples)
@@ -168,14 +179,21 @@ def build_train_loader(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.
     return loader, sampler, gpu_multicrop
 
 
-def wrap_for_training(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device) -> Prepare:
-    """SyncBN and DDP for several processes; ``--compile`` compiles in place (keys unchanged)."""
+def wrap_for_training(
+    cfg: TrainConfig,
+    env: dist_utils.DistEnv,
+    device: torch.device,
+    compile_ok: bool | None = None,
+) -> Prepare:
+    """SyncBN and DDP for several processes; ``--compile`` compiles in place (keys unchanged)
+    unless ``compile_ok`` is False (the self-check's verdict)."""
+    compile_models_too = cfg.compile if compile_ok is None else cfg.compile and compile_ok
 
     def prepare(student: nn.Module, teacher: nn.Module) -> tuple[nn.Module, nn.Module]:
         if env.distributed and cfg.use_bn_in_head:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
-        if cfg.compile:
+        if compile_models_too:
             compile_models(student, teacher)
         if env.distributed:
             ids = [device.index] if device.type == "cuda" else None
@@ -244,11 +262,17 @@ class RunParts:
 def build_run(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device) -> RunParts:
     """Models, loss, optimizer, scaler, data and schedules, all on ``device``."""
     precision = resolve_precision(cfg.precision, device.type, bf16_supported(device), cfg.use_fp16)
-    loader, sampler, gpu_multicrop = build_train_loader(cfg, env, device)
+    scanned = scan_training_images(cfg.data_path)  # a bad data path stops the run here, first
+    _check_enough_images(len(scanned[0]), cfg, env.world_size)
+    paths: EnabledPaths = run_self_checks(cfg, device, use_gpu_augment(cfg, device))
+    loader, sampler, gpu_multicrop = build_train_loader(
+        cfg, env, device, paths.gpu_augment, scanned
+    )
     metrics = MetricsWriter(cfg.output_dir, dist_utils.is_main_process())
     options = ContextOptions(
         env.world_size,
-        wrap_for_training(cfg, env, device),
+        wrap_for_training(cfg, env, device, paths.compile),
+        fused_optimizer=paths.fused_optimizer,
         gpu_multicrop=gpu_multicrop,
         metrics=metrics,
     )
