@@ -7,6 +7,9 @@ included, as in the DINO authors' ``Attention``), and never computes the blocks 
 With ``with_tokens`` it also returns block ``layer``'s output tokens (after the final norm
 only when ``layer`` is the last block), which is what a feature PCA needs.
 
+DINOv3 (timm ``Eva`` with RoPE) is read out the same way, with the model's rotary embedding
+applied to q and k of the patch tokens only (the CLS and storage tokens get none).
+
 Token indices count every token: the prefix tokens first (``model.num_prefix_tokens``: the CLS
 token, then any register tokens), then the patches in row-major order.
 """
@@ -65,6 +68,52 @@ def query_logits(
     return (q.float() * attn.scale) @ k.float().transpose(-2, -1)
 
 
+def _eva_logits(
+    attn: nn.Module, h: torch.Tensor, rope: torch.Tensor | None, query_index: Sequence[int] | None
+) -> torch.Tensor:
+    """Scaled ``q k^T`` of one timm ``EvaAttention`` (fused qkv, masked k bias, RoPE on patches)."""
+    from timm.layers import apply_rot_embed_cat
+
+    b, n, _ = h.shape
+    heads = attn.num_heads
+    inner = attn.qkv.weight.shape[0] // 3
+    w = attn.qkv.weight
+    q_bias = attn.q_bias
+    q = F.linear(h, w[:inner], q_bias).reshape(b, n, heads, -1).transpose(1, 2)
+    k = F.linear(h, w[inner : 2 * inner], attn.k_bias).reshape(b, n, heads, -1).transpose(1, 2)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if rope is not None:
+        npt = attn.num_prefix_tokens
+        half = getattr(attn, "rotate_half", False)
+        q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], 2)
+        k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], 2)
+    if query_index is not None:
+        q = q[:, :, list(query_index)]
+    return (q.float() * attn.scale) @ k.float().transpose(-2, -1)
+
+
+def is_eva(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm ``Eva`` (the DINOv3 backbones)."""
+    return hasattr(model, "rope") and hasattr(model, "_pos_embed")
+
+
+def _eva_attention(
+    model: nn.Module, x: torch.Tensor, index: int, query_index: Sequence[int] | None, with_tokens
+) -> BlockReadout:
+    tokens, rope = model._pos_embed(model.patch_embed(x))
+    tokens = model.norm_pre(tokens)
+    for blk in model.blocks[:index]:
+        tokens = blk(tokens, rope=rope)
+    block = model.blocks[index]
+    logits = _eva_logits(block.attn, block.norm1(tokens), rope, query_index)
+    out = None
+    if with_tokens:
+        out = block(tokens, rope=rope)
+        if index == len(model.blocks) - 1:
+            out = model.norm(out)
+    return BlockReadout(torch.softmax(logits, dim=-1), out)
+
+
 def block_attention(
     model: nn.Module,
     x: torch.Tensor,
@@ -79,6 +128,8 @@ def block_attention(
     """
     blocks = model.blocks
     index = resolve_layer(len(blocks), layer)
+    if is_eva(model):
+        return _eva_attention(model, x, index, query_index, with_tokens)
     tokens = model.prepare_tokens(x)
     for blk in blocks[:index]:
         tokens = blk(tokens)

@@ -12,7 +12,11 @@ Formats understood by :func:`load_backbone`:
 (e) DINOv2, with or without registers (:mod:`trainer.model.dinov2`): the authors' hub
     ``dinov2_vit*14[_reg4]_pretrain.pth``, timm's ``vit_*_patch14[_reg4]_dinov2`` state dicts
     (``.safetensors`` / ``.pth``), and transformers' ``Dinov2Model`` /
-    ``Dinov2WithRegistersModel`` ``model.safetensors``, alone or in its folder with ``config.json``.
+    ``Dinov2WithRegistersModel`` ``model.safetensors``, alone or in its folder with ``config.json``;
+(f) DINOv3 ViTs (:mod:`trainer.model.dinov3`): the authors' hub ``dinov3_vit*16*_pretrain_*.pth``
+    (``storage_tokens``, ``rope_embed.periods``, ``qkv.bias_mask``) and timm's
+    ``vit_*_patch16_dinov3*`` state dicts, served as timm ``Eva`` models. The authors' ConvNeXt
+    backbones are refused: they have no attention.
 
 Everything is read with ``torch.load(weights_only=True)`` or safetensors: no unpickling.
 """
@@ -42,6 +46,19 @@ from trainer.model.dinov2 import (
     is_dinov2_state,
     to_timm_layout,
 )
+from trainer.model.dinov3 import (
+    SAT493M_MEAN,
+    SAT493M_STD,
+    Dinov3Arch,
+    Dinov3Error,
+    build_dinov3,
+    infer_dinov3_arch,
+    is_convnext_state,
+    is_dinov3_state,
+    is_sat493m,
+)
+from trainer.model.dinov3 import is_authors_layout as is_dinov3_authors
+from trainer.model.dinov3 import to_timm_layout as dinov3_to_timm
 from trainer.model.hf_dinov2 import check_config, hf_prefix, hf_to_authors, read_config
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
 
@@ -49,7 +66,8 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 HF_WEIGHTS = "model.safetensors"  # the weights file of a transformers model folder
 FORMATS = (
     "DINO backbone or training checkpoint (.pth/.pt), timm ViT state dict, exported .safetensors, "
-    "DINOv2 (authors' hub .pth, timm, transformers model.safetensors or its folder)"
+    "DINOv2 (authors' hub .pth, timm, transformers model.safetensors or its folder), "
+    "DINOv3 ViT (authors' hub .pth, timm)"
 )
 _DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _NON_BACKBONE = ("head.", "fc_norm.", "last_layer.")
@@ -75,16 +93,26 @@ class BackboneInfo:
     trained: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     dinov2: Dinov2Arch | None = None  # set for DINOv2 weights
+    dinov3: Dinov3Arch | None = None  # set for DINOv3 ViT weights
 
     @property
     def family(self) -> str:
-        """``dino`` or ``dinov2``."""
+        """``dino``, ``dinov2`` or ``dinov3``."""
+        if self.dinov3 is not None:
+            return "dinov3"
         return "dino" if self.dinov2 is None else "dinov2"
 
     @property
     def registers(self) -> int:
-        """Register tokens between CLS and the patches (0 for DINO and plain DINOv2)."""
+        """Register (DINOv3: storage) tokens between CLS and the patches (0 for DINO)."""
+        if self.dinov3 is not None:
+            return self.dinov3.storage
         return 0 if self.dinov2 is None else self.dinov2.registers
+
+    @property
+    def params(self) -> int | None:
+        """Backbone parameter count from the tensor shapes (known for DINOv3 weights)."""
+        return None if self.dinov3 is None else self.dinov3.params
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -282,6 +310,11 @@ def read_backbone(
     """Backbone state and :class:`BackboneInfo` of a file or folder, without building a model."""
     path, config = _weights_path(Path(path))
     raw, meta, epoch = _read_raw(path)
+    dinov3 = _dinov3_read(raw, path, meta)
+    if dinov3 is not None:
+        state, info = dinov3
+        info.epoch = epoch
+        return state, info
     prefix = hf_prefix(raw)
     if prefix is not None:
         try:
@@ -306,6 +339,47 @@ def read_backbone(
     if meta.get("mean"):
         info.mean = tuple(json.loads(meta["mean"]))
         info.std = tuple(json.loads(meta["std"]))
+    info.extra = _json_object(meta.get("extra"))
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+
+
+def _dinov3_read(
+    raw: dict[str, Any], path: Path, meta: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], BackboneInfo] | None:
+    """DINOv3 ViT weights in timm's layout and their info; None when ``raw`` is not DINOv3.
+
+    A ConvNeXt backbone, or DINOv3 weights that cannot be served, raise :class:`CheckpointError`.
+    """
+    obj = raw.get("model", raw.get("state_dict", raw))
+    if not isinstance(obj, dict):
+        return None
+    state = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if is_convnext_state(state):
+        raise CheckpointError(
+            f"{path.name} is a ConvNeXt backbone: ConvNeXt backbones have no attention, so "
+            "there are no attention maps to serve; use a DINOv3 ViT (vit*16) file"
+        )
+    if not is_dinov3_state(state):
+        return None
+    state = {k: v for k, v in state.items() if not k.startswith(_NON_BACKBONE)}
+    try:
+        arch = infer_dinov3_arch(state)
+        source = "authors" if is_dinov3_authors(state) else "timm"
+        state = dinov3_to_timm(state, arch)
+    except (Dinov3Error, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"not a supported DINOv3 checkpoint: {exc}") from exc
+    info = BackboneInfo(
+        arch=arch.name,
+        patch_size=arch.patch_size,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        source=source,
+        dinov3=arch,
+    )
+    if is_sat493m(path.name, meta):
+        info.mean, info.std = SAT493M_MEAN, SAT493M_STD
+    info.trained = meta.get("trained", "true") != "false"
     info.extra = _json_object(meta.get("extra"))
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
 
@@ -350,10 +424,22 @@ def _json_object(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _load_dinov3(state: dict[str, torch.Tensor], info: BackboneInfo) -> torch.nn.Module:
+    """A timm ``Eva`` of ``info.dinov3`` with ``state`` loaded strictly, in eval mode."""
+    model = build_dinov3(info.dinov3)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit a DINOv3 {info.arch}/16: {exc}") from exc
+    return model.eval()
+
+
 def load_backbone(path: str | Path, which: str = "teacher") -> tuple[DinoViT, BackboneInfo]:
     """Build a :class:`DinoViT` (DINO or DINOv2) and load a checkpoint into it with
     ``strict=True``."""
     state, info = read_backbone(path, which)
+    if info.dinov3 is not None:
+        return _load_dinov3(state, info), info
     if info.dinov2 is not None:
         model = build_dinov2(info.dinov2)
         if model.num_heads != info.num_heads:
