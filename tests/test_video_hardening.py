@@ -197,3 +197,59 @@ def test_leftover_tmp_files_are_removed_at_start(store):
     again = store()
     assert sorted(p.name for p in folder.iterdir()) == ["input.mp4", "job.json"]
     assert again.get(job.id).state == "failed"
+
+
+# -- through the service ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from backend.main import create_app
+    from tests.service_helpers import isolated_settings, write_tiny_checkpoint
+
+    settings = isolated_settings(
+        tmp_path_factory.mktemp("video"), video_max_pixels=100_000, video_max_duration_s=5.0
+    )
+    write_tiny_checkpoint(settings.checkpoint_dir, "tiny")
+    with TestClient(create_app(settings)) as c:
+        c.jobs_root = settings.cache_dir / "jobs"
+        yield c
+
+
+def _job_folders(client) -> list[str]:
+    root = client.jobs_root
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def test_playlists_are_refused_before_a_job_exists(client, tmp_path):
+    from tests.test_video_api import submit
+
+    first = submit(client, _clip_bytes(tmp_path))
+    assert first.status_code == 202, first.text
+    other = first.json()["job"]
+    before = _job_folders(client)
+    playlists = {
+        "list.mp4": f"ffconcat version 1.0\nfile ../{other}/input.mp4\n",
+        "live.m3u8": f"#EXTM3U\n#EXTINF:1,\n../{other}/input.mp4\n#EXT-X-ENDLIST\n",
+    }
+    for name, text in playlists.items():
+        r = submit(client, text.encode(), name=name)
+        assert (r.status_code, r.json()["code"]) == (415, "not_a_video"), (name, r.text)
+        assert "playlists" in r.json()["detail"]
+    assert _job_folders(client) == before
+
+
+def test_a_job_whose_frames_grow_fails_naming_the_frame(client, tmp_path):
+    from tests.test_video_api import submit, wait
+
+    path = tmp_path / "grow.avi"
+    write_growing_avi(path, [(32, 24)] * 3 + [(600, 400)] + [(32, 24)] * 2)
+    r = submit(client, path.read_bytes(), name="grow.avi", fps=10)
+    assert r.status_code == 202, r.text
+    body = wait(client, r.json()["job"])
+    assert body["state"] == "failed" and "frame 3" in body["error"], body
+
+
+def _clip_bytes(tmp_path: Path) -> bytes:
+    write_clip(tmp_path / "ok.mp4", frames=4, width=32, height=24)
+    return (tmp_path / "ok.mp4").read_bytes()
