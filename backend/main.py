@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from backend.analysis.discovery_engine import DiscoveryEngine
 from backend.analysis.service import AttentionService
 from backend.api.attention_routes import attention_router
 from backend.api.body_limit import BodyLimitMiddleware
+from backend.api.discovery_routes import discovery_router
 from backend.api.metrics import MetricsMiddleware
 from backend.api.model_routes import models_router
 from backend.api.ops_routes import ops_router
@@ -44,6 +46,8 @@ def body_limits(settings: Settings) -> dict[str, tuple[int, str]]:
         "/attention/batch": tighter(
             settings.max_batch * image + FORM_ROOM, "DINO_MAX_UPLOAD_MB x DINO_MAX_BATCH"
         ),
+        "/match": tighter(2 * image + FORM_ROOM, "DINO_MAX_UPLOAD_MB"),
+        "/objects": tighter(2 * image + FORM_ROOM, "DINO_MAX_UPLOAD_MB"),
         VIDEO_PATH: (settings.max_video_bytes + FORM_ROOM, "DINO_MAX_VIDEO_MB"),
     }
 
@@ -76,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ops_router(service),
         models_router(service),
         attention_router(service),
+        discovery_router(DiscoveryEngine(service)),
         video_router(video),
     ):
         app.include_router(router)

@@ -104,6 +104,43 @@ class AttentionBatchReply(BaseModel):
     results: list[AttentionReply]
 
 
+class _FeatureReply(BaseModel):
+    model: str
+    family: str
+    patch_size: int
+    trained: bool
+    image_size: int
+    precision: str
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class MatchReply(_FeatureReply):
+    """``POST /match``: grids are [rows, cols]; matches are [row_a, col_a, row_b, col_b, cos]."""
+
+    layer: int
+    facet: str
+    grid_a: list[int]
+    grid_b: list[int]
+    matches: list[list[float]] = Field(description="best buddies, most similar first")
+    query: list[int] | None
+    similarity: list[list[float]] | None = Field(description="B's grid: cosine to A's query")
+    best_match: list[int] | None = Field(description="B's patch most similar to the query")
+    overlay: str | None = Field(None, description="base64 PNG: A and B side by side, the pairs")
+
+
+class ObjectsReply(_FeatureReply):
+    """``POST /objects``: boxes are [x0, y0, x1, y1] in the uploaded image's pixels."""
+
+    method: str
+    boxes: list[list[float]]
+    seed: list[int] = Field(description="[row, col] of the seed patch")
+    mask: list[list[int]] = Field(description="the seed's expanded patch mask, rows x cols")
+    grid: list[int]
+    box_iou: float | None = Field(description="IoU with gt_mask's bounding box, when sent")
+    gt_box: list[int] | None
+    overlay: str | None = Field(None, description="base64 PNG: the photo, box and seed drawn")
+
+
 class JobSubmitted(BaseModel):
     job: str
     status_url: str
