@@ -164,3 +164,20 @@ def test_a_run_falls_back_to_cpu_crops_when_the_device_crops_fail(
     data = make_image_folder(tmp_path / "data", {"": 4})
     last = run.main(tiny_cli_args(data, tmp_path / "out", gpu_augment="true"))
     assert last["epoch"] == 0 and built == {"gpu_multicrop": None, "fused": True}
+
+
+def test_the_command_prints_one_line_and_exits_2(tmp_path):
+    """``python trainer/run.py`` itself: no traceback, one line on stderr, status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(run.__file__)
+    argv = tiny_cli_args(tmp_path / "no_such_folder", tmp_path / "out")
+    done = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--data_path" in lines[0] and "does not exist" in lines[0], lines
+    assert "Traceback" not in done.stderr
