@@ -96,3 +96,9 @@ def test_resume_from_bad_paths_exit_2(tmp_path, caplog):
         tiny_cli_args(data, tmp_path / "b", resume_from=not_a_checkpoint), caplog
     )
     assert code == 2 and "not a training checkpoint" in message
+
+
+def test_checkpoint_of_another_architecture_exits_2(two_epoch_run, caplog):
+    data, out = two_epoch_run
+    code, message = _cli_error(tiny_cli_args(data, out, epochs=3, out_dim=32), caplog)
+    assert code == 2 and "out_dim=16" in message and "another --output_dir" in message

@@ -2,9 +2,12 @@
 
 Every epoch, rank 0 writes ``checkpoint.pth`` (the authors' layout plus ``fitted``),
 ``teacher_backbone.safetensors`` and one JSON line in ``log.txt``; a restart with the same
-``--output_dir`` resumes. The configuration is never changed: when ``--time_limit_minutes``
-shortens the run, the fitted length travels beside it (:class:`RunLength`), the checkpoint's
-``args`` keep what was asked and its ``fitted`` field records what the budget fitted.
+``--output_dir`` resumes (from ``--resume_from`` when given; from the newest readable
+``checkpointNNNN.pth``, named in the log, when ``checkpoint.pth`` is unreadable). Before any
+model is built, the output folder is proven writable. The configuration is never changed:
+when ``--time_limit_minutes`` shortens the run, the fitted length travels beside it
+(:class:`RunLength`), the checkpoint's ``args`` keep what was asked and its ``fitted`` field
+records what the budget fitted.
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ def resume_if_possible(ctx: TrainContext, output_dir: Path) -> int:
     for key in ARCHITECTURE_KEYS:
         ours = getattr(ctx.config, key)
         if key in old and old[key] != ours:
-            raise ValueError(
+            raise StartupError(
                 f"{path} was trained with {key}={old[key]!r} but this run has "
                 f"{key}={ours!r}; use another --output_dir or the same {key}"
             )
