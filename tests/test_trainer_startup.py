@@ -76,7 +76,19 @@ def test_warmup_not_shorter_than_the_run_is_clamped_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="trainer.train.config"):
         cfg = make_config(epochs=epochs, warmup_epochs=warmup)
     assert cfg.warmup_epochs == expected
-    assert any("--warmup_epochs" in r.getMessage() for r in caplog.records)
+    assert any(
+        f"--warmup_epochs {warmup} does not fit --epochs {epochs}: using {expected}"
+        == r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_teacher_temperature_warmup_longer_than_the_run_is_clamped(caplog):
+    with caplog.at_level(logging.WARNING, logger="trainer.train.config"):
+        cfg = make_config(epochs=3, warmup_epochs=1, warmup_teacher_temp_epochs=30)
+    assert (cfg.warmup_epochs, cfg.warmup_teacher_temp_epochs) == (1, 3)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "--warmup_teacher_temp_epochs 30" in warning and "using 3" in warning
 
 
 def test_shorter_warmup_is_kept_silently(caplog):
@@ -89,7 +101,10 @@ def test_default_warmup_on_a_short_run_trains(tmp_path, tiny_networks):
     """The authors' default --warmup_epochs 10 on a 2-epoch run used to end in a traceback."""
     data = make_image_folder(tmp_path / "data", {"": 4})
     out = tmp_path / "out"
-    last = run.main(tiny_cli_args(data, out, epochs=2, warmup_epochs=10, saveckp_freq=0))
+    argv = tiny_cli_args(
+        data, out, epochs=2, saveckp_freq=0, warmup_epochs=10, warmup_teacher_temp_epochs=30
+    )
+    last = run.main(argv)
     assert last["epoch"] == 1 and (out / "checkpoint.pth").is_file()
 
 

@@ -140,21 +140,27 @@ def make_config(**values: Any) -> TrainConfig:
 
 
 def clamp_warmup(cfg: TrainConfig) -> TrainConfig:
-    """A warm-up as long as the run or longer is shortened to ``epochs - 1``, with a warning.
+    """Warm-ups that do not fit the run are shortened, each with a warning.
 
+    The lr warm-up becomes ``epochs - 1`` when it is not shorter than the run (so the run still
+    ends with annealed weights), the teacher-temperature warm-up ``epochs`` when it is longer.
     The defaults (10 warm-up epochs) are the authors' for 100-epoch runs; a short run should
-    still work, and still end with annealed weights.
+    still work.
     """
-    if cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0:
-        return cfg
-    clamped = cfg.epochs - 1
-    logger.warning(
-        "--warmup_epochs %d is not shorter than --epochs %d: using %d warm-up epoch(s)",
-        cfg.warmup_epochs,
-        cfg.epochs,
-        clamped,
-    )
-    return dataclasses.replace(cfg, warmup_epochs=clamped)
+    changes: dict[str, int] = {}
+    if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs > 0:
+        changes["warmup_epochs"] = cfg.epochs - 1
+    if cfg.warmup_teacher_temp_epochs > cfg.epochs:
+        changes["warmup_teacher_temp_epochs"] = cfg.epochs
+    for name, value in changes.items():
+        logger.warning(
+            "--%s %d does not fit --epochs %d: using %d",
+            name,
+            getattr(cfg, name),
+            cfg.epochs,
+            value,
+        )
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
