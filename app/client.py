@@ -263,3 +263,35 @@ class BackendClient:
         return self._attention(
             image, "npz", model, image_size, resize, threshold, False, gt_mask
         ).content
+
+    def match(
+        self,
+        image_a: ImageInput,
+        image_b: ImageInput,
+        model: str | None = None,
+        image_size: int = 480,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """``POST /match``: best buddies, and with ``query`` B's similarity map (docs/API.md)."""
+        files = {"image_a": _image_part(image_a, "image_a"), "image_b": _image_part(image_b, "b")}
+        data = {"image_size": str(int(image_size)), **{k: str(v) for k, v in fields.items()}}
+        if model:
+            data["model"] = model
+        return self.call_json("POST", "/match", files=files, data=data)
+
+    def objects(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        image_size: int = 480,
+        gt_mask: ImageInput | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """``POST /objects``: the LOST (or TokenCut) box, seed and mask, with box IoU."""
+        files = {"image": _image_part(image, "image")}
+        if gt_mask is not None:
+            files["gt_mask"] = _image_part(gt_mask, "gt_mask")
+        data = {"image_size": str(int(image_size)), **{k: str(v) for k, v in fields.items()}}
+        if model:
+            data["model"] = model
+        return self.call_json("POST", "/objects", files=files, data=data)

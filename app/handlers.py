@@ -33,6 +33,19 @@ class AttentionClient(Protocol):
 
     def models(self) -> dict[str, Any]: ...
 
+    def match(
+        self, image_a: Any, image_b: Any, model: str | None = None, image_size: int = 480, **f: Any
+    ) -> dict[str, Any]: ...
+
+    def objects(
+        self,
+        image: Any,
+        model: str | None = None,
+        image_size: int = 480,
+        gt_mask: Any = None,
+        **f: Any,
+    ) -> dict[str, Any]: ...
+
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Any call of the service (the video jobs use it), errors raised as BackendError."""
         ...

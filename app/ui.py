@@ -24,6 +24,7 @@ from app.compare_tab import compare_tab, wire_compare
 from app.explore_events import wire_explore
 from app.explore_tab import explore_inputs, explore_outputs
 from app.handlers import AttentionClient
+from app.match_tab import match_tab, wire_match
 from app.styles import CSS
 from app.video_tab import build_video_tab
 
@@ -52,8 +53,11 @@ def build_demo(client: AttentionClient, examples: Sequence[str | Path] | None = 
                     outs = explore_outputs()
         with gr.Tab("Compare"):
             cmp = compare_tab()
+        with gr.Tab("Match"):
+            matching = match_tab()
         # first: its load event owns the api_name "models"
         _wire(demo, client, ins, outs, cmp, status, state)
+        wire_match(client, ins, matching)
         with gr.Tab("Video"):
             build_video_tab(demo, client)
     return demo

@@ -268,3 +268,21 @@ def test_block_heads_and_clear(client, files):
     assert summary["composite_heads"] == [2] and arrays["composite_colors"].shape == (1, 3)
     cleared = _explore(client, files, "/clear", layer=0, query="1,1")
     assert cleared[0] == "" and cleared[8] == [] and "click a patch" in cleared[10]
+
+
+def test_the_match_tab_draws_best_buddies_between_two_images(client, files, tmp_path):
+    image_b = tmp_path / "b.png"
+    Image.open(files["image"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image_b)
+    pairs, status = client.predict(
+        handle_file(files["image"]),
+        handle_file(str(image_b)),
+        MODEL_IDS[-1],
+        64,
+        "key",
+        -1,
+        10,
+        api_name="/match",
+    )
+    picture = Image.open(pairs)
+    assert picture.size == (128, 64)  # A and B side by side at the processed size
+    assert "best buddies" in status and "8x8" in status

@@ -1,0 +1,85 @@
+"""The Match tab: two images, their best-buddy correspondences, and a click in A shows where that
+patch is in B (api names ``match`` and ``match_point``). Model and size are the Explore tab's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from app import match_handlers
+from app.handlers import AttentionClient
+
+FACETS = ["key", "query", "value", "token"]
+
+
+def match_tab() -> dict[str, Any]:
+    """Lay out the tab (call inside ``gr.Tab``); returns its components."""
+    o: dict[str, Any] = {}
+    gr.Markdown(
+        "Dense correspondences from the patch features (Amir et al. 2021): the lines join "
+        "best buddies, mutual nearest neighbours. Click a point in A to see where it is in B. "
+        "Model and size come from the Explore tab."
+    )
+    with gr.Row():
+        o["image_a"] = gr.Image(label="A (click a point)", type="filepath", elem_id="match-a")
+        o["image_b"] = gr.Image(label="B", type="filepath", elem_id="match-b")
+    with gr.Row():
+        o["facet"] = gr.Dropdown(FACETS, value="key", label="Facet", elem_id="match-facet")
+        o["layer"] = gr.Slider(-12, 11, value=-1, step=1, label="Block (-1: last)")
+        o["top_k"] = gr.Slider(1, 100, value=20, step=1, label="Best buddies shown")
+    o["run"] = gr.Button("Match", variant="primary", elem_id="match-run")
+    o["status"] = gr.Markdown(elem_id="match-status")
+    with gr.Row():
+        o["pairs"] = gr.Image(label="Best buddies: A | B", type="pil", interactive=False)
+        o["where"] = gr.Image(
+            label="Similarity to the clicked patch, best match boxed",
+            type="pil",
+            interactive=False,
+            elem_id="match-where",
+        )
+    return o
+
+
+def wire_match(client: AttentionClient, ins: dict[str, Any], o: dict[str, Any]) -> None:
+    """``match``: the pairs; ``match_point``: a click in A, the similarity map of B too."""
+    controls = [ins["model"], ins["image_size"], o["facet"], o["layer"], o["top_k"]]
+
+    def match(image_a, image_b, model, image_size, facet, layer, top_k):
+        pairs, _, status, _ = match_handlers.run_match(
+            client, image_a, image_b, model, image_size, facet, layer, top_k
+        )
+        return pairs, status
+
+    def point(image_a, image_b, model, image_size, facet, layer, top_k, evt: gr.SelectData):
+        size = Image.open(image_a).size if image_a else (1, 1)
+        patch = _patch_size(client, model)
+        query = match_handlers.patch_of_click(tuple(evt.index), size, int(image_size), patch)
+        pairs, heat, status, _ = match_handlers.run_match(
+            client, image_a, image_b, model, image_size, facet, layer, top_k, query
+        )
+        return pairs, heat, status
+
+    o["run"].click(
+        match,
+        [o["image_a"], o["image_b"], *controls],
+        [o["pairs"], o["status"]],
+        api_name="match",
+    )
+    o["image_a"].select(
+        point,
+        [o["image_a"], o["image_b"], *controls],
+        [o["pairs"], o["where"], o["status"]],
+        api_name="match_point",
+    )
+
+
+def _patch_size(client: AttentionClient, model: str | None) -> int:
+    """The patch size of ``model`` (the default model when empty) from ``GET /models``."""
+    listing = client.models()
+    wanted = model or listing.get("default")
+    for entry in listing["models"]:
+        if entry["id"] == wanted and entry.get("patch_size"):
+            return int(entry["patch_size"])
+    return 16
