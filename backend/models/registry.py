@@ -33,12 +33,14 @@ from trainer.model.checkpoint import (
 )
 from trainer.model.device import pick_device
 from trainer.model.dinov2 import DINOV2_IMG_SIZE
+from trainer.model.dinov3 import DINOV3_IMG_SIZE, max_params
 from trainer.model.vit import ARCHS, DinoViT
 
 log = logging.getLogger(__name__)
 STUDENT_SUFFIX = ":student"
 STUDENT_NOTE = " (student)"
-DEFAULT_IMAGE_SIZES = {"dino": 480, "dinov2": DINOV2_IMG_SIZE}
+ZOO_LAYOUTS = {"dinov2": "authors", "dinov3": "timm"}
+DEFAULT_IMAGE_SIZES = {"dino": 480, "dinov2": DINOV2_IMG_SIZE, "dinov3": DINOV3_IMG_SIZE}
 
 
 @dataclass
@@ -57,7 +59,7 @@ class ModelEntry:
     error: str | None = None
     summary: str | None = None
     depth: int | None = None
-    family: str | None = None  # dino | dinov2 (None: the file could not be read)
+    family: str | None = None  # dino | dinov2 | dinov3 (None: the file could not be read)
     registers: int | None = None
 
     def public(self, loaded: bool) -> dict[str, Any]:
@@ -121,7 +123,8 @@ def weights_stat(path: Path) -> os.stat_result:
 
 
 def default_image_size(family: str | None) -> int | None:
-    """``image_size`` when a request leaves it out: DINO 480, DINOv2 518 (its training size)."""
+    """``image_size`` when a request leaves it out: DINO 480, DINOv2 518 (its training size),
+    DINOv3 448 (28 x 28 patches; its RoPE works at any multiple of 16)."""
     return DEFAULT_IMAGE_SIZES.get(family or "")
 
 
@@ -133,6 +136,18 @@ def card_summary(extra: dict[str, Any]) -> str | None:
     return summary.strip()
 
 
+def size_error(info: BackboneInfo) -> str | None:
+    """Why a model is too large to serve (its parameter count over ``DINO_MAX_PARAMS``), or None."""
+    limit = max_params()
+    if info.params is None or info.params <= limit:
+        return None
+    return (
+        f"{info.arch} has {info.params:,} parameters ({info.params / 1e9:.2f}e9), over this "
+        f"service's DINO_MAX_PARAMS limit of {limit:.3g}; raise DINO_MAX_PARAMS on a machine "
+        "with the memory for it"
+    )
+
+
 def inspect_file(path: Path, model_id: str) -> list[ModelEntry]:
     """Entries for one checkpoint file (teacher, and student for training checkpoints)."""
     try:
@@ -140,6 +155,23 @@ def inspect_file(path: Path, model_id: str) -> list[ModelEntry]:
         del state
     except Exception as exc:  # noqa: BLE001 - any failure lists the file as unavailable
         return [ModelEntry(model_id, "file", path=path, error=f"cannot load {path.name}: {exc}")]
+    too_large = size_error(info)
+    if too_large is not None:
+        return [
+            ModelEntry(
+                model_id,
+                "file",
+                info.arch,
+                info.patch_size,
+                info.num_heads,
+                path,
+                layout=info.source,
+                error=too_large,
+                depth=info.depth,
+                family=info.family,
+                registers=info.registers,
+            )
+        ]
     summary = card_summary(info.extra)
     entry = ModelEntry(
         model_id,
@@ -237,7 +269,7 @@ class ModelRegistry:
                     spec.patch_size,
                     spec.num_heads,
                     spec.cache_path(self.settings.cache_dir),
-                    layout="authors" if spec.family == "dinov2" else "backbone",
+                    layout=ZOO_LAYOUTS.get(spec.family, "backbone"),
                     error=error,
                     summary=spec.summary,
                     depth=arch_depth(spec.arch),
@@ -358,7 +390,8 @@ class ModelRegistry:
         except Exception as exc:  # noqa: BLE001 - a broken file makes this model unavailable, not the service
             entry.error = f"cannot load {path.name}: {exc}"
             raise ModelUnavailable(f"model {entry.id!r} is unavailable: {entry.error}") from exc
-        model.set_fused_attention(True)
+        if hasattr(model, "set_fused_attention"):  # DINOv3's timm Eva is fused by default
+            model.set_fused_attention(True)
         model = model.to(self.device).eval().requires_grad_(False)
         log.info(
             "loaded model %s (%s/%d, %s) on %s",

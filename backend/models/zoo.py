@@ -3,6 +3,11 @@
 DINO files sit at ``<base>/<name>/<name>.pth`` (``DINO_DOWNLOAD_BASE_URL``). DINOv2's path
 pattern differs (``dinov2_vits14/dinov2_vits14_reg4_pretrain.pth``), so each DINOv2 entry holds
 its full URL; ``DINO_DINOV2_DOWNLOAD_BASE_URL`` re-roots those URLs onto a mirror.
+
+DINOv3's own links are gated (signed URLs sent by e-mail that expire), so its ViTs come from
+timm's public Hugging Face copies (``<base>/<hub id>/resolve/main/model.safetensors``, no login);
+``DINO_DINOV3_DOWNLOAD_BASE_URL`` (read here, default ``https://huggingface.co/timm``) re-roots
+them. A user with the authors' file drops it into the checkpoint folder instead.
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ from trainer.model.checkpoint import CheckpointError, load_backbone
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
-_MAX_DOWNLOAD_BYTES = 2 << 30
+_MAX_DOWNLOAD_BYTES = 4 << 30  # DINOv3 ViT-H+/16 in float32 is 3.4 GB
 _ARCH_NAMES = {
     "vit_tiny": "ViT-Ti",
     "vit_small": "ViT-S",
     "vit_base": "ViT-B",
     "vit_large": "ViT-L",
+    "vit_small_plus": "ViT-S+",
+    "vit_huge_plus": "ViT-H+",
 }
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+DINOV3_BASE_URL = "https://huggingface.co/timm"
+DINOV3_BASE_ENV = "DINO_DINOV3_DOWNLOAD_BASE_URL"
 
 
 @dataclass(frozen=True)
@@ -42,20 +51,31 @@ class ZooModel:
     family: str = "dino"
     registers: int = 0
     full_url: str | None = None  # DINOv2: the authors' URL (under DINOV2_BASE_URL)
+    hub_id: str | None = None  # DINOv3: timm's Hugging Face repository name
+    suffix: str = ".pth"
 
     def url(self, base_url: str, dinov2_base_url: str = DINOV2_BASE_URL) -> str:
-        """Download URL: DINO under ``base_url``, DINOv2 re-rooted on ``dinov2_base_url``."""
+        """Download URL: DINO under ``base_url``, DINOv2 re-rooted on ``dinov2_base_url``,
+        DINOv3 under ``$DINO_DINOV3_DOWNLOAD_BASE_URL`` (timm's Hugging Face copies)."""
+        if self.hub_id is not None:
+            base = os.environ.get(DINOV3_BASE_ENV) or DINOV3_BASE_URL
+            return f"{base.rstrip('/')}/{self.hub_id}/resolve/main/model.safetensors"
         if self.full_url is not None:
             return dinov2_base_url.rstrip("/") + self.full_url[len(DINOV2_BASE_URL) :]
         return f"{base_url.rstrip('/')}/{self.name}/{self.name}.pth"
 
     def cache_path(self, cache_dir: Path) -> Path:
-        return Path(cache_dir) / f"{self.name}.pth"
+        return Path(cache_dir) / f"{self.name}{self.suffix}"
 
     @property
     def summary(self) -> str:
         """The model card line shown by GET /models and the app."""
         arch = _ARCH_NAMES.get(self.arch, self.arch)
+        if self.family == "dinov3":
+            return (
+                f"DINOv3 weights (Simeoni et al. 2025), {arch}/16, 4 storage tokens, LVD-1689M "
+                "(timm's public copy)"
+            )
         if self.family == "dinov2":
             regs = f", {self.registers} registers (Darcet et al. 2023)" if self.registers else ""
             return (
@@ -73,6 +93,11 @@ def _dinov2(size: str, arch: str, heads: int, registers: int) -> ZooModel:
     )
 
 
+def _dinov3(timm_name: str, arch: str, heads: int) -> ZooModel:
+    hub = f"{timm_name}.lvd1689m"
+    return ZooModel(hub, arch, 16, heads, "dinov3", 4, hub_id=hub, suffix=".safetensors")
+
+
 ZOO: dict[str, ZooModel] = {
     "dino_vits16": ZooModel("dino_deitsmall16_pretrain", "vit_small", 16, 6),
     "dino_vits8": ZooModel("dino_deitsmall8_pretrain", "vit_small", 8, 6),
@@ -82,6 +107,11 @@ ZOO: dict[str, ZooModel] = {
     "dinov2_vits14_reg": _dinov2("s", "vit_small", 6, 4),
     "dinov2_vitb14": _dinov2("b", "vit_base", 12, 0),
     "dinov2_vitb14_reg": _dinov2("b", "vit_base", 12, 4),
+    "dinov3_vits16": _dinov3("vit_small_patch16_dinov3", "vit_small", 6),
+    "dinov3_vits16plus": _dinov3("vit_small_plus_patch16_dinov3", "vit_small_plus", 6),
+    "dinov3_vitb16": _dinov3("vit_base_patch16_dinov3", "vit_base", 12),
+    "dinov3_vitl16": _dinov3("vit_large_patch16_dinov3", "vit_large", 16),
+    "dinov3_vith16plus": _dinov3("vit_huge_plus_patch16_dinov3", "vit_huge_plus", 20),
 }
 _locks: dict[str, threading.Lock] = {name: threading.Lock() for name in ZOO}
 
@@ -153,7 +183,9 @@ def _download(
     model_id: str, model: ZooModel, final: Path, url: str, timeout_s: float, deadline_s: float
 ) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".part.pth", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{model.name}.", suffix=".part" + model.suffix, dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

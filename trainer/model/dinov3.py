@@ -151,7 +151,7 @@ def build_dinov3(arch: Dinov3Arch) -> Eva:
     """A randomly initialised timm ``Eva`` of ``arch`` with the DINOv3 RoPE (load weights)."""
     ratio = (arch.mlp_hidden + 0.5) / arch.embed_dim  # timm sizes as int(dim * ratio)
     glu = {"swiglu_mlp": True, "swiglu_align_to": 1} if arch.glu else {}
-    return Eva(
+    model = Eva(
         img_size=DINOV3_IMG_SIZE,
         patch_size=arch.patch_size,
         num_classes=0,
@@ -173,6 +173,8 @@ def build_dinov3(arch: Dinov3Arch) -> Eva:
         norm_layer=partial(LayerNorm, eps=1e-5),
         **glu,
     )
+    model.patch_size = arch.patch_size  # as DinoViT has it (the service crops to multiples)
+    return model
 
 
 def _check_bias_mask(state: dict[str, torch.Tensor], arch: Dinov3Arch) -> dict[str, torch.Tensor]:
