@@ -121,6 +121,7 @@ def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, A
         "layer_used": layer,
         "fps_used": fps,
         "max_frames": max_frames,
+        "max_pixels": s.video_max_pixels,
         "frames_estimate": estimate,
         "source": source,
     }

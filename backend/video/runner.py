@@ -123,7 +123,12 @@ class VideoJobRunner:
         cap = int(job.params["max_frames"])
         try:
             for i, (t, image) in enumerate(
-                sample_frames(src, float(job.params["fps_used"]), cap + 1)
+                sample_frames(
+                    src,
+                    float(job.params["fps_used"]),
+                    cap + 1,
+                    max_pixels=job.params.get("max_pixels"),  # every frame, not only the first
+                )
             ):
                 if i == cap:
                     job.truncated = True
