@@ -125,6 +125,23 @@ def explore_outputs() -> dict[str, Any]:
     o.update(_query_panel())
     o.update(_composite_panel())
     o.update(_pca_panel())
+    o.update(_objects_panel())
+    return o
+
+
+def _objects_panel() -> dict[str, Any]:
+    """LOST's box and seed on the photo (POST /objects), with the box IoU when a mask is given."""
+    o: dict[str, Any] = {}
+    with gr.Accordion("Objects: the main object's box, without labels (LOST)", open=False):
+        with gr.Row():
+            o["objects_method"] = gr.Radio(
+                ["lost", "tokencut"], value="lost", label="Method", elem_id="objects-method"
+            )
+            o["objects_run"] = gr.Button("Find the object", elem_id="objects-run")
+        o["objects_picture"] = overlay_image(
+            "Box (green), seed patch (red), ground-truth box (white)", "objects", fmt="png"
+        )
+        o["objects_status"] = gr.Markdown(elem_id="objects-status")
     return o
 
 

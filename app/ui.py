@@ -25,6 +25,7 @@ from app.explore_events import wire_explore
 from app.explore_tab import explore_inputs, explore_outputs
 from app.handlers import AttentionClient
 from app.match_tab import match_tab, wire_match
+from app.objects_panel import wire_objects
 from app.styles import CSS
 from app.video_tab import build_video_tab
 
@@ -58,6 +59,7 @@ def build_demo(client: AttentionClient, examples: Sequence[str | Path] | None = 
         # first: its load event owns the api_name "models"
         _wire(demo, client, ins, outs, cmp, status, state)
         wire_match(client, ins, matching)
+        wire_objects(client, ins, outs)
         with gr.Tab("Video"):
             build_video_tab(demo, client)
     return demo

@@ -286,3 +286,16 @@ def test_the_match_tab_draws_best_buddies_between_two_images(client, files, tmp_
     picture = Image.open(pairs)
     assert picture.size == (128, 64)  # A and B side by side at the processed size
     assert "best buddies" in status and "8x8" in status
+
+
+def test_the_objects_panel_draws_the_box_and_gives_its_iou(client, files):
+    picture, status = client.predict(
+        handle_file(files["image"]),
+        MODEL_IDS[-1],
+        64,
+        handle_file(files["mask"]),
+        "lost",
+        api_name="/objects",
+    )
+    assert Image.open(picture).size == (64, 64)
+    assert status.startswith("LOST on tiny_ep1: box [") and "Box IoU with the mask's box" in status

@@ -1,0 +1,55 @@
+"""The Explore tab's Objects panel: ``POST /objects`` on the tab's image (api name ``objects``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from app import handlers, rendering
+from app.handlers import AttentionClient
+
+
+def find_objects(
+    client: AttentionClient,
+    image: str | None,
+    model: str | None,
+    image_size: float,
+    gt_mask: str | None,
+    method: str,
+) -> tuple[Any, str]:
+    """(the picture with the box and seed, a status line with the box and its IoU)."""
+    if not image:
+        raise gr.Error("Upload an image first.", title="Nothing to look at")
+    reply = handlers.readable_errors(
+        "find the main object",
+        lambda: client.objects(
+            image, model or None, int(image_size), gt_mask or None, method=method
+        ),
+    )
+    return rendering.decode_png(reply["overlay"]), objects_status(reply)
+
+
+def objects_status(reply: dict[str, Any]) -> str:
+    box = ", ".join(f"{v:.0f}" for v in reply["boxes"][0])
+    line = (
+        f"{reply['method'].upper()} on {reply['model']}: box [{box}] px of the upload, "
+        f"seed patch {reply['seed']} of a {reply['grid'][0]}x{reply['grid'][1]} grid (rows x cols)."
+    )
+    if reply.get("box_iou") is not None:
+        line += f" Box IoU with the mask's box: {reply['box_iou']:.3f}."
+    if not reply.get("trained", True):
+        line += " **Random weights: structure here comes from colour, not learning.**"
+    return line
+
+
+def wire_objects(client: AttentionClient, ins: dict[str, Any], outs: dict[str, Any]) -> None:
+    def run(image, model, image_size, gt_mask, method):
+        return find_objects(client, image, model, image_size, gt_mask, method)
+
+    outs["objects_run"].click(
+        run,
+        [ins["image"], ins["model"], ins["image_size"], ins["gt_mask"], outs["objects_method"]],
+        [outs["objects_picture"], outs["objects_status"]],
+        api_name="objects",
+    )
