@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from trainer.model.dinov3 import Dinov3Arch, build_dinov3
 
@@ -87,3 +90,52 @@ def apply_rope(x: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rot = torch.cat([-x[..., half:], x[..., :half]], -1)
     return x * ang.cos() + rot * ang.sin()
+
+
+def write_hf_folder(folder: Path, arch: Dinov3Arch, seed: int = 0) -> Path:
+    """A transformers ``DINOv3ViTModel`` folder (``config.json`` + ``model.safetensors``) holding
+    the weights of :func:`timm_state` ``(arch, seed)`` under transformers' names."""
+    src = timm_state(arch, seed)
+    d = arch.embed_dim
+    out: dict[str, torch.Tensor] = {
+        "embeddings.cls_token": src["cls_token"],
+        "embeddings.register_tokens": src["reg_token"],
+        "embeddings.mask_token": torch.zeros(1, 1, d),
+        "embeddings.patch_embeddings.weight": src["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.bias": src["patch_embed.proj.bias"],
+        "norm.weight": src["norm.weight"],
+        "norm.bias": src["norm.bias"],
+    }
+    mlp = {"fc1_g": "gate_proj", "fc1_x": "up_proj", "fc1": "up_proj", "fc2": "down_proj"}
+    for i in range(arch.depth):
+        b, lay = f"blocks.{i}.", f"layer.{i}."
+        w = src[b + "attn.qkv.weight"]
+        for j, name in enumerate(("query", "key", "value")):
+            out[lay + f"attention.{name}.weight"] = w[j * d : (j + 1) * d].clone()
+        out[lay + "attention.query.bias"] = src[b + "attn.q_bias"]
+        out[lay + "attention.value.bias"] = src[b + "attn.v_bias"]
+        for part in ("weight", "bias"):
+            out[lay + f"attention.o_proj.{part}"] = src[b + f"attn.proj.{part}"]
+            out[lay + f"norm1.{part}"] = src[b + f"norm1.{part}"]
+            out[lay + f"norm2.{part}"] = src[b + f"norm2.{part}"]
+        out[lay + "layer_scale1.lambda1"] = src[b + "gamma_1"]
+        out[lay + "layer_scale2.lambda1"] = src[b + "gamma_2"]
+        for key, value in src.items():
+            if key.startswith(b + "mlp."):
+                name, part = key[len(b + "mlp.") :].split(".")
+                out[lay + f"mlp.{mlp[name]}.{part}"] = value
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"))
+    config = {
+        "model_type": "dinov3_vit",
+        "architectures": ["DINOv3ViTModel"],
+        "hidden_size": d,
+        "num_hidden_layers": arch.depth,
+        "num_attention_heads": arch.num_heads,
+        "num_register_tokens": arch.storage,
+        "patch_size": 16,
+        "use_gated_mlp": arch.glu,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

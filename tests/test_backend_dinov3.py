@@ -21,7 +21,13 @@ from safetensors.torch import save, save_file
 
 from backend.main import create_app
 from backend.models.zoo import ZOO
-from tests.dinov3_layouts import authors_state, convnext_state, timm_state, tiny_arch
+from tests.dinov3_layouts import (
+    authors_state,
+    convnext_state,
+    timm_state,
+    tiny_arch,
+    write_hf_folder,
+)
 from tests.service_helpers import image_bytes, isolated_settings, write_tiny_checkpoint
 from trainer.model.dinov3 import Dinov3Arch, build_dinov3
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
@@ -53,6 +59,7 @@ def weights():
     return {
         "s": (tiny_arch(), authors_state(tiny_arch(), seed=21)),
         "splus": (tiny_arch(glu=True), timm_state(tiny_arch(glu=True), seed=22)),
+        "hf": (tiny_arch(), None),
     }
 
 
@@ -66,12 +73,14 @@ def client(weights, tmp_path_factory):
     torch.save(_seven_b_meta(), folder / "dinov3_vit7b16_pretrain_lvd1689m.pth")
     data = (folder / "dinov3_vits16_pretrain_lvd1689m-test.pth").read_bytes()
     (folder / "v3_truncated.pth").write_bytes(data[: len(data) // 3])
+    write_hf_folder(folder / "v3_hf", tiny_arch(), seed=SEEDS["hf"])
     write_tiny_checkpoint(folder, "dino_tiny")
     with TestClient(create_app(settings)) as c:
         yield c
 
 
 S_ID = "dinov3_vits16_pretrain_lvd1689m-test"
+SEEDS = {"s": 21, "splus": 22, "hf": 23}
 
 
 def _models(client) -> dict[str, dict]:
@@ -112,7 +121,7 @@ def _reference(arch, timm_weights, x: torch.Tensor, layer: int = -1) -> torch.Te
 
 def test_models_report_family_registers_sizes(client):
     models = _models(client)
-    for mid, layout in [(S_ID, "authors"), ("v3_splus_timm", "timm")]:
+    for mid, layout in [(S_ID, "authors"), ("v3_splus_timm", "timm"), ("v3_hf", "transformers")]:
         m = models[mid]
         assert (m["family"], m["registers"], m["patch_size"], m["default_image_size"]) == (
             "dinov3",
@@ -155,11 +164,12 @@ def test_convnext_7b_truncated_listed_with_reasons(client):
         (S_ID, "s", (96, 48), {"image_size": "48"}),  # already 48 x 96: no resampling
         ("v3_splus_timm", "splus", (90, 70), {"image_size": "64", "resize": "square"}),
         ("v3_splus_timm", "splus", (96, 48), {"image_size": "48"}),
+        ("v3_hf", "hf", (96, 48), {"image_size": "48"}),
     ],
 )
 def test_cls_and_query_rows_equal_unfused_eva(client, weights, model, key, png_size, data):
     arch, _ = weights[key]
-    seed = 21 if key == "s" else 22
+    seed = SEEDS[key]
     png = image_bytes(*png_size, seed=3)
     body = _post(client, model, png, query="1,2", **data)
     h, w = body["image_size"]

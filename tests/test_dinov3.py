@@ -18,6 +18,7 @@ from tests.dinov3_layouts import (
     rope_angles,
     timm_state,
     tiny_arch,
+    write_hf_folder,
 )
 from trainer.model.block_attention import block_attention, prefix_tokens
 from trainer.model.checkpoint import CheckpointError, load_backbone
@@ -143,3 +144,16 @@ def test_7b_params_from_shapes_without_allocating(monkeypatch):
     assert infer_dinov3_arch(meta).name == "vit_7b"
     monkeypatch.setenv("DINO_MAX_PARAMS", "1e10")
     assert max_params() == 1e10
+
+
+@pytest.mark.parametrize("glu", [False, True], ids=["mlp", "swiglu"])
+def test_transformers_folder_loads_the_same_weights(tmp_path, glu):
+    arch = tiny_arch(glu=glu)
+    folder = write_hf_folder(tmp_path / "dinov3-vits16-pretrain-lvd1689m", arch, seed=8)
+    model, info = load_backbone(folder)
+    assert (info.source, info.family, info.registers) == ("transformers", "dinov3", 4)
+    ref = timm_state(arch, seed=8)
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in ref.items())
+    _, alone = load_backbone(folder / "model.safetensors")  # the weights file on its own
+    assert alone.source == "transformers"

@@ -15,7 +15,8 @@ Formats understood by :func:`load_backbone`:
     ``Dinov2WithRegistersModel`` ``model.safetensors``, alone or in its folder with ``config.json``;
 (f) DINOv3 ViTs (:mod:`trainer.model.dinov3`): the authors' hub ``dinov3_vit*16*_pretrain_*.pth``
     (``storage_tokens``, ``rope_embed.periods``, ``qkv.bias_mask``) and timm's
-    ``vit_*_patch16_dinov3*`` state dicts, served as timm ``Eva`` models. The authors' ConvNeXt
+    ``vit_*_patch16_dinov3*`` state dicts, and transformers ``DINOv3ViTModel`` folders (or their
+    ``model.safetensors``), served as timm ``Eva`` models. The authors' ConvNeXt
     backbones are refused: they have no attention.
 
 Everything is read with ``torch.load(weights_only=True)`` or safetensors: no unpickling.
@@ -50,7 +51,6 @@ from trainer.model.dinov3 import (
     SAT493M_MEAN,
     SAT493M_STD,
     Dinov3Arch,
-    Dinov3Error,
     build_dinov3,
     infer_dinov3_arch,
     is_convnext_state,
@@ -60,6 +60,8 @@ from trainer.model.dinov3 import (
 from trainer.model.dinov3 import is_authors_layout as is_dinov3_authors
 from trainer.model.dinov3 import to_timm_layout as dinov3_to_timm
 from trainer.model.hf_dinov2 import check_config, hf_prefix, hf_to_authors, read_config
+from trainer.model.hf_dinov3 import check_hf_config, is_hf_dinov3_config, read_hf_config
+from trainer.model.hf_dinov3 import hf_to_authors as hf3_to_authors
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -308,9 +310,16 @@ def read_backbone(
     path: str | Path, which: str = "teacher"
 ) -> tuple[dict[str, torch.Tensor], BackboneInfo]:
     """Backbone state and :class:`BackboneInfo` of a file or folder, without building a model."""
-    path, config = _weights_path(Path(path))
+    path, hf3 = Path(path), None
+    if path.is_dir() and is_hf_dinov3_config(path):
+        hf3, path = read_hf_config(path), path / HF_WEIGHTS
+        if not path.is_file():
+            raise CheckpointError(f"folder {path.parent.name} has no {HF_WEIGHTS}")
+        config = None
+    else:
+        path, config = _weights_path(path)
     raw, meta, epoch = _read_raw(path)
-    dinov3 = _dinov3_read(raw, path, meta)
+    dinov3 = _dinov3_read(raw, path, meta, hf3)
     if dinov3 is not None:
         state, info = dinov3
         info.epoch = epoch
@@ -344,7 +353,7 @@ def read_backbone(
 
 
 def _dinov3_read(
-    raw: dict[str, Any], path: Path, meta: dict[str, str]
+    raw: dict[str, Any], path: Path, meta: dict[str, str], config: dict[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], BackboneInfo] | None:
     """DINOv3 ViT weights in timm's layout and their info; None when ``raw`` is not DINOv3.
 
@@ -354,6 +363,12 @@ def _dinov3_read(
     if not isinstance(obj, dict):
         return None
     state = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    hf = "embeddings.register_tokens" in state
+    if hf:
+        try:
+            state = hf3_to_authors(state)
+        except ValueError as exc:
+            raise CheckpointError(f"not a supported DINOv3 transformers file: {exc}") from exc
     if is_convnext_state(state):
         raise CheckpointError(
             f"{path.name} is a ConvNeXt backbone: ConvNeXt backbones have no attention, so "
@@ -364,9 +379,11 @@ def _dinov3_read(
     state = {k: v for k, v in state.items() if not k.startswith(_NON_BACKBONE)}
     try:
         arch = infer_dinov3_arch(state)
-        source = "authors" if is_dinov3_authors(state) else "timm"
+        source = "transformers" if hf else "authors" if is_dinov3_authors(state) else "timm"
+        if config is not None:
+            check_hf_config(config, arch.embed_dim, arch.depth, arch.storage)
         state = dinov3_to_timm(state, arch)
-    except (Dinov3Error, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"not a supported DINOv3 checkpoint: {exc}") from exc
     info = BackboneInfo(
         arch=arch.name,
