@@ -248,3 +248,17 @@ def test_train_evaluate_export_and_render_the_card(tmp_path):
     filled = readme.read_text()
     assert "Not trained yet" not in filled and summary in filled
     assert "[ckpt/README.md](ckpt/README.md)" in filled and "](img/heads.png)" in filled
+
+
+def test_linear_and_davis_rows_come_from_their_results(tmp_path):
+    run = _fake_run(tmp_path / "run", [(0, 10.0)])
+    (tmp_path / "linear.json").write_text(json.dumps({"top1": 71.234, "top5": 90.5}))
+    davis = {"mean": {"J": 0.58, "F": 0.62, "JF": 0.6}, "sequences": {"a": {}, "b": {}}}
+    (tmp_path / "davis.json").write_text(json.dumps(davis))
+    card = model_card.collect(run, linear=tmp_path / "linear.json", davis=tmp_path / "davis.json")
+    text = "\n".join(model_card._linear_lines(card) + model_card._davis_lines(card))
+    assert "top-1 **71.23%**, top-5 90.50%" in text
+    assert "on 2 sequences: J&F **60.0**, J 58.0, F 62.0" in text
+    empty = model_card.collect(run)
+    assert "Not measured" in model_card._linear_lines(empty)[0]
+    assert "Not measured" in model_card._davis_lines(empty)[0]

@@ -102,6 +102,8 @@ def collect(
     knn: Path | None = None,
     dataset: str | None = None,
     hardware: str | None = None,
+    linear: Path | None = None,
+    davis: Path | None = None,
 ) -> dict[str, Any]:
     """Every fact of the card: the run's flags and figures, and the evaluation JSON files."""
     args = run_args(run_dir)
@@ -115,6 +117,8 @@ def collect(
         "train": train_figures(run_dir, args),
         "jaccard": {"trained": _read_json(seg), "random_init": _read_json(seg_random)},
         "knn": {"trained": _read_json(knn)},
+        "linear": _read_json(linear),
+        "davis": _read_json(davis),
     }
 
 
@@ -198,6 +202,27 @@ def _knn_lines(card: dict[str, Any]) -> list[str]:
     ]
 
 
+def _linear_lines(card: dict[str, Any]) -> list[str]:
+    lin = card.get("linear")
+    if lin is None:
+        return ["Not measured (no `python -m trainer.eval.linear` results.json given)."]
+    protocol = lin.get("protocol")
+    note = f" ({protocol})" if isinstance(protocol, str) else ""
+    return [f"Linear probe top-1 **{lin['top1']:.2f}%**, top-5 {lin['top5']:.2f}%{note}."]
+
+
+def _davis_lines(card: dict[str, Any]) -> list[str]:
+    dav = card.get("davis")
+    if dav is None:
+        return ["Not measured (no `python -m trainer.eval.davis` results.json given)."]
+    mean = dav["mean"]
+    count = len(dav.get("sequences", {}))
+    return [
+        f"DAVIS label propagation on {count} sequences: J&F **{100 * mean['JF']:.1f}**, "
+        f"J {100 * mean['J']:.1f}, F {100 * mean['F']:.1f}."
+    ]
+
+
 def _training_lines(card: dict[str, Any]) -> list[str]:
     train = card["train"]
     budget = train["time_limit_minutes"]
@@ -245,6 +270,14 @@ def render(card: dict[str, Any], model: dict[str, Any]) -> str:
         "## k-NN",
         "",
         *_knn_lines(card),
+        "",
+        "## Linear probe",
+        "",
+        *_linear_lines(card),
+        "",
+        "## Video segmentation (DAVIS)",
+        "",
+        *_davis_lines(card),
         "",
         "## File",
         "",
@@ -295,6 +328,12 @@ def add_card_args(parser: argparse.ArgumentParser) -> None:
         "--knn", type=Path, default=None, help="JSON of `python -m trainer.eval.knn --json`"
     )
     parser.add_argument(
+        "--linear", type=Path, default=None, help="results.json of `python -m trainer.eval.linear`"
+    )
+    parser.add_argument(
+        "--davis", type=Path, default=None, help="results.json of `python -m trainer.eval.davis`"
+    )
+    parser.add_argument(
         "--dataset",
         default=None,
         help="the training data's name (default: the --data_path folder's name)",
@@ -303,7 +342,16 @@ def add_card_args(parser: argparse.ArgumentParser) -> None:
 
 
 def card_from_args(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    return collect(run_dir, args.seg, args.seg_random, args.knn, args.dataset, args.hardware)
+    return collect(
+        run_dir,
+        args.seg,
+        args.seg_random,
+        args.knn,
+        args.dataset,
+        args.hardware,
+        getattr(args, "linear", None),
+        getattr(args, "davis", None),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
