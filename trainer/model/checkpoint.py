@@ -65,7 +65,11 @@ from trainer.model.hf_dinov3 import hf_to_authors as hf3_to_authors
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
-HF_WEIGHTS = "model.safetensors"  # the weights file of a transformers model folder
+HF_WEIGHTS = "model.safetensors"
+HF3_PATCH = (
+    "embeddings.patch_embeddings.weight",
+    "embeddings.patch_embeddings.proj.weight",
+)  # the weights file of a transformers model folder
 FORMATS = (
     "DINO backbone or training checkpoint (.pth/.pt), timm ViT state dict, exported .safetensors, "
     "DINOv2 (authors' hub .pth, timm, transformers model.safetensors or its folder), "
@@ -363,7 +367,11 @@ def _dinov3_read(
     if not isinstance(obj, dict):
         return None
     state = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    hf = "embeddings.register_tokens" in state
+    # transformers' DINOv3 (DINOv2's patch embedding is ``patch_embeddings.projection``)
+    hf = (
+        any(k.startswith(HF3_PATCH) for k in state)
+        and "embeddings.position_embeddings" not in state
+    )
     if hf:
         try:
             state = hf3_to_authors(state)
