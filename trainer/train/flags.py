@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.model.device import DEVICE_CHOICES, PRECISION_CHOICES
 from trainer.model.vit import ARCHS
 from trainer.train.optim import OPTIMIZERS
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = DEVICE_CHOICES
+PRECISIONS = PRECISION_CHOICES
 
 
 def _flag(help_text: str, **extra: Any) -> dict[str, Any]:
