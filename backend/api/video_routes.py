@@ -22,7 +22,7 @@ from backend.api.replies import JobReply, JobSubmitted, error_responses
 from backend.errors import InvalidParameter, ServiceError, TooLarge, error_response
 from backend.settings import Settings
 from backend.video.io import VIDEO_EXTENSIONS, probe, target_fps
-from backend.video.jobs import ACTIVE, Job, JobStore
+from backend.video.jobs import ACTIVE, Job, JobState, JobStore
 from backend.video.params import VideoParams, validate_video_params, video_body_schema
 from backend.video.runner import RESULT_FILES, SOURCE_FILE, VideoJobRunner
 
@@ -225,7 +225,7 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
                 "invalid_parameter",
             )
         job = feature.store.get(job_id)
-        if job.state != "done":
+        if job.state != JobState.DONE:
             return _not_done(job)
         path = feature.store.folder(job) / RESULT_FILES[format]
         return FileResponse(
@@ -237,7 +237,7 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
         """The analysed frames of the input as browser-playable H.264 MP4 (at the job's fps)."""
         job = feature.store.get(job_id)
         path = feature.store.folder(job) / SOURCE_FILE
-        if job.state != "done" or not path.exists():
+        if job.state != JobState.DONE or not path.exists():
             return _not_done(job)
         return FileResponse(path, media_type="video/mp4", filename=f"source_{job.id}.mp4")
 

@@ -23,14 +23,30 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from backend.errors import JobNotFound, TooManyJobs
 
 log = logging.getLogger(__name__)
-ACTIVE = ("queued", "running")
-FINISHED = ("done", "failed", "cancelled")
+
+
+class JobState(str, Enum):
+    """A video job's state; the values are the API's strings (``GET /jobs/{id}``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:  # f-strings and messages show the API's word
+        return self.value
+
+
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 RESTARTED = "service restarted"
 JOB_FILE = "job.json"
 
@@ -42,7 +58,7 @@ class Job:
     id: str
     client: str
     params: dict[str, Any]
-    state: str = "queued"
+    state: JobState = JobState.QUEUED
     frames_done: int = 0
     frames_total: int = 0
     truncated: bool = False
@@ -61,13 +77,13 @@ class Job:
         now = self.finished_at or time.time()
         elapsed = 0.0 if self.started_at is None else max(0.0, now - self.started_at)
         eta = None
-        if self.state == "running" and self.frames_done > 0:
+        if self.state == JobState.RUNNING and self.frames_done > 0:
             eta = elapsed / self.frames_done * max(self.frames_total - self.frames_done, 0)
-        elif self.state == "done":
+        elif self.state == JobState.DONE:
             eta = 0.0
         return {
             "job": self.id,
-            "state": self.state,
+            "state": self.state.value,
             "frames_done": self.frames_done,
             "frames_total": self.frames_total,
             "truncated": self.truncated,
@@ -146,13 +162,13 @@ class JobStore:
             remove_temporary_files(folder)
             try:
                 record = json.loads((folder / JOB_FILE).read_text())
-                job = Job(**record)
+                job = Job(**{**record, "state": JobState(record.get("state"))})
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("removing the unreadable job folder %s (%s)", folder.name, exc)
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             if job.state in ACTIVE:
-                job.state = "failed"
+                job.state = JobState.FAILED
                 job.error = RESTARTED
                 job.finished_at = time.time()
                 self.save(job)
@@ -212,7 +228,7 @@ class JobStore:
             log.exception("video job %s failed unexpectedly", job.id)
             self.finish(
                 job,
-                "failed",
+                JobState.FAILED,
                 "internal error while processing the video; the server log has details",
             )
 
@@ -228,12 +244,12 @@ class JobStore:
         return job
 
     def start(self, job: Job, frames_total: int) -> None:
-        job.state = "running"
+        job.state = JobState.RUNNING
         job.started_at = time.time()
         job.frames_total = frames_total
         self.save(job)
 
-    def finish(self, job: Job, state: str, error: str | None = None) -> None:
+    def finish(self, job: Job, state: JobState, error: str | None = None) -> None:
         """Record the end of a job; while the service stops, unfinished jobs keep their state on
         disk (the next start marks them failed)."""
         with self._lock:
@@ -248,7 +264,7 @@ class JobStore:
     def cancel(self, job: Job) -> None:
         """Stop a queued or running job; the worker sees the flag between batches."""
         job.cancel.set()
-        self.finish(job, "cancelled")
+        self.finish(job, JobState.CANCELLED)
 
     def delete(self, job: Job) -> None:
         """Forget the job and delete its folder as one step: once unknown, its files are gone."""

@@ -30,7 +30,7 @@ from backend.analysis.model_step import Cancelled
 from backend.errors import ServiceError
 from backend.models.registry import LoadedModel
 from backend.video.io import Mp4Writer, sample_frames
-from backend.video.jobs import Job, JobStore, write_atomic
+from backend.video.jobs import Job, JobState, JobStore, write_atomic
 from backend.video.params import VideoParams
 from backend.video.render import render_frame
 
@@ -102,18 +102,18 @@ class VideoJobRunner:
             maps = self._pipeline(job, params, loaded, folder)
             self._write_results(job, params, loaded, maps, folder)
         except Cancelled:
-            self.store.finish(job, "cancelled")
+            self.store.finish(job, JobState.CANCELLED)
         except ServiceError as exc:
-            self.store.finish(job, "failed", exc.detail)
+            self.store.finish(job, JobState.FAILED, exc.detail)
         except Exception as exc:  # noqa: BLE001 - any fault ends the job and frees the worker
             log.exception("video job %s failed", job.id)
-            self.store.finish(job, "failed", f"the job failed: {type(exc).__name__}: {exc}")
+            self.store.finish(job, JobState.FAILED, f"the job failed: {type(exc).__name__}: {exc}")
         finally:
             for tmp in folder.glob(".*.tmp*"):
                 tmp.unlink(missing_ok=True)
-        if job.state == "running":
+        if job.state == JobState.RUNNING:
             job.frames_total = job.frames_done
-            self.store.finish(job, "done")
+            self.store.finish(job, JobState.DONE)
 
     # -- the three stages --------------------------------------------------------------
     def _decode(self, job: Job, params: VideoParams, loaded: LoadedModel, out: queue.Queue) -> None:
