@@ -45,9 +45,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def uvicorn_process(env: dict[str, str], timeout_s: float = 90.0) -> Iterator[str]:
-    """Start ``uvicorn backend.main:app`` on a free loopback port; yield its URL; stop it after."""
-    port = free_port()
+def uvicorn_process(
+    env: dict[str, str], timeout_s: float = 90.0, port: int | None = None
+) -> Iterator[str]:
+    """Start ``uvicorn backend.main:app`` on ``port`` (default: a free loopback port); yield its
+    URL; stop it after."""
+    port = port or free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)}
     cmd = [
         sys.executable,
