@@ -296,10 +296,6 @@ class JobStore:
             ) as exc:  # pragma: no cover - a full or read-only disk must not stop the loop
                 log.warning("job clean-up failed: %s", exc)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def close(self) -> None:
         """Stop the workers at their next batch; unfinished jobs stay as they are on disk."""
         self._stopping.set()
