@@ -189,6 +189,11 @@ def test_cls_and_query_rows_equal_unfused_eva(client, weights, model, key, png_s
     np.testing.assert_allclose(maps.sum((1, 2)) + reg.sum(1), 1 - ref[:, 0, 0].numpy(), atol=1e-5)
 
 
+def test_default_image_size_is_448(client):
+    body = _post(client, S_ID, image_bytes(64, 64, seed=5))
+    assert body["image_size"] == [448, 448] and body["grid"] == [28, 28]
+
+
 def test_layer_composite_pca_work_for_dinov3(client):
     body = _post(
         client,

@@ -157,3 +157,10 @@ def test_transformers_folder_loads_the_same_weights(tmp_path, glu):
     assert all(torch.equal(got[k], v) for k, v in ref.items())
     _, alone = load_backbone(folder / "model.safetensors")  # the weights file on its own
     assert alone.source == "transformers"
+
+
+def test_over_the_limit_is_refused_before_building(tmp_path, monkeypatch):
+    torch.save(authors_state(tiny_arch(), seed=2), tmp_path / "dinov3.pth")
+    monkeypatch.setenv("DINO_MAX_PARAMS", "1000")
+    with pytest.raises(CheckpointError, match="over the DINO_MAX_PARAMS limit of 1e"):
+        load_backbone(tmp_path / "dinov3.pth")

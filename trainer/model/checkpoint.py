@@ -56,6 +56,7 @@ from trainer.model.dinov3 import (
     is_convnext_state,
     is_dinov3_state,
     is_sat493m,
+    max_params,
 )
 from trainer.model.dinov3 import is_authors_layout as is_dinov3_authors
 from trainer.model.dinov3 import to_timm_layout as dinov3_to_timm
@@ -199,7 +200,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            # mmap: a large file is not read into memory before its shapes are known
+            mmap = zipfile.is_zipfile(path)
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - every reason becomes one readable message
         hint = "" if zipfile.is_zipfile(path) else " (truncated, or not a torch archive)"
         raise CheckpointError(
@@ -390,7 +393,8 @@ def _dinov3_read(
         source = "transformers" if hf else "authors" if is_dinov3_authors(state) else "timm"
         if config is not None:
             check_hf_config(config, arch.embed_dim, arch.depth, arch.storage)
-        state = dinov3_to_timm(state, arch)
+        # over DINO_MAX_PARAMS: no conversion (and no float copy); load_backbone refuses it
+        state = {} if arch.params > max_params() else dinov3_to_timm(state, arch)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"not a supported DINOv3 checkpoint: {exc}") from exc
     info = BackboneInfo(
@@ -451,6 +455,11 @@ def _json_object(text: str | None) -> dict[str, Any]:
 
 def _load_dinov3(state: dict[str, torch.Tensor], info: BackboneInfo) -> torch.nn.Module:
     """A timm ``Eva`` of ``info.dinov3`` with ``state`` loaded strictly, in eval mode."""
+    if info.dinov3.params > max_params():
+        raise CheckpointError(
+            f"{info.arch} has {info.dinov3.params:,} parameters, over the DINO_MAX_PARAMS limit "
+            f"of {max_params():.3g}; it is not loaded"
+        )
     model = build_dinov3(info.dinov3)
     try:
         model.load_state_dict(state, strict=True)
