@@ -14,19 +14,10 @@ from typing import Any
 import gradio as gr
 
 from app import explore_handlers, model_handlers
+from app.explore_handlers import ANALYSIS_NAMES
 from app.handlers import AttentionClient
 
 PARAM_INPUTS = ("image", "model", "image_size", "resize", "threshold", "gt_mask", "layer", "query")
-MAIN_OUTPUTS = ("processed", "heads", "mean", "masks", "table", "best")
-PANEL_OUTPUTS = (
-    "query_heads",
-    "query_mean",
-    "query_caption",
-    "composite",
-    "legend",
-    "pca",
-    "pca_fg",
-)
 QUERY_INDEX = PARAM_INPUTS.index("query")
 
 
@@ -124,7 +115,7 @@ def wire_explore(
 ) -> None:
     """Wire every Explore event, in the order the api names were first given."""
     params = [*(ins[k] for k in PARAM_INPUTS), outs["heads_pick"]]
-    shown = [*(outs[k] for k in MAIN_OUTPUTS), status, state, *(outs[k] for k in PANEL_OUTPUTS)]
+    shown = [{"status": status, "state": state}.get(k) or outs[k] for k in ANALYSIS_NAMES]
     analyze, rerun = _analysis_handlers(client)
     ins["analyse"].click(analyze, params, shown, api_name="analyze", concurrency_limit=4)
     ins["image"].change(rerun, params, shown, api_visibility="private", trigger_mode="always_last")

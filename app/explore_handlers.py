@@ -24,7 +24,26 @@ NO_ANALYSIS = (
 )
 NO_QUERY_BASE = "Analyse an image first, then click it to pick the query patch."
 AnalysisView = tuple[Any, ...]
-ANALYSIS_OUTPUTS = 15  # the 8 of the CLS view, then the query, composite and PCA panels
+# One analysis on screen, output by output: the name of the component each value goes to
+# (app/explore_events.py lists the components by these names) and how it is drawn.
+ANALYSIS_VIEW: tuple[tuple[str, Any], ...] = (
+    ("processed", lambda r, q: rendering.processed_image(r)),
+    ("heads", lambda r, q: rendering.head_gallery(r)),
+    ("mean", lambda r, q: rendering.mean_overlay(r)),
+    ("masks", lambda r, q: rendering.mask_gallery(r)),
+    ("table", lambda r, q: rendering.coverage_table(r)),
+    ("best", lambda r, q: rendering.best_head_text(r)),
+    ("status", lambda r, q: rendering.status_text(r)),
+    ("state", lambda r, q: {"result": r, "request": q}),
+    ("query_heads", lambda r, q: rendering.query_gallery(r)),
+    ("query_mean", lambda r, q: rendering.optional_overlay(r, "query_mean")),
+    ("query_caption", lambda r, q: rendering.query_text(r)),
+    ("composite", lambda r, q: rendering.optional_overlay(r, "composite")),
+    ("legend", lambda r, q: rendering.composite_legend(r)),
+    ("pca", lambda r, q: rendering.optional_overlay(r, "pca")),
+    ("pca_fg", lambda r, q: rendering.optional_overlay(r, "pca_fg")),
+)
+ANALYSIS_NAMES = tuple(name for name, _ in ANALYSIS_VIEW)
 
 
 def parse_query(text: str | None) -> list[int] | None:
@@ -82,27 +101,12 @@ def explore_request(
 def _view(
     result: dict[str, Any], request: dict[str, Any], previous: dict[str, Any] | None
 ) -> AnalysisView:
-    """The 15 outputs of one analysis (:data:`app.view_reuse.STATIC_OUTPUTS` skipped when the
-    view stays the same)."""
-    skip = STATIC_OUTPUTS if same_view(previous, request, result) else ()
-    items = [
-        lambda: rendering.processed_image(result),
-        lambda: rendering.head_gallery(result),
-        lambda: rendering.mean_overlay(result),
-        lambda: rendering.mask_gallery(result),
-        lambda: rendering.coverage_table(result),
-        lambda: rendering.best_head_text(result),
-        lambda: rendering.status_text(result),
-        lambda: {"result": result, "request": request},
-        lambda: rendering.query_gallery(result),
-        lambda: rendering.optional_overlay(result, "query_mean"),
-        lambda: rendering.query_text(result),
-        lambda: rendering.optional_overlay(result, "composite"),
-        lambda: rendering.composite_legend(result),
-        lambda: rendering.optional_overlay(result, "pca"),
-        lambda: rendering.optional_overlay(result, "pca_fg"),
-    ]
-    return tuple(gr.skip() if i in skip else make() for i, make in enumerate(items))
+    """The outputs of one analysis, in :data:`ANALYSIS_NAMES` order (those of
+    :data:`app.view_reuse.STATIC_OUTPUTS` skipped when the view stays the same)."""
+    skip = STATIC_OUTPUTS if same_view(previous, request, result) else frozenset()
+    return tuple(
+        gr.skip() if name in skip else draw(result, request) for name, draw in ANALYSIS_VIEW
+    )
 
 
 def analyse(
@@ -145,7 +149,7 @@ def rerun_on_change(
     """:func:`analyse`, with the same arguments, when an image is there (threshold, block,
     heads, mask changed); else nothing."""
     if not image:
-        return tuple(gr.skip() for _ in range(ANALYSIS_OUTPUTS))
+        return tuple(gr.skip() for _ in ANALYSIS_NAMES)
     return analyse(client, image, *rest, **named)
 
 

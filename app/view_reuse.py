@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-# Positions among the 15 outputs of one analysis (app/explore_handlers.py) that such a change
-# leaves as they are: image, heads, mean; query heads, query mean, caption; PCA, PCA foreground.
-STATIC_OUTPUTS = (0, 1, 2, 8, 9, 10, 13, 14)
+# The outputs of one analysis (app/explore_handlers.py, by name) that such a change leaves as they
+# are: image, heads, mean; query heads, query mean, caption; PCA, PCA foreground.
+STATIC_OUTPUTS = frozenset(
+    ("processed", "heads", "mean", "query_heads", "query_mean", "query_caption", "pca", "pca_fg")
+)
 _VIEW_KEYS = ("image_name", "model", "image_size", "resize", "layer", "query")
 
 

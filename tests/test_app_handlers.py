@@ -442,7 +442,7 @@ def test_query_block_and_heads_reach_the_service_and_the_panels(photo):
     out = explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.6, None, 3, "2,5", [2, 0]
     )
-    assert len(out) == explore_handlers.ANALYSIS_OUTPUTS
+    assert len(out) == len(explore_handlers.ANALYSIS_NAMES) == 15
     call = client.calls[-1]
     assert (call["layer"], call["query"], call["heads"], call["composite"], call["pca"]) == (
         3,
@@ -556,9 +556,21 @@ def test_a_cached_threshold_change_resends_only_what_changed(photo):
     again = explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.3, None, 2, "1,1", [0, 1], first[7]
     )
-    skipped = [i for i, out in enumerate(again) if _is_skip(out)]
-    assert skipped == list(
-        view_reuse.STATIC_OUTPUTS
+    names = explore_handlers.ANALYSIS_NAMES
+    skipped = {names[i] for i, out in enumerate(again) if _is_skip(out)}
+    assert (
+        skipped
+        == view_reuse.STATIC_OUTPUTS
+        == {
+            "processed",
+            "heads",
+            "mean",
+            "query_heads",
+            "query_mean",
+            "query_caption",
+            "pca",
+            "pca_fg",
+        }
     )  # image, heat maps, query panel and PCA stay as they are
     assert again[7]["request"]["threshold"] == 0.3 and len(again[3]) == 4 and again[11] is not None
     moved = explore_handlers.analyse(
