@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import backend.models.registry as registry_mod
+import backend.models.entries as registry_mod
 from backend.analysis.service import AttentionService
 from backend.main import create_app
 from backend.models import zoo

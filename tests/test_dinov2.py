@@ -128,7 +128,7 @@ def test_each_format_loads_with_its_architecture(variant, fmt):
         info.depth,
         info.embed_dim,
     ) == ("dinov2", variant["registers"], 14, HEADS, DEPTH, DIM)
-    assert info.source == LAYOUTS[fmt]
+    assert info.layout == LAYOUTS[fmt]
     assert model.num_prefix_tokens == 1 + variant["registers"]
     assert model.blocks[0].ls1.gamma.shape == (DIM,)  # LayerScale
     torch.testing.assert_close(

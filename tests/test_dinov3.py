@@ -75,7 +75,7 @@ def authors_model(request, tmp_path_factory):
 def test_authors_file_loads_with_inferred_arch(authors_model):
     model, info, arch = authors_model
     assert info.family == "dinov3" and info.registers == 4 and info.patch_size == 16
-    assert info.source == "authors" and info.dinov3.glu == arch.glu
+    assert info.layout == "authors" and info.dinov3.glu == arch.glu
     assert prefix_tokens(model) == 5
     assert info.params == sum(p.numel() for p in model.parameters())
 
@@ -111,7 +111,7 @@ def test_timm_safetensors_and_sat493m(tmp_path):
     path = tmp_path / "vit_small_patch16_dinov3.sat493m.safetensors"
     save_file(timm_state(arch, seed=5), str(path))
     model, info = load_backbone(path)
-    assert info.source == "timm" and info.mean == SAT493M_MEAN
+    assert info.layout == "timm" and info.mean == SAT493M_MEAN
     ref = timm_state(arch, seed=5)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ref.items())
 
@@ -151,12 +151,12 @@ def test_transformers_folder_loads_the_same_weights(tmp_path, glu):
     arch = tiny_arch(glu=glu)
     folder = write_hf_folder(tmp_path / "dinov3-vits16-pretrain-lvd1689m", arch, seed=8)
     model, info = load_backbone(folder)
-    assert (info.source, info.family, info.registers) == ("transformers", "dinov3", 4)
+    assert (info.layout, info.family, info.registers) == ("transformers", "dinov3", 4)
     ref = timm_state(arch, seed=8)
     got = model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in ref.items())
     _, alone = load_backbone(folder / "model.safetensors")  # the weights file on its own
-    assert alone.source == "transformers"
+    assert alone.layout == "transformers"
 
 
 def test_over_the_limit_is_refused_before_building(tmp_path, monkeypatch):

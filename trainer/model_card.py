@@ -206,8 +206,7 @@ def _linear_lines(card: dict[str, Any]) -> list[str]:
     lin = card.get("linear")
     if lin is None:
         return ["Not measured (no `python -m trainer.eval.linear` results.json given)."]
-    protocol = lin.get("protocol")
-    note = f" ({protocol})" if isinstance(protocol, str) else ""
+    note = f" ({lin['protocol']})" if isinstance(lin.get("protocol"), str) else ""
     return [f"Linear probe top-1 **{lin['top1']:.2f}%**, top-5 {lin['top5']:.2f}%{note}."]
 
 
@@ -342,16 +341,8 @@ def add_card_args(parser: argparse.ArgumentParser) -> None:
 
 
 def card_from_args(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    return collect(
-        run_dir,
-        args.seg,
-        args.seg_random,
-        args.knn,
-        args.dataset,
-        args.hardware,
-        getattr(args, "linear", None),
-        getattr(args, "davis", None),
-    )
+    evals = (args.seg, args.seg_random, args.knn, args.dataset, args.hardware)
+    return collect(run_dir, *evals, getattr(args, "linear", None), getattr(args, "davis", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ def _meta(a: Analysis) -> dict[str, Any]:
         "trained": info.trained,
         "summary": entry.summary,
         "source": entry.source,
-        "layout": info.source,
+        "layout": info.layout,
         "grid": [h // info.patch_size, w // info.patch_size],
         "image_size": [h, w],
         "params": a.params.model_dump(exclude={"model"}),

@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = pick_device(args.device)
     model, info = load_backbone(args.checkpoint, args.which)
     model.to(device).eval()
-    logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.source, info.epoch)
+    logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.layout, info.epoch)
     results = evaluate(args, model, device)
     results["model"] = f"{args.checkpoint} ({info.arch}/{info.patch_size}, {args.which})"
     write_json(args.output_dir / "results.json", results)

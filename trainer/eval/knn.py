@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = pick_device(args.device)
     model, info = load_backbone(args.checkpoint, args.which)
     model.to(device)
-    logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.source, info.epoch)
+    logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.layout, info.epoch)
     results = knn_evaluate(
         model,
         args.train_data,

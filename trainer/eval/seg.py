@@ -283,7 +283,7 @@ def _load_model(
 
         model, info = load_backbone(args.checkpoint, args.which or "teacher")
         name = (
-            f"{args.checkpoint} ({info.arch}/{info.patch_size}, {info.source}, epoch {info.epoch})"
+            f"{args.checkpoint} ({info.arch}/{info.patch_size}, {info.layout}, epoch {info.epoch})"
         )
         return model, name, tuple(info.mean), tuple(info.std)
     from trainer.model.vit import build_vit

@@ -27,20 +27,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file as save_safetensors
 
+from trainer.model.backbone_info import BackboneInfo, CheckpointError
+from trainer.model.checkpoint_write import (  # noqa: F401 - the public names live here too
+    atomic_torch_save,
+    default_file_mode,
+    export_backbone_safetensors,
+)
 from trainer.model.dinov2 import SUPPORTED as DINOV2_SUPPORTED
 from trainer.model.dinov2 import (
-    Dinov2Arch,
     build_dinov2,
     infer_dinov2_arch,
     is_authors_layout,
@@ -50,7 +51,6 @@ from trainer.model.dinov2 import (
 from trainer.model.dinov3 import (
     SAT493M_MEAN,
     SAT493M_STD,
-    Dinov3Arch,
     build_dinov3,
     infer_dinov3_arch,
     is_convnext_state,
@@ -63,7 +63,7 @@ from trainer.model.dinov3 import to_timm_layout as dinov3_to_timm
 from trainer.model.hf_dinov2 import check_config, hf_prefix, hf_to_authors, read_config
 from trainer.model.hf_dinov3 import check_hf_config, is_hf_dinov3_config, read_hf_config
 from trainer.model.hf_dinov3 import hf_to_authors as hf3_to_authors
-from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT, arch_from_dims, build_vit
+from trainer.model.vit import DinoViT, arch_from_dims, build_vit
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 HF_WEIGHTS = "model.safetensors"
@@ -80,118 +80,6 @@ _DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _NON_BACKBONE = ("head.", "fc_norm.", "last_layer.")
 
 
-class CheckpointError(ValueError):
-    """A file that is not a usable DINO / ViT checkpoint; the message says why."""
-
-
-@dataclass
-class BackboneInfo:
-    """What a checkpoint file holds, as far as the service and tools need to know."""
-
-    arch: str
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    source: str
-    epoch: int | None = None
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    trained: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-    dinov2: Dinov2Arch | None = None  # set for DINOv2 weights
-    dinov3: Dinov3Arch | None = None  # set for DINOv3 ViT weights
-
-    @property
-    def family(self) -> str:
-        """``dino``, ``dinov2`` or ``dinov3``."""
-        if self.dinov3 is not None:
-            return "dinov3"
-        return "dino" if self.dinov2 is None else "dinov2"
-
-    @property
-    def registers(self) -> int:
-        """Register (DINOv3: storage) tokens between CLS and the patches (0 for DINO)."""
-        if self.dinov3 is not None:
-            return self.dinov3.storage
-        return 0 if self.dinov2 is None else self.dinov2.registers
-
-    @property
-    def params(self) -> int | None:
-        """Backbone parameter count from the tensor shapes (known for DINOv3 weights)."""
-        return None if self.dinov3 is None else self.dinov3.params
-
-
-# -- writing ---------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; a served file must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0666 less the process umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
-def export_backbone_safetensors(
-    backbone: DinoViT,
-    path: str | Path,
-    arch: str,
-    epoch: int | None,
-    trained: bool = True,
-    extra: dict[str, Any] | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> None:
-    """Write the backbone weights with metadata (arch, patch, dims, epoch, mean/std), atomically.
-
-    ``dtype`` (float32, float16 or bfloat16) is the dtype of the stored floating-point tensors;
-    :func:`load_backbone` always returns a float32 model. ``extra`` (JSON-serialisable) comes back
-    as :attr:`BackboneInfo.extra`, e.g. a model card ``summary``.
-    """
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"unsupported export dtype {dtype}; choose one of float32, float16, bfloat16"
-        )
-    blk = backbone.blocks[0].attn
-    meta = {
-        "format": "dino-backbone",
-        "arch": arch,
-        "patch_size": str(backbone.patch_size),
-        "embed_dim": str(backbone.embed_dim),
-        "depth": str(len(backbone.blocks)),
-        "num_heads": str(blk.num_heads),
-        "epoch": "" if epoch is None else str(epoch),
-        "mean": json.dumps(list(IMAGENET_MEAN)),
-        "std": json.dumps(list(IMAGENET_STD)),
-        "trained": "true" if trained else "false",
-        "extra": json.dumps(extra or {}),
-    }
-    state = {
-        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-        for k, v in backbone.state_dict().items()
-    }
-    _atomic_write(Path(path), lambda tmp: save_safetensors(state, tmp, metadata=meta))
-
-
-# -- reading ---------------------------------------------------------------------------
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a ``.pth``/``.pt`` with ``weights_only=True``; a clear error if that is impossible.
 
@@ -346,7 +234,7 @@ def read_backbone(
         patch, dim, depth, heads = infer_arch(state)
         arch = meta.get("arch") or arch_from_dims(dim) or f"vit_d{dim}"
         info = BackboneInfo(
-            arch=arch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, source=source
+            arch=arch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, layout=source
         )
     if meta.get("num_heads"):
         info.num_heads = int(meta["num_heads"])
@@ -403,7 +291,7 @@ def _dinov3_read(
         embed_dim=arch.embed_dim,
         depth=arch.depth,
         num_heads=arch.num_heads,
-        source=source,
+        layout=source,
         dinov3=arch,
     )
     if is_sat493m(path.name, meta):
@@ -438,7 +326,7 @@ def _dinov2_info(
         embed_dim=arch.embed_dim,
         depth=arch.depth,
         num_heads=arch.num_heads,
-        source=source,
+        layout=source,
         dinov2=arch,
     )
     return state, info
