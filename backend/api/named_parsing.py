@@ -8,23 +8,9 @@ from typing import Any
 
 from fastapi import Request
 
-from backend.api.parsing import _b64, _file_bytes
+from backend.api.parsing import _b64, _file_bytes, text_fields
 from backend.errors import BadRequest, InvalidParameter, UnsupportedMediaType
 from backend.settings import Settings
-
-
-def _text_fields(form: Any, files: tuple[str, ...]) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for key in form.keys():
-        if key in files:
-            continue
-        values = form.getlist(key)
-        if len(values) != 1 or not isinstance(values[0], str):
-            raise InvalidParameter(
-                f"{key} must be given once, as a text field (the files are {', '.join(files)})"
-            )
-        fields[key] = values[0]
-    return fields
 
 
 async def parse_named(
@@ -37,7 +23,7 @@ async def parse_named(
     if ctype == "multipart/form-data":
         form = await request.form(max_files=len(names) + 2, max_fields=32)
         files = {n: await _file_bytes(form[n], n, limit) for n in names if form.get(n) is not None}
-        fields = _text_fields(form, names)
+        fields = text_fields(form, names)
     elif ctype == "application/json" or ctype.endswith("+json"):
         try:
             body = json.loads(await request.body())

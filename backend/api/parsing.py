@@ -66,10 +66,11 @@ async def _file_bytes(part: Any, field: str, max_bytes: int) -> bytes:
     return data
 
 
-def _single_fields(form: FormData) -> dict[str, Any]:
+def text_fields(form: FormData, files: tuple[str, ...] = FILE_FIELDS) -> dict[str, Any]:
+    """The form's text fields (each given once), every field but the ``files`` parts."""
     raw: dict[str, Any] = {}
     for key in form.keys():
-        if key in FILE_FIELDS:
+        if key in files:
             continue
         values = form.getlist(key)
         if len(values) != 1 or not isinstance(values[0], str):
@@ -80,7 +81,7 @@ def _single_fields(form: FormData) -> dict[str, Any]:
 
 async def _from_form(request: Request, settings: Settings, batch: bool) -> ParsedRequest:
     form = await request.form(max_files=settings.max_batch + 8, max_fields=64)
-    params = validate_params(_single_fields(form))
+    params = validate_params(text_fields(form))
     limit = settings.max_upload_bytes
     gt = form.get("gt_mask")
     gt_bytes = None if batch or gt is None else await _file_bytes(gt, "gt_mask", limit)
