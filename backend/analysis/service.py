@@ -137,14 +137,7 @@ class AttentionService:
         """Fetch (or find cached) the zoo default; a failure is logged and shown in GET /models."""
         s = self.settings
         try:
-            zoo.fetch(
-                ZOO_DEFAULT_ID,
-                s.cache_dir,
-                s.download_base_url,
-                True,
-                s.download_timeout_s,
-                s.download_max_s,
-            )
+            zoo.fetch_for(s, ZOO_DEFAULT_ID, allow=True)
             return True
         except ModelUnavailable as exc:
             log.warning("falling back from %s: %s", ZOO_DEFAULT_ID, exc.detail)

@@ -199,15 +199,7 @@ class ModelRegistry:
         s = self.settings
         if entry.source == "zoo":
             try:
-                path = zoo.fetch(
-                    entry.id,
-                    s.cache_dir,
-                    s.download_base_url,
-                    s.allow_downloads,
-                    s.download_timeout_s,
-                    s.download_max_s,
-                    s.dinov2_download_base_url,
-                )
+                path = zoo.fetch_for(s, entry.id)
             except ModelUnavailable as exc:
                 self._zoo_errors[entry.id] = exc.detail
                 raise

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import ModelUnavailable
+from backend.settings import DINOV2_ZOO_BASE_URL, Settings
 from trainer.model.checkpoint import CheckpointError, load_backbone
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ _ARCH_NAMES = {
     "vit_small_plus": "ViT-S+",
     "vit_huge_plus": "ViT-H+",
 }
-DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+DINOV2_BASE_URL = DINOV2_ZOO_BASE_URL  # the authors' URLs (re-rooted by the setting)
 DINOV3_BASE_URL = "https://huggingface.co/timm"
 DINOV3_BASE_ENV = "DINO_DINOV3_DOWNLOAD_BASE_URL"
 
@@ -204,3 +205,17 @@ def _download(
             code="download_failed",
         ) from exc
     return final
+
+
+def fetch_for(settings: Settings, model_id: str, allow: bool | None = None) -> Path:
+    """:func:`fetch` with the service's download settings (``allow`` overrides
+    ``DINO_ALLOW_DOWNLOADS``): the one call site of every download."""
+    return fetch(
+        model_id,
+        cache_dir=settings.cache_dir,
+        base_url=settings.download_base_url,
+        allow=settings.allow_downloads if allow is None else allow,
+        timeout_s=settings.download_timeout_s,
+        deadline_s=settings.download_max_s,
+        dinov2_base_url=settings.dinov2_download_base_url,
+    )
