@@ -122,3 +122,15 @@ def test_cli_on_an_exported_backbone(tmp_path, capsys):
     assert set(results) == {"k1_top1", "k1_top5", "k3_top1", "k3_top5"}
     assert results["k3_top5"] == 100.0  # only 2 classes
     assert "1-NN classifier result" in capsys.readouterr().out
+
+
+def test_the_knn_command_takes_a_precision():
+    import pytest as _pytest
+
+    from trainer.eval.knn import build_parser
+
+    base = ["--checkpoint", "x.pth", "--train_data", "t", "--val_data", "v"]
+    assert build_parser().parse_args(base).precision == "fp32"  # the paper's numbers by default
+    assert build_parser().parse_args([*base, "--precision", "int8"]).precision == "int8"
+    with _pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--precision", "fp16"])

@@ -309,3 +309,47 @@ def test_cli_rejects_bad_arguments(argv: list[str], expect: str, capsys) -> None
         main([*argv, "--images", "i", "--masks", "m"])
     assert exc.value.code == 2
     assert expect in capsys.readouterr().err
+
+
+def _seg_cli(tmp_path: Path, *extra: str) -> dict:
+    images, masks = make_dataset(tmp_path / "data", {"a": "left", "b": "right"})
+    return main(
+        [
+            "--random_init",
+            "--arch",
+            "vit_tiny",
+            "--patch_size",
+            "16",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--image_size",
+            "32",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_a_native_precision_gives_the_fp32_jaccard_closely(tmp_path: Path, mode: str) -> None:
+    import torch
+
+    from trainer.model.inference_precision import native_precisions
+
+    if mode not in native_precisions(torch.device("cpu")):
+        pytest.skip(f"{mode} does not run natively on this CPU")
+    fp32 = _seg_cli(tmp_path / "a")
+    other = _seg_cli(tmp_path / "b", "--precision", mode)
+    assert other["images"] == fp32["images"] == 2
+    assert abs(other["jaccard"] - fp32["jaccard"]) < 5.0  # two images, a 2x2 grid: coarse
+
+
+def test_an_emulated_precision_is_refused_with_the_modes_that_run(tmp_path, monkeypatch):
+    import trainer.model.inference_precision as ip
+
+    monkeypatch.setattr(ip, "cpu_flags", lambda: frozenset())
+    with pytest.raises(SystemExit, match="this machine runs fp32"):
+        _seg_cli(tmp_path, "--precision", "bf16")

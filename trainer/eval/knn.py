@@ -25,6 +25,11 @@ from torchvision import transforms
 from trainer.data.dataset import Batch, SafeImageDataset, make_loader
 from trainer.data.images import scan_image_folder
 from trainer.model.checkpoint import load_backbone
+from trainer.model.inference_precision import (
+    UnsupportedPrecision,
+    add_precision_flag,
+    precision_network,
+)
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_KS = (10, 20, 100, 200)
@@ -172,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=128, help="images per forward pass")
     p.add_argument("--num_workers", type=int, default=4, help="data-loading workers")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
+    add_precision_flag(p)
     p.add_argument(
         "--json",
         type=Path,
@@ -192,18 +198,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, info = load_backbone(args.checkpoint, args.which)
     model.to(device)
     logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.layout, info.epoch)
-    results = knn_evaluate(
-        model,
-        args.train_data,
-        args.val_data,
-        device,
-        args.nb_knn,
-        args.temperature,
-        args.resize,
-        args.crop,
-        args.batch_size,
-        args.num_workers,
-    )
+    try:
+        model, precision, context = precision_network(model, args.precision, device)
+    except UnsupportedPrecision as exc:
+        raise SystemExit(f"--precision: {exc}") from exc
+    logger.info("precision %s", precision)
+    with context:
+        results = knn_evaluate(
+            model,
+            args.train_data,
+            args.val_data,
+            device,
+            args.nb_knn,
+            args.temperature,
+            args.resize,
+            args.crop,
+            args.batch_size,
+            args.num_workers,
+        )
     for k in args.nb_knn:
         top1 = results[f"k{k}_top1"]
         top5 = results[f"k{k}_top5"]

@@ -38,6 +38,11 @@ from torch import nn
 
 from trainer.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, list_images, load_rgb
 from trainer.model.attention_maps import jaccard, threshold_masks
+from trainer.model.inference_precision import (
+    UnsupportedPrecision,
+    add_precision_flag,
+    precision_network,
+)
 from trainer.model.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
 MASK_SUFFIX = ".png"
@@ -255,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=None, help="evaluate at most this many image/mask pairs"
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
+    add_precision_flag(p)
     p.add_argument(
         "--json", type=Path, default=None, help="also write the results to this JSON file"
     )
@@ -315,17 +321,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(
             f"--image_size {args.image_size} is smaller than the patch size {model.patch_size}"
         )
-    results = evaluate_folder(
-        model,
-        args.images,
-        args.masks,
-        args.image_size,
-        args.threshold,
-        args.limit,
-        device,
-        mean,
-        std,
-    )
+    try:
+        model, precision, context = precision_network(model, args.precision, device)
+    except UnsupportedPrecision as exc:
+        raise SystemExit(f"--precision: {exc}") from exc
+    logger.info("precision %s", precision)
+    with context:
+        results = evaluate_folder(
+            model,
+            args.images,
+            args.masks,
+            args.image_size,
+            args.threshold,
+            args.limit,
+            device,
+            mean,
+            std,
+        )
     results = {"model": name, **results}
     for line in summary_lines(results, name):
         print(line)

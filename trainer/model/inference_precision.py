@@ -13,13 +13,17 @@ fp32 by their callers. A mode is offered only where this machine runs it nativel
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from trainer.model.device import autocast_context
 
 INFERENCE_PRECISIONS = ("fp32", "bf16", "int8")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -99,3 +103,25 @@ def int8_copy(model: nn.Module) -> nn.Module:
             object.__setattr__(module, "weight", original.weight.detach())
             object.__setattr__(module, "bias", bias)
     return quantised
+
+
+def precision_network(
+    model: nn.Module, requested: str, device: torch.device
+) -> tuple[nn.Module, str, contextlib.AbstractContextManager]:
+    """``(network, precision, context)`` for an evaluation in ``requested`` on ``device``: the
+    model or its int8 copy, the resolved mode, and the autocast context to run it under."""
+    precision = resolve_inference_precision(requested, device)
+    if precision == "int8":
+        return int8_copy(model), precision, contextlib.nullcontext()
+    return model, precision, autocast_context(device, precision)
+
+
+def add_precision_flag(parser: Any) -> None:
+    """``--precision`` of the frozen-backbone evaluations."""
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("auto", *INFERENCE_PRECISIONS),
+        help="fp32 (the paper's numbers), bf16 autocast, int8 dynamic quantisation (CPU), or "
+        "auto: the fastest this machine runs natively; a mode it would only emulate is refused",
+    )
