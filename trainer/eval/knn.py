@@ -26,9 +26,8 @@ from trainer.data.dataset import Batch, SafeImageDataset, make_loader
 from trainer.data.images import scan_image_folder
 from trainer.model.checkpoint import load_backbone
 from trainer.model.inference_precision import (
-    UnsupportedPrecision,
     add_precision_flag,
-    precision_network,
+    command_network,
 )
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -198,11 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, info = load_backbone(args.checkpoint, args.which)
     model.to(device)
     logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.layout, info.epoch)
-    try:
-        model, precision, context = precision_network(model, args.precision, device)
-    except UnsupportedPrecision as exc:
-        raise SystemExit(f"--precision: {exc}") from exc
-    logger.info("precision %s", precision)
+    model, context = command_network(model, args.precision, device)
     with context:
         results = knn_evaluate(
             model,

@@ -39,9 +39,8 @@ from torch import nn
 from trainer.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, list_images, load_rgb
 from trainer.model.attention_maps import jaccard, threshold_masks
 from trainer.model.inference_precision import (
-    UnsupportedPrecision,
     add_precision_flag,
-    precision_network,
+    command_network,
 )
 from trainer.model.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
@@ -321,11 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(
             f"--image_size {args.image_size} is smaller than the patch size {model.patch_size}"
         )
-    try:
-        model, precision, context = precision_network(model, args.precision, device)
-    except UnsupportedPrecision as exc:
-        raise SystemExit(f"--precision: {exc}") from exc
-    logger.info("precision %s", precision)
+    model, context = command_network(model, args.precision, device)
     with context:
         results = evaluate_folder(
             model,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,19 @@ def precision_network(
     if precision == "int8":
         return int8_copy(model), precision, contextlib.nullcontext()
     return model, precision, autocast_context(device, precision)
+
+
+def command_network(
+    model: nn.Module, requested: str, device: torch.device
+) -> tuple[nn.Module, contextlib.AbstractContextManager]:
+    """:func:`precision_network` for a command: a refused mode exits with ``--precision: why``;
+    the mode that runs is logged."""
+    try:
+        network, precision, context = precision_network(model, requested, device)
+    except UnsupportedPrecision as exc:
+        raise SystemExit(f"--precision: {exc}") from exc
+    logging.getLogger(__name__).info("precision %s", precision)
+    return network, context
 
 
 def add_precision_flag(parser: Any) -> None:
