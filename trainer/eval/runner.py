@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer.data.dataset import Batch
+from trainer.model.device import autocast_context
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 logger = logging.getLogger(__name__)
@@ -27,10 +28,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """Autocast for ``bf16`` / ``fp16``; nothing for ``fp32``."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return autocast_context(device, precision)
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
