@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DINO_", extra="ignore")
 
     checkpoint_dir: Path = Path("checkpoints")
+    follow_external_symlinks: bool = Field(
+        False, description="follow symlinks in checkpoint_dir whose target lies outside it"
+    )
     default_model: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "int8"] = "fp32"

@@ -13,6 +13,8 @@ from fastapi.responses import Response
 from backend.analysis.overlay_render import OVERLAY_MIME
 from backend.analysis.registers import register_arrays, register_json
 from backend.analysis.service import Analysis, best_head
+from backend.api.finite_json import finite_dumps
+from backend.models.registry import trained_fields
 
 
 def _meta(a: Analysis) -> dict[str, Any]:
@@ -24,7 +26,7 @@ def _meta(a: Analysis) -> dict[str, Any]:
         "arch": info.arch,
         "patch_size": info.patch_size,
         "num_heads": info.num_heads,
-        "trained": info.trained,
+        **trained_fields(info.trained),
         "summary": entry.summary,
         "source": entry.source,
         "layout": info.layout,
@@ -86,7 +88,7 @@ def _extras_json(a: Analysis) -> dict[str, Any]:
 
 
 def json_response(body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(finite_dumps(body, separators=(",", ":")), media_type="application/json")
 
 
 def _arrays(a: Analysis, prefix: str = "") -> dict[str, np.ndarray]:

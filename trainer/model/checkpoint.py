@@ -35,6 +35,8 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 
 from trainer.model.backbone_info import BackboneInfo, CheckpointError
+from trainer.model.checkpoint_claims import check_param_claim as _param_claim
+from trainer.model.checkpoint_claims import check_tensor_claims, parse_normalisation
 from trainer.model.checkpoint_write import (  # noqa: F401 - the public names live here too
     atomic_torch_save,
     default_file_mode,
@@ -92,9 +94,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             mmap = zipfile.is_zipfile(path)
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - every reason becomes one readable message
-        hint = "" if zipfile.is_zipfile(path) else " (truncated, or not a torch archive)"
+        why = f": {exc}" if zipfile.is_zipfile(path) else " (truncated, or not a torch archive)"
         raise CheckpointError(
-            f"cannot read {Path(path).name} as a weights-only torch file{hint}: {exc}"
+            f"cannot read {Path(path).name} as a weights-only torch file{why}"
         ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{Path(path).name} holds a {type(obj).__name__}, not a state dict")
@@ -181,6 +183,7 @@ def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str], int | None]:
         raw, meta = _from_safetensors(path)
         return raw, meta, int(meta["epoch"]) if meta.get("epoch") else None
     obj = load_checkpoint(path)
+    check_tensor_claims(obj, path.name, path.stat().st_size)  # before any copy is made
     return obj, {}, obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
 
 
@@ -226,6 +229,7 @@ def read_backbone(
         except ValueError as exc:
             raise CheckpointError(str(exc)) from exc
     state, source = extract_backbone_state(raw, which)
+    _param_claim(state, path.name)  # DINO_MAX_PARAMS before a conversion or a model
     if meta.get("format") == "dino-backbone":
         source = "safetensors"
     if is_dinov2_state(state):
@@ -240,9 +244,8 @@ def read_backbone(
         info.num_heads = int(meta["num_heads"])
     info.epoch = epoch
     info.trained = meta.get("trained", "true") != "false"
-    if meta.get("mean"):
-        info.mean = tuple(json.loads(meta["mean"]))
-        info.std = tuple(json.loads(meta["std"]))
+    if meta.get("mean") or meta.get("std"):
+        info.mean, info.std = parse_normalisation(meta)
     info.extra = _json_object(meta.get("extra"))
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
 
