@@ -5,6 +5,10 @@ training features (cosine similarity ``s``) each vote for their class with weigh
 ``exp(s / T)`` (T = 0.07); classes are ranked by their summed votes; top-1 and top-5
 accuracy are reported for every ``k``.
 
+Features are computed on the frozen-backbone runner (:mod:`trainer.eval.runner`); under
+``torchrun`` each process takes its share of the images and the features are gathered back in
+dataset order. Any DINO, DINOv2 or DINOv3 file loads (:mod:`trainer.eval.backbone`).
+
     python -m trainer.eval.knn --checkpoint runs/x/checkpoint.pth --train_data DIR --val_data DIR
 """
 
@@ -16,19 +20,19 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from trainer.data.dataset import Batch, SafeImageDataset, make_loader
+from trainer.data.dataset import SafeImageDataset
 from trainer.data.images import scan_image_folder
-from trainer.model.checkpoint import load_backbone
-from trainer.model.inference_precision import (
-    add_precision_flag,
-    command_network,
-)
+from trainer.eval.backbone import load_eval_backbone
+from trainer.eval.runner import collect, collect_dataset, frozen_network
+from trainer.eval.shards import join_launcher_group, leave_group
+from trainer.model.inference_precision import add_precision_flag
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_KS = (10, 20, 100, 200)
@@ -71,26 +75,52 @@ def knn_classify(
     return 100.0 * correct1 / total, 100.0 * correct5 / total
 
 
-@torch.no_grad()
+def normalised_cls(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The backbone output (CLS), float32 and L2-normalised: the k-NN feature."""
+    return F.normalize(model(images).float(), dim=1)
+
+
 def extract_features(
-    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device | str
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device | str,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised CLS features (float32, CPU) and labels of every readable image."""
-    was_training = model.training
-    model.eval()
-    feats = []
-    labels = []
-    for batch in loader:
-        images, targets = (batch.images, batch.labels) if isinstance(batch, Batch) else batch
-        if len(targets) == 0:
-            continue
-        out = model(images.to(device, non_blocking=True)).float()
-        feats.append(F.normalize(out, dim=1).cpu())
-        labels.append(targets.cpu())
-    model.train(was_training)
-    if not feats:
-        raise ValueError("no readable images to extract features from")
-    return torch.cat(feats), torch.cat(labels)
+    try:
+        return collect(model, loader, normalised_cls, torch.device(device), precision)
+    except ValueError as exc:
+        raise ValueError("no readable images to extract features from") from exc
+
+
+def dataset_features(
+    model: nn.Module,
+    samples: list[tuple[Path, int]],
+    transform: transforms.Compose,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 128,
+    num_workers: int = 4,
+    distributed: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-NN features and labels of ``samples`` in order (unreadable files dropped); with
+    ``distributed``, sharded over the joined process group and gathered on every rank."""
+    try:
+        feats, index = collect_dataset(
+            model,
+            SafeImageDataset(samples, transform),
+            normalised_cls,
+            device,
+            precision,
+            batch_size,
+            num_workers,
+            "k-NN features",
+            distributed,
+        )
+    except ValueError as exc:
+        raise ValueError("no readable images to extract features from") from exc
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+    return feats, labels[index]
 
 
 def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
@@ -105,15 +135,6 @@ def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
     )
 
 
-def _folder_loader(
-    folder: str | Path, resize: int, crop: int, batch_size: int, num_workers: int, pin_memory: bool
-) -> tuple[torch.utils.data.DataLoader, int]:
-    samples, classes = scan_image_folder(folder)
-    dataset = SafeImageDataset(samples, eval_transform(resize, crop))
-    loader = make_loader(dataset, batch_size, None, num_workers, pin_memory, drop_last=False)
-    return loader, len(classes)
-
-
 def knn_evaluate(
     model: nn.Module,
     train_data: str | Path,
@@ -125,23 +146,28 @@ def knn_evaluate(
     crop: int = 224,
     batch_size: int = 128,
     num_workers: int = 4,
+    precision: str = "fp32",
+    distributed: bool = False,
 ) -> dict[str, float]:
-    """``{"k20_top1": ..., "k20_top5": ...}`` for every k, on two ImageFolder trees."""
-    pin = torch.device(device).type == "cuda"
-    train_loader, n_train_classes = _folder_loader(
-        train_data, resize, crop, batch_size, num_workers, pin
-    )
-    val_loader, n_val_classes = _folder_loader(val_data, resize, crop, batch_size, num_workers, pin)
-    if n_train_classes != n_val_classes:
+    """``{"k20_top1": ..., "k20_top5": ...}`` for every k, on two ImageFolder trees.
+
+    ``model`` runs in ``precision`` (its int8 copy already made for int8); with ``distributed``
+    the features are sharded over the joined process group (every rank gets the results)."""
+    device = torch.device(device)
+    train_samples, train_classes = scan_image_folder(train_data)
+    val_samples, val_classes = scan_image_folder(val_data)
+    if len(train_classes) != len(val_classes):
         raise ValueError(
-            f"train data has {n_train_classes} classes but val data has {n_val_classes}"
+            f"train data has {len(train_classes)} classes but val data has {len(val_classes)}"
         )
-    train_feats, train_labels = extract_features(model, train_loader, device)
-    val_feats, val_labels = extract_features(model, val_loader, device)
+    view = eval_transform(resize, crop)
+    run = (device, precision, batch_size, num_workers, distributed)
+    train_feats, train_labels = dataset_features(model, train_samples, view, *run)
+    val_feats, val_labels = dataset_features(model, val_samples, view, *run)
     results = {}
     for k in ks:
         top1, top5 = knn_classify(
-            train_feats, train_labels, val_feats, val_labels, k, temperature, n_train_classes
+            train_feats, train_labels, val_feats, val_labels, k, temperature, len(train_classes)
         )
         results[f"k{k}_top1"] = top1
         results[f"k{k}_top5"] = top5
@@ -191,14 +217,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from trainer.model.device import pick_device
-
-    device = pick_device(args.device)
-    model, info = load_backbone(args.checkpoint, args.which)
-    model.to(device)
-    logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.layout, info.epoch)
-    model, context = command_network(model, args.precision, device)
-    with context:
+    rank, world, device = join_launcher_group(args.device)
+    model, info = load_eval_backbone(args.checkpoint, args.which)
+    model, precision = frozen_network(model.to(device), args.precision, device)
+    try:
         results = knn_evaluate(
             model,
             args.train_data,
@@ -210,7 +232,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.crop,
             args.batch_size,
             args.num_workers,
+            precision,
+            distributed=world > 1,
         )
+    finally:
+        leave_group()
+    if rank == 0:
+        _report(args, info, results, precision)
+    return results
+
+
+def _report(args: argparse.Namespace, info: Any, results: dict[str, float], precision: str) -> None:
     for k in args.nb_knn:
         top1 = results[f"k{k}_top1"]
         top5 = results[f"k{k}_top5"]
@@ -224,10 +256,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "resize": args.resize,
             "crop": args.crop,
             "temperature": args.temperature,
+            "precision": precision,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**settings, **results}, indent=2) + "\n")
-    return results
 
 
 if __name__ == "__main__":

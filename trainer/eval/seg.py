@@ -37,11 +37,10 @@ from PIL import Image
 from torch import nn
 
 from trainer.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, list_images, load_rgb
+from trainer.eval.backbone import load_eval_backbone
+from trainer.eval.runner import frozen_network, iter_outputs
 from trainer.model.attention_maps import jaccard, threshold_masks
-from trainer.model.inference_precision import (
-    add_precision_flag,
-    command_network,
-)
+from trainer.model.inference_precision import add_precision_flag
 from trainer.model.vit import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
 MASK_SUFFIX = ".png"
@@ -159,6 +158,39 @@ def _summarise(
     }
 
 
+class _PairDataset(torch.utils.data.Dataset):
+    """``(image tensor (3, S, S), ground truth (S, S) bool)`` per pair; None when unreadable."""
+
+    def __init__(self, pairs, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.pairs, self.image_size, self.mean, self.std = pairs, image_size, mean, std
+        self.unreadable = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        image_path, mask_path = self.pairs[index]
+        try:
+            image, gt = load_rgb(image_path), load_gray(mask_path)
+        except DECODE_ERRORS as exc:
+            self.unreadable += 1
+            logger.warning("skipping unreadable %s / %s: %s", image_path, mask_path, exc)
+            return None
+        x = image_tensor(image, self.image_size, self.mean, self.std)[0]
+        return x, gt_tensor(gt, self.image_size)
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    good = [it for it in items if it is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.bool)
+    return torch.stack([g[0] for g in good]), torch.stack([g[1] for g in good])
+
+
+def _cls_attention(model: Any, x: torch.Tensor) -> torch.Tensor:
+    return model.get_cls_attention(x)
+
+
 def evaluate_folder(
     model: Any,
     images_dir: str | Path,
@@ -169,37 +201,35 @@ def evaluate_folder(
     device: torch.device | str = "cpu",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Jaccard (%) of the best head, per-head means and best-head counts over a folder pair.
 
     Images without a mask and unreadable files are skipped (logged, counted in ``skipped``).
-    ``model`` must already be on ``device``; an ``nn.Module`` is put in eval mode meanwhile.
+    ``model`` must already be on ``device`` (its int8 copy for int8); it runs on the
+    frozen-backbone runner one image at a time (in eval mode meanwhile).
     """
     pairs, missing = pair_images_and_masks(images_dir, masks_dir, limit)
     if not pairs:
         raise _no_pairs_error(images_dir, masks_dir, missing, 0)
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
+    p = model.patch_size
+    if image_size < p:
+        raise ValueError(f"image_size {image_size} is smaller than the patch size {p}")
+    data = _PairDataset(pairs, image_size, mean, std)
+    loader = torch.utils.data.DataLoader(data, batch_size=1, collate_fn=_collate)
     ious = []
-    unreadable = 0
     start = time.perf_counter()
-    try:
-        for image_path, mask_path in pairs:
-            try:
-                image = load_rgb(image_path)
-                gt = load_gray(mask_path)
-            except DECODE_ERRORS as exc:
-                unreadable += 1
-                logger.warning("skipping unreadable %s / %s: %s", image_path, mask_path, exc)
-                continue
-            ious.append(image_head_ious(model, image, gt, image_size, threshold, device, mean, std))
-    finally:
-        if was_training:
-            model.train()
+    device = torch.device(device)
+    for attn, gts in iter_outputs(
+        model, loader, _cls_attention, device, precision, len(pairs), "jaccard"
+    ):
+        masks = threshold_masks(attn[0].cpu(), threshold)
+        masks = masks.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)
+        h, w = masks.shape[-2:]
+        ious.append(jaccard(masks, gts[0][:h, :w]))
     if not ious:
-        raise _no_pairs_error(images_dir, masks_dir, missing, unreadable)
-    results = _summarise(ious, missing, unreadable, time.perf_counter() - start)
+        raise _no_pairs_error(images_dir, masks_dir, missing, data.unreadable)
+    results = _summarise(ious, missing, data.unreadable, time.perf_counter() - start)
     return {**results, "image_size": image_size, "threshold": threshold}
 
 
@@ -284,11 +314,10 @@ def _load_model(
 ) -> tuple[nn.Module, str, tuple, tuple]:
     """``(model, description, mean, std)`` from the parsed source arguments."""
     if args.checkpoint:
-        from trainer.model.checkpoint import load_backbone
-
-        model, info = load_backbone(args.checkpoint, args.which or "teacher")
+        model, info = load_eval_backbone(args.checkpoint, args.which or "teacher")
         name = (
-            f"{args.checkpoint} ({info.arch}/{info.patch_size}, {info.layout}, epoch {info.epoch})"
+            f"{args.checkpoint} ({info.family} {info.arch}/{info.patch_size}, {info.layout}, "
+            f"epoch {info.epoch})"
         )
         return model, name, tuple(info.mean), tuple(info.std)
     from trainer.model.vit import build_vit
@@ -320,20 +349,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(
             f"--image_size {args.image_size} is smaller than the patch size {model.patch_size}"
         )
-    model, context = command_network(model, args.precision, device)
-    with context:
-        results = evaluate_folder(
-            model,
-            args.images,
-            args.masks,
-            args.image_size,
-            args.threshold,
-            args.limit,
-            device,
-            mean,
-            std,
-        )
-    results = {"model": name, **results}
+    model, precision = frozen_network(model, args.precision, device)
+    results = evaluate_folder(
+        model,
+        args.images,
+        args.masks,
+        args.image_size,
+        args.threshold,
+        args.limit,
+        device,
+        mean,
+        std,
+        precision,
+    )
+    results = {"model": name, "precision": precision, **results}
     for line in summary_lines(results, name):
         print(line)
     if args.json is not None:

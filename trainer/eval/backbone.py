@@ -1,0 +1,113 @@
+"""One loader and one interface for the frozen backbones of the evaluations: DINO, DINOv2, DINOv3.
+
+Every file the service reads (:func:`trainer.model.checkpoint.load_backbone`) loads here too.
+DINO and DINOv2 (with or without registers) are :class:`~trainer.model.vit.DinoViT` models and
+are used as they are, so their results are unchanged. DINOv3 ViTs are timm ``Eva`` models with
+RoPE; :class:`EvaBackbone` gives them the same methods:
+
+* ``forward(x)``: the CLS token after the final norm, ``(B, D)``;
+* ``get_intermediate_layers(x, n)``: the normalised token outputs of the last ``n`` blocks;
+* ``get_cls_attention(x, layer)``: a block's CLS-to-patch attention per head,
+  ``(B, heads, gh, gw)``, and ``get_last_selfattention(x)``: every row of the last block;
+* ``patch_size``, ``num_prefix_tokens`` (CLS plus the 4 storage tokens), ``blocks``, ``grid_size``.
+
+:func:`patch_tokens` reads the last block's patch tokens after the norm with the prefix tokens
+(CLS, registers, storage tokens) excluded, so every patch map has ``gh * gw`` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.model.backbone_info import BackboneInfo
+from trainer.model.block_attention import block_attention, is_eva
+
+logger = logging.getLogger(__name__)
+
+
+class EvaBackbone(nn.Module):
+    """A DINOv3 (timm ``Eva``) backbone with the evaluation methods of :class:`DinoViT`."""
+
+    def __init__(self, eva: nn.Module) -> None:
+        super().__init__()
+        self.model = eva
+        self.patch_size = int(eva.patch_size)
+        self.num_prefix_tokens = int(eva.num_prefix_tokens)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.blocks
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.blocks[0].attn.num_heads
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid for an input of ``height x width`` pixels (partial patches dropped)."""
+        return height // self.patch_size, width // self.patch_size
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        gh, gw = self.grid_size(x.shape[-2], x.shape[-1])
+        return x[..., : gh * self.patch_size, : gw * self.patch_size]
+
+    def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        """Normalised token outputs of the last ``n`` blocks (timm's Eva forward, per block)."""
+        m = self.model
+        tokens, rope = m._pos_embed(m.patch_embed(self._crop(x)))
+        tokens = m.norm_pre(tokens)
+        out = []
+        for i, blk in enumerate(m.blocks):
+            tokens = blk(tokens, rope=rope)
+            if len(m.blocks) - i <= n:
+                out.append(m.norm(tokens))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CLS embedding after the final norm, ``(B, D)``."""
+        return self.get_intermediate_layers(x, 1)[0][:, 0]
+
+    def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of the last block for every query, ``(B, heads, T, T)``."""
+        return block_attention(self.model, self._crop(x), -1, None).attention
+
+    def get_cls_attention(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Block ``layer``'s CLS-to-patch attention per head, ``(B, heads, gh, gw)``."""
+        gh, gw = self.grid_size(x.shape[-2], x.shape[-1])
+        attn = block_attention(self.model, self._crop(x), layer, (0,)).attention
+        return attn[:, :, 0, self.num_prefix_tokens :].reshape(x.shape[0], -1, gh, gw)
+
+
+def as_backbone(model: nn.Module) -> nn.Module:
+    """``model`` itself for a DINO / DINOv2 ViT, an :class:`EvaBackbone` around a DINOv3 one."""
+    if isinstance(model, EvaBackbone) or not is_eva(model):
+        return model
+    return EvaBackbone(model)
+
+
+def load_eval_backbone(path: str | Path, which: str = "teacher") -> tuple[nn.Module, BackboneInfo]:
+    """Any file the service loads (DINO, DINOv2, DINOv3), as an evaluation backbone in eval mode."""
+    from trainer.model.checkpoint import load_backbone
+
+    model, info = load_backbone(path, which)
+    logger.info("loaded %s %s/%d (%s layout)", info.family, info.arch, info.patch_size, info.layout)
+    return as_backbone(model).eval(), info
+
+
+def prefix_count(model: nn.Module) -> int:
+    """Tokens before the patches: 1 (CLS) plus any registers / storage tokens."""
+    return int(getattr(model, "num_prefix_tokens", 1))
+
+
+def patch_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last block's patch tokens after the final norm, ``(B, gh * gw, D)``, prefix excluded."""
+    return model.get_intermediate_layers(x, 1)[0][:, prefix_count(model) :]
+
+
+def cls_and_patches(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(CLS (B, D), patch tokens (B, gh * gw, D))`` of the last block after the norm, one pass."""
+    tokens = model.get_intermediate_layers(x, 1)[0]
+    return tokens[:, 0], tokens[:, prefix_count(model) :]
