@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from trainer.eval.backbone import load_eval_backbone, patch_tokens
 from trainer.eval.davis_metrics import evaluate_sequence
 from trainer.eval.label_propagation import (
     DEFAULT_NEIGHBOURHOOD,
@@ -46,7 +47,8 @@ from trainer.eval.label_propagation import (
     propagate,
     to_label_map,
 )
-from trainer.eval.runner import PRECISIONS, iter_outputs
+from trainer.eval.runner import frozen_network, iter_outputs
+from trainer.model.inference_precision import add_precision_flag
 
 DAVIS_MEAN = (0.485, 0.456, 0.406)
 DAVIS_STD = (0.228, 0.224, 0.225)  # the authors' eval_video_segmentation.py uses 0.228 for red
@@ -162,8 +164,7 @@ class _Frames(torch.utils.data.Dataset):
 
 
 def _patch_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    tokens = model.get_intermediate_layers(x, 1)[0]
-    return F.normalize(tokens[:, getattr(model, "num_prefix_tokens", 1) :].float(), dim=-1)
+    return F.normalize(patch_tokens(model, x).float(), dim=-1)
 
 
 def frame_features(
@@ -315,9 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     p.add_argument("--short_side", type=int, default=480, help="network input short side")
     p.add_argument("--batch_size", type=int, default=4, help="frames per forward pass")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--num_workers", type=int, default=0, help="frame-loading workers")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_precision_flag(p)
     return p
 
 
@@ -373,15 +374,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from trainer.model.checkpoint import load_backbone
     from trainer.model.device import pick_device
 
     device = pick_device(args.device)
-    model, info = load_backbone(args.checkpoint, args.which)
-    model.to(device).eval()
-    logger.info("loaded %s/%d (%s, epoch %s)", info.arch, info.patch_size, info.layout, info.epoch)
+    model, info = load_eval_backbone(args.checkpoint, args.which)
+    model, args.precision = frozen_network(model.to(device), args.precision, device)
     results = evaluate(args, model, device)
-    results["model"] = f"{args.checkpoint} ({info.arch}/{info.patch_size}, {args.which})"
+    name = f"{info.family} {info.arch}/{info.patch_size}"
+    results["model"] = f"{args.checkpoint} ({name}, {args.which})"
     write_json(args.output_dir / "results.json", results)
     print(json.dumps(results["mean"]))
     return results

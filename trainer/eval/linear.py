@@ -32,8 +32,10 @@ from torchvision import transforms
 
 from trainer.data.dataset import SafeImageDataset, make_loader
 from trainer.data.images import list_images
-from trainer.eval.runner import PRECISIONS, collect, iter_outputs
+from trainer.eval.backbone import load_eval_backbone
+from trainer.eval.runner import collect, frozen_network, iter_outputs
 from trainer.model.checkpoint import atomic_torch_save
+from trainer.model.inference_precision import add_precision_flag
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -250,14 +252,13 @@ def train(probe: Probe, val: tuple[torch.Tensor, torch.Tensor], out: Path) -> di
 
 def load_model(args: argparse.Namespace) -> nn.Module:
     """The frozen backbone: the checkpoint, or a random ``--arch``/``--patch_size`` without one."""
-    from trainer.model.checkpoint import load_backbone
     from trainer.model.vit import build_vit
 
     if not args.pretrained_weights:
         logger.warning("no --pretrained_weights: random %s/%d", args.arch, args.patch_size)
         torch.manual_seed(args.seed)
         return build_vit(args.arch, args.patch_size)
-    model, info = load_backbone(args.pretrained_weights, args.checkpoint_key)
+    model, info = load_eval_backbone(args.pretrained_weights, args.checkpoint_key)
     if (info.arch, info.patch_size) != (args.arch, args.patch_size):
         logger.info("checkpoint is %s/%d (flags ignored)", info.arch, info.patch_size)
     return model
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="backbone precision")
+    add_precision_flag(p)
     return p
 
 
@@ -331,7 +332,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check(args)
     device = pick_device(args.device)
     start = time.perf_counter()
-    probe = Probe(args, load_model(args).to(device), device)
+    model, args.precision = frozen_network(load_model(args).to(device), args.precision, device)
+    probe = Probe(args, model, device)
     if args.n_last_blocks > len(probe.model.blocks):
         raise LinearEvalError(f"--n_last_blocks {args.n_last_blocks} > {len(probe.model.blocks)}")
     out = args.output_dir
