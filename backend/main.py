@@ -19,6 +19,7 @@ from backend.analysis.service import AttentionService
 from backend.api.attention_routes import attention_router
 from backend.api.body_limit import BodyLimitMiddleware
 from backend.api.discovery_routes import discovery_router
+from backend.api.docs_routes import install_docs
 from backend.api.finite_json import FiniteJSONResponse
 from backend.api.metrics import MetricsMiddleware
 from backend.api.model_routes import models_router
@@ -72,12 +73,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="DINO attention service",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from install_docs, with local assets
+        redoc_url=None,
         default_response_class=FiniteJSONResponse,  # never a bare NaN in a reply
         description="Last-block per-head attention maps and masks of DINO ViTs (see docs/API.md).",
     )
     app.state.service = service
     app.state.video = video
     install_error_handlers(app)
+    install_docs(app)
     for router in (
         ops_router(service),
         models_router(service),

@@ -45,10 +45,8 @@ from backend.analysis.params import AttentionParams
 from backend.analysis.registers import RegisterAttention, register_attention
 from backend.analysis.single_flight import SingleFlight
 from backend.errors import Busy, InvalidParameter, ModelUnavailable, ServiceError
-from backend.models import zoo
-from backend.models.placeholder import PLACEHOLDER_ID, ensure_placeholder
 from backend.models.registry import LoadedModel, ModelRegistry, default_image_size
-from backend.settings import SHIPPED_DEFAULT_ID, ZOO_DEFAULT_ID, Settings
+from backend.settings import ZOO_DEFAULT_ID, Settings
 from trainer.model.block_attention import block_attention, prefix_tokens, resolve_layer
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ class AttentionService:
         self.step = ModelStep(
             settings.max_concurrency, settings.queue_timeout_s, settings.precision, self.metrics
         )
-        self.default_model: str | None = None
+        self._default: str | None = None
         self.default_error: str | None = None
         self.ready = False
         self.cache: MapCache[CachedImage] = MapCache(settings.cache_entries, settings.cache_bytes)
@@ -111,38 +109,27 @@ class AttentionService:
         self._decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
 
     def choose_default(self) -> str:
-        """The default model id: the first of
+        """The default model id, in the order of docs/SERVICE.md ("Default model"):
+        :meth:`ModelRegistry.choose_default`."""
+        return self.registry.choose_default()
 
-        1. ``DINO_DEFAULT_MODEL`` when set (not checked here: ``start()`` reports a bad one);
-        2. with downloads allowed, ``dino_vits16`` from the zoo when cached or downloadable;
-        3. the shipped model ``SHIPPED_DEFAULT_ID`` when its file is in the checkpoint folder
-           and readable;
-        4. the newest available file in the checkpoint folder;
-        5. the random-init placeholder (created on first use).
-        """
-        s = self.settings
-        if s.default_model:
-            return s.default_model
-        if s.allow_downloads and self._zoo_default_ready():
-            return ZOO_DEFAULT_ID
-        if self.registry.has_file_model(SHIPPED_DEFAULT_ID):
-            return SHIPPED_DEFAULT_ID
-        newest = self.registry.newest_file_model()
-        if newest:
-            return newest
-        ensure_placeholder(s.cache_dir)
-        return PLACEHOLDER_ID
+    @property
+    def default_model(self) -> str | None:
+        """The default model. When it came from the checkpoint folder or the placeholder (no
+        ``DINO_DEFAULT_MODEL``, not the zoo), the folder is read again, so a file dropped in
+        takes its place in the order without a restart."""
+        current = self._default
+        if current is None or self.settings.default_model or current == ZOO_DEFAULT_ID:
+            return current
+        chosen = self.registry.local_default()
+        if chosen != current:
+            log.info("default model is now %s (was %s)", chosen, current)
+            self._default = chosen
+        return chosen
 
-    def _zoo_default_ready(self) -> bool:
-        """Fetch (or find cached) the zoo default; a failure is logged and shown in GET /models."""
-        s = self.settings
-        try:
-            zoo.fetch_for(s, ZOO_DEFAULT_ID, allow=True)
-            return True
-        except ModelUnavailable as exc:
-            log.warning("falling back from %s: %s", ZOO_DEFAULT_ID, exc.detail)
-            self.registry.note_zoo_error(ZOO_DEFAULT_ID, exc.detail)
-            return False
+    @default_model.setter
+    def default_model(self, model_id: str | None) -> None:
+        self._default = model_id
 
     def start(self) -> None:
         """Pick and load the default model; failures are reported by /readyz, not raised."""
@@ -328,7 +315,7 @@ class AttentionService:
         out.layer = layer
         out.cached = cached
         out.precision = params.precision
-        if params.overlays:
+        if params.overlays and params.format != "npz":  # an npz carries no pictures
             out.overlays = self._overlays(key, entry, out)
         t2 = time.perf_counter()
         post = (t2 - t1) * 1e3 - out.timings_ms.get("overlays", 0.0)

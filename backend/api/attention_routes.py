@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from backend.analysis.params import request_body_schema
 from backend.analysis.service import AttentionService
+from backend.api.metrics import model_label
 from backend.api.parsing import ParsedRequest, parse_request
 from backend.api.replies import AttentionBatchReply, AttentionReply, error_responses
 from backend.api.responses import analysis_dict, json_response, npz_response
@@ -33,6 +34,7 @@ def attention_router(service: AttentionService) -> APIRouter:
     )
     def attention(request: Request, parsed: ParsedRequest = Depends(parse_single)) -> Response:
         """Per-head CLS attention of any block, masks, overlays and IoU of one image."""
+        request.state.model = model_label(service, parsed.params.model)
         loaded = service.model_for(parsed.params)
         request.state.model = loaded.entry.id
         result = service.analyse(loaded, parsed.params, parsed.images[0], parsed.gt_mask)
@@ -48,6 +50,7 @@ def attention_router(service: AttentionService) -> APIRouter:
     )
     def attention_batch(request: Request, parsed: ParsedRequest = Depends(parse_batch)) -> Response:
         """The same analysis for 1 to DINO_MAX_BATCH images: ``{"results": [...]}``."""
+        request.state.model = model_label(service, parsed.params.model)
         loaded = service.model_for(parsed.params)
         request.state.model = loaded.entry.id
         results = []

@@ -10,9 +10,11 @@ from fastapi import APIRouter, Request
 from backend.analysis.discovery_engine import DiscoveryEngine
 from backend.analysis.discovery_overlays import match_overlay, objects_overlay
 from backend.analysis.discovery_params import MatchParams, ObjectsParams, validate
+from backend.api.metrics import model_label
 from backend.api.named_parsing import parse_named
 from backend.api.replies import MatchReply, ObjectsReply, error_responses
 from backend.api.responses import json_response
+from backend.models.registry import trained_fields
 
 ERRORS = error_responses(400, 404, 408, 413, 415, 422, 503)
 
@@ -22,7 +24,7 @@ def _model_fields(loaded: Any, params: Any) -> dict[str, Any]:
         "model": loaded.entry.id,
         "family": loaded.info.family,
         "patch_size": loaded.info.patch_size,
-        "trained": loaded.info.trained,
+        **trained_fields(loaded.info.trained),
         "image_size": params.image_size,
         "precision": params.precision,
     }
@@ -37,6 +39,7 @@ def discovery_router(engine: DiscoveryEngine) -> APIRouter:
         """Best-buddy correspondences of image_a and image_b, and B's similarity to a patch."""
         fields, files = await parse_named(request, settings, ("image_a", "image_b"))
         params = validate(MatchParams, fields, "image_a, image_b")
+        request.state.model = model_label(engine.service, params.model)
         return await _in_thread(request, lambda: _match(engine, params, files))
 
     @router.post("/objects", response_model=ObjectsReply, responses=ERRORS)
@@ -44,6 +47,7 @@ def discovery_router(engine: DiscoveryEngine) -> APIRouter:
         """The main object's box without labels: LOST (default) or TokenCut on the keys."""
         fields, files = await parse_named(request, settings, ("image",), ("gt_mask",))
         params = validate(ObjectsParams, fields, "image, gt_mask")
+        request.state.model = model_label(engine.service, params.model)
         return await _in_thread(request, lambda: _objects(engine, params, files))
 
     return router

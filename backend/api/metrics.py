@@ -6,6 +6,20 @@ import time
 from typing import Any
 
 from backend.analysis.metrics import ServiceMetrics
+from backend.analysis.service import AttentionService
+
+UNKNOWN_MODEL = "unknown"
+
+
+def model_label(service: AttentionService, requested: str | None) -> str:
+    """The ``model`` label of a request, set before the model is loaded so that its errors
+    count under it: the id asked for (or the default), ``unknown`` for an id not listed (labels
+    stay bounded)."""
+    model_id = requested or service.default_model
+    if not model_id:
+        return ""
+    known = any(e.id == model_id for e in service.registry.entries())
+    return model_id if known else UNKNOWN_MODEL
 
 
 class MetricsMiddleware:

@@ -20,6 +20,12 @@ class ErrorReply(BaseModel):
     state: str | None = Field(None, description="a video job's state (409 job_not_done only)")
 
 
+TRAINED_REASON_DOC = (
+    "null for trained weights; for random weights why their maps still show structure: "
+    '"random weights: structure here comes from colour, not learning"'
+)
+
+
 class HealthReply(BaseModel):
     status: str = "ok"
 
@@ -32,7 +38,9 @@ class ReadyReply(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """One entry of ``GET /models``; ``available: false`` comes with an ``error`` saying why."""
+    """One entry of ``GET /models``. ``available`` only when the weights are here (``status``
+    ``ready``); otherwise ``status`` says ``download on first use``, ``not downloadable here`` or
+    ``unavailable``, ``error`` the short reason and ``detail`` the full one."""
 
     id: str
     arch: str | None
@@ -43,8 +51,13 @@ class ModelInfo(BaseModel):
     which: str
     loaded: bool
     available: bool
+    status: str = Field(
+        description="ready | download on first use | not downloadable here | unavailable"
+    )
     trained: bool
-    error: str | None
+    trained_reason: str | None = Field(None, description=TRAINED_REASON_DOC)
+    error: str | None = Field(description="why it cannot be served now, in a few words")
+    detail: str | None = Field(None, description="the full reason (e.g. the download's error)")
     summary: str | None
     depth: int | None
     family: str | None = Field(description="dino | dinov2 | dinov3")
@@ -53,9 +66,16 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class Limits(BaseModel):
+    max_image_size: int = Field(description="the largest image_size (DINO_MAX_IMAGE_SIZE)")
+    max_batch: int = Field(description="images per /attention/batch (DINO_MAX_BATCH)")
+    max_upload_mb: float = Field(description="one uploaded file (DINO_MAX_UPLOAD_MB)")
+
+
 class ModelsReply(BaseModel):
     default: str | None
     models: list[ModelInfo]
+    limits: Limits
 
 
 class AttentionReply(BaseModel):
@@ -66,6 +86,7 @@ class AttentionReply(BaseModel):
     patch_size: int
     num_heads: int
     trained: bool
+    trained_reason: str | None = Field(description=TRAINED_REASON_DOC)
     summary: str | None
     source: str
     layout: str
@@ -109,6 +130,7 @@ class _FeatureReply(BaseModel):
     family: str
     patch_size: int
     trained: bool
+    trained_reason: str | None = Field(description=TRAINED_REASON_DOC)
     image_size: int
     precision: str
     model_config = ConfigDict(protected_namespaces=())

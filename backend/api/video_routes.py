@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from backend.analysis.images import check_processed_size
 from backend.api.replies import JobReply, JobSubmitted, error_responses
 from backend.errors import InvalidParameter, ServiceError, TooLarge, error_response
+from backend.models.registry import trained_fields
 from backend.settings import Settings
 from backend.video.io import VIDEO_EXTENSIONS, probe, target_fps
 from backend.video.jobs import ACTIVE, Job, JobState, JobStore
@@ -118,6 +119,7 @@ def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, A
     return {
         "request": params.model_dump(),
         "model": loaded.entry.id,
+        **trained_fields(loaded.info.trained),
         "layer_used": layer,
         "fps_used": fps,
         "max_frames": max_frames,

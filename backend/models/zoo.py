@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,8 +170,8 @@ def fetch(
         return final
     if not allow:
         raise ModelUnavailable(
-            f"{model_id} is not in the cache ({final}) and downloads are off "
-            "(DINO_ALLOW_DOWNLOADS=false); put the file there or allow downloads",
+            f"{model_id} is not in the cache ({final.name} in DINO_CACHE_DIR) and downloads are "
+            "off (DINO_ALLOW_DOWNLOADS=false); put the file there or allow downloads",
             code="downloads_disabled",
         )
     with _locks[model_id]:
@@ -201,7 +203,7 @@ def _download(
         log.warning("download of %s failed: %s", model_id, exc)
         raise ModelUnavailable(
             f"could not download {model_id} from {url}: {exc}; retry later, or place "
-            f"{final.name} in {final.parent}",
+            f"{final.name} in DINO_CACHE_DIR",
             code="download_failed",
         ) from exc
     return final
@@ -219,3 +221,18 @@ def fetch_for(settings: Settings, model_id: str, allow: bool | None = None) -> P
         deadline_s=settings.download_max_s,
         dinov2_base_url=settings.dinov2_download_base_url,
     )
+
+
+def url_for(settings: Settings, model_id: str) -> str:
+    """The URL :func:`fetch_for` would download ``model_id`` from."""
+    return ZOO[model_id].url(settings.download_base_url, settings.dinov2_download_base_url)
+
+
+def is_network_error(exc: BaseException | None) -> bool:
+    """Whether a download failed because the host did not answer (no route, refused, timed
+    out), not because of what it sent (an HTTP error status, a bad file)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return False
+    if isinstance(exc, urllib.error.URLError):
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, socket.gaierror))
