@@ -54,6 +54,13 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch, None
 
 
+def _as_float(out: Any) -> Any:
+    """A tensor (or a tuple of tensors) as float32; boolean tensors stay boolean."""
+    if isinstance(out, tuple):
+        return tuple(_as_float(o) for o in out)
+    return out if out.dtype == torch.bool else out.float()
+
+
 def iter_outputs(
     model: nn.Module,
     batches: Iterable[Any],
@@ -64,7 +71,8 @@ def iter_outputs(
     desc: str = "features",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """``(fn(model, images) as float32, labels)`` per non-empty batch, in loader order, without
-    gradients; a progress bar counts images (``total`` of them when known) and reports img/s."""
+    gradients (``fn`` may return a tuple of tensors); a progress bar counts images (``total``
+    of them when known) and reports img/s."""
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
@@ -79,7 +87,7 @@ def iter_outputs(
                 out = fn(model, images.to(device, non_blocking=True))
             seen += len(images)
             bar.update(len(images))
-            yield out.float(), labels
+            yield _as_float(out), labels
     finally:
         bar.close()
         if isinstance(model, nn.Module):

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from trainer.model.checkpoint_write import default_file_mode
+
 
 def rank_world() -> tuple[int, int]:
     """``(rank, world_size)`` of the joined process group, ``(0, 1)`` without one."""
@@ -95,6 +97,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
