@@ -29,18 +29,60 @@ from trainer.model.block_attention import block_attention, is_eva
 logger = logging.getLogger(__name__)
 
 
+class _QKV:
+    """An Eva ``qkv`` as timm's ``Attention`` has it: the fused weight and the fused bias."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        self.weight = attn.qkv.weight
+        parts = (attn.q_bias, attn.k_bias, attn.v_bias)
+        self.bias = None if attn.q_bias is None else torch.cat(parts)
+
+
+class _AttnView:
+    def __init__(self, attn: nn.Module) -> None:
+        self.qkv, self.num_heads = _QKV(attn), attn.num_heads
+        self.q_norm, self.k_norm, self.scale = attn.q_norm, attn.k_norm, attn.scale
+
+
+class _BlockView:
+    """An Eva block called as a DINO block: ``block(tokens)`` with the RoPE of the current
+    input (set by :meth:`EvaBackbone.prepare_tokens`); ``attn`` and ``norm1`` as in timm."""
+
+    def __init__(self, block: nn.Module, owner: EvaBackbone) -> None:
+        self.block, self.owner = block, owner
+        self.attn, self.norm1 = _AttnView(block.attn), block.norm1
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.block(tokens, rope=self.owner._rope)
+
+
 class EvaBackbone(nn.Module):
-    """A DINOv3 (timm ``Eva``) backbone with the evaluation methods of :class:`DinoViT`."""
+    """A DINOv3 (timm ``Eva``) backbone with the evaluation methods of :class:`DinoViT`.
+
+    ``prepare_tokens`` / ``blocks`` / ``norm`` follow the DINO layout too, for the per-block
+    read-outs (facets of LOST and TokenCut): the blocks run with the input's RoPE, and a key,
+    query or value facet is the projection before the rotation (RoPE encodes position only).
+    """
 
     def __init__(self, eva: nn.Module) -> None:
         super().__init__()
         self.model = eva
         self.patch_size = int(eva.patch_size)
         self.num_prefix_tokens = int(eva.num_prefix_tokens)
+        self._rope: torch.Tensor | None = None
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.blocks
+    def blocks(self) -> list[_BlockView]:
+        return [_BlockView(b, self) for b in self.model.blocks]
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.model.norm
+
+    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """CLS, storage and patch tokens of ``x`` before the first block (its RoPE kept)."""
+        tokens, self._rope = self.model._pos_embed(self.model.patch_embed(self._crop(x)))
+        return self.model.norm_pre(tokens)
 
     @property
     def num_heads(self) -> int:
