@@ -4,7 +4,8 @@ Each colour op gives exactly the pixels of the torchvision function that the DIN
 pipeline calls on a PIL image (``adjust_brightness`` / ``adjust_contrast`` /
 ``adjust_saturation`` / ``adjust_hue`` / ``rgb_to_grayscale``), with less work around it:
 brightness and contrast are one 256-entry lookup table per call (PIL's ``Image.blend``
-arithmetic: float32, truncated, clipped), the hue shift is a lookup table on the HSV bands.
+arithmetic: float32, truncated, clipped), the hue shift is PIL's HSV round trip computed with
+integer look-up tables (:mod:`trainer.data.hue_lut`, the same bytes).
 Blur and solarize are PIL's own (``ImageFilter.GaussianBlur``, ``ImageOps.solarize``), as in
 the authors' code. :func:`to_normalized_tensor` is ``ToTensor`` + ``Normalize`` in one step
 at the end of a view, with the same float32 values. :func:`resized_crop` (RandomResizedCrop's
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from trainer.data import hue_lut
 from trainer.model.vit import IMAGENET_MEAN, IMAGENET_STD
 
 SOLARIZE_THRESHOLD = 128
@@ -103,9 +105,20 @@ _HUE_TABLES = {step: _hue_table(step) for step in range(256)}
 
 
 def adjust_hue(image: Image.Image, shift: float) -> Image.Image:
-    """torchvision's ``adjust_hue``: the uint8 hue band rotated by ``int(shift * 255)`` levels."""
+    """torchvision's ``adjust_hue``: the uint8 hue band rotated by ``int(shift * 255)`` levels.
+
+    An RGB image goes through :func:`trainer.data.hue_lut.rotate_hue` (the same bytes without
+    PIL's float HSV conversions); PIL's own round trip is kept for other modes and for a PIL
+    whose conversions the tables do not reproduce. Single-band images are returned unchanged,
+    as torchvision does.
+    """
+    if image.mode in ("L", "1", "I", "F"):
+        return image  # torchvision leaves single-band images as they are
     step = int(shift * 255) % 256  # torchvision: np.int32(shift * 255), wrapped to uint8
-    return apply_table(image.convert("HSV"), _HUE_TABLES[step]).convert("RGB")
+    tables = hue_lut.tables() if image.mode == "RGB" else None
+    if tables is not None:
+        return hue_lut.rotate_hue(image, step, tables)
+    return apply_table(image.convert("HSV"), _HUE_TABLES[step]).convert(image.mode)
 
 
 def grayscale(image: Image.Image) -> Image.Image:
