@@ -7,30 +7,33 @@ from typing import Any
 
 import gradio as gr
 
-from app import compare_handlers, model_handlers
+from app import compare_handlers, controls, model_handlers
 from app.explore_tab import overlay_gallery, overlay_image
 from app.handlers import AttentionClient
+from app.model_handlers import PageSetup
 from app.styles import LEGEND_HTML
 
 
-def compare_tab() -> dict[str, Any]:
-    """Lay out the tab (call inside ``gr.Tab``); returns its components."""
+def compare_tab(setup: PageSetup) -> dict[str, Any]:
+    """Lay out the tab (call inside ``gr.Tab``); returns its components. The pictures carry
+    their own titles (model A | model B), so their Gradio labels are hidden and headings above
+    them say what they are."""
     o: dict[str, Any] = {}
     gr.Markdown(
         "Two models (or two checkpoints of one run) on the image, size and threshold of the "
         "Explore tab."
     )
     with gr.Row():
-        o["model_a"] = gr.Dropdown(
-            label="Model A", choices=[], allow_custom_value=True, elem_id="model-a"
-        )
-        o["model_b"] = gr.Dropdown(
-            label="Model B", choices=[], allow_custom_value=True, elem_id="model-b"
-        )
+        o["model_a"] = controls.model_dropdown("model-a", setup, "Model A")
+        o["model_b"] = controls.model_dropdown("model-b", setup, "Model B", setup.second)
     o["run"] = gr.Button("Compare", variant="primary", elem_id="compare")
-    o["status"] = gr.Markdown(elem_id="compare-status")
-    o["mean"] = overlay_image("Mean over heads: A | B", fmt="png")
-    o["heads"] = overlay_gallery("Head for head: A | B", "compare-heads", columns=2, fmt="png")
+    o["status"] = gr.Markdown(label="Compare status", elem_id="compare-status")
+    gr.Markdown("#### Mean over heads: A | B")
+    o["mean"] = overlay_image("Mean over heads: A | B", "compare-mean", fmt="png", show_label=False)
+    gr.Markdown("#### Head for head: A | B")
+    o["heads"] = overlay_gallery(
+        "Head for head: A | B", "compare-heads", columns=2, fmt="png", show_label=False
+    )
     gr.HTML(LEGEND_HTML)
     o["table"] = gr.Dataframe(
         label="Coverage (and IoU) per head",
@@ -53,7 +56,7 @@ def wire_compare(client: AttentionClient, ins: dict[str, Any], cmp: dict[str, An
         image_size: float,
         resize: str,
         threshold: float,
-        gt_mask: str | None,
+        gt_mask: str | None = None,
     ) -> Any:
         return compare_handlers.compare(
             client, image, model_a, model_b, image_size, resize, threshold, gt_mask

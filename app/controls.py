@@ -1,4 +1,9 @@
-"""Input controls that the Explore and Video tabs both show, each under its own element id."""
+"""Input controls that the Explore and Video tabs both show, each under its own element id.
+
+They are built with what the service said when the page was made (:class:`PageSetup`): the
+model ids, the default model's size settings and the service's largest image size, so that a
+program reading ``view_api()`` sees the real choices and limits.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,31 @@ from typing import Any
 
 import gradio as gr
 
-
-def model_dropdown(elem_id: str) -> Any:
-    """The model picker; its choices arrive from the service's catalogue when the page loads."""
-    return gr.Dropdown(label="Model", choices=[], allow_custom_value=True, elem_id=elem_id)
+from app.components import ServiceSlider
+from app.model_handlers import PageSetup
 
 
-def image_size_slider(elem_id: str) -> Any:
-    """The short side, in pixels, that an image or frame is resized to."""
-    return gr.Slider(
-        8, 1024, value=480, step=8, label="Image size (short side, px)", elem_id=elem_id
+def model_dropdown(
+    elem_id: str, setup: PageSetup, label: str = "Model", value: str | None = None
+) -> Any:
+    """The model picker, with the service's ids (the list is refreshed when the page loads);
+    it starts at ``value``, else the service's default."""
+    return gr.Dropdown(
+        label=label,
+        choices=setup.choices,
+        value=value or setup.default,
+        allow_custom_value=True,
+        elem_id=elem_id,
+        elem_classes=["model-pick"],
+    )
+
+
+def image_size_slider(elem_id: str, setup: PageSetup) -> Any:
+    """The short side, in pixels, that an image or frame is resized to: the default model's
+    size, in its patch steps, up to the service's limit (the service checks the value)."""
+    value, step, top = setup.size
+    return ServiceSlider(
+        step, top, value=value, step=step, label="Image size (short side, px)", elem_id=elem_id
     )
 
 

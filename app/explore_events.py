@@ -18,7 +18,6 @@ from app.explore_handlers import ANALYSIS_NAMES
 from app.handlers import AttentionClient
 
 PARAM_INPUTS = ("image", "model", "image_size", "resize", "threshold", "gt_mask", "layer", "query")
-QUERY_INDEX = PARAM_INPUTS.index("query")
 
 
 def _bound(client: AttentionClient, target: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -30,7 +29,7 @@ def _bound(client: AttentionClient, target: Callable[..., Any], name: str) -> Ca
         image_size: float,
         resize: str,
         threshold: float,
-        gt_mask: str | None,
+        gt_mask: str | None = None,
         layer: float | None = None,
         query: str | None = None,
         heads: list[int] | None = None,
@@ -60,7 +59,7 @@ def _rethreshold_handler(client: AttentionClient) -> Callable[..., Any]:
         image_size: float,
         resize: str,
         threshold: float,
-        gt_mask: str | None,
+        gt_mask: str | None = None,
         layer: float | None = None,
         query: str | None = None,
         heads: list[int] | None = None,
@@ -116,14 +115,59 @@ def wire_explore(
     """Wire every Explore event, in the order the api names were first given."""
     params = [*(ins[k] for k in PARAM_INPUTS), outs["heads_pick"]]
     shown = [{"status": status, "state": state}.get(k) or outs[k] for k in ANALYSIS_NAMES]
+    keep = _keep_last_result(ins, outs, status, state)
+    progress = {"show_progress_on": [status]}  # a failure then leaves every panel as it was
     analyze, rerun = _analysis_handlers(client)
-    ins["analyse"].click(analyze, params, shown, api_name="analyze", concurrency_limit=4)
-    ins["image"].change(rerun, params, shown, api_visibility="private", trigger_mode="always_last")
-    ins["gt_mask"].change(
-        rerun, params, shown, api_visibility="private", trigger_mode="always_last"
+    keep(
+        ins["analyse"].click(
+            analyze, params, shown, api_name="analyze", concurrency_limit=4, **progress
+        )
     )
-    _wire_controls(client, ins, outs, params, shown, state, rerun)
+    for source in (ins["image"], ins["gt_mask"]):
+        keep(
+            source.change(
+                rerun,
+                params,
+                shown,
+                api_visibility="private",
+                trigger_mode="always_last",
+                **progress,
+            )
+        )
+    _wire_controls(client, ins, outs, params, shown, state, rerun, keep)
     _wire_download_and_size(client, ins, state)
+
+
+def _status_of(shown: list[Any]) -> Any:
+    """The status line among an analysis's outputs: the one place its progress is drawn."""
+    return shown[ANALYSIS_NAMES.index("status")]
+
+
+def _keep_last_result(
+    ins: dict[str, Any], outs: dict[str, Any], status: Any, state: Any
+) -> Callable[[Any], None]:
+    """What follows an analysis event: on success the stale note goes; on failure the panels
+    keep the last good result, the note and the status line say so (the message says why)."""
+
+    def stale(
+        analysis: dict[str, Any] | None, model: str | None, layer: float | None, query: str | None
+    ) -> tuple[str, Any]:
+        line, note = explore_handlers.stale_view(analysis, model, layer, query)
+        return line, gr.Markdown(value=note, visible=bool(note))
+
+    def fresh() -> Any:
+        return gr.Markdown(value="", visible=False)
+
+    def keep(event: Any) -> None:
+        event.success(fresh, None, [outs["stale"]], api_visibility="private")
+        event.failure(
+            stale,
+            [state, ins["model"], ins["layer"], ins["query"]],
+            [status, outs["stale"]],
+            api_visibility="private",
+        )
+
+    return keep
 
 
 def _wire_controls(
@@ -134,17 +178,16 @@ def _wire_controls(
     shown: list[Any],
     state: Any,
     rerun: Callable[..., Any],
+    keep: Callable[[Any], None],
 ) -> None:
     """Block slider, threshold, composite heads, query patch, and the model's control ranges."""
     rethreshold = _rethreshold_handler(client)
-    ins["layer"].release(rerun, params, shown, api_name="block", trigger_mode="always_last")
-    ins["threshold"].release(
-        rethreshold, [*params, state], shown, api_name="threshold", trigger_mode="always_last"
-    )
-    outs["heads_pick"].input(
-        rethreshold, [*params, state], shown, api_name="heads", trigger_mode="always_last"
-    )
-    _wire_query(client, ins, outs, params, shown, state, rerun)
+    opts = {"trigger_mode": "always_last", "show_progress_on": [_status_of(shown)]}
+    keep(ins["layer"].release(rerun, params, shown, api_name="block", **opts))
+    with_state = [*params, state]
+    keep(ins["threshold"].release(rethreshold, with_state, shown, api_name="threshold", **opts))
+    keep(outs["heads_pick"].input(rethreshold, with_state, shown, api_name="heads", **opts))
+    _wire_query(client, ins, outs, params, shown, state, rerun, keep)
 
     def model_controls(model: str | None) -> Any:
         return model_handlers.explore_controls(client, model)
@@ -165,22 +208,36 @@ def _wire_query(
     shown: list[Any],
     state: Any,
     rerun: Callable[..., Any],
+    keep: Callable[[Any], None],
 ) -> None:
     """The query patch: typed as row,col, cleared back to the CLS token, or clicked on the image."""
-    ins["query"].submit(rerun, params, shown, api_name="query", trigger_mode="always_last")
+    opts = {"trigger_mode": "always_last", "show_progress_on": [_status_of(shown)]}
+    keep(ins["query"].submit(rerun, params, shown, api_name="query", **opts))
 
-    def clear(*values: Any) -> Any:
-        values = list(values)
-        values[QUERY_INDEX] = ""  # the query box: back to the CLS token
+    def clear(
+        image: str | None,
+        model: str | None,
+        image_size: float,
+        resize: str,
+        threshold: float,
+        gt_mask: str | None = None,
+        layer: float | None = None,
+        query: str | None = None,
+        heads: list[int] | None = None,
+    ) -> Any:
+        """The query box emptied (back to the CLS token), then the analysis without a query."""
+        values = (image, model, image_size, resize, threshold, gt_mask, layer, "", heads)
         return ("", *explore_handlers.rerun_on_change(client, *values))
 
-    ins["clear"].click(clear, params, [ins["query"], *shown], api_name="clear")
-    outs["processed"].select(
-        _select_handler(client),
-        [state, *params],
-        [ins["query"], *shown],
-        api_visibility="private",
-        trigger_mode="always_last",
+    keep(ins["clear"].click(clear, params, [ins["query"], *shown], api_name="clear", **opts))
+    keep(
+        outs["processed"].select(
+            _select_handler(client),
+            [state, *params],
+            [ins["query"], *shown],
+            api_visibility="private",
+            **opts,
+        )
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import rendering
+from app import composite, rendering
 from app.export import build_zip
 from app.handlers import (
     AttentionClient,
@@ -38,7 +38,7 @@ ANALYSIS_VIEW: tuple[tuple[str, Any], ...] = (
     ("query_heads", lambda r, q: rendering.query_gallery(r)),
     ("query_mean", lambda r, q: rendering.optional_overlay(r, "query_mean")),
     ("query_caption", lambda r, q: rendering.query_text(r)),
-    ("composite", lambda r, q: rendering.optional_overlay(r, "composite")),
+    ("composite", lambda r, q: composite.figure3(r)),
     ("legend", lambda r, q: rendering.composite_legend(r)),
     ("pca", lambda r, q: rendering.optional_overlay(r, "pca")),
     ("pca_fg", lambda r, q: rendering.optional_overlay(r, "pca_fg")),
@@ -85,11 +85,12 @@ def explore_request(
 ) -> dict[str, Any]:
     """The explorer's fields of one analysis: block, query patch, composite heads (None: all).
 
-    A block past the model's last (the slider's default before it learnt this model's depth) or
-    None means the last block (-1); ticked heads the model does not have are left out.
+    None means the last block (-1); any other block goes to the service as it is (one it lacks
+    gets the service's message naming the range); ticked heads the model does not have are left
+    out.
     """
-    depth, num_heads = shape
-    block = -1 if layer is None or (depth is not None and int(layer) >= depth) else int(layer)
+    _, num_heads = shape
+    block = -1 if layer is None else int(layer)
     chosen = (
         None
         if heads is None
@@ -135,7 +136,7 @@ def analyse(
     base = request_record(image, model, image_size, resize, threshold, gt_mask)
 
     def run() -> AnalysisView:
-        shape = model_shape(client, model, previous) if layer is not None or heads else (None, None)
+        shape = model_shape(client, model, previous) if heads else (None, None)
         request = {**base, **explore_request(shape, layer, query, heads)}
         result = call_attention(client, image, model, request, gt_mask)
         return _view(result, request, previous)
@@ -174,3 +175,23 @@ def download(state: dict[str, Any] | None, out_dir: str | Path | None = None) ->
             "build the download", lambda: build_zip(state["result"], state["request"], out_dir)
         )
     )
+
+
+def stale_view(
+    analysis: dict[str, Any] | None, model: str | None, layer: float | None, query: str | None
+) -> tuple[str, str]:
+    """(status line, note above the panels) after a failed analysis: the panels keep the last
+    good result, and both say which one it is next to what the controls now ask for."""
+    asked = f"model {model or 'default'}, block {'last' if layer in (None, -1) else int(layer)}"
+    asked += f", query patch {query}" if query else ""
+    failed = f"the request for {asked} failed (the message says why and what to do)"
+    if not analysis or "result" not in analysis:
+        return f"No result yet: {failed}.", ""
+    result, request = analysis["result"], analysis.get("request", {})
+    shown = f"**{result['model']}**, block {result.get('layer', 'last')}"
+    shown += f", query patch {request['query']}" if request.get("query") else ""
+    note = (
+        f"**Last good result** ({shown}), kept on screen: {failed}. These pictures are not "
+        "of the controls' current settings."
+    )
+    return f"Last good result: {rendering.status_text(result)} Then {failed}.", note

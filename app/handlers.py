@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 NO_IMAGE = "Upload an image or pick one of the examples first."
+ERROR_TOAST_S = 30  # how long an error's message stays on the page (its close button ends it)
 APP_OVERLAY_FORMAT = "jpeg"  # the fastest of the service's overlay formats to encode
 
 
@@ -74,11 +75,14 @@ def readable_errors(action: str, call: Callable[[], T]) -> T:
     except gr.Error:
         raise
     except BackendError as exc:
-        raise gr.Error(str(exc), title=f"Could not {action}", print_exception=False) from exc
+        raise gr.Error(
+            str(exc), title=f"Could not {action}", duration=ERROR_TOAST_S, print_exception=False
+        ) from exc
     except rendering.RenderError as exc:
         raise gr.Error(
             f"The service's reply cannot be shown: {exc}",
             title=f"Could not {action}",
+            duration=ERROR_TOAST_S,
             print_exception=False,
         ) from exc
     except (KeyError, TypeError, ValueError) as exc:
@@ -87,6 +91,7 @@ def readable_errors(action: str, call: Callable[[], T]) -> T:
             f"The service's reply is not what the app expects ({type(exc).__name__}: {exc}); "
             "is BACKEND_URL pointing at the attention service?",
             title=f"Could not {action}",
+            duration=ERROR_TOAST_S,
             print_exception=False,
         ) from exc
 

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from app import handlers, rendering
+from app import handlers, model_handlers, rendering
 from app.handlers import AttentionClient
 
 MARKER_RGB = (0, 255, 255)
@@ -17,7 +17,9 @@ MARKER_RGB = (0, 255, 255)
 
 def _check(image_a: str | None, image_b: str | None) -> None:
     if not image_a or not image_b:
-        raise gr.Error("Upload both images (A and B) first.", title="Nothing to match")
+        raise gr.Error(
+            "Upload both images (A and B) first.", title="Nothing to match", print_exception=False
+        )
 
 
 def patch_of_click(
@@ -67,17 +69,22 @@ def run_match(
         "match the two images",
         lambda: client.match(image_a, image_b, model or None, int(image_size), **fields),
     )
-    pairs = rendering.decode_png(reply["overlay"])
+    pairs = rendering.model_picture(reply, reply["overlay"])
     heat = similarity_picture(image_b, reply) if query is not None else None
+    if heat is not None and rendering.untrained(reply):
+        heat = rendering.mark_untrained(heat)
     status = status_line(reply)
     return pairs, heat, status, reply
 
 
 def status_line(reply: dict[str, Any]) -> str:
+    """Model, block, facet, pairs and grids (rows x cols), the clicked patch's best match, and
+    the untrained model's warning."""
     rows_a, cols_a = reply["grid_a"]
     rows_b, cols_b = reply["grid_b"]
-    untrained = "" if reply.get("trained", True) else " **Random weights: structure here comes "
-    untrained += "from colour, not learning.**" if untrained else ""
+    untrained = ""
+    if rendering.untrained(reply):
+        untrained = f" **{model_handlers.untrained_text(reply.get('trained_reason'))}.**"
     line = (
         f"{reply['model']}, block {reply['layer']}, {reply['facet']} facet: "
         f"{len(reply['matches'])} best buddies; A {rows_a}x{cols_a}, B {rows_b}x{cols_b} patches "

@@ -9,12 +9,14 @@ import gradio as gr
 from PIL import Image
 
 from app import match_handlers
+from app.components import ImageUpload, ServiceSlider
 from app.handlers import AttentionClient
+from app.model_handlers import PageSetup
 
 FACETS = ["key", "query", "value", "token"]
 
 
-def match_tab() -> dict[str, Any]:
+def match_tab(setup: PageSetup) -> dict[str, Any]:
     """Lay out the tab (call inside ``gr.Tab``); returns its components."""
     o: dict[str, Any] = {}
     gr.Markdown(
@@ -23,14 +25,21 @@ def match_tab() -> dict[str, Any]:
         "Model and size come from the Explore tab."
     )
     with gr.Row():
-        o["image_a"] = gr.Image(label="A (click a point)", type="filepath", elem_id="match-a")
-        o["image_b"] = gr.Image(label="B", type="filepath", elem_id="match-b")
+        o["image_a"] = ImageUpload(label="A (click a point)", type="filepath", elem_id="match-a")
+        o["image_b"] = ImageUpload(label="B", type="filepath", elem_id="match-b")
     with gr.Row():
         o["facet"] = gr.Dropdown(FACETS, value="key", label="Facet", elem_id="match-facet")
-        o["layer"] = gr.Slider(-12, 11, value=-1, step=1, label="Block (-1: last)")
+        o["layer"] = ServiceSlider(
+            -setup.depth,
+            setup.depth - 1,
+            value=-1,
+            step=1,
+            label="Block (-1: last)",
+            elem_id="match-block",
+        )
         o["top_k"] = gr.Slider(1, 100, value=20, step=1, label="Best buddies shown")
     o["run"] = gr.Button("Match", variant="primary", elem_id="match-run")
-    o["status"] = gr.Markdown(elem_id="match-status")
+    o["status"] = gr.Markdown(label="Match status", elem_id="match-status")
     with gr.Row():
         o["pairs"] = gr.Image(label="Best buddies: A | B", type="pil", interactive=False)
         o["where"] = gr.Image(
@@ -46,13 +55,30 @@ def wire_match(client: AttentionClient, ins: dict[str, Any], o: dict[str, Any]) 
     """``match``: the pairs; ``match_point``: a click in A, the similarity map of B too."""
     controls = [ins["model"], ins["image_size"], o["facet"], o["layer"], o["top_k"]]
 
-    def match(image_a, image_b, model, image_size, facet, layer, top_k):
+    def match(
+        image_a: str | None,
+        image_b: str | None,
+        model: str | None,
+        image_size: float,
+        facet: str,
+        layer: float,
+        top_k: float,
+    ) -> tuple[Any, str]:
         pairs, _, status, _ = match_handlers.run_match(
             client, image_a, image_b, model, image_size, facet, layer, top_k
         )
         return pairs, status
 
-    def point(image_a, image_b, model, image_size, facet, layer, top_k, evt: gr.SelectData):
+    def point(
+        image_a: str | None,
+        image_b: str | None,
+        model: str | None,
+        image_size: float,
+        facet: str,
+        layer: float,
+        top_k: float,
+        evt: gr.SelectData,
+    ) -> tuple[Any, Any, str]:
         size = Image.open(image_a).size if image_a else (1, 1)
         patch = _patch_size(client, model)
         query = match_handlers.patch_of_click(tuple(evt.index), size, int(image_size), patch)

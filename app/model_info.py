@@ -11,15 +11,27 @@ from typing import Any
 
 import numpy as np
 
-MAX_IMAGE_SIZE = 1024  # the slider's upper end, rounded down to a multiple of the patch size
+# the slider's upper end until the service's ``GET /models`` ``limits.max_image_size`` is known
+# (the service's own default limit); it is then rounded down to a multiple of the patch size
+UNKNOWN_MAX_IMAGE_SIZE = 2048
 FALLBACK_SIZE = 480
 
 
-def size_settings(entry: dict[str, Any] | None) -> tuple[int, int, int]:
-    """(default value, step, maximum) of the size control for one ``GET /models`` entry."""
+def max_image_size(catalog: dict[str, Any] | None) -> int:
+    """The largest ``image_size`` the service accepts (``limits.max_image_size`` of /models)."""
+    limits = (catalog or {}).get("limits") or {}
+    value = limits.get("max_image_size") if isinstance(limits, dict) else None
+    return int(value) if isinstance(value, int | float) and value > 0 else UNKNOWN_MAX_IMAGE_SIZE
+
+
+def size_settings(
+    entry: dict[str, Any] | None, limit: int = UNKNOWN_MAX_IMAGE_SIZE
+) -> tuple[int, int, int]:
+    """(default value, step, maximum) of the size control for one ``GET /models`` entry, with
+    the service's ``limit`` on image_size."""
     entry = entry or {}
     patch = int(entry.get("patch_size") or 8)
-    top = max(patch, MAX_IMAGE_SIZE // patch * patch)
+    top = max(patch, int(limit) // patch * patch)
     default = int(entry.get("default_image_size") or FALLBACK_SIZE)
     value = min(max(patch, default // patch * patch), top)
     return value, patch, top
@@ -31,12 +43,17 @@ def registers_of(result: dict[str, Any]) -> int:
 
 
 def model_title(prefix: str, result: dict[str, Any]) -> str:
-    """A column title: ``A: <id>``, with ``(4 registers)`` or ``(no registers)`` for DINOv2."""
+    """A column title: ``A: <id>``, with ``(4 registers)`` or ``(no registers)`` for DINOv2,
+    ``(4 storage tokens)`` for DINOv3, and ``random weights`` for an untrained model."""
     title = f"{prefix}: {result['model']}"
-    if result.get("family") != "dinov2":
-        return title
     count = registers_of(result)
-    return f"{title} ({count} registers)" if count else f"{title} (no registers)"
+    if result.get("family") == "dinov2":
+        title += f" ({count} registers)" if count else " (no registers)"
+    elif result.get("family") == "dinov3":
+        title += f" ({count} storage tokens)"
+    if result.get("trained") is False:
+        title += ", random weights"
+    return title
 
 
 def register_share(result: dict[str, Any]) -> list[float] | None:

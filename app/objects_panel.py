@@ -8,6 +8,7 @@ import gradio as gr
 
 from app import handlers, rendering
 from app.handlers import AttentionClient
+from app.model_handlers import untrained_text
 
 
 def find_objects(
@@ -20,14 +21,14 @@ def find_objects(
 ) -> tuple[Any, str]:
     """(the picture with the box and seed, a status line with the box and its IoU)."""
     if not image:
-        raise gr.Error("Upload an image first.", title="Nothing to look at")
+        raise gr.Error("Upload an image first.", title="Nothing to look at", print_exception=False)
     reply = handlers.readable_errors(
         "find the main object",
         lambda: client.objects(
             image, model or None, int(image_size), gt_mask or None, method=method
         ),
     )
-    return rendering.decode_png(reply["overlay"]), objects_status(reply)
+    return rendering.model_picture(reply, reply["overlay"]), objects_status(reply)
 
 
 def objects_status(reply: dict[str, Any]) -> str:
@@ -38,13 +39,21 @@ def objects_status(reply: dict[str, Any]) -> str:
     )
     if reply.get("box_iou") is not None:
         line += f" Box IoU with the mask's box: {reply['box_iou']:.3f}."
-    if not reply.get("trained", True):
-        line += " **Random weights: structure here comes from colour, not learning.**"
+    if rendering.untrained(reply):
+        line += f" **{untrained_text(reply.get('trained_reason'))}.**"
     return line
 
 
 def wire_objects(client: AttentionClient, ins: dict[str, Any], outs: dict[str, Any]) -> None:
-    def run(image, model, image_size, gt_mask, method):
+    """``objects``: the Find the object button."""
+
+    def run(
+        image: str | None,
+        model: str | None,
+        image_size: float,
+        gt_mask: str | None = None,
+        method: str = "lost",
+    ) -> tuple[Any, str]:
         return find_objects(client, image, model, image_size, gt_mask, method)
 
     outs["objects_run"].click(

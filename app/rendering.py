@@ -18,7 +18,7 @@ from app.model_info import register_note
 
 GalleryItems = list[tuple[Image.Image, str]]
 _GAP = 6
-_TITLE_H = 22
+UNTRAINED_MARK = "random weights"
 
 
 class RenderError(ValueError):
@@ -57,13 +57,39 @@ def processed_image(result: dict[str, Any]) -> Image.Image:
     return decode_png(_overlays(result)["image"])
 
 
+def untrained(result: dict[str, Any]) -> bool:
+    """Whether the reply says its model's weights are random (``trained: false``)."""
+    return result.get("trained") is False
+
+
+def mark_untrained(image: Image.Image) -> Image.Image:
+    """``image`` with a "random weights" label in its lower left corner, sized to the picture."""
+    out = image.copy()
+    size = int(min(max(out.width / 18, 9), 22))
+    font = _font(size)
+    draw = ImageDraw.Draw(out, "RGBA")
+    x0, y0, x1, y1 = draw.textbbox((0, 0), UNTRAINED_MARK, font=font)
+    pad = max(2, size // 4)
+    top = out.height - (y1 - y0) - 2 * pad
+    draw.rectangle([0, top, x1 - x0 + 2 * pad, out.height], fill=(170, 20, 20, 200))
+    draw.text((pad - x0, top + pad - y0), UNTRAINED_MARK, fill=(255, 255, 255, 255), font=font)
+    return out
+
+
+def model_picture(result: dict[str, Any], data_b64: str) -> Image.Image:
+    """An overlay the model made, marked when the model's weights are random."""
+    image = decode_png(data_b64)
+    return mark_untrained(image) if untrained(result) else image
+
+
 def mean_overlay(result: dict[str, Any]) -> Image.Image:
-    return decode_png(_overlays(result)["mean"])
+    return model_picture(result, _overlays(result)["mean"])
 
 
 def head_gallery(result: dict[str, Any]) -> GalleryItems:
     """One heat overlay per head, captioned ``head 0`` .. ``head n-1``."""
-    return [(decode_png(png), head_label(i)) for i, png in enumerate(_overlays(result)["heads"])]
+    heads = _overlays(result)["heads"]
+    return [(model_picture(result, png), head_label(i)) for i, png in enumerate(heads)]
 
 
 def mask_gallery(result: dict[str, Any]) -> GalleryItems:
@@ -72,7 +98,7 @@ def mask_gallery(result: dict[str, Any]) -> GalleryItems:
     items = []
     for i, png in enumerate(_overlays(result).get("masks", [])):
         kept = f" · {coverage[i]:.0%} kept" if i < len(coverage) else ""
-        items.append((decode_png(png), head_label(i) + kept))
+        items.append((model_picture(result, png), head_label(i) + kept))
     return items
 
 
@@ -81,14 +107,15 @@ def query_gallery(result: dict[str, Any]) -> GalleryItems:
     query."""
     overlays = _overlays(result)
     return [
-        (decode_png(png), head_label(i)) for i, png in enumerate(overlays.get("query_heads") or [])
+        (model_picture(result, png), head_label(i))
+        for i, png in enumerate(overlays.get("query_heads") or [])
     ]
 
 
 def optional_overlay(result: dict[str, Any], key: str) -> Image.Image | None:
     """``overlays[key]`` decoded, or None when the reply does not carry it."""
     data = _overlays(result).get(key)
-    return decode_png(data) if data else None
+    return model_picture(result, data) if data else None
 
 
 def query_text(result: dict[str, Any]) -> str:
@@ -148,12 +175,15 @@ def best_head_text(result: dict[str, Any]) -> str:
     )
 
 
+UNTRAINED_WORDS = "random weights: structure here comes from colour, not learning"
+
+
 def weights_word(trained: bool | None) -> str:
     if trained is None:
         return "weights of unknown origin"
     if trained:
         return "trained weights"
-    return "a **random-init placeholder** (untrained: the maps show no learned structure)"
+    return f"**{UNTRAINED_WORDS}**"
 
 
 def card_text(summary: object, limit: int | None = None) -> str:
@@ -186,7 +216,8 @@ def status_text(result: dict[str, Any]) -> str:
         f"Showing **{result['model']}** ({result.get('arch', '?')}, "
         f"patch {result.get('patch_size', '?')}, {result['num_heads']} heads): "
         f"{weights_text(result.get('trained'), result.get('summary'))}. "
-        f"Image {w}×{h} px, grid {gw}×{gh} patches, block {result.get('layer', 'last')}, "
+        f"Image {h}×{w} px, grid {gh}×{gw} patches (rows × cols), "
+        f"block {result.get('layer', 'last')}, "
         f"threshold {params.get('threshold', '?')}{took}." + register_note(result)
     )
 
@@ -198,17 +229,42 @@ def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+MIN_PANEL_W = 240  # a compared panel is upscaled (nearest) to at least this width
+
+
+def title_font_size(width: int) -> int:
+    """The title's font size for a panel ``width`` px wide: large enough to stay >= 14 px when
+    the gallery shows the pair at about two thirds of its size."""
+    return max(16, width // 20)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def _titled(image: Image.Image | None, title: str, height: int, width: int) -> Image.Image:
-    """``image`` scaled to ``height`` with a title strip above; a grey panel when ``image`` is
-    None."""
+    """``image`` scaled to ``height`` with a title strip above (wrapped to the panel's width);
+    a grey panel when ``image`` is None."""
     if image is None:
         body = Image.new("RGB", (width, height), (60, 60, 60))
     else:
         scale = height / image.height
         body = image.resize((max(1, round(image.width * scale)), height), Image.NEAREST)
-    panel = Image.new("RGB", (body.width, height + _TITLE_H), (255, 255, 255))
-    panel.paste(body, (0, _TITLE_H))
-    ImageDraw.Draw(panel).text((4, 3), title, fill=(20, 20, 20), font=_font())
+    size = title_font_size(body.width)
+    font = _font(size)
+    lines = _wrap(ImageDraw.Draw(body), title, font, body.width - 8)
+    strip = len(lines) * (size + 4) + 6
+    panel = Image.new("RGB", (body.width, height + strip), (255, 255, 255))
+    panel.paste(body, (0, strip))
+    draw = ImageDraw.Draw(panel)
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * (size + 4)), line, fill=(20, 20, 20), font=font)
     return panel
 
 
@@ -220,11 +276,24 @@ def side_by_side(
     present = [im for im in (left, right) if im is not None]
     if not present:
         raise RenderError("nothing to compare: both panels are empty")
-    height = max(im.height for im in present)
-    width = max(im.width for im in present)
+    zoom = max(1, -(-MIN_PANEL_W // max(im.width for im in present)))  # small maps: upscale
+    height = max(im.height for im in present) * zoom
+    width = max(im.width for im in present) * zoom
     a = _titled(left, left_title, height, width)
     b = _titled(right, right_title, height, width)
-    canvas = Image.new("RGB", (a.width + _GAP + b.width, a.height), (255, 255, 255))
+    strip = max(a.height, b.height)
+    canvas = Image.new("RGB", (a.width + _GAP + b.width, strip), (255, 255, 255))
+    a, b = _bottom_aligned(a, strip), _bottom_aligned(b, strip)
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + _GAP, 0))
     return canvas
+
+
+def _bottom_aligned(panel: Image.Image, height: int) -> Image.Image:
+    """``panel`` on a white canvas ``height`` tall, its picture at the bottom (titles differ in
+    lines)."""
+    if panel.height == height:
+        return panel
+    out = Image.new("RGB", (panel.width, height), (255, 255, 255))
+    out.paste(panel, (0, height - panel.height))
+    return out

@@ -22,4 +22,9 @@ CSS = f"""
 .swatch {{display: inline-block; width: 14px; height: 14px; border-radius: 2px;
          border: 1px solid #444}}
 #processed img {{cursor: crosshair}}
+#untrained-banner {{background: #fff1e0; border: 2px solid #d9822b; border-radius: 6px;
+                    padding: 0.4em 1em}}
+#stale-note {{background: #fff8d6; border-left: 5px solid #c99a00; padding: 0.3em 0.8em}}
+.dino-gallery .caption-label {{font-size: 15px !important}}
+.model-pick input {{padding-right: 2.2em !important; text-overflow: ellipsis}}
 """

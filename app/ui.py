@@ -40,28 +40,32 @@ INTRO = (
 
 def build_demo(client: AttentionClient, examples: Sequence[str | Path] | None = None) -> gr.Blocks:
     """The explorer wired to ``client``; ``examples`` are image paths shown under the upload."""
+    setup = model_handlers.page_setup(client)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         status = gr.Markdown(
-            f"Connecting to the attention service at {client.base_url} ...", elem_id="status"
+            f"Connecting to the attention service at {client.base_url} ...",
+            label="Status",
+            elem_id="status",
         )
+        banner = gr.Markdown("", label="Untrained model", visible=False, elem_id="untrained-banner")
         state = gr.State(None)
         with gr.Tab("Explore"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=300):
-                    ins = explore_inputs(examples or [])
+                    ins = explore_inputs(examples or [], setup)
                 with gr.Column(scale=2):
-                    outs = explore_outputs()
+                    outs = explore_outputs(setup)
         with gr.Tab("Compare"):
-            cmp = compare_tab()
+            cmp = compare_tab(setup)
         with gr.Tab("Match"):
-            matching = match_tab()
+            matching = match_tab(setup)
         # first: its load event owns the api_name "models"
-        _wire(demo, client, ins, outs, cmp, status, state)
+        _wire(demo, client, ins, outs, cmp, status, state, banner)
         wire_match(client, ins, matching)
         wire_objects(client, ins, outs)
         with gr.Tab("Video"):
-            build_video_tab(demo, client)
+            build_video_tab(demo, client, setup)
     return demo
 
 
@@ -73,14 +77,19 @@ def _wire(
     cmp: dict[str, Any],
     status: Any,
     state: Any,
+    banner: Any,
 ) -> None:
-    """The model list on load, then the Explore tab's events, then the Compare tab's."""
+    """The model list on load, then the Explore tab's events, then the Compare tab's; the
+    untrained-model banner follows the Explore tab's model."""
 
     def models() -> tuple[Any, Any, Any, str]:
         return model_handlers.list_models(client)
 
     def first_model_controls(model: str | None) -> tuple[Any, Any, Any]:
         return model_handlers.model_controls(client, model)
+
+    def model_banner(model: str | None) -> Any:
+        return model_handlers.banner(client, model)
 
     # the dropdowns' own listeners fire on a user's choice only (``input``), so the first model's
     # controls are set once, right after the list, and never over a size the user set later
@@ -91,7 +100,8 @@ def _wire(
         [ins["model"]],
         [ins["image_size"], ins["layer"], outs["heads_pick"]],
         api_visibility="private",
-    )
+    ).then(model_banner, [ins["model"]], [banner], api_visibility="private")
+    ins["model"].input(model_banner, [ins["model"]], [banner], api_visibility="private")
     wire_explore(client, ins, outs, status, state)
     wire_compare(client, ins, cmp)
 

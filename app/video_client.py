@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import mimetypes
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,17 @@ from app.handlers import AttentionClient
 
 RENDERS = ("mean", "heads", "masks", "side")
 RESULT_FORMATS = ("mp4", "npz", "json")
+CLIENT_HEADER = "X-Dino-Client"  # the service counts its per-client job limit per browser session
+_SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def session_headers() -> dict[str, str]:
+    """``X-Dino-Client`` with the browser session of the Gradio event being handled, so each
+    browser gets its own video-job limit rather than sharing the app's; empty outside one."""
+    from gradio.context import LocalContext
+
+    session = getattr(LocalContext.request.get(None), "session_hash", None)
+    return {CLIENT_HEADER: session} if session and _SESSION.fullmatch(session) else {}
 
 
 def submit_video(
@@ -45,7 +57,11 @@ def submit_video(
         fields["max_frames"] = str(int(max_frames))
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     body = client.call_json(
-        "POST", "/attention/video", files={"video": (path.name, data, mime)}, data=fields
+        "POST",
+        "/attention/video",
+        files={"video": (path.name, data, mime)},
+        data=fields,
+        headers=session_headers(),
     )
     if "job" not in body:
         raise BackendError(

@@ -17,6 +17,7 @@ import gradio as gr
 
 from app import controls, handlers, model_handlers, video_client
 from app.handlers import AttentionClient
+from app.model_handlers import PageSetup
 
 VIDEO_TYPES = [".mp4", ".webm", ".mov", ".gif", ".mkv", ".m4v", ".avi"]
 POLL_S = 0.25
@@ -53,7 +54,7 @@ def progress_html(status: dict[str, Any] | None) -> str:
     )
 
 
-def video_inputs() -> dict[str, Any]:
+def video_inputs(setup: PageSetup) -> dict[str, Any]:
     c: dict[str, Any] = {}
     c["video"] = gr.File(
         label="Clip (mp4, webm, mov, gif)",
@@ -61,7 +62,7 @@ def video_inputs() -> dict[str, Any]:
         type="filepath",
         elem_id="video-input",
     )
-    c["model"] = controls.model_dropdown("video-model")
+    c["model"] = controls.model_dropdown("video-model", setup)
     c["render"] = gr.Radio(RENDER_CHOICES, value="mean", label="Render", elem_id="video-render")
     c["fps"] = gr.Slider(
         0,
@@ -72,17 +73,19 @@ def video_inputs() -> dict[str, Any]:
         elem_id="video-fps",
     )
     c["threshold"] = controls.threshold_slider("video-threshold")
-    c["image_size"] = controls.image_size_slider("video-image-size")
+    c["image_size"] = controls.image_size_slider("video-image-size", setup)
     with gr.Row():
         c["run"] = gr.Button("Run on the clip", variant="primary", elem_id="video-run")
-        c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="video-cancel")
+        c["cancel"] = gr.Button(  # active (and red) only while a job runs
+            "Cancel", variant="secondary", interactive=False, elem_id="video-cancel"
+        )
     return c
 
 
 def video_outputs() -> dict[str, Any]:
     o: dict[str, Any] = {}
-    o["progress"] = gr.HTML(progress_html(None), elem_id="video-progress-html")
-    o["status"] = gr.Markdown(elem_id="video-status")
+    o["progress"] = gr.HTML(progress_html(None), label="Progress", elem_id="video-progress-html")
+    o["status"] = gr.Markdown(label="Video status", elem_id="video-status")
     o["job"] = gr.Textbox(label="Job id", interactive=False, elem_id="video-job")
     with gr.Row():
         o["source"] = gr.Video(
@@ -107,6 +110,8 @@ def _finished(client: AttentionClient, status: dict[str, Any], out_dir: Path) ->
     arrays = video_client.save_result(client, job, "npz", out_dir / "attention.npz")
     note = " (stopped at max_frames: the clip has more)" if status.get("truncated") else ""
     text = f"Done: {status['frames_done']} frames of job `{job}`{note}."
+    if status.get("trained") is False:
+        text += f" **{model_handlers.untrained_text(status.get('trained_reason'))}.**"
     return progress_html(status), text, job, str(source), str(result), [str(result), str(arrays)]
 
 
@@ -177,11 +182,11 @@ def cancel_video(client: AttentionClient, job: str | None) -> str:
     return f"Cancelling job `{job}` ..."
 
 
-def build_video_tab(demo: gr.Blocks, client: AttentionClient) -> dict[str, Any]:
+def build_video_tab(demo: gr.Blocks, client: AttentionClient, setup: PageSetup) -> dict[str, Any]:
     """Lay out the tab (call inside ``gr.Tab``) and wire its events; returns the components."""
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            ins = video_inputs()
+            ins = video_inputs(setup)
         with gr.Column(scale=2):
             outs = video_outputs()
 
@@ -201,14 +206,30 @@ def build_video_tab(demo: gr.Blocks, client: AttentionClient) -> dict[str, Any]:
     def cancel(job: str | None) -> str:
         return cancel_video(client, job)
 
+    def model_size(model: str | None) -> Any:  # the size control follows the clip's model
+        return model_handlers.size_control(client, model)
+
     demo.load(models, outputs=[ins["model"]], api_visibility="private")
+    ins["model"].input(model_size, [ins["model"]], [ins["image_size"]], api_visibility="private")
     shown = [outs[k] for k in ("progress", "status", "job", "source", "result", "files")]
+    ins["run"].click(
+        _cancel_button(True), None, [ins["cancel"]], api_visibility="private", queue=False
+    )
     ins["run"].click(
         run,
         [ins[k] for k in ("video", "model", "render", "fps", "threshold", "image_size")],
         shown,
         api_name="video",
         concurrency_limit=4,
-    )
+    ).then(_cancel_button(False), None, [ins["cancel"]], api_visibility="private")
     ins["cancel"].click(cancel, [outs["job"]], [outs["status"]], api_name="video_cancel")
     return {**ins, **outs}
+
+
+def _cancel_button(active: bool) -> Any:
+    """The Cancel button's state: red and active while a job runs, grey and inactive else."""
+
+    def update() -> Any:
+        return gr.Button(interactive=active, variant="stop" if active else "secondary")
+
+    return update

@@ -57,7 +57,7 @@ def test_upload_threshold_download_and_screenshot(page, tmp_path):
     # the first model's controls follow the list (Block 0..1 for the tiny model): after that, the
     # size set here is the one the analysis uses
     page.wait_for_function("() => document.querySelector('#block input[type=range]')?.max === '1'")
-    assert "random-init placeholder" in page.locator("#status").inner_text()
+    assert "random weights" in page.locator("#status").inner_text()
     set_number(page, "image-size", 96)
     image, mask = scene((144, 96))
     image.save(tmp_path / "scene.png")
@@ -72,7 +72,7 @@ def test_upload_threshold_download_and_screenshot(page, tmp_path):
     assert (
         f"Showing {MODEL_IDS[-1]}" in status
         and "threshold 0.6" in status
-        and "grid 18×12" in status
+        and "grid 12×18 patches (rows × cols)" in status
     )
     page.get_by_text("Best head: head").wait_for()
 
@@ -130,7 +130,7 @@ def test_a_built_in_example_is_analysed_when_clicked(page):
     page.locator(
         "#gt-input button[aria-label='Remove Image']"
     ).click()  # removing it re-runs the analysis
-    page.get_by_text("Image 96×96 px, grid 12×12 patches").wait_for()
+    page.get_by_text("Image 96×96 px, grid 12×12 patches (rows × cols)").wait_for()
     assert _captions(page, "heads") == [f"head {i}" for i in range(HEADS)]
     assert "Upload a ground-truth mask" in page.locator("#best-head").inner_text()
 

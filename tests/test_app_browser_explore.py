@@ -123,7 +123,7 @@ def test_click_block_threshold_in_the_browser(page, tmp_path):
     image.save(tmp_path / "scene.png")
     page.locator("#image-input input[type=file]").set_input_files(str(tmp_path / "scene.png"))
     heads = _wait_new_gallery(page, "heads", [])
-    page.get_by_text("grid 40×30 patches, block 11").wait_for()
+    page.get_by_text("grid 30×40 patches (rows × cols), block 11").wait_for()
     _wait_new_gallery(page, "masks", [])
 
     # click the patch at natural pixel (200, 120): row 7, col 12
@@ -149,7 +149,7 @@ def test_click_block_threshold_in_the_browser(page, tmp_path):
     # another block: a model run for block 5, query kept
     set_number(page, "block", 5)
     heads = _wait_new_gallery(page, "heads", heads)
-    page.get_by_text("grid 40×30 patches, block 5").wait_for()
+    page.get_by_text("grid 30×40 patches (rows × cols), block 5").wait_for()
     page.get_by_text("Block 5: attention from patch row 7, col 12").wait_for()
     assert "no model run" not in page.locator("#status").inner_text()
     _shot(page, "explore_block", tmp_path)

@@ -82,8 +82,12 @@ class DinoV2Client:
             {"id": "old_service_entry", "patch_size": 8},
         ]
 
-    def models(self) -> dict:
-        return {"default": "dino_vits16", "models": self.catalog}
+    def models(self) -> dict:  # a service whose DINO_MAX_IMAGE_SIZE is 1024
+        return {
+            "default": "dino_vits16",
+            "models": self.catalog,
+            "limits": {"max_image_size": 1024},
+        }
 
     def attention(self, image, model=None, image_size=480, **kwargs) -> dict:
         self.calls.append({"model": model, "image_size": image_size})
@@ -105,7 +109,7 @@ def photo(tmp_path: Path) -> str:
         ("old_service_entry", 480, 8, 1024),
     ],
 )
-def test_size_control_follows_the_model(model, value, step, top):
+def test_size_control_follows_the_model_and_the_services_limit(model, value, step, top):
     slider = model_handlers.size_control(DinoV2Client(), model)
     assert (slider.value, slider.step, slider.minimum, slider.maximum) == (value, step, step, top)
     assert slider.value % step == 0

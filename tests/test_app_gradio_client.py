@@ -96,7 +96,7 @@ def test_models_come_from_the_service(client):
     ids = [choice[1] for choice in main["choices"]]
     assert set(MODEL_IDS) <= set(ids)
     assert main["value"] == MODEL_IDS[-1] and model_b["value"] == MODEL_IDS[0]
-    assert "random-init placeholder" in dict((v, k) for k, v in main["choices"])[MODEL_IDS[-1]]
+    assert "random weights" in dict((v, k) for k, v in main["choices"])[MODEL_IDS[-1]]
     assert "Default **tiny_ep1**" in status
 
 
@@ -105,7 +105,8 @@ def test_analyze_shows_each_head_and_matches_the_paper_masks(client, files):
     assert [item["caption"] for item in heads] == [f"head {i}" for i in range(HEADS)]
     assert all(Image.open(item["image"]).size == (64, 64) for item in heads + masks)
     assert Image.open(image).size == (64, 64) and Image.open(mean).size == (64, 64)
-    assert "**tiny_ep1**" in status and "random-init placeholder" in status and "grid 8×8" in status
+    assert "**tiny_ep1**" in status and "random weights: structure here comes from colour" in status
+    assert "grid 8×8 patches (rows × cols)" in status
     summary, arrays, names = _download(client)
     assert {
         f"overlays/head_{i:02d}.jpg" for i in range(HEADS)

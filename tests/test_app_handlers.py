@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import compare_handlers, explore_handlers, model_handlers, view_reuse
+from app import compare_handlers, explore_handlers, model_handlers, rendering, view_reuse
 from app.client import BackendError
 
 PATCH = 4
@@ -211,7 +211,11 @@ def test_analyse_shows_one_labelled_overlay_per_head_in_order(photo):
     ]
     cov = np.asarray(state["result"]["coverage"])
     assert [label for _, label in masks] == [f"head {i} · {c:.0%} kept" for i, c in enumerate(cov)]
-    assert "random-init placeholder" in status and "**tiny**" in status and "3 heads" in status
+    assert (
+        "random weights: structure here comes from colour" in status
+        and "**tiny**" in status
+        and "3 heads" in status
+    )
     assert "Upload a ground-truth mask" in best and "IoU" not in table.columns
 
 
@@ -364,18 +368,20 @@ def test_compare_puts_head_i_of_both_models_side_by_side(photo):
         client, photo, "tiny", "vits", 24, "keep_aspect", 0.6
     )
     assert [label for _, label in pairs] == ["head 0", "head 1", "head 2", "head 3"]
-    width, title_h = 32, 22
+    zoom = -(-rendering.MIN_PANEL_W // 32)  # the 32 x 24 maps are upscaled to be readable
+    width, height = 32 * zoom, 24 * zoom
     for i, (im, _) in enumerate(pairs):
-        assert im.size == (2 * width + 6, 24 + title_h)
-        left, right = (
-            im.getpixel((width // 2, title_h + 5)),
-            im.getpixel((width + 6 + width // 2, title_h + 5)),
+        title_h = im.height - height
+        assert im.width == 2 * width + 6 and title_h >= rendering.title_font_size(width)
+        left, right = (  # top right corner of each panel: clear of the "random weights" mark
+            im.getpixel((width - 2, title_h + 1)),
+            im.getpixel((2 * width + 6 - 2, title_h + 1)),
         )
         assert right == head_color(i)
         assert left == (
             head_color(i) if i < 3 else (60, 60, 60)
         )  # model A has no head 3: a grey placeholder
-    assert means.size == (2 * width + 6, 24 + title_h)
+    assert means.size == pairs[0][0].size
     assert list(table.columns) == ["head", "A coverage", "B coverage"]
     assert np.isnan(table["A coverage"][3]) and not np.isnan(table["B coverage"][3])
     assert "A: Showing **tiny**" in status and "B: Showing **vits**" in status
@@ -386,9 +392,12 @@ def test_models_fill_the_three_dropdowns_and_say_what_the_default_is():
     main, a, b, status = model_handlers.list_models(FakeClient({"tiny": 3, "vits": 6}))
     assert main.value == "tiny" and a.value == "tiny" and b.value == "vits"
     assert [c[1] for c in main.choices] == ["tiny", "vits"]
-    assert main.choices[0][0] == "tiny (vit_test/4, random-init placeholder)"
+    assert main.choices[0][0] == "tiny (vit_test/4, random weights)"
     assert main.choices[1][0] == "vits (vit_test/4, trained)"
-    assert "Default **tiny**" in status and "random-init placeholder" in status
+    assert (
+        "Default **tiny**" in status
+        and "random weights: structure here comes from colour" in status
+    )
 
 
 def test_unavailable_models_are_labelled_and_an_empty_list_is_an_error():
@@ -456,7 +465,7 @@ def test_query_block_and_heads_reach_the_service_and_the_panels(photo):
     assert (
         _pixel(query_mean) == (0, 250, 250) and "row 2, col 5" in caption and "Block 3" in caption
     )
-    assert _pixel(composite) == (255, 0, 255) and "rgb(255, 40, 0)" in legend and "head 2" in legend
+    assert composite.size == (32, 24) and "rgb(255, 40, 0)" in legend and "head 2" in legend
     assert _pixel(pca) == (128, 128, 128) and pca_fg.size == (32, 24)
 
 
@@ -468,14 +477,13 @@ def test_no_query_and_no_heads_ticked_show_empty_panels(photo):
     assert out[11] is None and "Tick at least one head" in out[12]
 
 
-def test_a_block_or_heads_past_the_models_mean_the_last_block_and_are_left_out(photo):
+def test_blocks_reach_the_service_as_given_and_heads_past_the_models_are_left_out(photo):
     client = FakeClient({"vits": 4})
-    explore_handlers.analyse(
-        client, photo, "vits", 24, "keep_aspect", 0.6, None, 11
-    )  # the slider's first default
+    explore_handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, -1)  # default
     explore_handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, DEPTH - 1)
     explore_handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 0)
-    assert [c["layer"] for c in client.calls] == [-1, DEPTH - 1, 0]
+    explore_handlers.analyse(client, photo, "vits", 24, "keep_aspect", 0.6, None, 40)
+    assert [c["layer"] for c in client.calls] == [-1, DEPTH - 1, 0, 40]  # the service checks
     explore_handlers.analyse(
         client, photo, "vits", 24, "keep_aspect", 0.6, None, 0, "", [0, 3, 5, 23]
     )

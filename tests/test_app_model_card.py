@@ -73,7 +73,7 @@ def test_label_without_summary_and_for_the_placeholder_is_unchanged():
     )
     assert (
         model_handlers.model_label(PLACEHOLDER)
-        == "placeholder_vits16 (vit_small/16, random-init placeholder)"
+        == "placeholder_vits16 (vit_small/16, random weights)"
     )
 
 
@@ -95,7 +95,7 @@ def test_status_line_shows_the_whole_summary_of_the_default():
 
 def test_placeholder_status_line_keeps_its_warning():
     _, _, _, status = model_handlers.list_models(CatalogClient([PLACEHOLDER], "placeholder_vits16"))
-    assert "random-init placeholder" in status and "no learned structure" in status
+    assert "random weights: structure here comes from colour, not learning" in status
     assert "Random-init placeholder (ViT-S/16)" not in status  # the card is not repeated
 
 
