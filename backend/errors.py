@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +36,23 @@ class ServiceError(Exception):
         err.detail = prefix + self.detail
         err.args = (err.detail,)
         return err
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/:,()]+/)+([^\s'\"/:,()]+)")
+
+
+def without_paths(text: str) -> str:
+    """``text`` (a library's error message) with each absolute file path shortened to the file's
+    name: replies speak of files by name, never by where the server keeps them."""
+    return _ABS_PATH.sub(r"\1", text)
+
+
+def exception_text(exc: BaseException) -> str:
+    """A readable reason for ``exc`` without server paths (an OSError: its strerror)."""
+    strerror = getattr(exc, "strerror", None)  # OSError, and FFmpeg's errors (PyAV)
+    if isinstance(strerror, str) and strerror:
+        return strerror
+    return without_paths(str(exc)) or type(exc).__name__
 
 
 class BadImage(ServiceError):

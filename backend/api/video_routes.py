@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ class VideoFeature:
             s.video_jobs_per_client,
             s.video_max_jobs,
             s.video_workers,
+            s.stop_grace_s,
         )
         self.runner = VideoJobRunner(self.service, self._store, s.video_batch)
 
@@ -129,8 +132,21 @@ def _plan(feature: VideoFeature, params: VideoParams, path: Path) -> dict[str, A
     }
 
 
-def _client_id(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+CLIENT_HEADER = "X-Dino-Client"
+_CLIENT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LOOPBACK = ("127.0.0.1", "::1")
+
+
+def _client_id(request: Request, trusted_proxies: str = "") -> str:
+    """Whom the per-client job limit counts: the peer address, refined by ``X-Dino-Client``
+    (a browser session of the web app) when the peer is loopback or a trusted proxy. A header
+    that is not 1 to 64 letters, digits, - or _ is ignored."""
+    host = request.client.host if request.client else "unknown"
+    trusted = {p.strip() for p in trusted_proxies.split(",") if p.strip()} | set(_LOOPBACK)
+    session = request.headers.get(CLIENT_HEADER, "")
+    if host in trusted and _CLIENT_TOKEN.fullmatch(session):
+        return f"{host}/{session}"
+    return host
 
 
 def _add_submit_route(router: APIRouter, feature: VideoFeature) -> None:
@@ -162,7 +178,8 @@ def _add_submit_route(router: APIRouter, feature: VideoFeature) -> None:
         try:
             name = await _save_upload(part, staging, s.max_video_bytes)
             plan = await anyio.to_thread.run_sync(_plan, feature, params, staging)
-            job = store.create(_client_id(request), {**plan, "filename": name})
+            client = _client_id(request, s.trusted_proxies)
+            job = store.create(client, {**plan, "filename": name})
         except BaseException:
             staging.unlink(missing_ok=True)
             raise
@@ -187,6 +204,21 @@ def _not_done(job: Job) -> JSONResponse:
         status_code=409,
         headers={"X-Error-Code": "job_not_done"},
     )
+
+
+def _file_reply(job: Job, path: Path, media_type: str, filename: str) -> Response:
+    """The file of a done job; 404 JSON when it is no longer on disk (it is stat'ed once here,
+    so the reply cannot fail half-way for a file deleted before it started)."""
+    try:
+        stat_result = os.stat(path)
+    except OSError:
+        return error_response(
+            404,
+            f"the {path.name} file of job {job.id} is no longer on the server; submit the video "
+            "again",
+            "result_missing",
+        )
+    return FileResponse(path, media_type=media_type, filename=filename, stat_result=stat_result)
 
 
 def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
@@ -230,18 +262,16 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
         if job.state != JobState.DONE:
             return _not_done(job)
         path = feature.store.folder(job) / RESULT_FILES[format]
-        return FileResponse(
-            path, media_type=MEDIA_TYPES[format], filename=f"attention_{job.id}.{format}"
-        )
+        return _file_reply(job, path, MEDIA_TYPES[format], f"attention_{job.id}.{format}")
 
     @router.get("/jobs/{job_id}/source", tags=["video"], responses=error_responses(404, 409, 422))
     def job_source(job_id: str) -> Response:
         """The analysed frames of the input as browser-playable H.264 MP4 (at the job's fps)."""
         job = feature.store.get(job_id)
-        path = feature.store.folder(job) / SOURCE_FILE
-        if job.state != JobState.DONE or not path.exists():
+        if job.state != JobState.DONE:
             return _not_done(job)
-        return FileResponse(path, media_type="video/mp4", filename=f"source_{job.id}.mp4")
+        path = feature.store.folder(job) / SOURCE_FILE
+        return _file_reply(job, path, "video/mp4", f"source_{job.id}.mp4")
 
 
 def video_router(feature: VideoFeature) -> APIRouter:

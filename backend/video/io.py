@@ -23,7 +23,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from backend.errors import BadVideo, NotAVideo, TooLarge
+from backend.errors import BadVideo, NotAVideo, TooLarge, exception_text
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi")
@@ -79,7 +79,8 @@ def _open(path: Path) -> av.container.InputContainer:
             head = fh.read(16)
         if looks_like_video(head):
             raise BadVideo(
-                f"the video file is truncated or corrupt ({exc}); upload the complete file",
+                f"the video file is truncated or corrupt ({exception_text(exc)}); upload the "
+                "complete file",
                 code="truncated_video",
             ) from exc
         raise _not_a_video() from exc
@@ -148,7 +149,8 @@ def _first_frame(
             return frame
     except av.error.FFmpegError as exc:
         raise BadVideo(
-            f"the video cannot be decoded ({exc}); the file is truncated or corrupt",
+            f"the video cannot be decoded ({exception_text(exc)}); the file is truncated or "
+            "corrupt",
             code="truncated_video",
         ) from exc
     raise BadVideo(
@@ -225,9 +227,9 @@ def sample_frames(
         except av.error.FFmpegError as exc:
             if taken == 0:
                 raise BadVideo(
-                    f"the video cannot be decoded ({exc})", code="truncated_video"
+                    f"the video cannot be decoded ({exception_text(exc)})", code="truncated_video"
                 ) from exc
-            log.warning("decoding stopped after %d frames: %s", taken, exc)
+            log.warning("decoding stopped after %d frames: %s", taken, exception_text(exc))
 
 
 def even_rgb(frame: np.ndarray) -> np.ndarray:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import re
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -49,6 +50,7 @@ ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 RESTARTED = "service restarted"
 JOB_FILE = "job.json"
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe(9): 12 such characters
 
 
 @dataclass
@@ -126,16 +128,30 @@ class JobStore:
     """Jobs in memory and on disk; a thread pool runs them; finished ones expire after ``ttl_s``."""
 
     def __init__(
-        self, root: Path, ttl_s: float, per_client: int, max_jobs: int, workers: int = 1
+        self,
+        root: Path,
+        ttl_s: float,
+        per_client: int,
+        max_jobs: int,
+        workers: int = 1,
+        stop_grace_s: float = 10.0,
     ) -> None:
         self.root = Path(root)
         self.ttl_s = ttl_s
         self.per_client = per_client
         self.max_jobs = max_jobs
+        self.stop_grace_s = stop_grace_s
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="video-job")
+        self._queue: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
+        # daemon workers: a batch still running when the stop grace ends cannot hold the exit
+        self._workers = [
+            threading.Thread(target=self._work, name=f"video-job-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
         self.root.mkdir(parents=True, exist_ok=True)
         self._recover()
         self._sweeper = threading.Thread(
@@ -217,7 +233,11 @@ class JobStore:
             self.delete(job)
 
     def submit(self, job: Job, run: Callable[[Job], None]) -> None:
-        self._pool.submit(self._run_guarded, job, run)
+        self._queue.put((job, run))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None and not self._stopping.is_set():
+            self._run_guarded(*item)
 
     def _run_guarded(self, job: Job, run: Callable[[Job], None]) -> None:
         if job.cancel.is_set():
@@ -233,6 +253,11 @@ class JobStore:
             )
 
     def get(self, job_id: str) -> Job:
+        if not JOB_ID.fullmatch(job_id):
+            raise JobNotFound(
+                f"no video job with that id ({len(job_id)} characters); a job id is the 12 "
+                "letters, digits, - or _ that POST /attention/video answered"
+            )
         self.sweep()
         with self._lock:
             job = self._jobs.get(job_id)
@@ -296,9 +321,19 @@ class JobStore:
             ) as exc:  # pragma: no cover - a full or read-only disk must not stop the loop
                 log.warning("job clean-up failed: %s", exc)
 
-    def close(self) -> None:
-        """Stop the workers at their next batch; unfinished jobs stay as they are on disk."""
+    def close(self) -> bool:
+        """Stop the workers at their next batch, waiting at most ``stop_grace_s``; unfinished
+        jobs stay as they are on disk (the next start marks them failed). True when every
+        worker stopped in time."""
         self._stopping.set()
         for job in list(self._jobs.values()):
             job.cancel.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for _ in self._workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + self.stop_grace_s
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        running = [w.name for w in self._workers if w.is_alive()]
+        if running:
+            log.warning("video workers still busy after %.0f s: %s", self.stop_grace_s, running)
+        return not running

@@ -27,7 +27,7 @@ import torch
 from backend.analysis.images import Prepared, prepare
 from backend.analysis.inference import derive_maps
 from backend.analysis.model_step import Cancelled
-from backend.errors import ServiceError
+from backend.errors import ServiceError, exception_text
 from backend.models.registry import LoadedModel
 from backend.video.io import Mp4Writer, sample_frames
 from backend.video.jobs import Job, JobState, JobStore, write_atomic
@@ -50,14 +50,15 @@ class FrameMaps:
     coverage: list[list[float]] = field(default_factory=list)
 
 
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
-    """Put ``item`` on a bounded queue, giving up when ``stop`` is set."""
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` on a bounded queue; False (not put) once ``stop`` is set."""
     while not stop.is_set():
         try:
             q.put(item, timeout=0.1)
-            return
+            return True
         except queue.Full:
             continue
+    return False
 
 
 def _get(q: queue.Queue, stop: threading.Event) -> Any:
@@ -107,7 +108,8 @@ class VideoJobRunner:
             self.store.finish(job, JobState.FAILED, exc.detail)
         except Exception as exc:  # noqa: BLE001 - any fault ends the job and frees the worker
             log.exception("video job %s failed", job.id)
-            self.store.finish(job, JobState.FAILED, f"the job failed: {type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exception_text(exc)}"
+            self.store.finish(job, JobState.FAILED, f"the job failed: {reason}")
         finally:
             for tmp in folder.glob(".*.tmp*"):
                 tmp.unlink(missing_ok=True)
@@ -133,12 +135,16 @@ class VideoJobRunner:
                 if i == cap:
                     job.truncated = True
                     break
+                if stop.is_set():
+                    return  # cancelled: no further frame is decoded (the file is closed)
                 prepared = prepare(
                     image, params.image_size, params.resize, info.patch_size, info.mean, info.std
                 )
-                _put(out, (t, image, prepared), stop)
+                if not _put(out, (t, image, prepared), stop):
+                    return
         except Exception as exc:  # noqa: BLE001 - handed to the job's thread, which reports it
             _put(out, exc, stop)
+            return
         _put(out, _END, stop)
 
     def _encode(
@@ -170,11 +176,15 @@ class VideoJobRunner:
         to_encode: queue.Queue = queue.Queue(maxsize=2 * self.batch)
         errors: list[Exception] = []
         decoder = threading.Thread(
-            target=self._decode, args=(job, params, loaded, decoded), daemon=True
+            target=self._decode,
+            args=(job, params, loaded, decoded),
+            name=f"video-decode-{job.id}",
+            daemon=True,
         )
         encoder = threading.Thread(
             target=self._encode,
             args=(job, params, loaded.info.patch_size, to_encode, errors),
+            name=f"video-encode-{job.id}",
             daemon=True,
         )
         decoder.start()
@@ -195,7 +205,8 @@ class VideoJobRunner:
             decoder.join()
             encoder.join()
         if errors:
-            raise ServiceError(f"encoding the result failed: {errors[0]}", code="encode_failed")
+            reason = exception_text(errors[0])
+            raise ServiceError(f"encoding the result failed: {reason}", code="encode_failed")
         if job.cancel.is_set():
             raise Cancelled
         (folder / ".result.mp4.tmp").replace(folder / RESULT_FILES["mp4"])
@@ -219,9 +230,13 @@ class VideoJobRunner:
                 raise (
                     item
                     if isinstance(item, ServiceError)
-                    else ServiceError(f"decoding the video failed: {item}", code="decode_failed")
+                    else ServiceError(
+                        f"decoding the video failed: {exception_text(item)}", code="decode_failed"
+                    )
                 )
             done = item is _END
+            if job.cancel.is_set():  # between batches: a cancelled job stops here
+                raise Cancelled
             if not done:
                 same_size = not pending or pending[0][2].tensor.shape == item[2].tensor.shape
                 if same_size:
