@@ -77,11 +77,19 @@ def wire_match(client: AttentionClient, ins: dict[str, Any], o: dict[str, Any]) 
         facet: str,
         layer: float,
         top_k: float,
-        evt: gr.SelectData,
+        evt: gr.EventData,
     ) -> tuple[Any, Any, str]:
+        click = getattr(evt, "_data", None) or {}  # a program's call carries no click
+        if not isinstance(click, dict) or not click.get("index"):
+            raise gr.Error(
+                "match_point answers a click on image A in the page; a program can call "
+                "POST /match with query=row,col (docs/API.md), or /match here for the pairs.",
+                title="No click",
+                print_exception=False,
+            )
         size = Image.open(image_a).size if image_a else (1, 1)
         patch = _patch_size(client, model)
-        query = match_handlers.patch_of_click(tuple(evt.index), size, int(image_size), patch)
+        query = match_handlers.patch_of_click(tuple(click["index"]), size, int(image_size), patch)
         pairs, heat, status, _ = match_handlers.run_match(
             client, image_a, image_b, model, image_size, facet, layer, top_k, query
         )
