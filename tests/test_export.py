@@ -133,7 +133,13 @@ def test_the_command_line_adds_the_evaluations_to_the_summary(run_dir, tmp_path)
 def test_bad_arguments_say_what_is_wrong(run_dir, tmp_path, capsys):
     cases = [
         ([str(tmp_path), str(tmp_path / "a.safetensors")], "checkpoint.pth does not exist"),
-        ([str(run_dir), str(tmp_path / "a.pth")], "OUT must end in .safetensors"),
+        ([str(run_dir), str(tmp_path / "a.pth")], "OUT must be a folder or end in .safetensors"),
+        ([str(run_dir), str(tmp_path), "--name", "teacher_backbone"], "runs would collide"),
+        ([str(run_dir), str(tmp_path), "--name", "../up"], "not a usable model name"),
+        (
+            [str(run_dir), str(tmp_path / "a.safetensors"), "--name", "b"],
+            "either OUT as a .safetensors file or --name",
+        ),
         (
             [str(run_dir), str(tmp_path / "a.safetensors"), "--dtype", "fp8"],
             r"invalid choice: 'fp8' \(choose from '?fp32'?, '?fp16'?, '?bf16'?\)",
@@ -147,6 +153,39 @@ def test_bad_arguments_say_what_is_wrong(run_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown dtype 'int8'; choose one of fp32, fp16, bf16"):
         export.export_run(run_dir, tmp_path / "a.safetensors", "int8")
     assert not list(tmp_path.glob("a.*"))
+
+
+def test_the_file_is_named_after_the_run_and_the_service_labels_it(run_dir, tmp_path, capsys):
+    from backend.models.entries import inspect_file
+
+    models = tmp_path / "models"
+    extra = export.main([str(run_dir), str(models)])
+    path = models / f"{run_dir.name}.safetensors"  # the run folder's name, not a shared one
+    assert extra["path"] == str(path) and extra["run"] == run_dir.name == "run"
+    other = export.main([str(run_dir), str(models), "--name", "second_run", "--dtype", "fp32"])
+    assert other["path"] == str(models / "second_run.safetensors")
+    assert sorted(p.name for p in models.iterdir()) == ["run.safetensors", "second_run.safetensors"]
+    (entry,) = inspect_file(path, path.stem)
+    assert entry.id == "run" and entry.trained
+    assert entry.summary == extra["summary"] == model_card.summary(extra["model_card"])
+    before = path.read_bytes()
+    with pytest.raises(SystemExit) as exc:  # a second export of the same name collides
+        export.main([str(run_dir), str(models)])
+    assert exc.value.code == 2 and "exists already" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    export.main([str(run_dir), str(models), "--overwrite", "--dtype", "fp32"])
+    assert path.stat().st_size > len(before)  # replaced (fp32 is twice fp16)
+
+
+def test_the_run_folders_own_snapshot_is_labelled_too(run_dir):
+    from backend.models.entries import inspect_file
+
+    path = run_dir / "teacher_backbone.safetensors"
+    entry = inspect_file(path, path.stem)[0]
+    assert entry.trained and entry.summary == (
+        "vit_tiny/16 DINO run run, teacher after epoch 2 of 2, not evaluated "
+        "(python -m trainer.export names the file and adds the model card)"
+    )
 
 
 def test_exported_and_saved_files_get_the_normal_file_mode(run_dir, tmp_path):

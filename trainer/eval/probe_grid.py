@@ -1,8 +1,11 @@
 """One picture of attention heads emerging: the probe snapshots of a run, epochs by heads.
 
-Rows are epochs (evenly spaced, first and last included), per probe image; the first column is
-the image, then one column per head (its heat-map overlay, as written by
-:mod:`trainer.eval.probes`). Used for the README's picture of the shipped model.
+Rows are epochs (evenly spaced, first and last included), per probe image, each labelled with
+its snapshot folder's name (``epoch0000`` is the snapshot after the first epoch, as the run
+writes them); the first column is the image, then one column per head (its heat-map overlay,
+as written by :mod:`trainer.eval.probes`), under a header row naming them (``image``,
+``head 0``, ``head 1``, ... as in the overlay file names). Used for the README's picture of
+the shipped model.
 
     python -m trainer.eval.probe_grid RUN_DIR/probes --out docs/img/heads_emerging.png
 """
@@ -18,7 +21,18 @@ from PIL import Image, ImageDraw
 
 _EPOCH_DIR = re.compile(r"^epoch(\d{4,})$")
 LABEL_WIDTH = 84
+HEADER_HEIGHT = 16
 GAP = 4
+
+
+def row_label(epoch: int) -> str:
+    """A row's label: the name of the snapshot folder it shows."""
+    return f"epoch{epoch:04d}"
+
+
+def column_headers(heads: int) -> list[str]:
+    """The header of each tile column: the image, then the heads as the files number them."""
+    return ["image", *(f"head {h}" for h in range(heads))]
 
 
 def probe_epochs(probes_root: str | Path) -> dict[int, Path]:
@@ -44,12 +58,23 @@ def _stems(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.png") if "_head" not in p.stem)
 
 
-def _row(folder: Path, stem: str, cell: int, label: str) -> Image.Image:
-    heads = sorted(
+def _heads(folder: Path, stem: str) -> list[Path]:
+    return sorted(
         folder.glob(f"{stem}_head*_heat.png"),
         key=lambda p: int(p.stem.split("_head")[1].split("_")[0]),
     )
-    tiles = [folder / f"{stem}.png", *heads]
+
+
+def _header(columns: int, cell: int) -> Image.Image:
+    strip = Image.new("RGB", (LABEL_WIDTH + columns * (cell + GAP), HEADER_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, text in enumerate(column_headers(columns - 1)):
+        draw.text((LABEL_WIDTH + i * (cell + GAP) + 2, 2), text, fill="black")
+    return strip
+
+
+def _row(folder: Path, stem: str, cell: int, label: str) -> Image.Image:
+    tiles = [folder / f"{stem}.png", *_heads(folder, stem)]
     row = Image.new("RGB", (LABEL_WIDTH + len(tiles) * (cell + GAP), cell + GAP), "white")
     for i, path in enumerate(tiles):
         with Image.open(path) as tile:
@@ -71,11 +96,13 @@ def make_probe_grid(
     if not stems:
         raise FileNotFoundError(f"no probe images in {epochs[chosen[-1]]}")
     strips = [
-        _row(epochs[e], stem, cell, f"epoch {e + 1}")
+        _row(epochs[e], stem, cell, row_label(e))
         for stem in stems
         for e in chosen
         if (epochs[e] / f"{stem}.png").exists()
     ]
+    columns = 1 + max(len(_heads(epochs[e], stem)) for stem in stems for e in chosen)
+    strips.insert(0, _header(columns, cell))
     width = max(s.width for s in strips)
     grid = Image.new("RGB", (width, sum(s.height for s in strips)), "white")
     y = 0

@@ -37,6 +37,7 @@ from trainer.train.loss import N_TEACHER_VIEWS, DINOLoss
 from trainer.train.optim import build_optimizer, get_params_groups
 from trainer.train.schedules import cosine_scheduler, scaled_lr
 from trainer.train.self_check import EnabledPaths, run_self_checks
+from trainer.train.small_data import adapt_to_folder
 from trainer.train.time_budget import RunLength
 
 logger = logging.getLogger(__name__)
@@ -260,7 +261,8 @@ class RunParts:
 
 
 def build_run(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device) -> RunParts:
-    """Models, loss, optimizer, scaler, data and schedules, all on ``device``."""
+    """Models, loss, optimizer, scaler, data and schedules, all on ``device``; ``ctx.config`` is
+    ``cfg`` as :func:`~trainer.train.small_data.adapt_to_folder` leaves it for the folder."""
     precision = resolve_precision(cfg.precision, device.type, bf16_supported(device), cfg.use_fp16)
     scanned = scan_training_images(cfg.data_path)  # a bad data path stops the run here, first
     _check_enough_images(len(scanned[0]), cfg, env.world_size)
@@ -268,6 +270,7 @@ def build_run(cfg: TrainConfig, env: dist_utils.DistEnv, device: torch.device) -
     loader, sampler, gpu_multicrop = build_train_loader(
         cfg, env, device, paths.gpu_augment, scanned
     )
+    cfg = adapt_to_folder(cfg, len(scanned[0]), len(loader))
     metrics = MetricsWriter(cfg.output_dir, dist_utils.is_main_process())
     options = ContextOptions(
         env.world_size,

@@ -155,7 +155,10 @@ def cleanup() -> None:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log at ``level`` on rank 0; other ranks only report errors. Keeps installed handlers."""
+    """Log at ``level`` on rank 0; other ranks only report errors. Keeps installed handlers.
+
+    Python warnings go through the log too, so the progress bar redraws around them."""
+    logging.captureWarnings(True)
     level = level if is_main_process() else logging.ERROR
     root = logging.getLogger()
     if not root.handlers:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from trainer.data.dataset import Batch
 from trainer.model.device import autocast_context
@@ -60,6 +61,7 @@ class TrainContext:
     scaler: torch.amp.GradScaler | None = None
     metrics: MetricsWriter | None = None
     gpu_multicrop: nn.Module | None = None  # crops made on the device from decoded uint8 images
+    budget: str | None = None  # None (no time budget), "planned" or "fitted" (see epoch_label)
 
 
 class MetricsWriter:
@@ -273,20 +275,44 @@ def _record(
     return record
 
 
-def _progress(total: int, epoch: int, epochs: int):
+PROGRESS_MININTERVAL_S = 1.0
+
+
+def epoch_label(epoch: int, epochs: int, budget: str | None = None) -> str:
+    """The progress bar's title: the epoch as ``log.txt`` and ``probes/`` number it (from 0),
+    its place in the run, and whether a time budget may still change the run's length."""
+    place = f"{epoch + 1} of {epochs}"
+    if budget == "planned":
+        place = f"{epoch + 1} of at most {epochs}, time budget"
+    elif budget == "fitted":
+        place += ", fitted to the time budget"
+    return f"epoch {epoch} ({place})"
+
+
+def _progress(total: int, desc: str, file: Any = None):
     from tqdm import tqdm
 
     return tqdm(
         total=total,
-        desc=f"epoch {epoch}/{epochs}",
+        desc=desc,
         disable=not is_main_process(),
         dynamic_ncols=True,
-        mininterval=1.0,
+        mininterval=PROGRESS_MININTERVAL_S,
+        file=file,
     )
+
+
+def _advance(bar: Any, step: int, total: int) -> None:
+    """One step on the bar; the last one is drawn once, by ``close`` (not also by ``update``)."""
+    if step + 1 < total:
+        bar.update(1)
+    else:
+        bar.n = total
 
 
 def _show(bar: Any, rec: dict[str, float]) -> None:
     bar.set_postfix(
+        refresh=False,
         loss=f"{rec['loss']:.4f}",
         lr=f"{rec['lr']:.2e}",
         wd=f"{rec['wd']:.3f}",
@@ -300,30 +326,36 @@ def train_one_epoch(
     ctx: TrainContext, loader: torch.utils.data.DataLoader, epoch: int
 ) -> dict[str, float]:
     """Train for one epoch; returns the epoch's averages (loss, lr, wd, ...) over all ranks."""
-    cfg = ctx.config
     ctx.student.train()
     ctx.teacher.train()  # as the authors: only BatchNorm in the head (if any) cares
     niter = len(loader)
     tally = _EpochTally.on(ctx.device)
-    bar = _progress(niter, epoch, len(ctx.schedules.lr) // max(niter, 1))
-    for step, batch in enumerate(loader):
-        it = epoch * niter + step
-        crops, n_images, dropped = batch_crops(ctx, batch, cfg.seed * 1_000_003 + it)
-        tally.skipped += batch.skipped + dropped
-        bar.update(1)
-        if n_images == 0:
-            continue  # every file in the batch was unreadable
-        log_now = (step + 1) % cfg.log_every == 0 or step + 1 == niter
-        center_used = ctx.dino_loss.center.clone() if log_now else None  # updated in place
-        loss, student_out, teacher_out = train_step(ctx, crops, epoch, it)
-        tally.add(loss, n_images)
-        if log_now:
-            outputs = (student_out, teacher_out, center_used)
-            values = _read_back(ctx, tally, loss, outputs, epoch, step)
-            _warn_collapse(ctx, tally, values, epoch, step)
-            _show(bar, _record(ctx, values, epoch, step, it, tally.rate()))
-    bar.close()
+    epochs = len(ctx.schedules.lr) // max(niter, 1)
+    with logging_redirect_tqdm(), _progress(niter, epoch_label(epoch, epochs, ctx.budget)) as bar:
+        for step, batch in enumerate(loader):
+            _train_batch(ctx, tally, batch, epoch, step, niter, bar)
+            _advance(bar, step, niter)
     return _epoch_summary(ctx, tally, epoch, niter)
+
+
+def _train_batch(
+    ctx: TrainContext, tally: _EpochTally, batch: Batch, epoch: int, step: int, niter: int, bar
+) -> None:
+    """One step of :func:`train_one_epoch`, with its read-back and bar text at log steps."""
+    it = epoch * niter + step
+    crops, n_images, dropped = batch_crops(ctx, batch, ctx.config.seed * 1_000_003 + it)
+    tally.skipped += batch.skipped + dropped
+    if n_images == 0:
+        return  # every file in the batch was unreadable
+    log_now = (step + 1) % ctx.config.log_every == 0 or step + 1 == niter
+    center_used = ctx.dino_loss.center.clone() if log_now else None  # updated in place
+    loss, student_out, teacher_out = train_step(ctx, crops, epoch, it)
+    tally.add(loss, n_images)
+    if log_now:
+        outputs = (student_out, teacher_out, center_used)
+        values = _read_back(ctx, tally, loss, outputs, epoch, step)
+        _warn_collapse(ctx, tally, values, epoch, step)
+        _show(bar, _record(ctx, values, epoch, step, it, tally.rate()))
 
 
 def _epoch_summary(

@@ -206,6 +206,15 @@ class TrainConfig:
             "in 'args' and the fitted length in 'fitted'."
         ),
     )
+    adapt_small_data: bool = field(
+        default=False,
+        metadata=_flag(
+            "On a folder of fewer than 1,000 images, lower both teacher temperatures to at most "
+            "0.025 (stronger sharpening), against the drift of the teacher's targets towards "
+            "uniform that such folders show. The run says so at start; 'args' in the "
+            "checkpoint hold the temperatures it used."
+        ),
+    )
     gpu_augment: bool | None = field(
         default=None,
         metadata=_flag(

@@ -188,6 +188,15 @@ def _epoch_extras(ctx: TrainContext, epoch: int, last_epoch: bool) -> dict[str, 
     return extras
 
 
+def snapshot_summary(cfg: TrainConfig, done: int, epochs: int) -> str:
+    """The label of a run folder's ``teacher_backbone.safetensors`` (the service shows it)."""
+    name = Path(cfg.output_dir).resolve().name
+    return (
+        f"{cfg.arch}/{cfg.patch_size} DINO run {name}, teacher after epoch {done} of {epochs}, "
+        "not evaluated (python -m trainer.export names the file and adds the model card)"
+    )
+
+
 def save_epoch_outputs(
     ctx: TrainContext, epoch: int, stats: dict[str, Any], length: RunLength
 ) -> dict[str, Any]:
@@ -201,7 +210,14 @@ def save_epoch_outputs(
         if cfg.saveckp_freq and epoch % cfg.saveckp_freq == 0:
             atomic_torch_save(state, out / f"checkpoint{epoch:04d}.pth")
         export_backbone_safetensors(
-            ctx.teacher_module.backbone, out / BACKBONE_EXPORT_NAME, cfg.arch, epoch + 1
+            ctx.teacher_module.backbone,
+            out / BACKBONE_EXPORT_NAME,
+            cfg.arch,
+            epoch + 1,
+            extra={
+                "summary": snapshot_summary(cfg, epoch + 1, length.epochs),
+                "run": out.resolve().name,
+            },
         )
     log_stats = {
         **{f"train_{k}": v for k, v in stats.items()},
@@ -245,6 +261,7 @@ def fit_to_budget(
             )
         return RunLength(done, length.warmup_epochs, length.warmup_teacher_temp_epochs)
     fitted = budget.fit(total)
+    ctx.budget = "fitted"
     cfg = ctx.config
     ctx.schedules = build_schedules(cfg, len(parts.loader), parts.env.world_size, fitted)
     ctx.dino_loss.set_schedule(
@@ -294,6 +311,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     epoch = resume_if_possible(parts.ctx, output_dir)
     started = time.time()
     budget = TimeBudget.for_config(cfg, started) if cfg.time_limit_minutes > 0 else None
+    parts.ctx.budget = None if budget is None else "planned"
     try:
         last = _train_epochs(parts, epoch, budget)
     finally:
