@@ -115,12 +115,32 @@ def _finished(client: AttentionClient, status: dict[str, Any], out_dir: Path) ->
     return progress_html(status), text, job, str(source), str(result), [str(result), str(arrays)]
 
 
+class EtaClock:
+    """The time left, counting down between the service's updates: the service estimates it
+    when frames complete, so while a batch runs its own figure would climb."""
+
+    def __init__(self) -> None:
+        self._done: int | None = None
+        self._eta: float | None = None
+        self._at = 0.0
+
+    def smooth(self, status: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+        now = time.monotonic() if now is None else now
+        done = int(status.get("frames_done") or 0)
+        if done != self._done or self._eta is None:
+            self._done, self._eta, self._at = done, status.get("eta_s"), now
+            return status
+        return {**status, "eta_s": max(0.0, float(self._eta) - (now - self._at))}
+
+
 def _follow_job(client: AttentionClient, job: str) -> Generator[VideoView, None, dict[str, Any]]:
     """Yield progress while the job is queued or running; return its final status."""
+    clock = EtaClock()
     while True:
         status = handlers.readable_errors(
             "follow the video job", lambda: video_client.job_status(client, job)
         )
+        status = clock.smooth(status)
         if status["state"] not in ("queued", "running"):
             return status
         yield (

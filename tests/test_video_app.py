@@ -93,3 +93,16 @@ def test_progress_bar_html():
     html = progress_html({"state": "running", "frames_done": 3, "frames_total": 12, "eta_s": 4.2})
     assert '<progress id="video-progress" max="12" value="3">' in html and "3 / 12 frames" in html
     assert "about 4 s left" in html
+
+
+def test_the_time_left_counts_down_while_a_batch_runs():
+    from app.video_tab import EtaClock
+
+    clock = EtaClock()
+    job = {"state": "running", "frames_done": 8, "frames_total": 32, "eta_s": 6.0}
+    assert clock.smooth(job, now=10.0)["eta_s"] == 6.0
+    later = {**job, "eta_s": 7.5}  # the service's figure grows while the next batch runs
+    assert clock.smooth(later, now=12.0)["eta_s"] == pytest.approx(4.0)
+    assert clock.smooth(later, now=20.0)["eta_s"] == 0.0
+    moved = {**job, "frames_done": 16, "eta_s": 3.0}  # frames done: the service's new estimate
+    assert clock.smooth(moved, now=21.0)["eta_s"] == 3.0

@@ -44,7 +44,12 @@ def page(tmp_path_factory):
 
 def test_upload_progress_and_playable_result(page, tmp_path):
     page.get_by_text("Connected to").wait_for()
+    explore = page.locator("#image-size input[type=number]")
     page.get_by_role("tab", name="Video").click()
+    size = page.locator("#video-image-size input[type=number]")
+    for attr in ("min", "max", "step"):  # the same size control as the Explore tab's
+        assert size.get_attribute(attr) == explore.get_attribute(attr), attr
+    assert page.locator("#video-cancel").is_disabled()  # no job yet: nothing to cancel
     clip = tmp_path / "clip.mp4"
     write_clip(clip, FRAMES, W, H, fps=30)
     set_number(page, "video-image-size", H)
@@ -52,7 +57,9 @@ def test_upload_progress_and_playable_result(page, tmp_path):
     page.locator("#video-render").get_by_text("frame | mean").click()
     page.evaluate(WATCH_PROGRESS)
     page.locator("#video-run").click()
+    page.wait_for_function("() => !document.querySelector('#video-cancel').disabled")
     page.get_by_text(f"Done: {FRAMES} frames").wait_for()
+    page.wait_for_function("() => document.querySelector('#video-cancel').disabled")
     page.wait_for_function(VIDEO_READY)
     seen = page.evaluate("window.__progress")
     assert any(0 < value < total for value, total in seen), seen  # the bar moved before the end
