@@ -260,3 +260,19 @@ def test_disk_is_the_skimage_disk():
 
     for r in range(1, 8):
         assert np.array_equal(disk(r), sk_disk(r).astype(bool))
+
+
+def test_auto_precision_resolves_and_is_recorded(tmp_path, checkpoint, monkeypatch):
+    import trainer.model.inference_precision as ip
+
+    torch.set_num_threads(1)
+    make_clip(tmp_path / "D", "a", n_frames=3)
+    fp32 = run_cli(tmp_path / "D", tmp_path / "o1", checkpoint)
+    monkeypatch.setattr(ip, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no x86 quantisation engine")
+    res = run_cli(tmp_path / "D", tmp_path / "o2", checkpoint, "--precision", "auto")
+    assert res["settings"]["precision"] == "int8"
+    assert abs(res["mean"]["JF"] - fp32["mean"]["JF"]) < 0.2  # a 3-frame, 8x8-grid clip
+    with pytest.raises(SystemExit, match="precision bf16 does not run natively"):
+        run_cli(tmp_path / "D", tmp_path / "o3", checkpoint, "--precision", "bf16")

@@ -136,3 +136,32 @@ def test_runner_keeps_order_skips_empty_batches_and_checks_precision():
     assert model.training  # the runner restores the mode it found
     with pytest.raises(ValueError, match="choose one of fp32, bf16, fp16"):
         autocast(torch.device("cpu"), "fp8")
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_a_native_precision_gives_the_fp32_features_closely(data, mode):
+    from trainer.model.inference_precision import native_precisions
+
+    if mode not in native_precisions(torch.device("cpu")):
+        pytest.skip(f"{mode} does not run natively on this CPU")
+    torch.set_num_threads(1)
+    tmp_path, ckpt = data
+    cli(tmp_path, ckpt, "--epochs", "1", "--cache_features", "--save_features")
+    fp32 = np.load(tmp_path / "out" / "features_val.npz")["features"]
+    res = cli(tmp_path, ckpt, "--epochs", "1", "--cache_features", "--save_features",
+              "--precision", mode)  # fmt: skip
+    other = np.load(tmp_path / "out" / "features_val.npz")["features"]
+    assert res["flags"]["precision"] == mode and other.shape == fp32.shape
+    assert np.abs(other - fp32).max() < 0.15 * np.abs(fp32).max()  # bf16 / int8 tolerance
+
+
+def test_an_emulated_precision_is_refused(data, monkeypatch):
+    import trainer.model.inference_precision as ip
+
+    monkeypatch.setattr(ip, "cpu_flags", lambda: frozenset())
+    tmp_path, ckpt = data
+    with pytest.raises(SystemExit, match="this machine runs fp32"):
+        cli(tmp_path, ckpt, "--epochs", "1", "--precision", "int8")
+    assert cli(tmp_path, ckpt, "--epochs", "1", "--precision", "auto")["flags"]["precision"] == (
+        "fp32"
+    )

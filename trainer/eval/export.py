@@ -263,15 +263,17 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     exporter = Exporter(args, model, {**meta, "outputs": outputs})
     exporter.meta["device"] = device
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    n_shards = len(shard_ranges(len(exporter.files), args.shard_size))
+    # every rank checks every shard already there, so a mismatch stops all of them alike
+    done = {k for k in range(n_shards) if exporter.shard_done(args.output_dir / shard_name(k))}
     start, ran, reused = time.perf_counter(), 0, 0
     for k, indices in shard_ranges(len(exporter.files), args.shard_size, rank, world):
-        if exporter.shard_done(args.output_dir / shard_name(k)):
+        if k in done:
             reused += 1
             continue
         ran += exporter.run_shard(k, indices)
     ran, reused = _total(ran), _total(reused)
     elapsed = max(time.perf_counter() - start, 1e-9)
-    n_shards = len(shard_ranges(len(exporter.files), args.shard_size))
     index: dict[str, Any] = {}
     if rank == 0:
         index = exporter.write_index([shard_name(k) for k in range(n_shards)])
