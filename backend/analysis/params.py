@@ -45,7 +45,7 @@ class AttentionParams(BaseModel):
         ge=1,
         le=MAX_IMAGE_SIZE_SCHEMA,
         description="short side (keep_aspect) or side; default: the model's "
-        "default_image_size (DINO 480, DINOv2 518)",
+        "default_image_size (DINO 480, DINOv2 518, DINOv3 448)",
     )
     resize: Literal["keep_aspect", "square"] = "keep_aspect"
     threshold: float = Field(
@@ -61,7 +61,11 @@ class AttentionParams(BaseModel):
         False, description="add the paper's Figure 3 colour composite of the chosen heads"
     )
     heads: list[int] | None = Field(
-        None, max_length=1024, description="heads of the composite (default all)"
+        None,
+        min_length=1,
+        max_length=1024,
+        description="heads of the composite (default all)",
+        json_schema_extra={"uniqueItems": True},
     )
     pca: bool = Field(
         False, description="add the first three principal components of the patch tokens"
