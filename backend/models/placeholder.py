@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 PLACEHOLDER_ID = "placeholder_vits16"
 PLACEHOLDER_FILE = f"{PLACEHOLDER_ID}.safetensors"
 PLACEHOLDER_SUMMARY = (
-    "Random-init placeholder (ViT-S/16), untrained: its maps show no learned structure"
+    "Random-init placeholder (ViT-S/16), untrained: random weights, so the structure in its maps "
+    "comes from colour, not learning"
 )
 
 
