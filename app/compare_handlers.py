@@ -10,6 +10,7 @@ from PIL import Image
 
 from app import model_info, rendering
 from app.handlers import (
+    ERROR_TOAST_S,
     AttentionClient,
     call_attention,
     check_inputs,
@@ -82,7 +83,10 @@ def compare(
     assert image is not None
     if not model_a or not model_b:
         raise gr.Error(
-            "Pick a model A and a model B to compare.", title="No models", print_exception=False
+            "Pick a model A and a model B to compare.",
+            title="No models",
+            duration=ERROR_TOAST_S,
+            print_exception=False,
         )
     request = request_record(image, None, image_size, resize, threshold, gt_mask)
 

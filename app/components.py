@@ -15,6 +15,8 @@ from typing import Any
 import gradio as gr
 from gradio.components.slider import Number
 
+from app.handlers import ERROR_TOAST_S
+
 IMAGE_FORMATS = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 
 
@@ -40,7 +42,9 @@ class HeadBoxes(gr.CheckboxGroup):
                 head = int(value)
             except (TypeError, ValueError):
                 raise gr.Error(
-                    f"heads must be head numbers (ints), got {value!r}", print_exception=False
+                    f"heads must be head numbers (ints), got {value!r}",
+                    duration=ERROR_TOAST_S,
+                    print_exception=False,
                 ) from None
             if head in known:
                 kept.append(head)
@@ -64,6 +68,6 @@ class ImageUpload(gr.Image):
                 f"{label}: {name!s} is not an image the app can read ({type(exc).__name__}); "
                 f"upload a {IMAGE_FORMATS} file.",
                 title="Not an image",
-                duration=None,
+                duration=ERROR_TOAST_S,
                 print_exception=False,
             ) from None

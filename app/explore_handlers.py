@@ -11,6 +11,7 @@ import gradio as gr
 from app import composite, rendering
 from app.export import build_zip
 from app.handlers import (
+    ERROR_TOAST_S,
     AttentionClient,
     call_attention,
     check_inputs,
@@ -56,6 +57,7 @@ def parse_query(text: str | None) -> list[int] | None:
             f"The query patch must be written row,col (like 3,5), got {text!r}; click the image "
             "or press Clear.",
             title="Bad query patch",
+            duration=ERROR_TOAST_S,
             print_exception=False,
         )
     return [int(p) for p in parts]
@@ -157,7 +159,9 @@ def rerun_on_change(
 def patch_at(state: dict[str, Any] | None, x: float, y: float) -> str:
     """The ``"row,col"`` of the patch under pixel (x, y) of the processed image on screen."""
     if not state or "result" not in state:
-        raise gr.Error(NO_QUERY_BASE, title="No analysis", print_exception=False)
+        raise gr.Error(
+            NO_QUERY_BASE, title="No analysis", duration=ERROR_TOAST_S, print_exception=False
+        )
     result = state["result"]
     patch = int(result["patch_size"])
     gh, gw = result["grid"]
@@ -169,7 +173,9 @@ def patch_at(state: dict[str, Any] | None, x: float, y: float) -> str:
 def download(state: dict[str, Any] | None, out_dir: str | Path | None = None) -> str:
     """Path of a ZIP (overlay PNGs, attention.npz, result.json) of the analysis on screen."""
     if not state or "result" not in state:
-        raise gr.Error(NO_ANALYSIS, title="No analysis", print_exception=False)
+        raise gr.Error(
+            NO_ANALYSIS, title="No analysis", duration=ERROR_TOAST_S, print_exception=False
+        )
     return str(
         readable_errors(
             "build the download", lambda: build_zip(state["result"], state["request"], out_dir)

@@ -99,12 +99,17 @@ def readable_errors(action: str, call: Callable[[], T]) -> T:
 def check_inputs(image: str | None, threshold: float, image_size: float) -> None:
     """Raise ``gr.Error`` for a missing image, a threshold outside (0, 1] or a size below 1 px."""
     if not image:
-        raise gr.Error(NO_IMAGE, title="No image", print_exception=False)
+        raise gr.Error(NO_IMAGE, title="No image", duration=ERROR_TOAST_S, print_exception=False)
     if not 0.0 < float(threshold) <= 1.0:
-        raise gr.Error(f"threshold must be in (0, 1], got {threshold}", print_exception=False)
+        raise gr.Error(
+            f"threshold must be in (0, 1], got {threshold}",
+            duration=ERROR_TOAST_S,
+            print_exception=False,
+        )
     if int(image_size) < 1:
         raise gr.Error(
             f"image size must be a positive number of pixels, got {image_size}",
+            duration=ERROR_TOAST_S,
             print_exception=False,
         )
 

@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from app import handlers, model_handlers, rendering
-from app.handlers import AttentionClient
+from app.handlers import ERROR_TOAST_S, AttentionClient
 
 MARKER_RGB = (0, 255, 255)
 
@@ -18,7 +18,10 @@ MARKER_RGB = (0, 255, 255)
 def _check(image_a: str | None, image_b: str | None) -> None:
     if not image_a or not image_b:
         raise gr.Error(
-            "Upload both images (A and B) first.", title="Nothing to match", print_exception=False
+            "Upload both images (A and B) first.",
+            title="Nothing to match",
+            duration=ERROR_TOAST_S,
+            print_exception=False,
         )
 
 

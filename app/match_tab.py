@@ -10,7 +10,7 @@ from PIL import Image
 
 from app import match_handlers
 from app.components import ImageUpload, ServiceSlider
-from app.handlers import AttentionClient
+from app.handlers import ERROR_TOAST_S, AttentionClient
 from app.model_handlers import PageSetup
 
 FACETS = ["key", "query", "value", "token"]
@@ -85,6 +85,7 @@ def wire_match(client: AttentionClient, ins: dict[str, Any], o: dict[str, Any]) 
                 "match_point answers a click on image A in the page; a program can call "
                 "POST /match with query=row,col (docs/API.md), or /match here for the pairs.",
                 title="No click",
+                duration=ERROR_TOAST_S,
                 print_exception=False,
             )
         size = Image.open(image_a).size if image_a else (1, 1)

@@ -10,7 +10,7 @@ import gradio as gr
 
 from app import model_info, rendering
 from app.client import BackendError
-from app.handlers import AttentionClient, readable_errors
+from app.handlers import ERROR_TOAST_S, AttentionClient, readable_errors
 
 LABEL_SUMMARY_CHARS = 80  # the model card summary is cut to this length in the dropdown
 LABEL_REASON_CHARS = 60  # and why a model cannot be served (the full reason: GET /models)
@@ -62,6 +62,7 @@ def list_models(client: AttentionClient) -> tuple[Any, Any, Any, str]:
         raise gr.Error(
             f"The service at {client.base_url} offers no models; put a checkpoint in checkpoints/ "
             "or allow downloads (DINO_ALLOW_DOWNLOADS=true).",
+            duration=ERROR_TOAST_S,
             print_exception=False,
         )
     choices = [(model_label(m), m["id"]) for m in catalog["models"] if "id" in m]

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from app import handlers, rendering
-from app.handlers import AttentionClient
+from app.handlers import ERROR_TOAST_S, AttentionClient
 from app.model_handlers import untrained_text
 
 
@@ -21,7 +21,12 @@ def find_objects(
 ) -> tuple[Any, str]:
     """(the picture with the box and seed, a status line with the box and its IoU)."""
     if not image:
-        raise gr.Error("Upload an image first.", title="Nothing to look at", print_exception=False)
+        raise gr.Error(
+            "Upload an image first.",
+            title="Nothing to look at",
+            duration=ERROR_TOAST_S,
+            print_exception=False,
+        )
     reply = handlers.readable_errors(
         "find the main object",
         lambda: client.objects(

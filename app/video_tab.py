@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from app import controls, handlers, model_handlers, video_client
-from app.handlers import AttentionClient
+from app.handlers import ERROR_TOAST_S, AttentionClient
 from app.model_handlers import PageSetup
 
 VIDEO_TYPES = [".mp4", ".webm", ".mov", ".gif", ".mkv", ".m4v", ".avi"]
@@ -165,7 +165,7 @@ def run_video(
 ) -> Iterator[VideoView]:
     """Submit the clip, yield progress until the job ends, then the two videos and the downloads."""
     if not video:
-        raise gr.Error(NO_VIDEO, title="No clip", print_exception=False)
+        raise gr.Error(NO_VIDEO, title="No clip", duration=ERROR_TOAST_S, print_exception=False)
     job = handlers.readable_errors(
         "start the video job",
         lambda: video_client.submit_video(
@@ -186,6 +186,7 @@ def run_video(
         raise gr.Error(
             f"The video job failed: {status.get('error')}",
             title="Video job failed",
+            duration=ERROR_TOAST_S,
             print_exception=False,
         )
     out_dir = Path(tempfile.mkdtemp(prefix="dino-video-"))
