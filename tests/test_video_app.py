@@ -106,3 +106,17 @@ def test_the_time_left_counts_down_while_a_batch_runs():
     assert clock.smooth(later, now=20.0)["eta_s"] == 0.0
     moved = {**job, "frames_done": 16, "eta_s": 3.0}  # frames done: the service's new estimate
     assert clock.smooth(moved, now=21.0)["eta_s"] == 3.0
+
+
+def test_frames_of_random_weights_carry_the_mark():
+    from backend.video.render import render_frame
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, size=(96, 128, 3), dtype=np.uint8)
+    attn = rng.random((3, 12, 16)).astype(np.float32)
+    masks = (attn > 0.5).astype(np.uint8)
+    plain = render_frame("side", frame, attn, masks, 8)
+    marked = render_frame("side", frame, attn, masks, 8, untrained=True)
+    corner = marked[-10:, :40].astype(int)  # lower left: the label's red box
+    assert (corner[..., 0] > 140).mean() > 0.3 and (corner[..., 2] < 90).mean() > 0.3
+    assert np.array_equal(marked[:60], plain[:60]) and not np.array_equal(marked, plain)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from trainer.model.attention_maps import upsample_nearest
 
@@ -42,6 +42,7 @@ HEAD_COLOURS = np.array(
     dtype=np.float32,
 )
 MASK_ALPHA = 0.5
+RANDOM_WEIGHTS_MARK = "random weights"  # drawn on every frame of an untrained model
 _INFERNO = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 
 
@@ -116,10 +117,40 @@ def render_heads(
     return np.asarray(image)
 
 
+def mark_random_weights(picture: np.ndarray) -> np.ndarray:
+    """``picture`` with a "random weights" label in its lower left corner (untrained models)."""
+    image = Image.fromarray(picture)
+    size = int(min(max(image.width / 18, 9), 22))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(image, "RGBA")
+    x0, y0, x1, y1 = draw.textbbox((0, 0), RANDOM_WEIGHTS_MARK, font=font)
+    pad = max(2, size // 4)
+    top = image.height - (y1 - y0) - 2 * pad
+    draw.rectangle([0, top, x1 - x0 + 2 * pad, image.height], fill=(170, 20, 20, 200))
+    draw.text((pad - x0, top + pad - y0), RANDOM_WEIGHTS_MARK, fill=(255, 255, 255, 255), font=font)
+    return np.asarray(image)
+
+
 def render_frame(
+    render: str,
+    frame: np.ndarray,
+    attentions: np.ndarray,
+    masks: np.ndarray,
+    patch: int,
+    untrained: bool = False,
+) -> np.ndarray:
+    """The output picture for ``render`` (one of RENDERS); ``frame`` is what the model saw.
+    ``untrained`` (random weights) adds the "random weights" mark."""
+    picture = _render(render, frame, attentions, masks, patch)
+    return mark_random_weights(picture) if untrained else picture
+
+
+def _render(
     render: str, frame: np.ndarray, attentions: np.ndarray, masks: np.ndarray, patch: int
 ) -> np.ndarray:
-    """The output picture for ``render`` (one of RENDERS); ``frame`` is what the model saw."""
     h, w = frame.shape[:2]
     if render == "mean":
         return render_mean(attentions.mean(0), patch, h, w)

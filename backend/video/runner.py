@@ -160,7 +160,8 @@ class VideoJobRunner:
                 while (item := _get(inbox, job.cancel)) is not _END:
                     image, prepared, attn, masks = item
                     frame = np.asarray(prepared.image)
-                    result.write(render_frame(params.render, frame, attn, masks, patch))
+                    untrained = job.params.get("trained") is False
+                    result.write(render_frame(params.render, frame, attn, masks, patch, untrained))
                     source.write(np.asarray(image))
         except Cancelled:
             return
