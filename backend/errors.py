@@ -11,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +142,23 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _leaf_routes(routes: list) -> list:
+    """Every endpoint route, also inside included routers (FastAPI may keep them nested)."""
+    out = []
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        inner = inner if inner is not None else getattr(route, "routes", None)
+        out.extend(_leaf_routes(inner) if inner is not None else [route])
+    return out
+
+
 def _allowed_methods(request: Request) -> str:
-    """The methods the app's routes accept for this path, e.g. ``POST``."""
+    """The methods the app's routes accept for this path, e.g. ``GET, DELETE``."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
-        if match != Match.NONE:
+    path = request.url.path
+    for route in _leaf_routes(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
             methods |= set(getattr(route, "methods", None) or ())
     return ", ".join(sorted(methods - {"HEAD"})) or "GET"
 
@@ -174,7 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no such endpoint {request.url.path}; see /docs for the endpoints"
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            allowed = headers.get("Allow") or _allowed_methods(request)
+            allowed = _allowed_methods(request)  # every route of the path, not the first
             headers["Allow"] = allowed
             detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
         return error_response(exc.status_code, detail, code, headers)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from backend.analysis.params import request_body_schema
 from backend.analysis.service import AttentionService
+from backend.api.body_schemas import tidy_body
 from backend.api.metrics import model_label
 from backend.api.parsing import ParsedRequest, parse_request
 from backend.api.replies import AttentionBatchReply, AttentionReply, error_responses
@@ -30,7 +31,7 @@ def attention_router(service: AttentionService) -> APIRouter:
         "/attention",
         response_model=AttentionReply,
         responses={200: {"content": NPZ}, **ATTENTION_ERRORS},
-        openapi_extra=request_body_schema(False, settings.max_batch),
+        openapi_extra=tidy_body(request_body_schema(False, settings.max_batch)),
     )
     def attention(request: Request, parsed: ParsedRequest = Depends(parse_single)) -> Response:
         """Per-head CLS attention of any block, masks, overlays and IoU of one image."""
@@ -46,7 +47,7 @@ def attention_router(service: AttentionService) -> APIRouter:
         "/attention/batch",
         response_model=AttentionBatchReply,
         responses={200: {"content": NPZ}, **ATTENTION_ERRORS},
-        openapi_extra=request_body_schema(True, settings.max_batch),
+        openapi_extra=tidy_body(request_body_schema(True, settings.max_batch)),
     )
     def attention_batch(request: Request, parsed: ParsedRequest = Depends(parse_batch)) -> Response:
         """The same analysis for 1 to DINO_MAX_BATCH images: ``{"results": [...]}``."""

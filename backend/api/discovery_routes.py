@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from backend.analysis.discovery_engine import DiscoveryEngine
 from backend.analysis.discovery_overlays import match_overlay, objects_overlay
 from backend.analysis.discovery_params import MatchParams, ObjectsParams, validate
+from backend.api.body_schemas import named_body_schema
 from backend.api.metrics import model_label
 from backend.api.named_parsing import parse_named
 from backend.api.replies import MatchReply, ObjectsReply, error_responses
@@ -34,7 +35,12 @@ def discovery_router(engine: DiscoveryEngine) -> APIRouter:
     router = APIRouter(tags=["features"])
     settings = engine.service.settings
 
-    @router.post("/match", response_model=MatchReply, responses=ERRORS)
+    @router.post(
+        "/match",
+        response_model=MatchReply,
+        responses=ERRORS,
+        openapi_extra=named_body_schema(MatchParams, ("image_a", "image_b")),
+    )
     async def match(request: Request) -> Any:
         """Best-buddy correspondences of image_a and image_b, and B's similarity to a patch."""
         fields, files = await parse_named(request, settings, ("image_a", "image_b"))
@@ -42,7 +48,12 @@ def discovery_router(engine: DiscoveryEngine) -> APIRouter:
         request.state.model = model_label(engine.service, params.model)
         return await _in_thread(request, lambda: _match(engine, params, files))
 
-    @router.post("/objects", response_model=ObjectsReply, responses=ERRORS)
+    @router.post(
+        "/objects",
+        response_model=ObjectsReply,
+        responses=ERRORS,
+        openapi_extra=named_body_schema(ObjectsParams, ("image",), ("gt_mask",)),
+    )
     async def objects(request: Request) -> Any:
         """The main object's box without labels: LOST (default) or TokenCut on the keys."""
         fields, files = await parse_named(request, settings, ("image",), ("gt_mask",))

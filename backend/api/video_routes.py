@@ -20,19 +20,22 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
 from backend.analysis.images import check_processed_size
+from backend.api.body_schemas import video_body_schema
 from backend.api.replies import JobReply, JobSubmitted, error_responses
 from backend.errors import InvalidParameter, ServiceError, TooLarge, error_response
 from backend.models.registry import trained_fields
 from backend.settings import Settings
 from backend.video.io import VIDEO_EXTENSIONS, probe, target_fps
 from backend.video.jobs import ACTIVE, Job, JobState, JobStore
-from backend.video.params import VideoParams, validate_video_params, video_body_schema
+from backend.video.params import VideoParams, validate_video_params
 from backend.video.runner import RESULT_FILES, SOURCE_FILE, VideoJobRunner
 
 log = logging.getLogger(__name__)
 VIDEO_PATH = "/attention/video"
 MEDIA_TYPES = {"mp4": "video/mp4", "npz": "application/octet-stream", "json": "application/json"}
 _CHUNK = 1 << 20
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+RESULT_CONTENT = {"video/mp4": BINARY, "application/octet-stream": BINARY, "application/json": {}}
 
 
 class VideoFeature:
@@ -156,7 +159,7 @@ def _add_submit_route(router: APIRouter, feature: VideoFeature) -> None:
         tags=["video"],
         response_model=JobSubmitted,
         responses=error_responses(400, 404, 413, 415, 422, 429, 503),
-        openapi_extra=video_body_schema(),
+        openapi_extra=video_body_schema(VideoParams),
     )
     async def submit(request: Request) -> JSONResponse:
         """Queue a video job: multipart with a ``video`` file part; 202 with the job id."""
@@ -249,8 +252,15 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
         store.delete(job)
         return Response(status_code=204)
 
-    @router.get("/jobs/{job_id}/result", tags=["video"], responses=error_responses(404, 409, 422))
-    def job_result(job_id: str, format: str = Query("mp4")) -> Response:  # noqa: A002 - the API's name
+    @router.get(
+        "/jobs/{job_id}/result",
+        tags=["video"],
+        responses={200: {"content": RESULT_CONTENT}, **error_responses(404, 409, 422)},
+    )
+    def job_result(
+        job_id: str,
+        format: str = Query("mp4", json_schema_extra={"enum": list(RESULT_FILES)}),  # noqa: A002
+    ) -> Response:
         """The attention video (mp4), the arrays (npz) or the summary (json); 409 until done."""
         if format not in RESULT_FILES:
             return error_response(
@@ -264,7 +274,11 @@ def _add_job_routes(router: APIRouter, feature: VideoFeature) -> None:
         path = feature.store.folder(job) / RESULT_FILES[format]
         return _file_reply(job, path, MEDIA_TYPES[format], f"attention_{job.id}.{format}")
 
-    @router.get("/jobs/{job_id}/source", tags=["video"], responses=error_responses(404, 409, 422))
+    @router.get(
+        "/jobs/{job_id}/source",
+        tags=["video"],
+        responses={200: {"content": {"video/mp4": BINARY}}, **error_responses(404, 409, 422)},
+    )
     def job_source(job_id: str) -> Response:
         """The analysed frames of the input as browser-playable H.264 MP4 (at the job's fps)."""
         job = feature.store.get(job_id)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.analysis.params import PRECISION_FIELD, invalid_fields, object_schema
+from backend.analysis.params import PRECISION_FIELD, invalid_fields
 from backend.video.render import RENDERS
 
 _ALLOWED = {
@@ -51,20 +51,3 @@ def validate_video_params(raw: dict[str, Any]) -> VideoParams:
         return VideoParams.model_validate(raw)
     except ValidationError as exc:
         raise invalid_fields(exc, _ALLOWED, "video") from exc
-
-
-def video_body_schema() -> dict[str, Any]:
-    """OpenAPI ``requestBody`` of ``POST /attention/video`` (multipart: clip and text fields)."""
-    props = VideoParams.model_json_schema()["properties"]
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": object_schema(
-                        {"video": {"type": "string", "format": "binary"}, **props}, ["video"]
-                    )
-                }
-            },
-        }
-    }

@@ -107,6 +107,7 @@ def lost_from_affinity(
     gh, gw = grid
     if affinity.shape != (gh * gw, gh * gw):
         raise ValueError(f"affinity {tuple(affinity.shape)} does not match the {gh}x{gw} grid")
+    affinity = affinity.float()  # bf16 features (precision auto/bf16) are scored in fp32
     order = torch.argsort(patch_degrees(affinity), stable=True)
     seed_index = int(order[0])
     potentials = order[:k_patches]
