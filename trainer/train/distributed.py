@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 from trainer.model.device import pick_device
 
@@ -98,8 +99,13 @@ def init_distributed(
             os.environ.setdefault("MASTER_ADDR", info.master_addr)
             os.environ.setdefault("MASTER_PORT", info.master_port or DEFAULT_MASTER_PORT)
         backend = "nccl" if device.type == "cuda" else "gloo"
+        store = elastic_attempt_store(info) if dist_url == "env://" else None
         dist.init_process_group(
-            backend=backend, init_method=dist_url, rank=info.rank, world_size=info.world_size
+            backend=backend,
+            init_method=None if store is not None else dist_url,
+            store=store,
+            rank=info.rank,
+            world_size=info.world_size,
         )
         logger.info(
             "joined process group: rank %d of %d (%s, %s)",
@@ -109,6 +115,30 @@ def init_distributed(
             backend,
         )
     return info, device
+
+
+def elastic_attempt_store(info: DistEnv, env: Mapping[str, str] | None = None) -> dist.Store | None:
+    """Under torchrun, a store whose keys belong to this attempt of the job; else ``None``.
+
+    After a worker fails, torchrun restarts every worker (``TORCHELASTIC_RESTART_COUNT`` goes
+    up) on the same store, which still holds the previous attempt's keys: without a prefix, a
+    restarted rank can read the dead rank's address and fail to connect, losing the attempt.
+    """
+    env = os.environ if env is None else env
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
+        return None
+    agent_hosts_it = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    is_master = not agent_hosts_it and info.rank == 0
+    store = dist.TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        info.world_size,
+        is_master=is_master,
+        timeout=default_pg_timeout,
+        multi_tenant=is_master,
+    )
+    return dist.PrefixStore(f"dino/attempt_{attempt}", store)
 
 
 def is_dist() -> bool:

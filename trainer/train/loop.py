@@ -200,10 +200,19 @@ def snapshot_summary(cfg: TrainConfig, done: int, epochs: int) -> str:
 def save_epoch_outputs(
     ctx: TrainContext, epoch: int, stats: dict[str, Any], length: RunLength
 ) -> dict[str, Any]:
-    """checkpoint.pth, checkpointNNNN.pth, teacher_backbone.safetensors, extras, a log.txt line."""
+    """Extras, a log.txt line, then checkpoint.pth, checkpointNNNN.pth and
+    teacher_backbone.safetensors: once the checkpoint says an epoch is done, its line is in
+    log.txt (a line without its checkpoint is dropped on resume, see :func:`trim_history`)."""
     cfg = ctx.config
     out = Path(cfg.output_dir)
     last_epoch = epoch + 1 >= length.epochs
+    log_stats = {
+        **{f"train_{k}": v for k, v in stats.items()},
+        "epoch": epoch,
+        **_epoch_extras(ctx, epoch, last_epoch),
+    }
+    with open(out / "log.txt", "a") as fh:
+        fh.write(json.dumps(log_stats) + "\n")
     if (epoch + 1) % cfg.checkpoint_every == 0 or last_epoch:
         state = checkpoint_state(ctx, epoch + 1, length)
         atomic_torch_save(state, out / CHECKPOINT_NAME)
@@ -219,14 +228,52 @@ def save_epoch_outputs(
                 "run": out.resolve().name,
             },
         )
-    log_stats = {
-        **{f"train_{k}": v for k, v in stats.items()},
-        "epoch": epoch,
-        **_epoch_extras(ctx, epoch, last_epoch),
-    }
-    with open(out / "log.txt", "a") as fh:
-        fh.write(json.dumps(log_stats) + "\n")
     return log_stats
+
+
+def _split_lines(path: Path, next_epoch: int) -> tuple[list[str], list[str]]:
+    """The lines of a JSON-lines file from epochs before ``next_epoch``, and the others (a line
+    cut short by a kill is among the others)."""
+    kept, dropped = [], []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record.get("epoch", next_epoch)) < next_epoch
+        except (ValueError, TypeError):
+            keep = False
+        (kept if keep else dropped).append(line)
+    return kept, dropped
+
+
+def trim_history(output_dir: Path, next_epoch: int) -> None:
+    """Move the lines of ``log.txt`` and ``metrics.jsonl`` from epochs the run does again to
+    ``log.txt.replaced`` and ``metrics.jsonl.replaced``.
+
+    A run killed mid-epoch (or an elastic restart, or ``--resume_from`` an older checkpoint)
+    goes on from the checkpoint's epoch; the lines of the epochs it runs again would otherwise
+    stay beside the new ones, so the history would show those epochs twice."""
+    for name in ("log.txt", "metrics.jsonl"):
+        path = output_dir / name
+        if not path.is_file():
+            continue
+        kept, dropped = _split_lines(path, next_epoch)
+        if dropped:
+            with open(output_dir / f"{name}.replaced", "a") as fh:
+                fh.write("".join(f"{line}\n" for line in dropped))
+            _atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+            logger.info(
+                "%s: %d line(s) of epochs from %d on moved to %s.replaced (they run again)",
+                name,
+                len(dropped),
+                next_epoch,
+                name,
+            )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def fit_to_budget(
@@ -309,6 +356,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         check_output_dir(output_dir)
     parts = build_run(cfg, env, device)
     epoch = resume_if_possible(parts.ctx, output_dir)
+    if dist_utils.is_main_process():
+        trim_history(output_dir, epoch)
     started = time.time()
     budget = TimeBudget.for_config(cfg, started) if cfg.time_limit_minutes > 0 else None
     parts.ctx.budget = None if budget is None else "planned"
