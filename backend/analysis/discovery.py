@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.model.eva_backbone import as_backbone
 from trainer.model.facets import block_facet, check_facet
 from trainer.model.lost import DEFAULT_K_PATCHES, box_iou, lost, mask_box
 from trainer.model.matching import best_buddies, check_query, query_similarity
@@ -72,6 +73,7 @@ def patch_features(
     check_facet(facet)
     if tensor.ndim != 4 or tensor.shape[0] != 1:
         raise ValueError(f"patch_features takes one image (1, 3, h, w), got {tuple(tensor.shape)}")
+    model = as_backbone(model)
     with torch.inference_mode():
         desc = block_facet(model, tensor, layer, facet)[0].float().cpu()
     grid = model.grid_size(tensor.shape[-2], tensor.shape[-1])

@@ -6,7 +6,10 @@ before ``layer`` with the model's own forward, then computes the ``qkv`` project
 ``layer`` on its normalised input (``norm1``). The heads are concatenated (``(B, N, D)``) and the
 prefix tokens (CLS, registers) are dropped, so the ``N`` rows are the patches in row-major
 order. ``token`` is block ``layer``'s output (after the final norm when it is the last block).
-No hooks are used, so any block of any :class:`~trainer.model.vit.DinoViT`-like model works.
+No hooks are used, so any block of any :class:`~trainer.model.vit.DinoViT`-like model works;
+a DINOv3 ``Eva`` is read through :class:`~trainer.model.eva_backbone.EvaBackbone`, whose key,
+query and value facets are the projections before the rotary embedding (RoPE encodes where a
+patch is, not what it shows, and rotated keys of two images would not be comparable).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.model.block_attention import prefix_tokens, resolve_layer
+from trainer.model.eva_backbone import as_backbone
 
 FACETS = ("key", "query", "value", "token")
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
@@ -55,6 +59,7 @@ def block_facet(
     ``x`` is a normalised batch ``(B, 3, H, W)``; blocks after ``layer`` are not run.
     """
     check_facet(facet)
+    model = as_backbone(model)
     blocks = model.blocks
     index = resolve_layer(len(blocks), layer)
     tokens = model.prepare_tokens(x)

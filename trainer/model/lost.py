@@ -25,6 +25,7 @@ import torch
 from skimage.measure import label
 from torch import nn
 
+from trainer.model.eva_backbone import as_backbone
 from trainer.model.facets import block_facet
 
 DEFAULT_K_PATCHES = 100
@@ -125,6 +126,7 @@ def lost(model: nn.Module, x: torch.Tensor, k_patches: int = DEFAULT_K_PATCHES) 
     """LOST on the last block's keys of one normalised image ``x`` ``(1, 3, H, W)``."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"lost takes one image (1, 3, H, W), got {tuple(x.shape)}")
+    model = as_backbone(model)
     keys = block_facet(model, x, -1, "key")[0]
     grid = model.grid_size(x.shape[-2], x.shape[-1])
     return lost_from_affinity(

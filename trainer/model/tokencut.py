@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.model.eva_backbone import as_backbone
 from trainer.model.facets import block_facet
 from trainer.model.lost import mask_box, pixel_box, seed_component
 
@@ -88,6 +89,7 @@ def tokencut(
     """TokenCut on the last block's keys of one normalised image ``x`` ``(1, 3, H, W)``."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"tokencut takes one image (1, 3, H, W), got {tuple(x.shape)}")
+    model = as_backbone(model)
     keys = block_facet(model, x, -1, "key")[0].cpu()
     grid = model.grid_size(x.shape[-2], x.shape[-1])
     return tokencut_from_keys(keys, grid, tau, eps, model.patch_size, (x.shape[-2], x.shape[-1]))
