@@ -2,10 +2,12 @@
 
     python benchmarks/video_throughput.py         # ViT-S/16 and ViT-S/8, short side 480, fp32
     python benchmarks/video_throughput.py --frames 16 --archs vit_s16
+    python benchmarks/video_throughput.py --archs vit_s8 --precision fp32,bf16,int8 --clip CLIP
     python benchmarks/video_throughput.py --tiny  # a seconds-long smoke run
 
-One generated 640x480 clip (a textured square moving over a textured background), random weights
-(timing does not depend on them), fp32, the same torch threads on both sides. Per architecture:
+One clip (``--clip``, or a generated 640x480 one: a textured square moving over a textured
+background), random weights (timing does not depend on them), the same torch threads on both
+sides. Per architecture:
 
 * **authors' loop** (as their ``video_generation.py``): every frame extracted to a JPEG; then per
   frame: read the JPEG, ToTensor, Resize(480), Normalize, ``get_last_selfattention`` with explicit
@@ -19,7 +21,10 @@ One generated 640x480 clip (a textured square moving over a textured background)
 * **service, end to end**: ``POST /attention/video`` on the real app (TestClient), polling
   ``GET /jobs/{id}`` until done: the three stages overlap in their threads.
 
-Printed: frames/s of each stage and end to end, and the end-to-end speed-up over the authors' loop.
+The service runs once per ``--precision`` mode (the job's ``precision`` field end to end); the
+authors' loop is fp32. Printed: frames/s of each stage and end to end, the end-to-end speed-up
+over the authors' loop and, per mode, the share of mask cells equal to fp32's and the largest
+difference of a map value from fp32's (same frames, the stage-by-stage run).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from backend.video.render import render_frame
 from trainer.model.checkpoint import export_backbone_safetensors
 from trainer.model.vit import DinoViT, build_vit
 
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
 ARCHS = {"vit_s16": ("vit_small", 16), "vit_s8": ("vit_small", 8)}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -59,6 +65,9 @@ class Result:
     encode_fps: float
     total_fps: float
     speedup: float = 0.0
+    precision: str = "fp32"
+    mask_agreement: float | None = None  # share of mask cells equal to the fp32 run's
+    max_map_diff: float | None = None  # largest |map - fp32 map|
 
 
 def fps(frames: int, seconds: float) -> float:
@@ -126,26 +135,15 @@ def authors_loop(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, 
             with open(path, "rb") as fh:
                 img = Image.open(fh).convert("RGB")
             mean = authors_model(model, img, patch, args.short_side, args.threshold)
-            plt.imsave(
-                fname=str(attn_dir / f"attn-{Path(path).name}"),
-                arr=mean,
-                cmap="inferno",
-                format="jpg",
-            )
+            name = str(attn_dir / f"attn-{Path(path).name}")
+            plt.imsave(fname=name, arr=mean, cmap="inferno", format="jpg")
     finally:
         model.set_fused_attention(True)
     t2 = time.perf_counter()
     n = authors_encode(attn_dir, work / "video.mp4")
     t3 = time.perf_counter()
-    return Result(
-        arch,
-        "authors' per-frame loop",
-        n,
-        fps(n, t1 - t0),
-        fps(n, t2 - t1),
-        fps(n, t3 - t2),
-        fps(n, t3 - t0),
-    )
+    stages = (fps(n, t1 - t0), fps(n, t2 - t1), fps(n, t3 - t2), fps(n, t3 - t0))
+    return Result(arch, "authors' per-frame loop", n, *stages)
 
 
 def authors_encode(attn_dir: Path, out: Path) -> int:
@@ -164,8 +162,10 @@ def authors_encode(attn_dir: Path, out: Path) -> int:
     return len(images)
 
 
-def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, args) -> Result:
-    """The service's decode, model and encode steps, each timed alone over the whole clip."""
+def service_stages(
+    arch: str, model: DinoViT, patch: int, clip: Path, work: Path, args, precision: str = "fp32"
+) -> tuple[Result, list]:
+    """The service's decode, model and encode steps, each timed alone; the result and maps."""
     from backend.analysis.inference import derive_maps
 
     t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path
     maps = []
     for i in range(0, len(frames), args.batch):
         tensor = torch.cat([p.tensor for _, p in frames[i : i + args.batch]])
-        for attn in service.batch_cls_attention(loaded, tensor, -1):
+        for attn in service.batch_cls_attention(loaded, tensor, -1, precision=precision):
             maps.append(derive_maps(attn, args.threshold))
     t2 = time.perf_counter()
     with (
@@ -192,15 +192,17 @@ def service_stages(arch: str, model: DinoViT, patch: int, clip: Path, work: Path
             source.write(np.asarray(img))
     t3 = time.perf_counter()
     n = len(frames)
-    return Result(
-        arch,
-        "service stages (one at a time)",
-        n,
-        fps(n, t1 - t0),
-        fps(n, t2 - t1),
-        fps(n, t3 - t2),
-        fps(n, t3 - t0),
-    )
+    stages = (fps(n, t1 - t0), fps(n, t2 - t1), fps(n, t3 - t2), fps(n, t3 - t0))
+    path = "service stages (one at a time)"
+    return Result(arch, path, n, *stages, precision=precision), maps
+
+
+def agreement(result: Result, maps: list, reference: list) -> None:
+    """Fill ``result``'s mask agreement and largest map difference against the fp32 maps."""
+    pairs = list(zip(maps, reference, strict=True))
+    equal = [float((m.masks == r.masks).mean()) for m, r in pairs]
+    diffs = [float(np.abs(m.attentions - r.attentions).max()) for m, r in pairs]
+    result.mask_agreement, result.max_map_diff = float(np.mean(equal)), max(diffs)
 
 
 def service_settings(arch: str, model: DinoViT, work: Path, args):
@@ -232,28 +234,37 @@ def loaded_service(arch: str, model: DinoViT, work: Path, args):
     return service, service.registry.get(arch)
 
 
-def service_end_to_end(arch: str, model: DinoViT, clip: Path, work: Path, args) -> Result:
+def service_end_to_end(
+    arch: str, model: DinoViT, clip: Path, work: Path, args, precision: str = "fp32"
+) -> Result:
     """``POST /attention/video`` on the real app; frames/s from submission to ``state == done``."""
     from fastapi.testclient import TestClient
 
     from backend.main import create_app
 
     settings = service_settings(arch, model, work, args)
+    form = {"image_size": args.short_side, "threshold": args.threshold, "precision": precision}
     with TestClient(create_app(settings)) as client, open(clip, "rb") as fh:
         data = fh.read()
         t0 = time.perf_counter()
         job = client.post(
             "/attention/video",
             files={"video": ("clip.mp4", data, "video/mp4")},
-            data={"image_size": str(args.short_side), "threshold": str(args.threshold)},
-        ).json()["job"]
+            data={k: str(v) for k, v in form.items()},
+        )
+        if job.status_code != 202:
+            raise RuntimeError(f"the video job was refused: {job.text}")
+        job = job.json()["job"]
         while (status := client.get(f"/jobs/{job}").json())["state"] in ("queued", "running"):
             time.sleep(0.02)
         seconds = time.perf_counter() - t0
+        summary = client.get(f"/jobs/{job}/result", params={"format": "json"}).json()
     if status["state"] != "done":
         raise RuntimeError(f"the video job ended {status['state']}: {status['error']}")
     n = int(status["frames_done"])
-    return Result(arch, "service end to end (overlapped)", n, 0.0, 0.0, 0.0, fps(n, seconds))
+    path = "service end to end (overlapped)"
+    ran = summary["request"]["precision"]  # the mode the job ran (auto resolved)
+    return Result(arch, path, n, 0.0, 0.0, 0.0, fps(n, seconds), precision=ran)
 
 
 def run(args: argparse.Namespace) -> list[Result]:
@@ -263,7 +274,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"clip {args.width}x{args.height}, "
-        f"{args.frames} frames, short side {args.short_side}, fp32, batch {args.batch}",
+        f"{args.frames} frames, short side {args.short_side}, batch {args.batch}, "
+        f"service precision {', '.join(args.precision)}",
         flush=True,
     )
     for arch in args.archs:
@@ -271,23 +283,38 @@ def run(args: argparse.Namespace) -> list[Result]:
         model = build_model(name, patch, args.tiny)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            clip = work / "clip.mp4"
-            write_clip(clip, args.frames, args.width, args.height)
-            runs = (
-                (authors_loop, (arch, model, patch, clip)),
-                (service_stages, (arch, model, patch, clip)),
-                (service_end_to_end, (arch, model, clip)),
-            )
-            for i, (fn, fn_args) in enumerate(runs):
-                folder = work / f"run{i}"
-                folder.mkdir()
-                results.append(fn(*fn_args, folder, args))
-                print_result(results[-1])
+            clip = args.clip or work / "clip.mp4"
+            if args.clip is None:
+                write_clip(clip, args.frames, args.width, args.height)
+            results += arch_runs(arch, model, patch, clip, work, args)
         base = next(r for r in results if r.arch == arch and r.path.startswith("authors"))
         for r in results:
             if r.arch == arch:
                 r.speedup = r.total_fps / base.total_fps
     return results
+
+
+def arch_runs(arch: str, model: DinoViT, patch: int, clip: Path, work: Path, args) -> list:
+    """The authors' loop, then per precision the service's stages and its end-to-end job."""
+
+    def folder(name: str) -> Path:
+        (work / name).mkdir()
+        return work / name
+
+    out = [authors_loop(arch, model, patch, clip, folder("authors"), args)]
+    print_result(out[-1])
+    reference = None
+    for mode in args.precision:
+        stages, maps = service_stages(
+            arch, model, patch, clip, folder(f"{mode}-stages"), args, mode
+        )
+        reference = maps if mode == "fp32" else reference
+        if reference is not None:
+            agreement(stages, maps, reference)
+        out += [stages, service_end_to_end(arch, model, clip, folder(f"{mode}-job"), args, mode)]
+        print_result(out[-2])
+        print_result(out[-1])
+    return out
 
 
 def write_clip(path: Path, frames: int, width: int, height: int) -> None:
@@ -304,9 +331,14 @@ def print_result(r: Result) -> None:
         else " " * 51
     )
     speed = f"  x{r.speedup:4.2f}" if r.speedup else ""
+    agree = (
+        f"  masks = fp32 {100 * r.mask_agreement:6.2f}%  max map diff {r.max_map_diff:.1e}"
+        if r.mask_agreement is not None
+        else ""
+    )
     print(
-        f"{r.arch:8s} {r.path:34s} n={r.frames:<4d} {stages}"
-        f"total {r.total_fps:8.3g} frames/s{speed}",
+        f"{r.arch:8s} {r.precision:4s} {r.path:34s} n={r.frames:<4d} {stages}"
+        f"total {r.total_fps:8.3g} frames/s{speed}{agree}",
         flush=True,
     )
 
@@ -324,6 +356,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch", type=int, default=8, help="frames per inference batch (DINO_VIDEO_BATCH)"
     )
     p.add_argument("--threshold", type=float, default=0.6)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="comma list of the service's modes: fp32, bf16, int8, auto (fp32 runs first: the "
+        "reference of the mask agreement)",
+    )
+    p.add_argument("--clip", type=Path, help="a video file to use instead of the generated clip")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--tiny", action="store_true", help="tiny models on a 64x48 clip (smoke test)")
     p.add_argument("--json", type=Path, help="write the results here")
@@ -332,6 +371,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [a for a in args.archs if a not in ARCHS]
     if unknown:
         p.error(f"unknown arch {unknown[0]!r}; choose from {', '.join(ARCHS)}")
+    modes = [m.strip() for m in args.precision.split(",") if m.strip()]
+    bad = [m for m in modes if m not in PRECISIONS] or ([] if modes else [""])
+    if bad:
+        p.error(f"unknown precision {bad[0]!r}; choose from {', '.join(PRECISIONS)}")
+    args.precision = sorted(dict.fromkeys(modes), key=lambda m: m != "fp32")  # fp32 first
+    if args.clip is not None and not args.clip.is_file():
+        p.error(f"--clip {args.clip}: no such file")
     if args.tiny:
         args.width, args.height, args.short_side, args.frames = 64, 48, 48, min(args.frames, 12)
     return args

@@ -51,3 +51,28 @@ def test_the_authors_mean_map_matches_the_service_maps(bench, tmp_path):
     expected = np.repeat(np.repeat(ours.mean(0).numpy(), 8, 0), 8, 1)
     np.testing.assert_allclose(theirs, expected, rtol=1e-4, atol=1e-6)
     assert torch.isfinite(ours).all()
+
+
+def test_each_precision_reaches_the_job_and_is_compared_with_fp32(bench):
+    from trainer.model.inference_precision import native_precisions
+
+    modes = native_precisions(torch.device("cpu"))  # the modes this machine runs natively
+    argv = ["--tiny", "--archs", "vit_s8", "--frames", "4", "--batch", "2"]
+    requested = list(reversed(modes))
+    results = bench.main([*argv, "--precision", ",".join(requested)])
+    order = ["fp32", *[m for m in requested if m != "fp32"]]  # fp32 first: the reference
+    assert [r.precision for r in results] == ["fp32", *[m for m in order for _ in (0, 1)]]
+    stages = [r for r in results if r.path.startswith("service stages")]
+    jobs = [r for r in results if r.path.startswith("service end to end")]
+    assert [r.precision for r in jobs] == order  # read back from each job's result summary
+    assert stages[0].mask_agreement == 1.0 and stages[0].max_map_diff == 0.0
+    for r in stages[1:]:
+        assert 0.5 < r.mask_agreement <= 1.0 and 0.0 <= r.max_map_diff < 0.1
+    assert all(r.frames == 4 and r.total_fps > 0 for r in results)
+
+
+@pytest.mark.parametrize("value", ["fp16", "", "fp32,double"])
+def test_an_unknown_precision_is_refused_with_the_choices(bench, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(["--precision", value])
+    assert exc.value.code == 2 and "choose from fp32, bf16, int8, auto" in capsys.readouterr().err
