@@ -2,11 +2,12 @@
 
     python -m benchmarks.attention_latency --precision fp32,bf16,int8 --photos DIR
     python -m benchmarks.precision_modes --modes fp32,bf16,int8 --photos DIR --images 200
+    python -m benchmarks.precision_modes --archs "" --checkpoint FILE --photos DIR
     python -m benchmarks.precision_modes --tiny          # a seconds-long smoke run
 
 ``DIR`` holds ``images/`` and ``masks/`` (DUTS-TE, for example ``duts-te-1k`` extracted from
 ``$DINO_DATA_DIR/duts-te-1k.tar.gz``); without it, generated pictures are used and the Jaccard is
-not reported. Per architecture (random init unless ``--checkpoint``), at ``--size`` (480):
+not reported. Per architecture (random init), at ``--size`` (480):
 
 * **authors' fp32**: ``get_last_selfattention`` with explicit attention in every block (model time
   only, in process: this favours it), p50 / p95;
@@ -16,12 +17,17 @@ not reported. Per architecture (random init unless ``--checkpoint``), at ``--siz
 * **per mode, on the photos** (in process, the service's own analysis, 60% mass masks): the share
   of mask cells equal to fp32's, the largest difference of a map value from fp32's, and the
   best-head Jaccard against the ground truth (the paper's Table 4 protocol at this size).
+
+Random-init maps are nearly flat, the hardest case for the mask agreement. ``--checkpoint FILE``
+(any file the service loads, e.g. a trained run's export) adds the photo figures of that model
+per mode, so the agreement of a trained model's peaked maps can be read beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import statistics
 import tempfile
 import time
@@ -122,7 +128,16 @@ def run(args: argparse.Namespace) -> list[ModeResult]:
     if args.threads:
         torch.set_num_threads(args.threads)
     archs = TINY_ARCHS if args.tiny else {k: v for k, v in ARCHS.items() if k in args.archs}
-    models = {name: build_model(*spec) for name, spec in archs.items()}
+    results = arch_rows({name: build_model(*spec) for name, spec in archs.items()}, args)
+    if args.checkpoint:
+        checkpoint_quality(args)
+    return results
+
+
+def arch_rows(models: dict, args: argparse.Namespace) -> list[ModeResult]:
+    """Latency and photo figures of the random-init architectures (none with ``--archs ""``)."""
+    if not models:
+        return []
     results: list[ModeResult] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -141,6 +156,23 @@ def run(args: argparse.Namespace) -> list[ModeResult]:
             for name, model in models.items():
                 results += arch_results(name, model, url, service, args)
     return results
+
+
+def checkpoint_quality(args: argparse.Namespace) -> dict:
+    """The photo figures per mode for ``--checkpoint`` (no latency: same FLOPs as its arch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        shutil.copyfile(args.checkpoint, folder / args.checkpoint.name)
+        args.precision = "fp32"
+        quality = photo_quality(service_for(folder, args), args.checkpoint.stem, args.modes, args)
+    for mode, (agree, diff, iou) in quality.items():
+        jaccard = "n/a" if iou is None else f"{iou:.2f}"
+        print(
+            f"{args.checkpoint.stem} {mode:5s} masks equal to fp32 {100 * agree:.2f}%  "
+            f"max map diff {diff:.2e}  best-head Jaccard {jaccard}",
+            flush=True,
+        )
+    return quality
 
 
 def arch_results(name: str, model, url: str, service: AttentionService, args) -> list[ModeResult]:
@@ -184,6 +216,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--photos", type=Path, help="a folder with images/ and masks/ (DUTS-TE)")
     p.add_argument("--images", type=int, default=200, help="photos for the mask figures")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--checkpoint", type=Path, help="also the photo figures of this file (e.g. a trained one)"
+    )
     p.add_argument("--tiny", action="store_true", help="a tiny model at 64 px (smoke test)")
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
