@@ -115,7 +115,7 @@ def looks_like_commands(body: str) -> bool:
 
 
 FLAGS_DRIVER = r"""
-import argparse, runpy, sys
+import argparse, pathlib, runpy, sys, traceback
 
 
 class Parsed(BaseException):
@@ -130,19 +130,34 @@ def parse_then_stop(self, args=None, namespace=None):
     raise Parsed
 
 
+def check(argv):
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = argv
+            runpy.run_path(argv[0], run_name="__main__")
+    except Parsed:
+        return None
+    except SystemExit as exc:
+        return f"exited {exc.code}"
+    except Exception:
+        return traceback.format_exc(limit=3)
+    return "the command ended without parsing its flags"
+
+
 argparse.ArgumentParser.parse_args = parse_then_stop
-argv = sys.argv[1:]
-try:
-    if argv[0] == "-m":
-        sys.argv = [argv[1], *argv[2:]]
-        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = argv
-        runpy.run_path(argv[0], run_name="__main__")
-except Parsed:
-    sys.stderr.write("flags accepted\n")
-    sys.exit(0)
-sys.exit("the command ended without parsing its flags")
+failures = []
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.argv")):
+    argv = path.read_bytes().split(b"\0")[:-1]
+    argv = [a.decode() for a in argv]
+    why = check(argv)
+    sys.stderr.write(f"{'ok' if why is None else 'FAILED'}: {' '.join(argv)}\n")
+    if why is not None:
+        failures.append(f"{' '.join(argv)}: {why}")
+if failures:
+    sys.exit("\n".join(failures))
 """
 
 

@@ -156,7 +156,7 @@ def _script(block: Block) -> tuple[str, list[str]]:
 PRELUDE = """set -e -o pipefail
 export PATH="$PWD/.venv/bin:$PATH"
 curl() { command curl --fail-with-body --max-time 300 "$@"; }
-check_flags() { python "$PWD/flags_driver.py" "$@"; }
+check_flags() { printf '%s\\0' "$@" > "$PWD/flags/$(date +%s%N).argv"; }  # checked after
 """
 
 
@@ -196,13 +196,32 @@ def test_shell_block_runs(block, request):
     if "run" not in kinds and "flags" not in kinds:
         pytest.skip(f"{block.where}: every command is left out with a reason")
     work = request.getfixturevalue("stack") if "run" in kinds else _flags_folder(request)
+    shutil.rmtree(work / "flags", ignore_errors=True)
+    (work / "flags").mkdir()
     out = _run_bash(script, work)
     assert out.returncode == 0, (
         f"{block.where}\n{script}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     )
+    if "flags" in kinds:
+        _check_flags(work, block, kinds.count("flags"))
     if block.path == "README.md" and "curl" in script:
         _check_readme_replies(out.stdout)
         assert (work / "mean.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_flags(work: Path, block: Block, expected: int) -> None:
+    """Every flags command's argv (as bash expanded it), checked in one process."""
+    assert len(list((work / "flags").glob("*.argv"))) == expected
+    checked = subprocess.run(
+        [sys.executable, "flags_driver.py", "flags"],
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert checked.returncode == 0, f"{block.where}\n{checked.stderr[-4000:]}"
+    assert checked.stderr.count("ok: ") == expected, checked.stderr
 
 
 def _flags_folder(request) -> Path:
