@@ -19,7 +19,12 @@ from fastapi.testclient import TestClient
 
 from backend.main import create_app
 from benchmarks.serving import REPO_ROOT, _wait_ready
-from tests.service_helpers import free_port, isolated_settings, write_tiny_checkpoint
+from tests.service_helpers import (
+    free_port,
+    image_bytes,
+    isolated_settings,
+    write_tiny_checkpoint,
+)
 from tests.test_video_api import submit, wait
 from tests.video_clips import write_clip
 
@@ -160,13 +165,14 @@ def test_error_messages_never_name_server_paths(tmp_path, clip):
             submit(client, b"\x00\x00\x00\x18ftypmp42" + bytes(40)),
             client.post(
                 "/attention",
-                files={"image": ("a.png", b"\x89PNG\r\n", "image/png")},
+                files={"image": ("a.png", image_bytes(32, 32), "image/png")},
                 data={"model": "dino_vits16"},
             ),  # not cached, downloads off
         ]
         replies.append(client.get("/models"))
     codes = [r.status_code for r in replies]
-    assert codes[:2] == [400, 400] and 400 <= codes[2] < 600, codes
+    assert codes == [400, 400, 503, 200], codes
+    assert replies[2].json()["code"] == "downloads_disabled"
     for r in replies:
         for secret in secret_dirs:
             assert secret not in r.text, (r.request.url, r.text[:300])
