@@ -1,9 +1,9 @@
 """Video attention throughput: the service's video job against the authors' per-frame loop.
 
-    python benchmarks/video_throughput.py         # ViT-S/16 and ViT-S/8, short side 480, fp32
-    python benchmarks/video_throughput.py --frames 16 --archs vit_s16
-    python benchmarks/video_throughput.py --archs vit_s8 --precision fp32,bf16,int8 --clip CLIP
-    python benchmarks/video_throughput.py --tiny  # a seconds-long smoke run
+    python -m benchmarks.video_throughput         # ViT-S/16 and ViT-S/8, short side 480, fp32
+    python -m benchmarks.video_throughput --frames 16 --archs vit_s16
+    python -m benchmarks.video_throughput --archs vit_s8 --precision fp32,bf16,int8 --clip CLIP
+    python -m benchmarks.video_throughput --tiny  # a seconds-long smoke run
 
 One clip (``--clip``, or a generated 640x480 one: a textured square moving over a textured
 background), random weights (timing does not depend on them), the same torch threads on both
