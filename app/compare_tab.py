@@ -9,7 +9,7 @@ import gradio as gr
 
 from app import compare_handlers, controls, model_handlers
 from app.explore_tab import overlay_gallery, overlay_image
-from app.handlers import AttentionClient
+from app.handlers import AttentionClient, keep_on_failure
 from app.model_handlers import PageSetup
 from app.styles import LEGEND_HTML
 
@@ -66,9 +66,11 @@ def wire_compare(client: AttentionClient, ins: dict[str, Any], cmp: dict[str, An
         model_size, [cmp["model_a"]], [ins["image_size"]], api_visibility="private"
     )
     explore_inputs = ("image_size", "resize", "threshold", "gt_mask")
-    cmp["run"].click(
+    event = cmp["run"].click(
         compare,
         [ins["image"], cmp["model_a"], cmp["model_b"], *(ins[k] for k in explore_inputs)],
         [cmp["heads"], cmp["mean"], cmp["table"], cmp["status"]],
         api_name="compare",
+        show_progress_on=[cmp["status"]],
     )
+    keep_on_failure(event, cmp["status"])

@@ -161,3 +161,20 @@ def call_attention(
         gt_mask=gt_mask or None,
         **explore,
     )
+
+
+KEPT_NOTE = (
+    "**Last good result** shown above, kept on screen: the latest request failed (the message "
+    "says why and what to do)."
+)
+
+
+def keep_on_failure(event: Any, status: Any) -> Any:
+    """After ``event`` fails, its pictures stay and ``status`` says they are the last good
+    result (the event draws its progress on ``status`` only, so no panel is badged)."""
+
+    def kept() -> str:
+        return KEPT_NOTE
+
+    event.failure(kept, None, [status], api_visibility="private")
+    return event

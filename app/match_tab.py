@@ -10,7 +10,7 @@ from PIL import Image
 
 from app import match_handlers
 from app.components import ImageUpload, ServiceSlider
-from app.handlers import ERROR_TOAST_S, AttentionClient
+from app.handlers import ERROR_TOAST_S, AttentionClient, keep_on_failure
 from app.model_handlers import PageSetup
 
 FACETS = ["key", "query", "value", "token"]
@@ -96,18 +96,23 @@ def wire_match(client: AttentionClient, ins: dict[str, Any], o: dict[str, Any]) 
         )
         return pairs, heat, status
 
-    o["run"].click(
+    progress = {"show_progress_on": [o["status"]]}
+    run = o["run"].click(
         match,
         [o["image_a"], o["image_b"], *controls],
         [o["pairs"], o["status"]],
         api_name="match",
+        **progress,
     )
-    o["image_a"].select(
+    click = o["image_a"].select(
         point,
         [o["image_a"], o["image_b"], *controls],
         [o["pairs"], o["where"], o["status"]],
         api_name="match_point",
+        **progress,
     )
+    for event in (run, click):
+        keep_on_failure(event, o["status"])
 
 
 def _patch_size(client: AttentionClient, model: str | None) -> int:

@@ -61,9 +61,11 @@ def wire_objects(client: AttentionClient, ins: dict[str, Any], outs: dict[str, A
     ) -> tuple[Any, str]:
         return find_objects(client, image, model, image_size, gt_mask, method)
 
-    outs["objects_run"].click(
+    event = outs["objects_run"].click(
         run,
         [ins["image"], ins["model"], ins["image_size"], ins["gt_mask"], outs["objects_method"]],
         [outs["objects_picture"], outs["objects_status"]],
         api_name="objects",
+        show_progress_on=[outs["objects_status"]],
     )
+    handlers.keep_on_failure(event, outs["objects_status"])

@@ -1,14 +1,17 @@
 """The page: ``build_demo(client)`` lays out the explorer and wires each event with a stable
-api_name.
+api_name, named parameters and named outputs (every component has a label).
 
 API names (for ``gradio_client`` and other programs): ``models``, ``analyze``, ``threshold``,
 ``compare``, ``download``, ``model_size`` (the size control for a model: its default, in patch
-steps), ``video``, ``video_cancel`` (the Video tab, app/video_tab.py); the explorer's ``block``
-(Block slider released), ``heads`` (composite heads ticked), ``query`` (a patch typed as
-row,col), ``clear`` (back to the CLS token), ``model_controls`` (Block range and head boxes of a
-model). Clicking the image picks the query patch (the ``query`` endpoint does the same from a
-program). The tabs live in app/explore_tab.py (events: app/explore_events.py),
-app/compare_tab.py and app/video_tab.py.
+steps, up to the service's limit), ``video``, ``video_cancel`` (the Video tab,
+app/video_tab.py); the explorer's ``block`` (Block slider released), ``heads`` (composite heads
+ticked), ``query`` (a patch typed as row,col), ``clear`` (back to the CLS token),
+``model_controls`` (Block range and head boxes of a model); ``match`` and ``match_point`` (the
+Match tab) and ``objects`` (the Objects panel). Clicking the image picks the query patch (the
+``query`` endpoint does the same from a program). The page is built with the service's model ids,
+the default model's blocks and heads, and the service's largest image size
+(:func:`app.model_handlers.page_setup`). The tabs live in app/explore_tab.py (events:
+app/explore_events.py), app/compare_tab.py, app/match_tab.py and app/video_tab.py.
 """
 
 from __future__ import annotations
