@@ -35,9 +35,12 @@ def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, 
 
 def check_tensor_claims(obj: Any, name: str, file_size: int | None = None) -> None:
     """Refuse a file whose tensors claim more bytes than their stored data (stride-0 or
-    overlapping views of a small storage) or than the file itself holds."""
+    overlapping views of a small storage) or than the file itself holds.
+
+    Meta tensors (shapes without data) allocate nothing when read; the parameter bound
+    (:func:`check_param_claim`) still applies to them before a model is built."""
     for key, tensor in _tensors(obj):
-        if tensor.numel() == 0:
+        if tensor.numel() == 0 or tensor.is_meta:
             continue
         need = tensor.numel() * tensor.element_size()
         storage = tensor.untyped_storage().nbytes()
