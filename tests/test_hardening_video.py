@@ -246,3 +246,31 @@ def test_sigterm_stops_a_busy_service_within_the_stop_grace(tmp_path):
     finally:
         again.terminate()
         again.wait(timeout=15)
+
+
+def test_progress_moves_per_frame_not_per_batch(tmp_path, clip, monkeypatch):
+    """frames_done counts frames as they are encoded, so a batch of 8 shows 1, 2, 3, ..."""
+    import backend.video.runner as runner
+
+    real = runner.render_frame
+
+    def slow_render(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "render_frame", slow_render)
+    s = isolated_settings(tmp_path, video_batch=8)
+    write_tiny_checkpoint(s.checkpoint_dir, "tiny")
+    with TestClient(create_app(s)) as client:
+        r = submit(client, clip, fps=12)
+        assert r.status_code == 202, r.text
+        job, seen = r.json()["job"], set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            body = client.get(f"/jobs/{job}").json()
+            seen.add(body["frames_done"])
+            if body["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.01)
+        assert body["state"] == "done" and body["frames_done"] == body["frames_total"]
+        assert {f for f in seen if f % 8}, f"progress only in batch steps: {sorted(seen)}"

@@ -163,6 +163,8 @@ class VideoJobRunner:
                     untrained = job.params.get("trained") is False
                     result.write(render_frame(params.render, frame, attn, masks, patch, untrained))
                     source.write(np.asarray(image))
+                    job.frames_done += 1  # per frame, once it is analysed and encoded
+                    job.frames_total = max(job.frames_total, job.frames_done)
         except Cancelled:
             return
         except Exception as exc:  # noqa: BLE001 - reported by the job's thread
@@ -270,8 +272,6 @@ class VideoJobRunner:
             maps.masks.append(derived.masks)
             maps.coverage.append(derived.coverage)
             _put(outbox, (image, prepared, derived.attentions, derived.masks), job.cancel)
-        job.frames_done += len(frames)
-        job.frames_total = max(job.frames_total, job.frames_done)
 
     # -- results -----------------------------------------------------------------------
     def _write_results(
